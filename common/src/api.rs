@@ -1,0 +1,155 @@
+//! HTTP wire types shared by kvd and its clients. Field names and error codes are part of
+//! the public contract in `docs/api.md`: extend them, never change them silently.
+
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the caller's client id (a u64) for write deduplication.
+pub const HEADER_CLIENT_ID: &str = "omnikv-client-id";
+/// Header carrying the caller's per-client sequence number (a u64, starting at 1).
+pub const HEADER_SEQ: &str = "omnikv-seq";
+/// Alternative to client id + seq for HTTP callers: any string, hashed into a client id.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// How long (milliseconds) the caller will wait; kvd answers before that.
+pub const HEADER_TIMEOUT_MS: &str = "omnikv-timeout-ms";
+/// On GET: the applied log position the value was read at.
+pub const HEADER_INDEX: &str = "omnikv-index";
+
+/// Largest key kvd accepts, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Default largest value kvd accepts, in bytes (kvd `--max-value-bytes`).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Stable, machine-readable error class. Serialized in snake_case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The key does not exist (HTTP 404).
+    NotFound,
+    /// Malformed request: bad key, bad header, bad parameter (HTTP 400).
+    InvalidRequest,
+    /// Key or value over its cap (HTTP 413).
+    TooLarge,
+    /// Definitely not applied: no leader known, replica removed or catching up, overloaded
+    /// before the request was handed to consensus (HTTP 503).
+    Unavailable,
+    /// Handed to consensus but not confirmed in time: it may still be applied (HTTP 504).
+    Indeterminate,
+    /// A request refused on its merits (e.g. a stale retry, a refused change) (HTTP 409).
+    Rejected,
+    /// A bug on the server side (HTTP 500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status kvd answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::NotFound => 404,
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Indeterminate => 504,
+            ErrorCode::Rejected => 409,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// The JSON error body: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// Answer to a successful PUT or DELETE.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WriteResult {
+    /// Configuration the write was decided in.
+    pub config_id: u32,
+    /// Log index (within that configuration) of the entry that carried the write.
+    pub index: u64,
+    /// DELETE only: whether the key existed. Always true for PUT.
+    pub existed: bool,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusView {
+    pub pid: u64,
+    /// leader | follower | candidate | catching-up | joiner | removed | standalone
+    pub role: String,
+    /// Leader of the current configuration as this replica believes, `null` when none known.
+    pub leader: Option<u64>,
+    pub config_id: u32,
+    pub members: Vec<u64>,
+    /// OmniPaxos decided index in the current configuration's log.
+    pub decided_idx: u64,
+    /// Entries of the current configuration applied to the state machine.
+    pub applied_idx: u64,
+    /// Entries compacted away (the snapshot marker covers `[0, compacted_idx)`).
+    pub compacted_idx: u64,
+    /// Keys in the state machine.
+    pub keys: u64,
+    /// Hex digest of the state machine (keys and values); equal on replicas at equal applied_idx.
+    pub state_hash: String,
+    /// Cluster identity (hex).
+    pub cluster_id: String,
+    /// Peers with a live outbound connection.
+    pub connected_peers: Vec<u64>,
+}
+
+/// One entry of `GET /v1/log`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogEntryView {
+    /// The compacted prefix `[0, upto)`, squashed into one snapshot marker.
+    Snapshot { upto: u64 },
+    /// A decided entry and the operations it carries (a batch may carry several).
+    Entry { index: u64, ops: Vec<String> },
+}
+
+/// `GET /v1/log?limit=N`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogView {
+    pub config_id: u32,
+    pub decided_idx: u64,
+    pub compacted_idx: u64,
+    pub entries: Vec<LogEntryView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_shape_is_stable() {
+        let e = ApiError::new(ErrorCode::Indeterminate, "x");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"error":{"code":"indeterminate","message":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn log_entry_tags() {
+        let s = serde_json::to_string(&LogEntryView::Snapshot { upto: 5 }).unwrap();
+        assert_eq!(s, r#"{"kind":"snapshot","upto":5}"#);
+    }
+}

@@ -1,0 +1,370 @@
+//! The async omnikv client: endpoints tried in turn, writes deduplicated by (client id, seq)
+//! so a retry on another endpoint can never apply twice, and honest failure classes:
+//! `Unavailable` only when no attempt could have been handed to consensus.
+
+use crate::api::{
+    ApiError, ErrorCode, LogView, StatusView, WriteResult, HEADER_CLIENT_ID, HEADER_SEQ,
+    HEADER_TIMEOUT_MS,
+};
+use crate::keys::encode_key;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Read consistency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Through a read barrier in the log: sees every write acknowledged before the read began.
+    #[default]
+    Linearizable,
+    /// From the asked replica's own state: may be stale, works in a minority partition.
+    Local,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Local => "local",
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "linearizable" | "l" => Ok(Consistency::Linearizable),
+            "local" => Ok(Consistency::Local),
+            other => Err(format!(
+                "unknown consistency {other:?} (expected linearizable or local)"
+            )),
+        }
+    }
+}
+
+/// What went wrong, classified the way kvctl maps to exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The key does not exist.
+    #[error("key not found")]
+    NotFound,
+    /// Definitely not applied.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// May or may not have been applied.
+    #[error("indeterminate: {0}")]
+    Indeterminate(String),
+    /// Refused on its merits (invalid, too large, stale, refused change).
+    #[error("rejected ({code:?}): {message}")]
+    Rejected { code: ErrorCode, message: String },
+    /// Bad client-side input (e.g. an endpoint that is not a URL).
+    #[error("usage: {0}")]
+    Usage(String),
+}
+
+/// One attempt against one endpoint.
+enum Attempt<T> {
+    Done(Result<T, ClientError>),
+    /// Never reached the replica (connection refused, DNS...).
+    Unreachable(String),
+    /// The replica answered 503: it did not hand the request to consensus.
+    Refused(String),
+    /// Sent, but no answer in time, or the replica said indeterminate.
+    Unknown(String),
+}
+
+/// Client over a list of kvd client endpoints (`http://host:port`).
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    timeout: Duration,
+    client_id: u64,
+    seq: AtomicU64,
+}
+
+fn normalize(endpoint: &str) -> Result<String, ClientError> {
+    let e = endpoint.trim().trim_end_matches('/');
+    if e.is_empty() {
+        return Err(ClientError::Usage("empty endpoint".into()));
+    }
+    let url = if e.contains("://") {
+        e.to_string()
+    } else {
+        format!("http://{e}")
+    };
+    reqwest::Url::parse(&url)
+        .map_err(|err| ClientError::Usage(format!("bad endpoint {e:?}: {err}")))?;
+    Ok(url)
+}
+
+fn random_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+impl Client {
+    /// A client over `endpoints` (tried in order) with an overall per-call `timeout`.
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Usage("no endpoints given".into()));
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|e| normalize(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(1000).min(timeout))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError::Usage(format!("cannot build HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            endpoints,
+            timeout,
+            client_id: random_u64(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Writes `value` under `key`; answered once decided and applied.
+    pub async fn put(&self, key: &[u8], value: Vec<u8>) -> Result<WriteResult, ClientError> {
+        self.write(reqwest::Method::PUT, key, Some(value)).await
+    }
+
+    /// Deletes `key`. Deleting a missing key succeeds with `existed: false`.
+    pub async fn delete(&self, key: &[u8]) -> Result<WriteResult, ClientError> {
+        self.write(reqwest::Method::DELETE, key, None).await
+    }
+
+    async fn write(
+        &self,
+        method: reqwest::Method,
+        key: &[u8],
+        value: Option<Vec<u8>>,
+    ) -> Result<WriteResult, ClientError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let path = format!("/v1/kv/{}", encode_key(key));
+        let value = value.map(bytes::Bytes::from);
+        self.each_endpoint(true, |endpoint, remaining| {
+            let req = self
+                .http
+                .request(method.clone(), format!("{endpoint}{path}"))
+                .header(HEADER_CLIENT_ID, self.client_id)
+                .header(HEADER_SEQ, seq);
+            let req = match &value {
+                Some(v) => req.body(v.clone()),
+                None => req,
+            };
+            async move {
+                match send(req, remaining).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        match resp.json::<WriteResult>().await {
+                            Ok(w) => Attempt::Done(Ok(w)),
+                            Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
+                        }
+                    }
+                    Ok(resp) => classify_error(resp).await,
+                    Err(a) => a,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads `key`; `Ok(None)` never happens: a missing key is `Err(NotFound)`.
+    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<Vec<u8>, ClientError> {
+        let path = format!(
+            "/v1/kv/{}?consistency={}",
+            encode_key(key),
+            consistency.as_str()
+        );
+        self.each_endpoint(false, |endpoint, remaining| {
+            let req = self.http.get(format!("{endpoint}{path}"));
+            async move {
+                match send(req, remaining).await {
+                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
+                        Ok(b) => Attempt::Done(Ok(b.to_vec())),
+                        Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
+                    },
+                    Ok(resp) => classify_error(resp).await,
+                    Err(a) => a,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Status of the first endpoint that answers.
+    pub async fn status(&self) -> Result<StatusView, ClientError> {
+        self.get_json("/v1/status").await
+    }
+
+    /// The recent decided log of the first endpoint that answers.
+    pub async fn log(&self, limit: usize) -> Result<LogView, ClientError> {
+        self.get_json(&format!("/v1/log?limit={limit}")).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.each_endpoint(false, |endpoint, remaining| {
+            let req = self.http.get(format!("{endpoint}{path}"));
+            async move {
+                match send(req, remaining).await {
+                    Ok(resp) if resp.status().is_success() => match resp.json::<T>().await {
+                        Ok(v) => Attempt::Done(Ok(v)),
+                        Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
+                    },
+                    Ok(resp) => classify_error(resp).await,
+                    Err(a) => a,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` against each endpoint in turn until one gives a definite answer or the
+    /// overall timeout passes. `is_write` decides how "sent but unanswered" is reported.
+    async fn each_endpoint<T, F, Fut>(&self, is_write: bool, attempt: F) -> Result<T, ClientError>
+    where
+        F: Fn(String, Duration) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let n = self.endpoints.len();
+        let mut unreachable = Vec::new();
+        let mut refused = Vec::new();
+        let mut unknown = Vec::new();
+        let mut round = 0u32;
+        loop {
+            for endpoint in &self.endpoints {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    break;
+                }
+                match attempt(endpoint.clone(), remaining).await {
+                    Attempt::Done(r) => return r,
+                    Attempt::Unreachable(m) => unreachable.push(format!("{endpoint}: {m}")),
+                    Attempt::Refused(m) => refused.push(format!("{endpoint}: {m}")),
+                    Attempt::Unknown(m) => unknown.push(format!("{endpoint}: {m}")),
+                }
+            }
+            round += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            // Everything refused or unreachable this round: back off briefly (an election
+            // may be under way) and try again while time remains.
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(round.min(5))).min(remaining))
+                .await;
+        }
+        dedup(&mut unreachable);
+        dedup(&mut refused);
+        dedup(&mut unknown);
+        let reachable = n - distinct_endpoints(&unreachable, &self.endpoints);
+        let mut summary = format!("{reachable} of {n} replicas reachable");
+        for (label, list) in [
+            ("refused", &refused),
+            ("no answer", &unknown),
+            ("unreachable", &unreachable),
+        ] {
+            if let Some(last) = list.last() {
+                summary.push_str(&format!("; {label}: {last}"));
+            }
+        }
+        if is_write && !unknown.is_empty() {
+            Err(ClientError::Indeterminate(format!(
+                "the write was sent but not confirmed within {:?}: it may have been applied ({summary})",
+                self.timeout
+            )))
+        } else {
+            Err(ClientError::Unavailable(summary))
+        }
+    }
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|s| seen.insert(s.clone()));
+}
+
+fn distinct_endpoints(msgs: &[String], endpoints: &[String]) -> usize {
+    endpoints
+        .iter()
+        .filter(|e| msgs.iter().any(|m| m.starts_with(&format!("{e}:"))))
+        .count()
+}
+
+/// Sends one request with the caller's remaining budget, telling kvd how long it may take.
+/// A request that never connected is `Unreachable`; one that was sent and got no answer is
+/// `Unknown` (for a write: maybe applied).
+async fn send<T>(
+    req: reqwest::RequestBuilder,
+    remaining: Duration,
+) -> Result<reqwest::Response, Attempt<T>> {
+    let budget_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
+    match req
+        .timeout(remaining)
+        .header(HEADER_TIMEOUT_MS, budget_ms)
+        .send()
+        .await
+    {
+        Ok(resp) => Ok(resp),
+        Err(e) if e.is_connect() || e.is_builder() => Err(Attempt::Unreachable(short(&e))),
+        Err(e) => Err(Attempt::Unknown(short(&e))),
+    }
+}
+
+fn short(e: &reqwest::Error) -> String {
+    let mut s = if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "connection refused or unreachable".to_string()
+    } else {
+        e.to_string()
+    };
+    if let Some(src) = std::error::Error::source(e).and_then(std::error::Error::source) {
+        if !e.is_timeout() {
+            s = format!("{s} ({src})");
+        }
+    }
+    s
+}
+
+async fn classify_error<T>(resp: reqwest::Response) -> Attempt<T> {
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
+        Ok(e) => (e.error.code, e.error.message),
+        Err(_) => (
+            match status {
+                404 => ErrorCode::NotFound,
+                400 => ErrorCode::InvalidRequest,
+                413 => ErrorCode::TooLarge,
+                503 => ErrorCode::Unavailable,
+                504 => ErrorCode::Indeterminate,
+                _ => ErrorCode::Internal,
+            },
+            format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
+        ),
+    };
+    match code {
+        ErrorCode::NotFound => Attempt::Done(Err(ClientError::NotFound)),
+        ErrorCode::Unavailable => Attempt::Refused(message),
+        ErrorCode::Indeterminate => Attempt::Unknown(message),
+        code => Attempt::Done(Err(ClientError::Rejected { code, message })),
+    }
+}

@@ -1,0 +1,9 @@
+//! omnikv's one wire vocabulary (HTTP paths, bodies, error codes, status) and the async
+//! client that kvctl, the watcher and the tests all use. `docs/api.md` is the contract.
+
+pub mod api;
+pub mod client;
+pub mod keys;
+
+pub use api::{ApiError, ErrorCode, LogEntryView, LogView, StatusView, WriteResult};
+pub use client::{Client, ClientError, Consistency};

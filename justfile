@@ -1,0 +1,96 @@
+# omnikv task index: `just` lists the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() + "/target")
+export OMNIKV_BIN := target + "/debug"
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what is missing (libclang-dev, just).
+setup:
+    ./scripts/setup.sh
+
+# RocksDB's C++ is built once and linked from a cache (scripts/rocksdb-lib.sh).
+rocksdb := "export ROCKSDB_LIB_DIR=$(./scripts/rocksdb-lib.sh) ROCKSDB_STATIC=1;"
+
+# Build kvd and kvctl (the profile the tests use).
+build:
+    {{rocksdb}} cargo build --bins
+
+# Start the local 3-replica cluster (client ports 8001-8003); starts only replicas not running.
+up: build
+    ./scripts/local-cluster.sh up
+
+# Stop the local cluster (data kept).
+down:
+    ./scripts/local-cluster.sh down
+
+# Stop the local cluster and remove its data and logs.
+clean:
+    ./scripts/local-cluster.sh clean
+
+# kill -9 replica N of the local cluster (`just up` restarts it with its data).
+kill N:
+    ./scripts/local-cluster.sh kill {{N}}
+
+# Status of every replica of the local cluster.
+status:
+    ./scripts/local-cluster.sh status
+
+# Follow replica N's log (decided entries, compaction, leader changes).
+logs N:
+    tail -f "${OMNIKV_HOME:-.omnikv}/kvd-{{N}}.log"
+
+# The seed's interactive prompt against the local cluster.
+shell:
+    {{OMNIKV_BIN}}/kvctl shell
+
+# Run the whole test suite (unit, integration against real kvd processes, kvctl, Docker demos).
+test:
+    {{rocksdb}} cargo build --bins && cargo test --workspace -- --test-threads 2 2>&1 | ./scripts/test-summary.sh
+    just test-docker
+
+# Formatting and lints, as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    {{rocksdb}} cargo clippy --all-targets -- -D warnings
+
+# Load against the running local cluster: throughput and latency (kvctl bench --help).
+bench CLIENTS="64" DURATION="10s":
+    {{OMNIKV_BIN}}/kvctl bench --clients {{CLIENTS}} --duration {{DURATION}}
+
+# Write figures with fsync on, release build: 3 replicas and standalone, 1 and 64 clients.
+bench-writes DURATION="10s":
+    {{rocksdb}} cargo build --release --bins
+    ./scripts/bench-local.sh {{target}}/release {{DURATION}}
+
+# Build the Docker image omnikv:dev (OMNIKV_IMAGE); without a registry it takes the offline path.
+image:
+    ./scripts/image.sh
+
+# Start the compose cluster: s1-s3 and client (VARIANT: cluster, single = Demo 0, snapshot = Demo 2).
+compose-up VARIANT="cluster":
+    ./scripts/docker-compose.sh up {{VARIANT}}
+
+# Stop and remove the compose containers; the volumes (data) are kept.
+compose-down:
+    ./scripts/docker-compose.sh down
+
+# Stop and remove the compose containers and their volumes (all data).
+compose-clean:
+    ./scripts/docker-compose.sh clean
+
+# `kvctl status --all` from the compose client container.
+compose-status:
+    ./scripts/docker-compose.sh status
+
+# Follow replica N's container log (decided entries, compaction, leader changes).
+compose-logs N:
+    docker logs -f "${OMNIKV_NAME_PREFIX:-}s{{N}}"
+
+# The seed's demos on the compose cluster, as tests (own project and image tag, cleaned up).
+test-docker:
+    ./tests/docker/demos.sh

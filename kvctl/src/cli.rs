@@ -1,0 +1,274 @@
+//! Command-line interface: global flags (each with a `KVCTL_*` env var) and subcommands.
+
+pub use crate::commands::bench::BenchArgs;
+use crate::exit::EXIT_CODES_HELP;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use omnikv_common::Consistency;
+use std::ffi::OsString;
+use std::time::Duration;
+
+/// Default `--endpoints`: the client ports of a standard three-replica layout.
+pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003";
+
+/// Default `log --limit`.
+pub const DEFAULT_LOG_LIMIT: usize = 50;
+
+/// omnikv's scriptable client: put, get, delete, status, log, an interactive shell, and a
+/// load generator (bench).
+#[derive(Debug, Parser)]
+#[command(name = "kvctl", version, about, after_help = EXIT_CODES_HELP, args_override_self = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after any subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
+    /// Comma-separated kvd client endpoints (host:port or http://host:port), tried in turn.
+    #[arg(long, env = "KVCTL_ENDPOINTS", default_value = DEFAULT_ENDPOINTS, global = true)]
+    pub endpoints: String,
+
+    /// Ask only the N-th endpoint of --endpoints (1-based; in the standard layout, replica
+    /// pid N). No failover to the others.
+    #[arg(long, value_name = "N", env = "KVCTL_NODE", global = true)]
+    pub node: Option<usize>,
+
+    /// Read consistency for get: linearizable (sees every acknowledged write) or local
+    /// (the asked replica's own state: may be stale, works without a quorum).
+    #[arg(
+        long,
+        value_name = "linearizable|local",
+        env = "KVCTL_CONSISTENCY",
+        default_value = "linearizable",
+        global = true
+    )]
+    pub consistency: Consistency,
+
+    /// Output format on stdout (and of errors on stderr).
+    #[arg(
+        short = 'o',
+        long,
+        value_enum,
+        env = "KVCTL_OUTPUT",
+        default_value_t = OutputFormat::Text,
+        global = true
+    )]
+    pub output: OutputFormat,
+
+    /// Overall time allowed per command, failover included: `5s`, `500ms`, `2m`, or a bare
+    /// number of seconds (`1.5`).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "KVCTL_TIMEOUT",
+        default_value = "5s",
+        value_parser = parse_timeout,
+        global = true
+    )]
+    pub timeout: Duration,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For humans (and `cut`/`awk`).
+    Text,
+    /// One JSON document per result.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write VALUE under KEY (`-` as VALUE reads all of stdin, byte for byte).
+    Put {
+        /// The key (any bytes but empty).
+        key: OsString,
+        /// The value, or `-` to read it from stdin.
+        value: OsString,
+    },
+    /// Print the value of KEY (raw bytes, then a newline). Exit 1 if the key does not exist.
+    Get {
+        /// The key.
+        key: OsString,
+    },
+    /// Delete KEY. Deleting a missing key succeeds.
+    #[command(alias = "del")]
+    Delete {
+        /// The key.
+        key: OsString,
+    },
+    /// Print the status of the first replica that answers (or of every endpoint with --all).
+    Status {
+        /// Ask every endpoint (concurrently) and print one row each.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the replica's recent decided log, oldest first.
+    Log {
+        /// Most entries to show (the newest ones).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_LOG_LIMIT)]
+        limit: usize,
+    },
+    /// Interactive prompt: `put KEY VALUE [PORT]`, `get KEY [PORT]`, ... (`help` inside).
+    Shell,
+    /// Load generator: concurrent clients issuing puts and gets; prints throughput, latency
+    /// percentiles, errors by class and the load generator's own CPU use. Exit 3 if no
+    /// operation succeeded.
+    Bench(BenchArgs),
+}
+
+/// Parses a duration: `500ms`, `5s`, `2m`, or a bare number of seconds (`1.5`). Must be
+/// positive.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// Like [`parse_timeout`], but zero (`0`, `0s`) is allowed.
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let bad = || format!("invalid duration {s:?} (expected e.g. 5s, 500ms, 2m or 1.5)");
+    let number = number.trim();
+    if number.is_empty() || !number.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad());
+    }
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| bad())
+}
+
+/// Splits a comma-separated endpoint list, dropping blanks.
+pub fn split_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kvctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn timeouts() {
+        assert_eq!(parse_timeout("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_timeout("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_timeout("0.25s"), Ok(Duration::from_millis(250)));
+        for bad in [
+            "", "s", "ms", "abc", "5h", "-1", "0", "0ms", "1e3", "5 s x", "inf",
+        ] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&["get", "a"]).unwrap();
+        assert_eq!(split_endpoints(&cli.global.endpoints).len(), 3);
+        assert_eq!(cli.global.node, None);
+        assert_eq!(cli.global.consistency, Consistency::Linearizable);
+        assert_eq!(cli.global.output, OutputFormat::Text);
+        assert_eq!(cli.global.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn global_flags_anywhere() {
+        let cli = parse(&[
+            "get",
+            "a",
+            "-o",
+            "json",
+            "--consistency",
+            "local",
+            "--timeout",
+            "250ms",
+            "--node",
+            "2",
+            "--endpoints",
+            "h:1, http://h:2 ,",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.consistency, Consistency::Local);
+        assert_eq!(cli.global.timeout, Duration::from_millis(250));
+        assert_eq!(cli.global.node, Some(2));
+        assert_eq!(
+            split_endpoints(&cli.global.endpoints),
+            ["h:1", "http://h:2"]
+        );
+        assert!(matches!(cli.command, Command::Get { .. }));
+        // A repeated flag: the last one wins (so a wrapper's defaults can be overridden).
+        let cli = parse(&["--timeout", "1s", "get", "a", "--timeout", "2s"]).unwrap();
+        assert_eq!(cli.global.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn commands_and_aliases() {
+        assert!(matches!(
+            parse(&["del", "k"]).unwrap().command,
+            Command::Delete { .. }
+        ));
+        assert!(matches!(
+            parse(&["log"]).unwrap().command,
+            Command::Log {
+                limit: DEFAULT_LOG_LIMIT
+            }
+        ));
+        assert!(matches!(
+            parse(&["log", "--limit", "7"]).unwrap().command,
+            Command::Log { limit: 7 }
+        ));
+        assert!(matches!(
+            parse(&["status", "--all"]).unwrap().command,
+            Command::Status { all: true }
+        ));
+        assert!(matches!(
+            parse(&["put", "k", "-"]).unwrap().command,
+            Command::Put { .. }
+        ));
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors() {
+        for args in [
+            &["get"][..],
+            &["put", "k"],
+            &["--consistency", "strong", "get", "k"],
+            &["-o", "yaml", "get", "k"],
+            &["--timeout", "soon", "get", "k"],
+            &["--node", "x", "get", "k"],
+            &["frobnicate"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

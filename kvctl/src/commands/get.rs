@@ -1,0 +1,23 @@
+//! `get KEY`: prints a value; a missing key is an error (exit 1), unlike etcdctl.
+
+use crate::cli::OutputFormat;
+use crate::exit::Error;
+use crate::output;
+use omnikv_common::{Client, ClientError, Consistency};
+use std::io::Write;
+
+/// Reads `key` at `consistency` and prints its value.
+pub async fn run(
+    client: &Client,
+    key: &[u8],
+    consistency: Consistency,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    super::check_key(key)?;
+    let value = client.get(key, consistency).await.map_err(|e| match e {
+        ClientError::NotFound => Error::KeyNotFound(key.to_vec()),
+        e => Error::Client(e),
+    })?;
+    output::write_value(out, format, key, &value).map_err(Error::stdout)
+}

@@ -1,0 +1,49 @@
+//! One module per command; each calls the client and prints through `output`. The one-shot
+//! commands and the shell share these functions.
+
+pub mod bench;
+pub mod delete;
+pub mod get;
+pub mod log;
+pub mod put;
+pub mod status;
+
+use crate::exit::Error;
+
+/// Refuses the empty key before anything is sent (kvd refuses it too).
+pub fn check_key(key: &[u8]) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::usage("the key must not be empty"));
+    }
+    Ok(())
+}
+
+use crate::Context;
+use omnikv_common::Client;
+use std::io::Write;
+
+/// A single-endpoint-list request, as the one-shot commands and the shell issue them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Get { key: Vec<u8> },
+    Delete { key: Vec<u8> },
+    Status,
+    Log { limit: usize },
+}
+
+/// Runs `req` through `client`, printing the result to `out` in `ctx.output`.
+pub async fn execute(
+    ctx: &Context,
+    client: &Client,
+    req: Request,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    match req {
+        Request::Put { key, value } => put::run(client, &key, value, ctx.output, out).await,
+        Request::Get { key } => get::run(client, &key, ctx.consistency, ctx.output, out).await,
+        Request::Delete { key } => delete::run(client, &key, ctx.output, out).await,
+        Request::Status => status::run(client, ctx.output, out).await,
+        Request::Log { limit } => log::run(client, limit, ctx.output, out).await,
+    }
+}

@@ -1,0 +1,60 @@
+//! `status [--all]`: one replica's view of the cluster, or every endpoint's.
+
+use crate::cli::OutputFormat;
+use crate::exit::Error;
+use crate::output::{self, EndpointStatus};
+use omnikv_common::{Client, ClientError};
+use std::io::Write;
+use std::time::Duration;
+
+/// Prints the status of the first endpoint of `client` that answers.
+pub async fn run(client: &Client, format: OutputFormat, out: &mut dyn Write) -> Result<(), Error> {
+    let s = client.status().await?;
+    output::write_status(out, format, &s).map_err(Error::stdout)
+}
+
+/// Asks every endpoint concurrently (one client each, `timeout` each), answers in the
+/// order given. A malformed endpoint is a usage error before anything is sent.
+pub async fn query_all(
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<Vec<EndpointStatus>, Error> {
+    let clients = endpoints
+        .iter()
+        .map(|ep| Client::new(std::slice::from_ref(ep), timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(async move { c.status().await }))
+        .collect();
+    let mut rows = Vec::with_capacity(tasks.len());
+    for (ep, task) in endpoints.iter().zip(tasks) {
+        let r = match task.await {
+            Ok(r) => r.map_err(Error::Client),
+            Err(e) => Err(Error::Client(ClientError::Unavailable(format!(
+                "status task failed: {e}"
+            )))),
+        };
+        rows.push((ep.clone(), r));
+    }
+    Ok(rows)
+}
+
+/// `status --all`: prints one row per endpoint; fails (unavailable) when none answered.
+pub async fn run_all(
+    endpoints: &[String],
+    timeout: Duration,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let rows = query_all(endpoints, timeout).await?;
+    output::write_status_all(out, format, &rows).map_err(Error::stdout)?;
+    if rows.iter().any(|(_, r)| r.is_ok()) {
+        Ok(())
+    } else {
+        Err(Error::Client(ClientError::Unavailable(format!(
+            "none of {} endpoints answered",
+            rows.len()
+        ))))
+    }
+}

@@ -1,0 +1,172 @@
+//! Exit codes, kvctl's error type, and the mapping from the client's error classes to both.
+
+use omnikv_common::keys::display_bytes;
+use omnikv_common::{ClientError, ErrorCode};
+
+/// Success.
+pub const OK: i32 = 0;
+/// The key does not exist.
+pub const NOT_FOUND: i32 = 1;
+/// Bad flags or arguments (clap's own parse errors exit 2 too), or a local I/O error.
+pub const USAGE: i32 = 2;
+/// Definitely not applied: no leader or quorum, nothing reachable, replica removed.
+pub const UNAVAILABLE: i32 = 3;
+/// A write was sent but not confirmed in time: it may have been applied.
+pub const INDETERMINATE: i32 = 4;
+/// Refused on its merits: invalid request, too large, refused change.
+pub const REJECTED: i32 = 5;
+
+/// The exit-code table shown at the end of `kvctl --help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  ok
+  1  key not found
+  2  usage: bad flags or arguments (or a local I/O error, e.g. unreadable stdin)
+  3  unavailable: definitely not applied (no leader or quorum, nothing reachable, replica removed)
+  4  indeterminate: a write was sent but not confirmed in time; it may have been applied
+  5  rejected: invalid request, too large, refused change
+
+Errors go to stderr: `error: <message>`, or with -o json
+{\"error\":{\"code\":\"<code>\",\"message\":\"...\"}}.";
+
+/// Everything a kvctl command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `get` of a missing key (carries the key for the message).
+    #[error("key not found: {}", display_bytes(.0))]
+    KeyNotFound(Vec<u8>),
+    /// What the client reported.
+    #[error("{}", client_message(.0))]
+    Client(#[from] ClientError),
+    /// Bad arguments found after parsing (e.g. `--node` out of range, empty key).
+    #[error("usage: {0}")]
+    Usage(String),
+    /// Reading stdin or writing stdout failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A usage error.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Error::Usage(msg.into())
+    }
+
+    /// Writing the result to stdout failed.
+    pub fn stdout(source: std::io::Error) -> Self {
+        Error::Io {
+            context: "cannot write to stdout",
+            source,
+        }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::KeyNotFound(_) => NOT_FOUND,
+            Error::Client(e) => client_exit_code(e),
+            Error::Usage(_) | Error::Io { .. } => USAGE,
+        }
+    }
+
+    /// The machine-readable code of `-o json` errors: `usage` for usage (and local I/O)
+    /// errors, otherwise the snake_case `ErrorCode` name (a rejection's own inner code).
+    pub fn code(&self) -> String {
+        match self {
+            Error::KeyNotFound(_) => error_code_name(ErrorCode::NotFound),
+            Error::Usage(_) | Error::Io { .. } => "usage".into(),
+            Error::Client(e) => match e {
+                ClientError::NotFound => error_code_name(ErrorCode::NotFound),
+                ClientError::Unavailable(_) => error_code_name(ErrorCode::Unavailable),
+                ClientError::Indeterminate(_) => error_code_name(ErrorCode::Indeterminate),
+                ClientError::Rejected { code, .. } => error_code_name(*code),
+                ClientError::Usage(_) => "usage".into(),
+            },
+        }
+    }
+}
+
+/// Maps a client error class to its exit code.
+pub fn client_exit_code(e: &ClientError) -> i32 {
+    match e {
+        ClientError::NotFound => NOT_FOUND,
+        ClientError::Usage(_) => USAGE,
+        ClientError::Unavailable(_) => UNAVAILABLE,
+        ClientError::Indeterminate(_) => INDETERMINATE,
+        ClientError::Rejected { .. } => REJECTED,
+    }
+}
+
+/// The wire (snake_case) name of an error code, e.g. `too_large`.
+pub fn error_code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{code:?}"))
+}
+
+fn client_message(e: &ClientError) -> String {
+    match e {
+        ClientError::Rejected { code, message } => {
+            format!("rejected ({}): {message}", error_code_name(*code))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(code: ErrorCode) -> Error {
+        Error::Client(ClientError::Rejected {
+            code,
+            message: "m".into(),
+        })
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(Error::Client(ClientError::NotFound).exit_code(), 1);
+        assert_eq!(Error::KeyNotFound(b"k".to_vec()).exit_code(), 1);
+        assert_eq!(Error::Client(ClientError::Usage("u".into())).exit_code(), 2);
+        assert_eq!(Error::usage("u").exit_code(), 2);
+        assert_eq!(
+            Error::Client(ClientError::Unavailable("x".into())).exit_code(),
+            3
+        );
+        assert_eq!(
+            Error::Client(ClientError::Indeterminate("x".into())).exit_code(),
+            4
+        );
+        assert_eq!(rejected(ErrorCode::TooLarge).exit_code(), 5);
+    }
+
+    #[test]
+    fn codes_and_messages() {
+        let e = Error::Client(ClientError::Unavailable("0 of 1 replicas reachable".into()));
+        assert_eq!(e.code(), "unavailable");
+        assert_eq!(e.to_string(), "unavailable: 0 of 1 replicas reachable");
+        assert_eq!(rejected(ErrorCode::TooLarge).code(), "too_large");
+        assert_eq!(
+            rejected(ErrorCode::TooLarge).to_string(),
+            "rejected (too_large): m"
+        );
+        assert_eq!(
+            rejected(ErrorCode::InvalidRequest).code(),
+            "invalid_request"
+        );
+        assert_eq!(Error::usage("x").code(), "usage");
+        let nf = Error::KeyNotFound(b"a/b".to_vec());
+        assert_eq!(nf.code(), "not_found");
+        assert_eq!(nf.to_string(), "key not found: a/b");
+        assert_eq!(
+            Error::Client(ClientError::Indeterminate("x".into())).code(),
+            "indeterminate"
+        );
+    }
+}

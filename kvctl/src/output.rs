@@ -1,0 +1,512 @@
+//! Printers: every result in text and in JSON, and errors (always for stderr).
+
+use crate::cli::OutputFormat;
+use crate::commands::bench::BenchReport;
+use crate::exit::Error;
+use omnikv_common::{ClientError, LogEntryView, LogView, StatusView, WriteResult};
+use serde::Serialize;
+use std::io::{self, Write};
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn json_line<T: Serialize + ?Sized>(out: &mut dyn Write, v: &T) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, v).map_err(io::Error::other)?;
+    out.write_all(b"\n")
+}
+
+/// Result of `put` / `delete`: text `OK` (`OK (key did not exist)` for a delete of a missing
+/// key), JSON the `WriteResult`.
+pub fn write_write_result(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    w: &WriteResult,
+    is_delete: bool,
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, w),
+        OutputFormat::Text if is_delete && !w.existed => writeln!(out, "OK (key did not exist)"),
+        OutputFormat::Text => writeln!(out, "OK"),
+    }
+}
+
+/// `{"key": ...}` or `{"key_hex": ...}` plus `"value"` or `"value_hex"`: the string form when
+/// the bytes are UTF-8, hex otherwise.
+pub fn value_json(key: &[u8], value: &[u8]) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    put_bytes(&mut m, "key", key);
+    put_bytes(&mut m, "value", value);
+    serde_json::Value::Object(m)
+}
+
+fn put_bytes(m: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) => m.insert(name.into(), s.into()),
+        Err(_) => m.insert(format!("{name}_hex"), hex(b).into()),
+    };
+}
+
+/// Result of `get`: text the raw value bytes then a newline; JSON see [`value_json`].
+pub fn write_value(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, &value_json(key, value)),
+        OutputFormat::Text => {
+            out.write_all(value)?;
+            out.write_all(b"\n")
+        }
+    }
+}
+
+fn list(v: &[u64]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn leader(l: Option<u64>) -> String {
+    l.map_or_else(|| "none".into(), |l| l.to_string())
+}
+
+/// The status fields in text order, as (name, rendered value).
+fn status_fields(s: &StatusView) -> Vec<(&'static str, String)> {
+    vec![
+        ("pid", s.pid.to_string()),
+        ("role", s.role.clone()),
+        ("leader", leader(s.leader)),
+        ("config_id", s.config_id.to_string()),
+        ("members", list(&s.members)),
+        ("decided_idx", s.decided_idx.to_string()),
+        ("applied_idx", s.applied_idx.to_string()),
+        ("compacted_idx", s.compacted_idx.to_string()),
+        ("keys", s.keys.to_string()),
+        ("state_hash", s.state_hash.clone()),
+        ("connected_peers", list(&s.connected_peers)),
+    ]
+}
+
+/// Aligned `field: value` lines, one per status field.
+pub fn status_text(s: &StatusView) -> String {
+    let fields = status_fields(s);
+    let width = fields.iter().map(|(n, _)| n.len() + 1).max().unwrap_or(0);
+    let mut out = String::new();
+    for (name, value) in fields {
+        out.push_str(&format!("{:<width$} {value}\n", format!("{name}:")));
+    }
+    out
+}
+
+/// Result of `status`: text see [`status_text`], JSON the `StatusView`.
+pub fn write_status(out: &mut dyn Write, format: OutputFormat, s: &StatusView) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, s),
+        OutputFormat::Text => out.write_all(status_text(s).as_bytes()),
+    }
+}
+
+/// One row of `status --all`: the endpoint as given, and its answer or error.
+pub type EndpointStatus = (String, Result<StatusView, Error>);
+
+/// `status --all` as a table: a header, then one row per endpoint; an endpoint without an
+/// answer shows `unreachable: <reason>` after its name.
+pub fn status_table(rows: &[EndpointStatus]) -> String {
+    let mut header = vec!["ENDPOINT"];
+    header.extend(
+        status_fields(&StatusView {
+            pid: 0,
+            role: String::new(),
+            leader: None,
+            config_id: 0,
+            members: vec![],
+            decided_idx: 0,
+            applied_idx: 0,
+            compacted_idx: 0,
+            keys: 0,
+            state_hash: String::new(),
+            cluster_id: String::new(),
+            connected_peers: vec![],
+        })
+        .into_iter()
+        .map(|(n, _)| n),
+    );
+    let header: Vec<String> = header.into_iter().map(str::to_uppercase).collect();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(ep, r)| match r {
+            Ok(s) => std::iter::once(ep.clone())
+                .chain(status_fields(s).into_iter().map(|(_, v)| v))
+                .collect(),
+            Err(Error::Client(ClientError::Unavailable(m))) => {
+                vec![ep.clone(), format!("unreachable: {m}")]
+            }
+            Err(e) => vec![ep.clone(), format!("unreachable: {e}")],
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
+    for row in &table {
+        // An error row's message spans the remaining columns: it does not widen them.
+        if row.len() == header.len() {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.len());
+            }
+        } else {
+            widths[0] = widths[0].max(row[0].len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&table) {
+        let last = row.len() - 1;
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `status --all` in JSON: an array of `{"endpoint":..,"status":{..}}` or
+/// `{"endpoint":..,"error":{"code":..,"message":..}}`.
+pub fn status_all_json(rows: &[EndpointStatus]) -> serde_json::Value {
+    rows.iter()
+        .map(|(ep, r)| match r {
+            Ok(s) => serde_json::json!({ "endpoint": ep, "status": s }),
+            Err(e) => serde_json::json!({ "endpoint": ep, "error": error_body(e) }),
+        })
+        .collect()
+}
+
+/// Result of `status --all`.
+pub fn write_status_all(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    rows: &[EndpointStatus],
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, &status_all_json(rows)),
+        OutputFormat::Text => out.write_all(status_table(rows).as_bytes()),
+    }
+}
+
+/// The text form of a log (a contract): `snapshot\t[0, N)\t(N entries squashed)` for the
+/// snapshot marker, `<index>\t<op>` per op of an entry, `<index>\t(empty)` for an entry
+/// without ops.
+pub fn log_text(log: &LogView) -> String {
+    let mut out = String::new();
+    for entry in &log.entries {
+        match entry {
+            LogEntryView::Snapshot { upto } => {
+                out.push_str(&format!(
+                    "snapshot\t[0, {upto})\t({upto} entries squashed)\n"
+                ));
+            }
+            LogEntryView::Entry { index, ops } if ops.is_empty() => {
+                out.push_str(&format!("{index}\t(empty)\n"));
+            }
+            LogEntryView::Entry { index, ops } => {
+                for op in ops {
+                    out.push_str(&format!("{index}\t{op}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Result of `log`: text see [`log_text`], JSON the `LogView`.
+pub fn write_log(out: &mut dyn Write, format: OutputFormat, log: &LogView) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, log),
+        OutputFormat::Text => out.write_all(log_text(log).as_bytes()),
+    }
+}
+
+/// `bench`'s report as text: aligned `label: value` lines.
+pub fn bench_text(r: &BenchReport) -> String {
+    let e = &r.errors;
+    let l = &r.latency_ms;
+    let mut rows = vec![
+        (
+            "clients:".to_string(),
+            format!(
+                "{} over {} connection(s), {} thread(s)",
+                r.clients, r.connections, r.threads
+            ),
+        ),
+        (
+            "workload:".into(),
+            format!(
+                "read ratio {:.2} ({}), {} keys, {}-byte values",
+                r.read_ratio, r.consistency, r.keys, r.value_size
+            ),
+        ),
+        (
+            "duration:".into(),
+            format!("{:.2} s (after {:.2} s warmup)", r.duration_s, r.warmup_s),
+        ),
+        (
+            "ops:".into(),
+            format!("{} (ok {}, get misses {})", r.ops, r.ok, r.misses),
+        ),
+        ("throughput:".into(), format!("{:.1} ops/s", r.ops_per_sec)),
+        (
+            "latency ms:".into(),
+            format!(
+                "p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}",
+                l.p50, l.p90, l.p99, l.max, l.mean
+            ),
+        ),
+        (
+            "errors:".into(),
+            format!(
+                "unavailable {}, indeterminate {}, rejected {}",
+                e.unavailable, e.indeterminate, e.rejected
+            ),
+        ),
+        (
+            "client CPU:".into(),
+            format!("{:.2} cores", r.client_cpu_cores),
+        ),
+    ];
+    // The error samples (long labels) do not widen the block.
+    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for (class, message) in &r.first_errors {
+        rows.push((format!("first {class} error:"), message.clone()));
+    }
+    let mut out = String::new();
+    for (name, value) in rows {
+        out.push_str(&format!("{name:<width$} {value}\n"));
+    }
+    out
+}
+
+/// Result of `bench`: text see [`bench_text`], JSON the `BenchReport`.
+pub fn write_bench_report(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    r: &BenchReport,
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, r),
+        OutputFormat::Text => out.write_all(bench_text(r).as_bytes()),
+    }
+}
+
+fn error_body(e: &Error) -> serde_json::Value {
+    serde_json::json!({ "code": e.code(), "message": e.to_string() })
+}
+
+/// The error as printed: `error: <message>\n`, or with JSON
+/// `{"error":{"code":"<code>","message":"..."}}\n`.
+pub fn error_string(format: OutputFormat, e: &Error) -> String {
+    match format {
+        OutputFormat::Text => format!("error: {e}\n"),
+        OutputFormat::Json => format!("{}\n", serde_json::json!({ "error": error_body(e) })),
+    }
+}
+
+/// Prints `e` (meant for stderr). Failing to print an error is ignored: nowhere to report it.
+pub fn write_error(err: &mut dyn Write, format: OutputFormat, e: &Error) {
+    let _ = err.write_all(error_string(format, e).as_bytes());
+    let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text<F: FnOnce(&mut Vec<u8>) -> io::Result<()>>(f: F) -> String {
+        let mut v = Vec::new();
+        f(&mut v).unwrap();
+        String::from_utf8(v).unwrap()
+    }
+
+    fn status() -> StatusView {
+        StatusView {
+            pid: 2,
+            role: "follower".into(),
+            leader: Some(1),
+            config_id: 1,
+            members: vec![1, 2, 3],
+            decided_idx: 10,
+            applied_idx: 9,
+            compacted_idx: 5,
+            keys: 4,
+            state_hash: "abcd".into(),
+            cluster_id: "c1".into(),
+            connected_peers: vec![1, 3],
+        }
+    }
+
+    #[test]
+    fn log_text_format() {
+        let log = LogView {
+            config_id: 1,
+            decided_idx: 8,
+            compacted_idx: 5,
+            entries: vec![
+                LogEntryView::Snapshot { upto: 5 },
+                LogEntryView::Entry {
+                    index: 5,
+                    ops: vec!["put a 1".into()],
+                },
+                LogEntryView::Entry {
+                    index: 6,
+                    ops: vec!["put b 2".into(), "delete a".into()],
+                },
+                LogEntryView::Entry {
+                    index: 7,
+                    ops: vec![],
+                },
+                LogEntryView::Entry {
+                    index: 8,
+                    ops: vec!["read-barrier".into()],
+                },
+            ],
+        };
+        assert_eq!(
+            log_text(&log),
+            "snapshot\t[0, 5)\t(5 entries squashed)\n\
+             5\tput a 1\n\
+             6\tput b 2\n\
+             6\tdelete a\n\
+             7\t(empty)\n\
+             8\tread-barrier\n"
+        );
+        let empty = LogView {
+            entries: vec![],
+            ..log.clone()
+        };
+        assert_eq!(log_text(&empty), "");
+        let j = text(|o| write_log(o, OutputFormat::Json, &log));
+        let back: LogView = serde_json::from_str(&j).unwrap();
+        assert_eq!(back, log);
+    }
+
+    #[test]
+    fn write_results() {
+        let w = WriteResult {
+            config_id: 1,
+            index: 7,
+            existed: false,
+        };
+        assert_eq!(
+            text(|o| write_write_result(o, OutputFormat::Text, &w, false)),
+            "OK\n"
+        );
+        assert_eq!(
+            text(|o| write_write_result(o, OutputFormat::Text, &w, true)),
+            "OK (key did not exist)\n"
+        );
+        let w2 = WriteResult { existed: true, ..w };
+        assert_eq!(
+            text(|o| write_write_result(o, OutputFormat::Text, &w2, true)),
+            "OK\n"
+        );
+        assert_eq!(
+            text(|o| write_write_result(o, OutputFormat::Json, &w, true)),
+            "{\"config_id\":1,\"index\":7,\"existed\":false}\n"
+        );
+    }
+
+    #[test]
+    fn values() {
+        let mut v = Vec::new();
+        write_value(&mut v, OutputFormat::Text, b"k", b"\xff\x00x").unwrap();
+        assert_eq!(v, b"\xff\x00x\n");
+        assert_eq!(
+            text(|o| write_value(o, OutputFormat::Json, b"k", b"v 1")),
+            "{\"key\":\"k\",\"value\":\"v 1\"}\n"
+        );
+        let j: serde_json::Value = serde_json::from_str(&text(|o| {
+            write_value(o, OutputFormat::Json, b"k", b"\xff\x01")
+        }))
+        .unwrap();
+        assert_eq!(j, serde_json::json!({"key": "k", "value_hex": "ff01"}));
+        let j = value_json(b"\xfe", b"");
+        assert_eq!(j, serde_json::json!({"key_hex": "fe", "value": ""}));
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(
+            status_text(&status()),
+            "pid:             2\n\
+             role:            follower\n\
+             leader:          1\n\
+             config_id:       1\n\
+             members:         1,2,3\n\
+             decided_idx:     10\n\
+             applied_idx:     9\n\
+             compacted_idx:   5\n\
+             keys:            4\n\
+             state_hash:      abcd\n\
+             connected_peers: 1,3\n"
+        );
+        let none = StatusView {
+            leader: None,
+            connected_peers: vec![],
+            ..status()
+        };
+        let t = status_text(&none);
+        assert!(t.contains("leader:          none\n"), "{t}");
+        assert!(t.contains("connected_peers: none\n"), "{t}");
+        let j = text(|o| write_status(o, OutputFormat::Json, &status()));
+        assert_eq!(serde_json::from_str::<StatusView>(&j).unwrap(), status());
+        assert_eq!(j.trim_end().lines().count(), 1);
+    }
+
+    #[test]
+    fn status_all() {
+        let rows: Vec<EndpointStatus> = vec![
+            ("127.0.0.1:8001".into(), Ok(status())),
+            (
+                "127.0.0.1:8002".into(),
+                Err(Error::Client(ClientError::Unavailable(
+                    "0 of 1 replicas reachable".into(),
+                ))),
+            ),
+        ];
+        let t = status_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ENDPOINT        PID  ROLE"), "{t}");
+        assert!(lines[1].starts_with("127.0.0.1:8001  2    follower"), "{t}");
+        assert_eq!(
+            lines[2],
+            "127.0.0.1:8002  unreachable: 0 of 1 replicas reachable"
+        );
+        let j = status_all_json(&rows);
+        assert_eq!(j[0]["endpoint"], "127.0.0.1:8001");
+        assert_eq!(j[0]["status"]["pid"], 2);
+        assert_eq!(j[1]["error"]["code"], "unavailable");
+    }
+
+    #[test]
+    fn errors() {
+        let e = Error::KeyNotFound(b"a".to_vec());
+        assert_eq!(
+            error_string(OutputFormat::Text, &e),
+            "error: key not found: a\n"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&error_string(OutputFormat::Json, &e)).unwrap();
+        assert_eq!(j["error"]["code"], "not_found");
+        assert_eq!(j["error"]["message"], "key not found: a");
+    }
+}

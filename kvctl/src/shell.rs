@@ -1,0 +1,380 @@
+//! The seed's interactive prompt: `put a 1`, `get a 8001`. Works piped too
+//! (`printf 'put a 1\nget a\n' | kvctl shell`).
+//!
+//! Line syntax (words split on ASCII whitespace, so shell keys and values cannot contain
+//! whitespace runs):
+//! - `put KEY VALUE [PORT]`: the value is the rest of the line after KEY, minus a trailing
+//!   PORT, its words joined by single spaces.
+//! - `get KEY [PORT]`, `delete KEY [PORT]` (also `del`), `status [PORT]`, `log [PORT]`.
+//! - `help`, `exit` / `quit`. Blank lines are ignored; end of input leaves the shell (exit 0).
+//!
+//! A trailing all-digit word in 1..=65535 is a PORT only when the command already has its
+//! required arguments without it (`get 8001` reads key `8001`; `put a 8001` writes value
+//! `8001`; `put a 1 8001` writes `1` via port 8001; note `put a x 2` goes to port 2). The
+//! command is then sent only to the endpoint of the list with that port, or, when none has
+//! it, to the first endpoint's host at that port.
+
+use crate::cli::DEFAULT_LOG_LIMIT;
+use crate::commands::{self, Request};
+use crate::exit::Error;
+use crate::{output, Context};
+use omnikv_common::Client;
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+
+/// The prompt, printed only when stdin is a terminal.
+pub const PROMPT: &str = "Type a command here <put/delete/get> <args>: ";
+
+/// The `help` text.
+pub const HELP: &str = "\
+commands:
+  put KEY VALUE [PORT]   write VALUE under KEY (VALUE: the rest of the line, words joined by single spaces)
+  get KEY [PORT]         print the value of KEY
+  delete KEY [PORT]      delete KEY (alias: del)
+  status [PORT]          status of a replica
+  log [PORT]             the replica's recent decided log
+  help                   this text
+  exit | quit            leave (so does end of input)
+A trailing PORT (1-65535) sends the command only to the endpoint with that port.
+";
+
+/// One parsed shell line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellCommand {
+    /// A request, and the port it is addressed to (`None`: the usual endpoints).
+    Request {
+        req: Request,
+        port: Option<u16>,
+    },
+    Help,
+    Exit,
+}
+
+fn as_port(word: &[u8]) -> Option<u16> {
+    if word.is_empty() || !word.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(word)
+        .ok()?
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p >= 1)
+}
+
+/// Splits a trailing PORT off `args` when `args` has more than `required` words.
+fn split_port<'a>(args: &'a [&'a [u8]], required: usize) -> (&'a [&'a [u8]], Option<u16>) {
+    if args.len() > required {
+        if let Some(port) = args.last().and_then(|w| as_port(w)) {
+            return (&args[..args.len() - 1], Some(port));
+        }
+    }
+    (args, None)
+}
+
+/// Parses one line. `Ok(None)` for a blank line; `Err` carries a usage message.
+pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
+    let words: Vec<&[u8]> = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let Some((&cmd, args)) = words.split_first() else {
+        return Ok(None);
+    };
+    let request = |req, port| Ok(Some(ShellCommand::Request { req, port }));
+    match cmd {
+        b"put" => {
+            let (args, port) = split_port(args, 2);
+            if args.len() < 2 {
+                return Err("usage: put KEY VALUE [PORT]".into());
+            }
+            let key = args[0].to_vec();
+            let value = args[1..].join(&b' ');
+            request(Request::Put { key, value }, port)
+        }
+        b"get" | b"delete" | b"del" => {
+            let (args, port) = split_port(args, 1);
+            let [key] = args else {
+                let name = String::from_utf8_lossy(cmd);
+                return Err(format!("usage: {name} KEY [PORT]"));
+            };
+            let key = key.to_vec();
+            let req = if cmd == b"get" {
+                Request::Get { key }
+            } else {
+                Request::Delete { key }
+            };
+            request(req, port)
+        }
+        b"status" | b"log" => {
+            let (args, port) = split_port(args, 0);
+            if !args.is_empty() {
+                let name = String::from_utf8_lossy(cmd);
+                return Err(format!("usage: {name} [PORT]"));
+            }
+            let req = if cmd == b"status" {
+                Request::Status
+            } else {
+                Request::Log {
+                    limit: DEFAULT_LOG_LIMIT,
+                }
+            };
+            request(req, port)
+        }
+        b"help" | b"?" => Ok(Some(ShellCommand::Help)),
+        b"exit" | b"quit" => Ok(Some(ShellCommand::Exit)),
+        other => Err(format!(
+            "unknown command {:?} (commands: put, get, delete, status, log, help, exit)",
+            String::from_utf8_lossy(other)
+        )),
+    }
+}
+
+/// Splits an endpoint into (scheme with `://` or empty, host, port if written).
+fn split_endpoint(endpoint: &str) -> (&str, &str, Option<u16>) {
+    let (scheme, rest) = match endpoint.find("://") {
+        Some(i) => endpoint.split_at(i + 3),
+        None => ("", endpoint),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (scheme, host, port.parse().ok()),
+        _ => (scheme, authority, None),
+    }
+}
+
+/// The endpoint a PORT addresses: the first of `endpoints` with that port, else the first
+/// endpoint's host (and scheme) at that port. `None` when `endpoints` is empty.
+pub fn endpoint_for_port(endpoints: &[String], port: u16) -> Option<String> {
+    if let Some(e) = endpoints
+        .iter()
+        .find(|e| split_endpoint(e.trim()).2 == Some(port))
+    {
+        return Some(e.clone());
+    }
+    let (scheme, host, _) = split_endpoint(endpoints.first()?.trim());
+    Some(format!("{scheme}{host}:{port}"))
+}
+
+/// Reads commands from `input` until end of input or `exit`, printing results to `out` and
+/// errors to `err`; a failed command does not end the shell. `prompt`: print [`PROMPT`]
+/// before each line. Fails only on bad global flags or unreadable input.
+pub async fn run(
+    ctx: &Context,
+    mut input: impl BufRead,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    prompt: bool,
+) -> Result<(), Error> {
+    let default = ctx.client()?;
+    let mut by_endpoint: HashMap<String, Client> = HashMap::new();
+    let mut line = Vec::new();
+    loop {
+        if prompt {
+            write!(out, "{PROMPT}").map_err(Error::stdout)?;
+            out.flush().map_err(Error::stdout)?;
+        }
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|source| Error::Io {
+                context: "cannot read stdin",
+                source,
+            })?;
+        if n == 0 {
+            if prompt {
+                writeln!(out).map_err(Error::stdout)?;
+            }
+            return Ok(());
+        }
+        let result = match parse_line(&line) {
+            Ok(None) => continue,
+            Ok(Some(ShellCommand::Exit)) => return Ok(()),
+            Ok(Some(ShellCommand::Help)) => out.write_all(HELP.as_bytes()).map_err(Error::stdout),
+            Ok(Some(ShellCommand::Request { req, port })) => {
+                match client_for(ctx, &default, &mut by_endpoint, port) {
+                    Ok(client) => commands::execute(ctx, client, req, out).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Err(msg) => Err(Error::Usage(msg)),
+        };
+        out.flush().map_err(Error::stdout)?;
+        if let Err(e) = result {
+            output::write_error(err, ctx.output, &e);
+        }
+    }
+}
+
+fn client_for<'a>(
+    ctx: &Context,
+    default: &'a Client,
+    cache: &'a mut HashMap<String, Client>,
+    port: Option<u16>,
+) -> Result<&'a Client, Error> {
+    let Some(port) = port else {
+        return Ok(default);
+    };
+    let endpoint = endpoint_for_port(&ctx.endpoints, port)
+        .ok_or_else(|| Error::usage("no endpoints given (--endpoints)"))?;
+    if !cache.contains_key(&endpoint) {
+        let client = Client::new(std::slice::from_ref(&endpoint), ctx.timeout)?;
+        cache.insert(endpoint.clone(), client);
+    }
+    Ok(&cache[&endpoint])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(line: &str) -> (Request, Option<u16>) {
+        match parse_line(line.as_bytes()) {
+            Ok(Some(ShellCommand::Request { req, port })) => (req, port),
+            other => panic!("{line:?} parsed as {other:?}"),
+        }
+    }
+
+    fn put(k: &str, v: &str) -> Request {
+        Request::Put {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn get(k: &str) -> Request {
+        Request::Get { key: k.into() }
+    }
+
+    #[test]
+    fn seed_examples() {
+        assert_eq!(req("put a 1"), (put("a", "1"), None));
+        assert_eq!(req("get a 8001"), (get("a"), Some(8001)));
+        assert_eq!(req("put a 2 8002\n"), (put("a", "2"), Some(8002)));
+        assert_eq!(req("get a"), (get("a"), None));
+    }
+
+    #[test]
+    fn trailing_port_only_after_required_args() {
+        assert_eq!(req("get 8001"), (get("8001"), None));
+        assert_eq!(req("put a 8001"), (put("a", "8001"), None));
+        assert_eq!(req("put 8001 8002"), (put("8001", "8002"), None));
+        assert_eq!(req("put a x 2"), (put("a", "x"), Some(2)));
+        assert_eq!(req("put a 1 65535"), (put("a", "1"), Some(65535)));
+        // Not plausible ports: part of the value.
+        assert_eq!(req("put a 1 65536"), (put("a", "1 65536"), None));
+        assert_eq!(req("put a 1 0"), (put("a", "1 0"), None));
+        assert_eq!(req("put a 1 80x"), (put("a", "1 80x"), None));
+        assert!(parse_line(b"get a 0").is_err());
+        assert!(parse_line(b"get a b").is_err());
+        assert!(parse_line(b"get a b 8001").is_err());
+    }
+
+    #[test]
+    fn values_are_words_joined_by_single_spaces() {
+        assert_eq!(
+            req("  put  k  hello   big\tworld  "),
+            (put("k", "hello big world"), None)
+        );
+        assert_eq!(
+            req("put k hello world 8003\r\n"),
+            (put("k", "hello world"), Some(8003))
+        );
+    }
+
+    #[test]
+    fn other_commands() {
+        assert_eq!(req("del a"), (Request::Delete { key: "a".into() }, None));
+        assert_eq!(
+            req("delete a 8003"),
+            (Request::Delete { key: "a".into() }, Some(8003))
+        );
+        assert_eq!(req("status"), (Request::Status, None));
+        assert_eq!(req("status 8002"), (Request::Status, Some(8002)));
+        assert_eq!(
+            req("log 8001"),
+            (
+                Request::Log {
+                    limit: DEFAULT_LOG_LIMIT
+                },
+                Some(8001)
+            )
+        );
+        assert_eq!(parse_line(b"help").unwrap(), Some(ShellCommand::Help));
+        assert_eq!(parse_line(b"exit\n").unwrap(), Some(ShellCommand::Exit));
+        assert_eq!(parse_line(b"quit").unwrap(), Some(ShellCommand::Exit));
+        assert_eq!(parse_line(b"   \n").unwrap(), None);
+        assert_eq!(parse_line(b"").unwrap(), None);
+        assert!(parse_line(b"status x").is_err());
+        assert!(parse_line(b"put a").is_err());
+        assert!(parse_line(b"get").is_err());
+        assert!(parse_line(b"frob a")
+            .unwrap_err()
+            .contains("unknown command"));
+    }
+
+    #[test]
+    fn binary_words() {
+        let (r, _) = match parse_line(b"put \xff \xfe\x01") {
+            Ok(Some(ShellCommand::Request { req, port })) => (req, port),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            r,
+            Request::Put {
+                key: vec![0xff],
+                value: vec![0xfe, 0x01]
+            }
+        );
+    }
+
+    #[test]
+    fn ports_to_endpoints() {
+        let eps: Vec<String> = ["127.0.0.1:8001", "http://10.0.0.2:8002/", "h3:8003"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(endpoint_for_port(&eps, 8001).unwrap(), "127.0.0.1:8001");
+        assert_eq!(
+            endpoint_for_port(&eps, 8002).unwrap(),
+            "http://10.0.0.2:8002/"
+        );
+        assert_eq!(endpoint_for_port(&eps, 8003).unwrap(), "h3:8003");
+        assert_eq!(endpoint_for_port(&eps, 9000).unwrap(), "127.0.0.1:9000");
+        let eps = vec!["http://[::1]:8001".to_string()];
+        assert_eq!(endpoint_for_port(&eps, 8001).unwrap(), "http://[::1]:8001");
+        assert_eq!(endpoint_for_port(&eps, 8004).unwrap(), "http://[::1]:8004");
+        let eps = vec!["http://example".to_string()];
+        assert_eq!(
+            endpoint_for_port(&eps, 8004).unwrap(),
+            "http://example:8004"
+        );
+        assert_eq!(endpoint_for_port(&[], 8001), None);
+    }
+
+    #[tokio::test]
+    async fn shell_keeps_going_after_errors() {
+        let cli = <crate::Cli as clap::Parser>::try_parse_from([
+            "kvctl",
+            "--endpoints",
+            "127.0.0.1:1",
+            "--timeout",
+            "200ms",
+            "shell",
+        ])
+        .unwrap();
+        let ctx = Context::new(&cli.global);
+        let input: &[u8] = b"\nfrob\nhelp\nget a\nget a 1\nexit\nget never\n";
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        run(&ctx, input, &mut out, &mut err, false).await.unwrap();
+        let out = String::from_utf8(out).unwrap();
+        let err = String::from_utf8(err).unwrap();
+        assert_eq!(out, HELP);
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 3, "{err}");
+        assert!(
+            lines[0].starts_with("error: usage: unknown command"),
+            "{err}"
+        );
+        assert!(lines[1].contains("0 of 1 replicas reachable"), "{err}");
+        assert!(lines[2].contains("0 of 1 replicas reachable"), "{err}");
+    }
+}

@@ -1,0 +1,250 @@
+//! Streamed, checksummed checkpoints: the state-machine state (KV, dedup table, position)
+//! sent to a replica that must catch up past entries no peer still holds.
+//!
+//! Sender: a RocksDB snapshot read on its own thread, in chunks of at most `CHUNK_BYTES`.
+//! Receiver: chunks are staged in the `stage` column family (bounded memory); once the
+//! CRC and chunk count check out, a persisted `installing` marker is written and the staged
+//! state replaces the live one in bounded batches. A crash mid-switch resumes from the marker
+//! at start-up, so the switch is all-or-nothing as seen from outside.
+
+use crate::codec::{decode, encode};
+use crate::frame::{crc_items, CheckpointItem, PeerFrame};
+use crate::state_machine::SmMeta;
+use crate::storage::{Db, StoreError, CF_DEDUP, CF_KV, CF_META, CF_STAGE};
+use crate::transport::PeerLink;
+use rocksdb::{IteratorMode, WriteBatch};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Largest chunk payload, in bytes.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+const META_INSTALLING: &[u8] = b"checkpoint_installing";
+const STAGE_KV: u8 = 0;
+/// Exclusive upper bound above every key we store (keys are at most 1 KiB, +1 stage byte).
+const KEYS_END: [u8; 1100] = [0xff; 1100];
+const STAGE_DEDUP: u8 = 1;
+
+/// Streams this replica's state to `link` as checkpoint `id`. Runs on its own thread and
+/// stops early once `current` no longer holds `id` (the peer asked for a newer stream).
+pub fn stream(db: Db, link: PeerLink, id: u64, current: Arc<AtomicU64>) {
+    let snap = db.raw().snapshot();
+    let meta: SmMeta = match snap.get_cf(db.cf(CF_META), b"sm") {
+        Ok(Some(b)) => match decode(&b) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "checkpoint: corrupt state-machine meta");
+                return;
+            }
+        },
+        _ => SmMeta::default(),
+    };
+    let mut crc = crc32fast::Hasher::new();
+    let mut seq = 0u64;
+    let mut items = Vec::new();
+    let mut size = 0usize;
+    let started = std::time::Instant::now();
+    let mut flush = |items: &mut Vec<CheckpointItem>, size: &mut usize, seq: &mut u64| -> bool {
+        if items.is_empty() {
+            return true;
+        }
+        if current.load(Ordering::Relaxed) != id {
+            return false;
+        }
+        crc_items(&mut crc, items);
+        let chunk = PeerFrame::CheckpointChunk {
+            id,
+            seq: *seq,
+            items: std::mem::take(items),
+        };
+        *seq += 1;
+        *size = 0;
+        link.send_bulk_blocking(chunk)
+    };
+    for (cf, is_kv) in [(CF_KV, true), (CF_DEDUP, false)] {
+        for item in snap.iterator_cf(db.cf(cf), IteratorMode::Start) {
+            let Ok((k, v)) = item else {
+                warn!("checkpoint: read error; aborting stream");
+                return;
+            };
+            size += k.len() + v.len() + 16;
+            items.push(if is_kv {
+                CheckpointItem::Kv(k.to_vec(), v.to_vec())
+            } else {
+                CheckpointItem::Dedup(k.to_vec(), v.to_vec())
+            });
+            if size >= CHUNK_BYTES && !flush(&mut items, &mut size, &mut seq) {
+                warn!(
+                    peer = link.pid,
+                    "checkpoint stream stopped (link closed or superseded)"
+                );
+                return;
+            }
+        }
+    }
+    if !flush(&mut items, &mut size, &mut seq) {
+        return;
+    }
+    let crc = crc.finalize();
+    link.send_bulk_blocking(PeerFrame::CheckpointDone {
+        id,
+        chunks: seq,
+        crc,
+        meta,
+    });
+    info!(
+        peer = link.pid,
+        chunks = seq,
+        keys = meta.keys,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "checkpoint sent"
+    );
+}
+
+fn stage_key(kind: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(kind);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Receiving side of one checkpoint.
+pub struct Receiver {
+    pub from: u64,
+    pub id: u64,
+    next_seq: u64,
+    crc: crc32fast::Hasher,
+    pub bytes: u64,
+}
+
+/// Why a received checkpoint was thrown away.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("chunk {got} out of order (expected {expected})")]
+    OutOfOrder { expected: u64, got: u64 },
+    #[error("checksum or chunk count mismatch")]
+    Corrupt,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Receiver {
+    /// Starts receiving checkpoint `id` from `from`, clearing any earlier staged state.
+    pub fn start(db: &Db, from: u64, id: u64) -> Result<Receiver, StoreError> {
+        clear_stage(db)?;
+        Ok(Receiver {
+            from,
+            id,
+            next_seq: 0,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Stages one chunk (unsynced: the stage is only trusted once complete and synced).
+    pub fn chunk(
+        &mut self,
+        db: &Db,
+        seq: u64,
+        items: &[CheckpointItem],
+    ) -> Result<(), CheckpointError> {
+        if seq != self.next_seq {
+            return Err(CheckpointError::OutOfOrder {
+                expected: self.next_seq,
+                got: seq,
+            });
+        }
+        crc_items(&mut self.crc, items);
+        let mut batch = WriteBatch::default();
+        let cf = db.cf(CF_STAGE);
+        for item in items {
+            let (k, v) = match item {
+                CheckpointItem::Kv(k, v) => (stage_key(STAGE_KV, k), v),
+                CheckpointItem::Dedup(k, v) => (stage_key(STAGE_DEDUP, k), v),
+            };
+            self.bytes += (k.len() + v.len()) as u64;
+            batch.put_cf(cf, k, v);
+        }
+        db.write(batch)?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Verifies the stream and switches the staged state in. Returns the installed meta.
+    pub fn finish(
+        self,
+        db: &Db,
+        chunks: u64,
+        crc: u32,
+        meta: SmMeta,
+    ) -> Result<SmMeta, CheckpointError> {
+        if chunks != self.next_seq || crc != self.crc.finalize() {
+            clear_stage(db)?;
+            return Err(CheckpointError::Corrupt);
+        }
+        // Stage complete and verified: make it durable, then record that we are switching.
+        db.sync()?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(db.cf(CF_META), META_INSTALLING, encode(&meta));
+        db.write_synced(batch)?;
+        switch_in(db, meta)?;
+        Ok(meta)
+    }
+}
+
+fn clear_stage(db: &Db) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(db.cf(CF_STAGE), [].as_slice(), KEYS_END.as_slice());
+    db.write(batch)
+}
+
+/// Replaces the live KV and dedup state with the staged one, in bounded batches, and writes
+/// the new state-machine meta last. Idempotent: safe to re-run after a crash.
+fn switch_in(db: &Db, meta: SmMeta) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(db.cf(CF_KV), [].as_slice(), KEYS_END.as_slice());
+    batch.delete_range_cf(db.cf(CF_DEDUP), [].as_slice(), KEYS_END.as_slice());
+    db.write(batch)?;
+    let mut batch = WriteBatch::default();
+    let mut size = 0usize;
+    for item in db.raw().iterator_cf(db.cf(CF_STAGE), IteratorMode::Start) {
+        let (k, v) = item?;
+        let Some((&kind, key)) = k.split_first() else {
+            continue;
+        };
+        let cf = if kind == STAGE_KV { CF_KV } else { CF_DEDUP };
+        batch.put_cf(db.cf(cf), key, &v);
+        size += k.len() + v.len();
+        if size >= CHUNK_BYTES * 4 {
+            db.write(std::mem::take(&mut batch))?;
+            size = 0;
+        }
+    }
+    db.write(batch)?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(db.cf(CF_META), b"sm", encode(&meta));
+    batch.delete_cf(db.cf(CF_META), META_INSTALLING);
+    db.write(batch)?;
+    clear_stage(db)?;
+    db.sync()?;
+    info!(
+        config_id = meta.applied.config_id,
+        index = meta.applied.index,
+        keys = meta.keys,
+        "checkpoint installed"
+    );
+    Ok(())
+}
+
+/// At start-up: finishes a switch interrupted by a crash.
+pub fn resume_interrupted_install(db: &Db) -> Result<(), StoreError> {
+    if let Some(b) = db.get(CF_META, META_INSTALLING)? {
+        let meta: SmMeta = decode(&b).map_err(|e| StoreError::Corrupt {
+            what: "checkpoint marker",
+            detail: e.to_string(),
+        })?;
+        warn!("resuming a checkpoint install interrupted by a crash");
+        switch_in(db, meta)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Prometheus metrics (`GET /metrics`). Names are part of the contract in docs/api.md.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Client operations handed to consensus (each op of a batch counts).
+    pub proposals: Counter,
+    /// Log entries decided (observed advancing the decided index).
+    pub decided: Counter,
+    /// Log entries applied to the state machine.
+    pub applied: Counter,
+    /// Times the known leader changed.
+    pub leader_changes: Counter,
+    /// WAL syncs (fsyncs).
+    pub fsyncs: Counter<u64, AtomicU64>,
+    /// Peer frames dropped (full queue, non-member sender, wrong configuration).
+    pub peer_frames_dropped: Counter,
+    /// Client requests refused before reaching consensus.
+    pub requests_refused: Counter,
+    pub decided_idx: Gauge,
+    pub applied_idx: Gauge,
+    pub compacted_idx: Gauge,
+    /// 1 while this replica is catching up (not applying, not answering).
+    pub catching_up: Gauge,
+    /// Request latency by op (put, delete, get_linearizable, get_local), seconds.
+    pub request_seconds: Family<OpLabel, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("omnikv"),
+            proposals: Counter::default(),
+            decided: Counter::default(),
+            applied: Counter::default(),
+            leader_changes: Counter::default(),
+            fsyncs: Counter::default(),
+            peer_frames_dropped: Counter::default(),
+            requests_refused: Counter::default(),
+            decided_idx: Gauge::default(),
+            applied_idx: Gauge::default(),
+            compacted_idx: Gauge::default(),
+            catching_up: Gauge::default(),
+            request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            }),
+        };
+        m.registry.register(
+            "proposals",
+            "Client operations handed to consensus",
+            m.proposals.clone(),
+        );
+        m.registry
+            .register("decided_entries", "Log entries decided", m.decided.clone());
+        m.registry.register(
+            "applied_entries",
+            "Log entries applied to the state machine",
+            m.applied.clone(),
+        );
+        m.registry.register(
+            "leader_changes",
+            "Times the known leader changed",
+            m.leader_changes.clone(),
+        );
+        m.registry
+            .register("fsyncs", "WAL syncs performed", m.fsyncs.clone());
+        m.registry.register(
+            "peer_frames_dropped",
+            "Peer frames dropped",
+            m.peer_frames_dropped.clone(),
+        );
+        m.registry.register(
+            "requests_refused",
+            "Client requests refused before reaching consensus",
+            m.requests_refused.clone(),
+        );
+        m.registry.register(
+            "decided_index",
+            "Decided index of the current configuration",
+            m.decided_idx.clone(),
+        );
+        m.registry.register(
+            "applied_index",
+            "Applied index of the current configuration",
+            m.applied_idx.clone(),
+        );
+        m.registry.register(
+            "compacted_index",
+            "Compacted index of the current configuration",
+            m.compacted_idx.clone(),
+        );
+        m.registry
+            .register("catching_up", "1 while catching up", m.catching_up.clone());
+        m.registry.register(
+            "request_duration_seconds",
+            "Client request latency",
+            m.request_seconds.clone(),
+        );
+        m
+    }
+
+    pub fn observe(&self, op: &str, seconds: f64) {
+        self.request_seconds
+            .get_or_create(&OpLabel { op: op.to_string() })
+            .observe(seconds);
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("render metrics");
+        s
+    }
+}

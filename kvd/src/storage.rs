@@ -1,0 +1,447 @@
+//! RocksDB layout and the OmniPaxos `Storage` implementation.
+//!
+//! One RocksDB per replica, column families by purpose:
+//! - `log`:   `config_id (u32 BE) ++ index (u64 BE)` -> encoded `LogCmd` (absolute indices)
+//! - `paxos`: `config_id (u32 BE) ++ tag` -> promise, accepted round, decided/compacted index,
+//!   stopsign, snapshot marker
+//! - `kv`:    user key -> value (the state machine)
+//! - `dedup`: `client (u64 BE) ++ seq (u64 BE)` -> dedup record
+//! - `meta`:  replica metadata (identity, storage id, configuration, applied position...)
+//! - `stage`: a checkpoint being received, switched in once complete and verified
+//!
+//! Every write goes to the WAL unsynced; the consensus loop makes them durable with one
+//! `flush_wal(true)` per iteration (group commit) before any message leaves or any client
+//! is answered.
+
+use crate::codec::{decode, encode};
+use crate::command::{LogCmd, Marker};
+use omnipaxos::ballot_leader_election::Ballot;
+use omnipaxos::storage::{StopSign, Storage, StorageOp, StorageResult};
+use rocksdb::{ColumnFamily, Options, WriteBatch, WriteOptions, DB};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub const CF_LOG: &str = "log";
+pub const CF_PAXOS: &str = "paxos";
+pub const CF_KV: &str = "kv";
+pub const CF_DEDUP: &str = "dedup";
+pub const CF_META: &str = "meta";
+pub const CF_STAGE: &str = "stage";
+const ALL_CFS: [&str; 6] = [CF_LOG, CF_PAXOS, CF_KV, CF_DEDUP, CF_META, CF_STAGE];
+
+/// Storage failures. The library panics on any error we return to it (upstream #124), which
+/// ends the process (kvd installs an aborting panic hook): never a zombie replica.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt record {what}: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+/// The shared RocksDB handle plus the write/sync accounting the loop uses for group commit.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DB>,
+    /// Writes since the last sync (group commit needs a sync iff this is non-zero).
+    unsynced: Arc<AtomicU64>,
+    /// WAL syncs performed (exported as a metric; "fsyncs per committed write").
+    pub syncs: Arc<AtomicU64>,
+}
+
+impl Db {
+    /// Opens (or creates) the replica's RocksDB under `dir`.
+    pub fn open(dir: &Path) -> Result<Db, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(3);
+        // Bound memtables: a replica must stay small (the benchmark target is 150 MB RSS).
+        opts.set_write_buffer_size(16 * 1024 * 1024);
+        opts.set_max_write_buffer_number(3);
+        let db = DB::open_cf(&opts, dir, ALL_CFS)?;
+        Ok(Db {
+            inner: Arc::new(db),
+            unsynced: Arc::new(AtomicU64::new(0)),
+            syncs: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn raw(&self) -> &DB {
+        &self.inner
+    }
+
+    pub fn cf(&self, name: &str) -> &ColumnFamily {
+        self.inner
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    /// Writes a batch to the WAL, unsynced: durable at the next `sync`.
+    pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.inner.write_opt(batch, &wo)?;
+        self.unsynced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes a batch and syncs the WAL at once (rare metadata writes outside the loop).
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        self.write(batch)?;
+        self.sync()
+    }
+
+    /// Makes every write so far durable (one WAL fsync), if there is anything to sync.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if self.unsynced.swap(0, Ordering::AcqRel) == 0 {
+            return Ok(());
+        }
+        self.inner.flush_wal(true)?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.inner.get_cf(self.cf(cf), key)?)
+    }
+}
+
+fn log_key(config_id: u32, idx: usize) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&config_id.to_be_bytes());
+    k[4..].copy_from_slice(&(idx as u64).to_be_bytes());
+    k
+}
+
+fn paxos_key(config_id: u32, tag: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&config_id.to_be_bytes());
+    k[4] = tag;
+    k
+}
+
+const TAG_PROMISE: u8 = 1;
+const TAG_ACCEPTED_ROUND: u8 = 2;
+const TAG_DECIDED: u8 = 3;
+const TAG_COMPACTED: u8 = 4;
+const TAG_STOPSIGN: u8 = 5;
+const TAG_SNAPSHOT: u8 = 6;
+const TAG_LOG_END: u8 = 7;
+
+/// The cached Paxos metadata of one configuration's log. Always equal to what is stored.
+#[derive(Clone, Debug, Default)]
+struct LogMeta {
+    promise: Option<Ballot>,
+    accepted_round: Option<Ballot>,
+    decided: usize,
+    compacted: usize,
+    stopsign: Option<StopSign>,
+    snapshot: Option<Marker>,
+    /// Absolute index one past the last stored entry.
+    log_end: usize,
+}
+
+/// One configuration's Paxos log and metadata, as OmniPaxos's `Storage`.
+pub struct LogStore {
+    db: Db,
+    config_id: u32,
+    meta: LogMeta,
+}
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+impl LogStore {
+    /// Opens configuration `config_id`'s log (empty on a fresh store).
+    pub fn open(db: Db, config_id: u32) -> Result<LogStore, StoreError> {
+        let get = |tag| db.get(CF_PAXOS, &paxos_key(config_id, tag));
+        let read_usize = |tag, what| -> Result<usize, StoreError> {
+            match get(tag)? {
+                Some(b) => decode::<u64>(&b)
+                    .map(|v| v as usize)
+                    .map_err(|e| corrupt(what, e)),
+                None => Ok(0),
+            }
+        };
+        let meta = LogMeta {
+            promise: get(TAG_PROMISE)?
+                .map(|b| decode(&b).map_err(|e| corrupt("promise", e)))
+                .transpose()?,
+            accepted_round: get(TAG_ACCEPTED_ROUND)?
+                .map(|b| decode(&b).map_err(|e| corrupt("accepted round", e)))
+                .transpose()?,
+            decided: read_usize(TAG_DECIDED, "decided idx")?,
+            compacted: read_usize(TAG_COMPACTED, "compacted idx")?,
+            stopsign: match get(TAG_STOPSIGN)? {
+                Some(b) => decode(&b).map_err(|e| corrupt("stopsign", e))?,
+                None => None,
+            },
+            snapshot: get(TAG_SNAPSHOT)?.map(|_| Marker),
+            log_end: read_usize(TAG_LOG_END, "log end")?,
+        };
+        Ok(LogStore {
+            db,
+            config_id,
+            meta,
+        })
+    }
+
+    pub fn config_id(&self) -> u32 {
+        self.config_id
+    }
+
+    /// Reads stored entries `[from, to)`; `None` if any is missing (compacted or not yet written).
+    pub fn read_range(&self, from: usize, to: usize) -> Result<Option<Vec<LogCmd>>, StoreError> {
+        read_log_range(&self.db, self.config_id, from, to)
+    }
+
+    fn apply_op(&self, meta: &mut LogMeta, batch: &mut WriteBatch, op: StorageOp<LogCmd>) {
+        let cf_log = self.db.cf(CF_LOG);
+        let cf_px = self.db.cf(CF_PAXOS);
+        let c = self.config_id;
+        let put_meta = |batch: &mut WriteBatch, tag: u8, bytes: Vec<u8>| {
+            batch.put_cf(cf_px, paxos_key(c, tag), bytes);
+        };
+        match op {
+            StorageOp::AppendEntry(e) => {
+                batch.put_cf(cf_log, log_key(c, meta.log_end), encode(&e));
+                meta.log_end += 1;
+                put_meta(batch, TAG_LOG_END, encode(&(meta.log_end as u64)));
+            }
+            StorageOp::AppendEntries(es) => {
+                for e in es {
+                    batch.put_cf(cf_log, log_key(c, meta.log_end), encode(&e));
+                    meta.log_end += 1;
+                }
+                put_meta(batch, TAG_LOG_END, encode(&(meta.log_end as u64)));
+            }
+            StorageOp::AppendOnPrefix(from, es) => {
+                if from < meta.log_end {
+                    batch.delete_range_cf(cf_log, log_key(c, from), log_key(c, meta.log_end));
+                }
+                meta.log_end = from;
+                for e in es {
+                    batch.put_cf(cf_log, log_key(c, meta.log_end), encode(&e));
+                    meta.log_end += 1;
+                }
+                put_meta(batch, TAG_LOG_END, encode(&(meta.log_end as u64)));
+            }
+            StorageOp::SetPromise(b) => {
+                meta.promise = Some(b);
+                put_meta(batch, TAG_PROMISE, encode(&b));
+            }
+            StorageOp::SetDecidedIndex(i) => {
+                meta.decided = i;
+                put_meta(batch, TAG_DECIDED, encode(&(i as u64)));
+            }
+            StorageOp::SetAcceptedRound(b) => {
+                meta.accepted_round = Some(b);
+                put_meta(batch, TAG_ACCEPTED_ROUND, encode(&b));
+            }
+            StorageOp::SetCompactedIdx(i) => {
+                meta.compacted = i;
+                put_meta(batch, TAG_COMPACTED, encode(&(i as u64)));
+            }
+            StorageOp::Trim(i) => {
+                // Delete everything below `i`; `i` may lie past the end (the log then empties
+                // and restarts at `i`).
+                batch.delete_range_cf(cf_log, log_key(c, 0), log_key(c, i));
+                if i > meta.log_end {
+                    meta.log_end = i;
+                    put_meta(batch, TAG_LOG_END, encode(&(meta.log_end as u64)));
+                }
+            }
+            StorageOp::SetStopsign(ss) => {
+                put_meta(batch, TAG_STOPSIGN, encode(&ss));
+                meta.stopsign = ss;
+            }
+            StorageOp::SetSnapshot(s) => {
+                match s {
+                    Some(_) => put_meta(batch, TAG_SNAPSHOT, Vec::new()),
+                    None => batch.delete_cf(cf_px, paxos_key(c, TAG_SNAPSHOT)),
+                }
+                meta.snapshot = s;
+            }
+        }
+    }
+
+    fn write_ops(&mut self, ops: Vec<StorageOp<LogCmd>>) -> StorageResult<()> {
+        let mut meta = self.meta.clone();
+        let mut batch = WriteBatch::default();
+        for op in ops {
+            self.apply_op(&mut meta, &mut batch, op);
+        }
+        self.db.write(batch)?;
+        // Only now, with the batch written, does the cache move: all-or-nothing.
+        self.meta = meta;
+        Ok(())
+    }
+}
+
+/// Reads `[from, to)` of configuration `config_id`'s log; `None` if any entry is missing.
+pub fn read_log_range(
+    db: &Db,
+    config_id: u32,
+    from: usize,
+    to: usize,
+) -> Result<Option<Vec<LogCmd>>, StoreError> {
+    if from >= to {
+        return Ok(Some(Vec::new()));
+    }
+    let mut out = Vec::with_capacity(to - from);
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_iterate_upper_bound(log_key(config_id, to).to_vec());
+    let it = db.raw().iterator_cf_opt(
+        db.cf(CF_LOG),
+        ro,
+        rocksdb::IteratorMode::From(&log_key(config_id, from), rocksdb::Direction::Forward),
+    );
+    for (expected, item) in (from..to).zip(it) {
+        let (k, v) = item?;
+        if k.as_ref() != log_key(config_id, expected) {
+            return Ok(None);
+        }
+        out.push(decode(&v).map_err(|e| corrupt("log entry", e))?);
+    }
+    Ok((out.len() == to - from).then_some(out))
+}
+
+impl Storage<LogCmd> for LogStore {
+    fn write_atomically(&mut self, ops: Vec<StorageOp<LogCmd>>) -> StorageResult<()> {
+        self.write_ops(ops)
+    }
+    fn append_entry(&mut self, entry: LogCmd) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::AppendEntry(entry)])
+    }
+    fn append_entries(&mut self, entries: Vec<LogCmd>) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::AppendEntries(entries)])
+    }
+    fn append_on_prefix(&mut self, from_idx: usize, entries: Vec<LogCmd>) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::AppendOnPrefix(from_idx, entries)])
+    }
+    fn set_promise(&mut self, n_prom: Ballot) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::SetPromise(n_prom)])
+    }
+    fn set_decided_idx(&mut self, ld: usize) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::SetDecidedIndex(ld)])
+    }
+    fn get_decided_idx(&self) -> StorageResult<usize> {
+        Ok(self.meta.decided)
+    }
+    fn set_accepted_round(&mut self, na: Ballot) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::SetAcceptedRound(na)])
+    }
+    fn get_accepted_round(&self) -> StorageResult<Option<Ballot>> {
+        Ok(self.meta.accepted_round)
+    }
+    fn get_entries(&self, from: usize, to: usize) -> StorageResult<Vec<LogCmd>> {
+        // The library asks past the log end and below the compacted index: a range that is
+        // not fully present is an empty Vec, never an error.
+        if from < self.meta.compacted || to > self.meta.log_end || from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self.read_range(from, to)?.unwrap_or_default())
+    }
+    fn get_log_len(&self) -> StorageResult<usize> {
+        Ok(self.meta.log_end.saturating_sub(self.meta.compacted))
+    }
+    fn get_suffix(&self, from: usize) -> StorageResult<Vec<LogCmd>> {
+        self.get_entries(from, self.meta.log_end)
+    }
+    fn get_promise(&self) -> StorageResult<Option<Ballot>> {
+        Ok(self.meta.promise)
+    }
+    fn set_stopsign(&mut self, s: Option<StopSign>) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::SetStopsign(s)])
+    }
+    fn get_stopsign(&self) -> StorageResult<Option<StopSign>> {
+        Ok(self.meta.stopsign.clone())
+    }
+    fn trim(&mut self, idx: usize) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::Trim(idx)])
+    }
+    fn set_compacted_idx(&mut self, idx: usize) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::SetCompactedIdx(idx)])
+    }
+    fn get_compacted_idx(&self) -> StorageResult<usize> {
+        Ok(self.meta.compacted)
+    }
+    fn set_snapshot(&mut self, snapshot: Option<Marker>) -> StorageResult<()> {
+        self.write_ops(vec![StorageOp::SetSnapshot(snapshot)])
+    }
+    fn get_snapshot(&self) -> StorageResult<Option<Marker>> {
+        Ok(self.meta.snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Op;
+
+    fn cmd(i: u64) -> LogCmd {
+        LogCmd {
+            ops: vec![Op::Barrier { origin: 1, id: i }],
+        }
+    }
+
+    #[test]
+    fn fresh_store_has_no_promise_and_reopens_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = LogStore::open(db.clone(), 1).unwrap();
+        assert!(s.get_promise().unwrap().is_none());
+        s.append_entries((0..5).map(cmd).collect()).unwrap();
+        s.set_decided_idx(3).unwrap();
+        assert_eq!(s.get_entries(1, 3).unwrap(), vec![cmd(1), cmd(2)]);
+        // Past the end or an incomplete range: empty.
+        assert!(s.get_entries(3, 9).unwrap().is_empty());
+        db.sync().unwrap();
+        drop(s);
+        let s = LogStore::open(db.clone(), 1).unwrap();
+        assert_eq!(s.get_log_len().unwrap(), 5);
+        assert_eq!(s.get_decided_idx().unwrap(), 3);
+        // Another configuration's log is separate.
+        let other = LogStore::open(db, 2).unwrap();
+        assert_eq!(other.get_log_len().unwrap(), 0);
+    }
+
+    #[test]
+    fn trim_past_end_empties_log_and_moves_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = LogStore::open(db, 1).unwrap();
+        s.append_entries((0..3).map(cmd).collect()).unwrap();
+        s.write_atomically(vec![
+            StorageOp::Trim(10),
+            StorageOp::SetCompactedIdx(10),
+            StorageOp::SetSnapshot(Some(Marker)),
+            StorageOp::AppendOnPrefix(10, vec![cmd(10)]),
+        ])
+        .unwrap();
+        assert_eq!(s.get_compacted_idx().unwrap(), 10);
+        assert_eq!(s.get_log_len().unwrap(), 1);
+        assert_eq!(s.get_suffix(10).unwrap(), vec![cmd(10)]);
+        assert!(s.get_entries(0, 11).unwrap().is_empty());
+    }
+
+    #[test]
+    fn append_on_prefix_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut s = LogStore::open(db, 1).unwrap();
+        s.append_entries((0..5).map(cmd).collect()).unwrap();
+        s.append_on_prefix(2, vec![cmd(7)]).unwrap();
+        assert_eq!(s.get_suffix(0).unwrap(), vec![cmd(0), cmd(1), cmd(7)]);
+    }
+}

@@ -1,0 +1,350 @@
+//! Peer transport over TCP. Each replica dials every peer (an outbound, send-only session)
+//! and accepts their dials (inbound, receive-only). Sessions start with a `Hello` checked
+//! against our cluster identity; frames then go to the consensus loop's inbox.
+//!
+//! Limits: the Hello frame is at most `HELLO_MAX_BYTES`; later frames at most the configured
+//! peer-frame limit; a frame that is too large or does not decode closes the connection.
+//! Inbound frames are never allowed to block: when the inbox is full they are dropped
+//! (consensus tolerates loss; OmniPaxos resends).
+
+use crate::frame::{Hello, PeerFrame, HELLO_ACK, HELLO_MAX_BYTES, MAGIC, PROTOCOL_VERSION};
+use crate::metrics::Metrics;
+use crate::replica::Input;
+use crate::storage::{Db, CF_META};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+use tracing::{debug, info, warn};
+
+/// Frames queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 16 * 1024;
+/// Bulk frames (checkpoint chunks of up to 1 MiB) queued per peer: bounds a stream's memory.
+const BULK_QUEUE: usize = 4;
+/// Most concurrent inbound peer connections.
+const MAX_INBOUND: usize = 256;
+
+/// Who we are on the peer wire.
+#[derive(Clone)]
+pub struct Identity {
+    pub pid: u64,
+    pub cluster_id: u64,
+    pub storage_id: u64,
+}
+
+/// Shared state of the transport.
+pub struct TransportCtx {
+    pub me: Identity,
+    pub max_frame: usize,
+    pub inbox: SyncSender<Input>,
+    pub metrics: Arc<Metrics>,
+    pub db: Db,
+    /// Storage id last seen per pid: a pid presenting another disk is refused (a wiped disk
+    /// must come back as a new member, never silently under its old pid).
+    pub known_storage: Mutex<HashMap<u64, u64>>,
+}
+
+fn peer_storage_key(pid: u64) -> Vec<u8> {
+    format!("peer_storage/{pid}").into_bytes()
+}
+
+impl TransportCtx {
+    pub fn new(
+        me: Identity,
+        max_frame: usize,
+        inbox: SyncSender<Input>,
+        metrics: Arc<Metrics>,
+        db: Db,
+    ) -> Arc<TransportCtx> {
+        Arc::new(TransportCtx {
+            me,
+            max_frame,
+            inbox,
+            metrics,
+            db,
+            known_storage: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Accepts `pid` presenting `storage_id`, remembering it on first sight.
+    fn check_storage(&self, pid: u64, storage_id: u64) -> Result<(), String> {
+        let mut known = self.known_storage.lock().expect("lock");
+        let seen = match known.get(&pid) {
+            Some(s) => Some(*s),
+            None => self
+                .db
+                .get(CF_META, &peer_storage_key(pid))
+                .map_err(|e| e.to_string())?
+                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes)),
+        };
+        match seen {
+            Some(s) if s != storage_id => Err(format!(
+                "pid {pid} presents storage id {storage_id:x}, but we know it as {s:x}: its disk \
+                 was replaced; remove it and add it back as a new member"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                let mut batch = rocksdb::WriteBatch::default();
+                batch.put_cf(
+                    self.db.cf(CF_META),
+                    peer_storage_key(pid),
+                    storage_id.to_be_bytes(),
+                );
+                self.db.write_synced(batch).map_err(|e| e.to_string())?;
+                known.insert(pid, storage_id);
+                Ok(())
+            }
+        }
+    }
+
+    fn to_inbox(&self, input: Input) {
+        match self.inbox.try_send(input) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.metrics.peer_frames_dropped.inc();
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Our end of an outbound session to one peer.
+#[derive(Clone)]
+pub struct PeerLink {
+    pub pid: u64,
+    tx: mpsc::Sender<PeerFrame>,
+    bulk: mpsc::Sender<PeerFrame>,
+    connected: Arc<AtomicBool>,
+}
+
+impl PeerLink {
+    /// Queues a frame; drops it when the queue is full (never blocks the consensus loop).
+    pub fn send(&self, frame: PeerFrame) -> bool {
+        self.tx.try_send(frame).is_ok()
+    }
+
+    /// Queues a bulk frame, waiting for room in the small bulk queue (for checkpoint
+    /// streams on their own thread: memory stays bounded and consensus frames go first).
+    pub fn send_bulk_blocking(&self, frame: PeerFrame) -> bool {
+        self.bulk.blocking_send(frame).is_ok()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+fn codec(max: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(max)
+        .new_codec()
+}
+
+/// Starts the outbound session task to `pid` at `addr` (re-resolved on every dial, so DNS
+/// names of pods that come and go work).
+pub fn spawn_outbound(
+    rt: &tokio::runtime::Handle,
+    ctx: Arc<TransportCtx>,
+    pid: u64,
+    addr: String,
+) -> PeerLink {
+    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+    let (bulk, bulk_rx) = mpsc::channel(BULK_QUEUE);
+    let connected = Arc::new(AtomicBool::new(false));
+    let link = PeerLink {
+        pid,
+        tx,
+        bulk,
+        connected: connected.clone(),
+    };
+    rt.spawn(outbound_loop(ctx, pid, addr, rx, bulk_rx, connected));
+    link
+}
+
+async fn outbound_loop(
+    ctx: Arc<TransportCtx>,
+    pid: u64,
+    addr: String,
+    mut rx: mpsc::Receiver<PeerFrame>,
+    mut bulk: mpsc::Receiver<PeerFrame>,
+    connected: Arc<AtomicBool>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let hello = PeerFrame::Hello(Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        cluster_id: ctx.me.cluster_id,
+        pid: ctx.me.pid,
+        storage_id: ctx.me.storage_id,
+    });
+    loop {
+        let dial = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr)).await;
+        if let Ok(Ok(stream)) = dial {
+            let _ = stream.set_nodelay(true);
+            let (mut read_half, write_half) = stream.into_split();
+            let mut framed = FramedWrite::new(write_half, codec(ctx.max_frame));
+            // The session is up only once the peer acknowledged our Hello (it refuses other
+            // clusters and replaced disks by closing instead).
+            let acked = async {
+                framed.send(Bytes::from(hello.encode())).await.ok()?;
+                let mut ack = [0u8; 1];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), read_half.read_exact(&mut ack))
+                        .await;
+                matches!(read, Ok(Ok(_)) if ack[0] == HELLO_ACK).then_some(())
+            };
+            if acked.await.is_some() {
+                info!(peer = pid, %addr, "peer session up");
+                connected.store(true, Ordering::Relaxed);
+                ctx.to_inbox(Input::PeerUp(pid));
+                backoff = Duration::from_millis(50);
+                // The peer never writes after the ack: a readable socket means it closed.
+                let mut probe = [0u8; 1];
+                let result = tokio::select! {
+                    r = pump(&mut framed, &mut rx, &mut bulk) => r,
+                    _ = read_half.read(&mut probe) => Err(std::io::Error::other("closed by peer")),
+                };
+                connected.store(false, Ordering::Relaxed);
+                match result {
+                    Ok(()) => return, // the loop is gone: shutting down
+                    Err(e) => info!(peer = pid, error = %e, "peer session down"),
+                }
+            } else {
+                debug!(peer = pid, %addr, "handshake not acknowledged");
+            }
+        } else {
+            debug!(peer = pid, %addr, "dial failed");
+        }
+        // Frames queued while down are stale: drop them rather than burst them later.
+        while rx.try_recv().is_ok() {}
+        while bulk.try_recv().is_ok() {}
+        if rx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Writes queued frames until the queues close (Ok) or the socket fails (Err). Consensus
+/// frames go first; bulk frames (checkpoint chunks) fill the gaps.
+async fn pump(
+    framed: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    rx: &mut mpsc::Receiver<PeerFrame>,
+    bulk: &mut mpsc::Receiver<PeerFrame>,
+) -> std::io::Result<()> {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = rx.recv() => f,
+            Some(f) = bulk.recv() => Some(f),
+        };
+        let Some(frame) = frame else { return Ok(()) };
+        framed.feed(Bytes::from(frame.encode())).await?;
+        // Coalesce whatever else is queued into the same flush.
+        for _ in 0..256 {
+            match rx.try_recv() {
+                Ok(f) => framed.feed(Bytes::from(f.encode())).await?,
+                Err(_) => break,
+            }
+        }
+        SinkExt::<Bytes>::flush(framed).await?;
+    }
+}
+
+/// Accepts inbound peer sessions until the listener fails.
+pub async fn serve_inbound(listener: TcpListener, ctx: Arc<TransportCtx>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            warn!(%remote, "too many peer connections; closing");
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = inbound_session(stream, &ctx).await {
+                warn!(%remote, %reason, "peer connection closed");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    // Receive-only session; the write half only carries the one-byte handshake ack and must
+    // stay open for the session's life (closing it tells the dialer we hung up).
+    let (read_half, mut write_half) = stream.into_split();
+    let mut framed = FramedRead::new(read_half, codec(HELLO_MAX_BYTES));
+    let first = tokio::time::timeout(Duration::from_secs(5), framed.next())
+        .await
+        .map_err(|_| "no handshake within 5s".to_string())?
+        .ok_or("closed before handshake")?
+        .map_err(|e| format!("bad handshake frame: {e}"))?;
+    let hello = match PeerFrame::decode(&first) {
+        Ok(PeerFrame::Hello(h)) => h,
+        Ok(_) => return Err("first frame is not a Hello".into()),
+        Err(e) => return Err(format!("undecodable handshake: {e}")),
+    };
+    if hello.magic != MAGIC || hello.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "unknown protocol (magic {:x}, version {})",
+            hello.magic, hello.version
+        ));
+    }
+    if hello.cluster_id != ctx.me.cluster_id {
+        return Err(format!(
+            "peer {} belongs to cluster {:016x}, we are {:016x}",
+            hello.pid, hello.cluster_id, ctx.me.cluster_id
+        ));
+    }
+    if hello.pid == 0 || hello.pid == ctx.me.pid {
+        return Err(format!("peer claims pid {}", hello.pid));
+    }
+    // First contact with a pid writes (and syncs) its storage id: keep that off the runtime.
+    tokio::task::block_in_place(|| ctx.check_storage(hello.pid, hello.storage_id))?;
+    write_half
+        .write_all(&[HELLO_ACK])
+        .await
+        .map_err(|e| format!("peer {}: cannot acknowledge handshake: {e}", hello.pid))?;
+    let from = hello.pid;
+    framed.decoder_mut().set_max_frame_length(ctx.max_frame);
+    debug!(peer = from, "inbound peer session up");
+    while let Some(frame) = framed.next().await {
+        let bytes = frame.map_err(|e| format!("peer {from}: {e}"))?;
+        let frame = PeerFrame::decode(&bytes)
+            .map_err(|e| format!("peer {from}: undecodable frame: {e}"))?;
+        match &frame {
+            PeerFrame::Hello(_) => return Err(format!("peer {from}: second Hello")),
+            // The session is authenticated as `from`; a message claiming another sender or
+            // meant for another replica is dropped.
+            PeerFrame::Paxos { msg, .. }
+                if msg.get_sender() != from || msg.get_receiver() != ctx.me.pid =>
+            {
+                ctx.metrics.peer_frames_dropped.inc();
+                continue;
+            }
+            _ => {}
+        }
+        ctx.to_inbox(Input::Peer { from, frame });
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Test harness: real kvd processes on loopback, each with its own data dir and log file,
+//! plus helpers to kill, restart and query them. Everything polls with deadlines.
+
+use omnikv_common::{Client, ClientError, Consistency, StatusView};
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn kvd_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_kvd"))
+}
+
+/// kvctl is built by `cargo build --bins` (just test does it) next to kvd.
+pub fn kvctl_bin() -> PathBuf {
+    let p = kvd_bin().parent().unwrap().join("kvctl");
+    assert!(
+        p.exists(),
+        "kvctl binary missing at {}: run `cargo build --bins` first (just test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Node {
+    pub pid: u64,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+}
+
+/// Options for a test cluster.
+#[derive(Clone)]
+pub struct Opts {
+    pub snapshot_interval: u64,
+    pub snapshot_keep: u64,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            snapshot_interval: 10_000,
+            snapshot_keep: 1_000,
+            extra_env: vec![],
+        }
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, Node>,
+    pub members: Vec<u64>,
+    pub opts: Opts,
+}
+
+impl Cluster {
+    /// Starts replicas `1..=n` and waits until one is leader.
+    pub async fn start(n: u64, opts: Opts) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("omnikv-it-")
+            .tempdir()
+            .unwrap();
+        let members: Vec<u64> = (1..=n).collect();
+        let mut nodes = BTreeMap::new();
+        for pid in 1..=n {
+            nodes.insert(
+                pid,
+                Node {
+                    pid,
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    data_dir: dir.path().join(format!("data-{pid}")),
+                    log_path: dir.path().join(format!("kvd-{pid}.log")),
+                    child: None,
+                },
+            );
+        }
+        let mut c = Cluster {
+            dir,
+            nodes,
+            members,
+            opts,
+        };
+        for pid in 1..=n {
+            c.spawn(pid);
+        }
+        if n > 1 {
+            c.wait_leader(Duration::from_secs(20)).await;
+        } else {
+            c.wait_ready(1, Duration::from_secs(20)).await;
+        }
+        c
+    }
+
+    fn peers_arg(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| format!("{}=127.0.0.1:{}", n.pid, n.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn spawn(&mut self, pid: u64) {
+        let peers = self.peers_arg();
+        let nodes = format!(
+            "[{}]",
+            self.members
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let opts = self.opts.clone();
+        let node = self.nodes.get_mut(&pid).unwrap();
+        assert!(node.child.is_none(), "node {pid} already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .unwrap();
+        let mut cmd = Command::new(kvd_bin());
+        cmd.env("PID", pid.to_string())
+            .env("NODES", nodes)
+            .env("CONFIG_ID", "1")
+            .env("KVD_DATA_DIR", &node.data_dir)
+            .env("KVD_CLIENT_ADDR", format!("127.0.0.1:{}", node.client_port))
+            .env("KVD_PEER_ADDR", format!("127.0.0.1:{}", node.peer_port))
+            .env("KVD_PEERS", peers)
+            .env("KVD_SNAPSHOT_INTERVAL", opts.snapshot_interval.to_string())
+            .env("KVD_SNAPSHOT_KEEP", opts.snapshot_keep.to_string())
+            .env("KVD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in &opts.extra_env {
+            cmd.env(k, v);
+        }
+        node.child = Some(cmd.spawn().expect("spawn kvd"));
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self, pid: u64) {
+        if let Some(mut c) = self.nodes.get_mut(&pid).unwrap().child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self, pid: u64) -> bool {
+        self.nodes[&pid].child.is_some()
+    }
+
+    pub fn endpoint(&self, pid: u64) -> String {
+        self.nodes[&pid].endpoint()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.values().map(Node::endpoint).collect()
+    }
+
+    pub fn client(&self, timeout: Duration) -> Client {
+        Client::new(&self.endpoints(), timeout).unwrap()
+    }
+
+    pub fn client_of(&self, pid: u64, timeout: Duration) -> Client {
+        Client::new(&[self.endpoint(pid)], timeout).unwrap()
+    }
+
+    pub async fn status(&self, pid: u64) -> Result<StatusView, ClientError> {
+        self.client_of(pid, Duration::from_secs(2)).status().await
+    }
+
+    pub fn log_text(&self, pid: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&pid].log_path).unwrap_or_default()
+    }
+
+    /// Waits until a running replica reports itself leader and the others agree.
+    pub async fn wait_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut seen = Vec::new();
+            for pid in self.nodes.keys().copied().filter(|p| self.is_running(*p)) {
+                if let Ok(s) = self.status(pid).await {
+                    seen.push((pid, s.role.clone(), s.leader));
+                }
+            }
+            if let Some((l, _, _)) = seen.iter().find(|(_, role, _)| role == "leader") {
+                let agreeing = seen
+                    .iter()
+                    .filter(|(_, _, leader)| *leader == Some(*l))
+                    .count();
+                if agreeing * 2 > self.members.len() {
+                    return *l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {within:?}: {seen:?}\n{}",
+                self.dump_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self, pid: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(s) = self.status(pid).await {
+                if s.leader.is_some() && s.role != "catching-up" {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {pid} not ready within {within:?}\n{}",
+                self.dump_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every running replica has applied the same number of entries with the
+    /// same state hash; returns that hash.
+    pub async fn wait_converged(&self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut st = Vec::new();
+            for pid in self.nodes.keys().copied().filter(|p| self.is_running(*p)) {
+                match self.status(pid).await {
+                    Ok(s) => st.push(s),
+                    Err(_) => st.clear(),
+                }
+            }
+            let running = self.nodes.keys().filter(|p| self.is_running(**p)).count();
+            if st.len() == running
+                && st.windows(2).all(|w| {
+                    w[0].state_hash == w[1].state_hash
+                        && w[0].applied_idx == w[1].applied_idx
+                        && w[0].keys == w[1].keys
+                })
+                && st.iter().all(|s| s.applied_idx == s.decided_idx)
+            {
+                return st[0].state_hash.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replicas did not converge within {within:?}: {:?}\n{}",
+                st.iter()
+                    .map(|s| (
+                        s.pid,
+                        s.applied_idx,
+                        s.decided_idx,
+                        s.keys,
+                        s.state_hash.clone(),
+                        s.role.clone()
+                    ))
+                    .collect::<Vec<_>>(),
+                self.dump_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last lines of every replica's log (for failure messages).
+    pub fn dump_logs(&self) -> String {
+        let mut s = String::new();
+        for pid in self.nodes.keys() {
+            let text = self.log_text(*pid);
+            let lines: Vec<&str> = text.lines().filter(|l| !l.contains("decided:")).collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            s.push_str(&format!("--- kvd {pid} ---\n{}\n", tail.join("\n")));
+        }
+        s
+    }
+
+    /// Runs kvctl with `args` against this cluster's endpoints.
+    pub fn kvctl(&self, args: &[&str]) -> Output {
+        self.kvctl_with(&self.endpoints().join(","), args, None)
+    }
+
+    pub fn kvctl_with(&self, endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        kvctl_run(endpoints, args, stdin)
+    }
+}
+
+/// Asserts that a kvctl run exited 0 and returns its stdout.
+pub fn stdout_ok(out: Output) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+pub fn kvctl_run(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(kvctl_bin());
+    cmd.env("KVCTL_ENDPOINTS", endpoints)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn kvctl");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in self.nodes.values_mut() {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            // Keep the data dirs and logs of a failed test for inspection.
+            let kept = self.dir.path().to_path_buf();
+            eprintln!("test failed: data dirs and logs kept in {}", kept.display());
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
+        }
+    }
+}
+
+/// Reads `key` linearizably from replica `pid`.
+pub async fn get_from(cluster: &Cluster, pid: u64, key: &str) -> Option<Vec<u8>> {
+    match cluster
+        .client_of(pid, Duration::from_secs(5))
+        .get(key.as_bytes(), Consistency::Linearizable)
+        .await
+    {
+        Ok(v) => Some(v),
+        Err(ClientError::NotFound) => None,
+        Err(e) => panic!("get {key} from {pid}: {e}"),
+    }
+}

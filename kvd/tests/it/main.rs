@@ -1,0 +1,11 @@
+//! End-to-end tests of kvd: real processes, real TCP on loopback, real RocksDB.
+
+mod bad_input;
+mod cluster;
+mod compaction;
+mod faults;
+mod harness;
+mod histories;
+mod kvctl_cli;
+mod linearizability;
+mod reference_histories;

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# The seed's demos on the compose cluster, automated (`just test-docker`, part of `just test`).
+#
+#   Demo 0     single server: put/get; docker kill; kvctl exits 3 with a clear message
+#   Demo 1     fault tolerance: kill s1, the majority serves; pause s2: writes fail within the
+#              timeout, local reads from s3 answer; concurrent puts to s2 and s3; unpause: the
+#              same decided order on s2 and s3, one value of `a` everywhere (s1 restarted too)
+#   Demo 2     snapshots every 5 entries: one marker, then merged into one marker
+#   Durability down (volumes kept), up: all data back
+#   Partition  docker network disconnect s3: the majority serves; reconnect: s3 catches up
+#
+# Everything runs under its own compose project (omnikv-test-<pid>), container names
+# (omnikv-test-<pid>-s1, ...), free host ports and image tag (omnikv-test:<pid>, built with
+# scripts/image.sh), so it does not touch a running `just compose-up` or local cluster. All of
+# it (containers, network, volumes, the image tag) is removed on exit, also on failure.
+# OMNIKV_TEST_IMAGE=<image>: test that image instead (neither built nor removed).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+compose_sh=$root/scripts/docker-compose.sh
+run_id=$$
+export OMNIKV_COMPOSE_PROJECT=omnikv-test-$run_id
+export OMNIKV_NAME_PREFIX=$OMNIKV_COMPOSE_PROJECT-
+export OMNIKV_IMAGE=${OMNIKV_TEST_IMAGE:-omnikv-test:$run_id}
+export KVD_LOG=info
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/omnikv-docker-test.XXXXXX")
+t_start=$SECONDS
+built_image=""
+
+scenarios=(); current=""
+# scenario NAME: the previous one passed, NAME starts.
+scenario() { [ -z "$current" ] || scenarios+=("$current"); current=$1; say "$1"; }
+say() { printf '[docker-test %3ds] %s\n' $((SECONDS - t_start)) "$*"; }
+fail() { printf '[docker-test %3ds] FAIL: %s\n' $((SECONDS - t_start)) "$*" >&2; exit 1; }
+ctr() { echo "$OMNIKV_NAME_PREFIX$1"; }
+kv() { docker exec "$(ctr client)" kvctl "$@"; }
+# Pipes stdin into the client container's kvctl shell.
+kv_shell() { docker exec -i "$(ctr client)" kvctl "$@" shell; }
+compose() { "$compose_sh" "$@"; }
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ $rc -ne 0 ]; then
+    for s in s1 s2 s3; do
+      echo "--- last log lines of $(ctr $s) ---" >&2
+      docker logs --tail 25 "$(ctr $s)" 2>&1 | cut -c1-200 >&2
+    done
+  fi
+  # A paused container cannot be stopped: unpause first.
+  for s in s1 s2 s3; do docker unpause "$(ctr $s)" >/dev/null 2>&1; done
+  compose clean >/dev/null 2>&1
+  local filter=label=com.docker.compose.project=$OMNIKV_COMPOSE_PROJECT
+  docker ps -aq --filter "$filter" | xargs -r docker rm -fv >/dev/null 2>&1
+  docker volume ls -q --filter "$filter" | xargs -r docker volume rm >/dev/null 2>&1
+  docker network ls -q --filter "$filter" | xargs -r docker network rm >/dev/null 2>&1
+  [ -n "$built_image" ] && docker rmi "$built_image" >/dev/null 2>&1
+  rm -rf "$tmp"
+  local left
+  left=$(docker ps -aq --filter "$filter"; docker volume ls -q --filter "$filter"; docker network ls -q --filter "$filter")
+  [ -z "$left" ] || echo "docker-test: could not remove: $left" >&2
+  if [ $rc -eq 0 ]; then
+    [ -z "$current" ] || scenarios+=("$current")
+    echo "docker demos took $((SECONDS - t_start))s"
+    echo "demos: ${#scenarios[@]} passed, 0 failed"
+  else
+    echo "docker demos took $((SECONDS - t_start))s; failed in: ${current:-setup}"
+    echo "demos: ${#scenarios[@]} passed, 1 failed"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# wait_for SECS DESC CMD...: polls CMD (every 0.2s) until it succeeds or SECS pass.
+wait_for() {
+  local secs=$1 desc=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "not within ${secs}s: $desc"
+    sleep 0.2
+  done
+}
+
+# try CMD...: runs CMD, setting $out, $err, $rc and $took_ms (never fails).
+try() {
+  local t0
+  t0=$(date +%s%N)
+  set +e
+  out=$("$@" 2>"$tmp/err")
+  rc=$?
+  set -e
+  err=$(cat "$tmp/err")
+  took_ms=$((($(date +%s%N) - t0) / 1000000))
+}
+
+# expect VALUE CMD...: CMD succeeds and prints VALUE.
+expect() {
+  local want=$1; shift
+  try "$@"
+  [ "$rc" -eq 0 ] || fail "'$*' exited $rc: $err"
+  [ "$out" = "$want" ] || fail "'$*' printed '$out', expected '$want'"
+}
+
+# json_field NAME JSON: a number or string field of a flat JSON object.
+json_field() { sed -nE "s/.*\"$1\":\"?([^\",}]*).*/\1/p" <<<"$2"; }
+status_json() { kv -o json --node "$1" --timeout 2s status; }
+# same_state A B: replicas A and B are at the same applied index with the same state hash.
+same_state() {
+  local a b
+  a=$(status_json "$1") && b=$(status_json "$2") || return 1
+  [ "$(json_field applied_idx "$a")" = "$(json_field applied_idx "$b")" ] &&
+    [ "$(json_field state_hash "$a")" = "$(json_field state_hash "$b")" ] &&
+    [ "$(json_field role "$a")" != catching-up ] && [ "$(json_field role "$b")" != catching-up ]
+}
+logs_have() { docker logs "$(ctr "$1")" 2>&1 | grep -qF -- "$2"; }
+
+# A free loopback port for a published client port (the local cluster may hold 8001-8003).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null && return
+  local p
+  while p=$((20000 + RANDOM % 20000)); (: </dev/tcp/127.0.0.1/$p) 2>/dev/null; do :; done
+  echo "$p"
+}
+
+# ------------------------------------------------------------------------------------------
+say "project $OMNIKV_COMPOSE_PROJECT, $("$compose_sh" compose version --short 2>/dev/null | head -1 | sed 's/^/compose /')"
+if [ -z "${OMNIKV_TEST_IMAGE:-}" ]; then
+  say "building $OMNIKV_IMAGE (scripts/image.sh)"
+  built_image=$OMNIKV_IMAGE
+  "$root/scripts/image.sh" >"$tmp/image.log" 2>&1 || { cat "$tmp/image.log" >&2; fail "scripts/image.sh"; }
+  grep '^image:' "$tmp/image.log" | sed 's/^/  /' || true
+fi
+for n in 1 2 3; do export "OMNIKV_PORT_$n=$(free_port)"; done
+
+# ------------------------------------------------------------------------------------------
+scenario "Demo 0: a single server"
+compose up single >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up single"; }
+expect OK kv put a 1
+expect 1 kv get a
+# The published port answers from the host, and the seed's port form works in the shell.
+expect 1 curl -fsS "127.0.0.1:$OMNIKV_PORT_1/v1/kv/a"
+expect 1 kv_shell <<<"get a 8001"
+docker kill "$(ctr s1)" >/dev/null
+try kv --timeout 2s put a 2
+[ "$rc" -eq 3 ] || fail "put with the only server killed: exit $rc (expected 3): $err"
+[[ "$err" == "error: unavailable: "* ]] || fail "unclear message: $err"
+[ "$took_ms" -lt 6000 ] || fail "put took ${took_ms}ms with a 2s timeout"
+say "  killed: exit 3 in ${took_ms}ms: $err"
+compose clean >/dev/null 2>&1
+
+# ------------------------------------------------------------------------------------------
+scenario "Demo 1: fault tolerance"
+compose up >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up"; }
+expect OK kv put a 1
+expect 1 kv get a
+wait_for 10 "s2 logs the decided put" logs_have s2 "decided: put a 1"
+docker kill "$(ctr s1)" >/dev/null
+# The majority (s2, s3) serves, after an election when s1 led.
+expect OK kv --timeout 10s put a 2
+expect 2 kv get a
+docker pause "$(ctr s2)" >/dev/null
+try kv --timeout 3s put a 9
+[ "$rc" -eq 3 ] || [ "$rc" -eq 4 ] || fail "put without a quorum: exit $rc (expected 3 or 4): $err"
+[[ "$err" == "error: unavailable: "* || "$err" == "error: indeterminate: "* ]] || fail "unclear message: $err"
+[ "$took_ms" -lt 7000 ] || fail "put took ${took_ms}ms with a 3s timeout"
+say "  s2 paused: put exit $rc in ${took_ms}ms: $err"
+expect 2 kv --node 3 --consistency local get a
+# The seed's step 5: `put a 2 8002` and `put a 3 8003`, at once.
+kv --node 2 --timeout 3s put a 2 >"$tmp/p2.out" 2>"$tmp/p2.err" & p2=$!
+kv --node 3 --timeout 3s put a 3 >"$tmp/p3.out" 2>"$tmp/p3.err" & p3=$!
+rc2=0; wait $p2 || rc2=$?
+rc3=0; wait $p3 || rc3=$?
+for r in "$rc2" "$rc3"; do [ "$r" -eq 3 ] || [ "$r" -eq 4 ] || fail "put while s2 is paused: exit $r ($(cat "$tmp/p2.err" "$tmp/p3.err"))"; done
+say "  put a 2 via s2: exit $rc2; put a 3 via s3: exit $rc3"
+docker unpause "$(ctr s2)" >/dev/null
+# A linearizable read orders itself after whatever the two puts left pending.
+final=$(kv --timeout 10s get a) || fail "no linearizable read after unpausing s2"
+local_is() { [ "$(kv --node "$1" --consistency local get a)" = "$2" ]; }
+wait_for 10 "s2 applies a = $final" local_is 2 "$final"
+wait_for 10 "s3 applies a = $final" local_is 3 "$final"
+same_log() {
+  kv --node 2 log --limit 1000 >"$tmp/log2" && kv --node 3 log --limit 1000 >"$tmp/log3" &&
+    cmp -s "$tmp/log2" "$tmp/log3" && same_state 2 3
+}
+wait_for 30 "s2 and s3 show the same decided log" same_log
+# Exit 3 means definitely not applied.
+if [ "$rc3" -eq 3 ] && grep -q 'put a 3' "$tmp/log3"; then fail "put a 3 exited 3 but was decided"; fi
+say "  s2 and s3 decided the same order: $(grep -E 'put a ' "$tmp/log3" | cut -f2 | paste -sd, - | sed 's/,/, /g')"
+[ "$(docker inspect -f '{{.State.Running}} {{.Config.Tty}} {{.Config.OpenStdin}}' "$(ctr client)")" = "true true true" ] ||
+  fail "the client container does not run an attachable shell"
+docker start "$(ctr s1)" >/dev/null
+wait_for 30 "the restarted s1 catches up" same_state 1 3
+expect "$final" kv --node 1 --consistency local get a
+say "  a = $final on s1, s2 and s3"
+compose clean >/dev/null 2>&1
+
+# ------------------------------------------------------------------------------------------
+scenario "Demo 2: snapshots every 5 entries"
+compose up snapshot >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up snapshot"; }
+marker_end() { kv --node 3 log | sed -nE 's/^snapshot\t\[0, ([0-9]+)\).*/\1/p'; }
+marker_is() { [ "$(marker_end)" = "$1" ]; }
+has_marker() { [ -n "$(marker_end)" ]; }
+puts() { for i in $(seq "$1" "$2"); do echo "put k$i v$i"; done | kv_shell; }
+[ "$(puts 1 5 | grep -c '^OK$')" -eq 5 ] || fail "5 puts"
+wait_for 10 "a snapshot marker on s3 after 5 puts" has_marker
+n1=$(marker_end)
+kv --node 3 log >"$tmp/log"
+[ "$(grep -c '^snapshot' "$tmp/log")" -eq 1 ] || fail "more than one marker: $(cat "$tmp/log")"
+say "  after 5 puts, s3: $(paste -sd'|' "$tmp/log" | sed 's/\t/ /g')"
+[ "$(puts 6 10 | grep -c '^OK$')" -eq 5 ] || fail "5 more puts"
+wait_for 10 "the marker on s3 merged to [0, $((n1 + 5)))" marker_is $((n1 + 5))
+kv --node 3 log >"$tmp/log"
+[ "$(grep -c '^snapshot' "$tmp/log")" -eq 1 ] || fail "more than one marker: $(cat "$tmp/log")"
+say "  after 10 puts, s3: $(paste -sd'|' "$tmp/log" | sed 's/\t/ /g')"
+logs_have s3 "log compacted: entries [0, $((n1 + 5)))" || fail "s3 does not log the compaction"
+for i in 1 5 10; do expect "v$i" kv --node 3 --consistency local get "k$i"; done
+
+# ------------------------------------------------------------------------------------------
+scenario "Durability: down (volumes kept), then up"
+compose down >/dev/null 2>&1
+[ -z "$(docker ps -aq --filter label=com.docker.compose.project="$OMNIKV_COMPOSE_PROJECT")" ] || fail "containers left after down"
+[ "$(docker volume ls -q --filter label=com.docker.compose.project="$OMNIKV_COMPOSE_PROJECT" | wc -l)" -ge 3 ] || fail "volumes gone after down"
+compose up >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up after down"; }
+for i in $(seq 1 10); do expect "v$i" kv get "k$i"; done
+wait_for 10 "s1 and s2 agree after the restart" same_state 1 2
+wait_for 10 "s1 and s3 agree after the restart" same_state 1 3
+say "  all 10 keys back, replicas agree"
+
+# ------------------------------------------------------------------------------------------
+scenario "Partition: disconnect s3 from the network"
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(ctr s3)")
+docker network disconnect "$net" "$(ctr s3)"
+t0=$SECONDS
+ok=$(for i in $(seq 1 20); do echo "put p$i x$i"; done | kv_shell --timeout 10s | grep -c '^OK$' || true)
+[ "$ok" -eq 20 ] || fail "the majority answered $ok of 20 puts"
+expect x20 kv get p20
+say "  20 puts and a read through s1/s2 in $((SECONDS - t0))s"
+# Compose gave the container the alias s3 (its service name); a reconnect needs it again.
+docker network connect --alias s3 "$net" "$(ctr s3)"
+t0=$SECONDS
+wait_for 60 "s3 catches up after reconnecting" same_state 1 3
+expect x20 kv --node 3 --consistency local get p20
+say "  s3 caught up $((SECONDS - t0))s after reconnecting"
