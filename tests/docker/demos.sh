@@ -113,7 +113,9 @@ same_state() {
     [ "$(json_field state_hash "$a")" = "$(json_field state_hash "$b")" ] &&
     [ "$(json_field role "$a")" != catching-up ] && [ "$(json_field role "$b")" != catching-up ]
 }
-logs_have() { docker logs "$(ctr "$1")" 2>&1 | grep -qF -- "$2"; }
+# grep reads all of its input (no -q): with pipefail, `grep -q` exiting at the first match
+# can kill `docker logs` with SIGPIPE and fail the pipeline although the line is there.
+logs_have() { docker logs "$(ctr "$1")" 2>&1 | grep -F -- "$2" >/dev/null; }
 
 # A free loopback port for a published client port (the local cluster may hold 8001-8003).
 free_port() {
