@@ -5,6 +5,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() + "/target")
 export OMNIKV_BIN := target + "/debug"
 
+# Benchmarks (bench/bench.just) and Kubernetes / minikube (deploy/k8s/k8s.just).
+import 'bench/bench.just'
+import 'deploy/k8s/k8s.just'
+
 # List the recipes.
 default:
     @just --list
@@ -57,15 +61,6 @@ test:
 lint:
     cargo fmt --all -- --check
     {{rocksdb}} cargo clippy --all-targets -- -D warnings
-
-# Load against the running local cluster: throughput and latency (kvctl bench --help).
-bench CLIENTS="64" DURATION="10s":
-    {{OMNIKV_BIN}}/kvctl bench --clients {{CLIENTS}} --duration {{DURATION}}
-
-# Write figures with fsync on, release build: 3 replicas and standalone, 1 and 64 clients.
-bench-writes DURATION="10s":
-    {{rocksdb}} cargo build --release --bins
-    ./scripts/bench-local.sh {{target}}/release {{DURATION}}
 
 # Build the Docker image omnikv:dev (OMNIKV_IMAGE); without a registry it takes the offline path.
 image:

@@ -93,7 +93,7 @@ pub struct WriteResult {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusView {
     pub pid: u64,
-    /// leader | follower | candidate | catching-up | joiner | removed | standalone
+    /// leader | follower | candidate | catching-up | joining | leaving | removed | standalone
     pub role: String,
     /// Leader of the current configuration as this replica believes, `null` when none known.
     pub leader: Option<u64>,
@@ -113,6 +113,76 @@ pub struct StatusView {
     pub cluster_id: String,
     /// Peers with a live outbound connection.
     pub connected_peers: Vec<u64>,
+    /// A membership change in flight, as this replica sees it (`null` when none).
+    #[serde(default)]
+    pub reconfiguration: Option<ReconfigView>,
+    /// A state transfer (checkpoint) this replica is receiving (`null` when none).
+    #[serde(default)]
+    pub transfer: Option<TransferView>,
+}
+
+/// A membership change in flight.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReconfigView {
+    /// The configuration being installed.
+    pub config_id: u32,
+    pub members: Vec<u64>,
+    /// proposed (the leader is getting the StopSign decided) | decided (the old configuration
+    /// is sealed; replicas are switching) | leaving (this replica was removed and hands over)
+    pub phase: String,
+}
+
+/// Progress of a checkpoint being received.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TransferView {
+    /// The replica streaming it.
+    pub from: u64,
+    pub bytes: u64,
+    pub items: u64,
+    pub elapsed_ms: u64,
+}
+
+/// `POST /v1/reconfigure`: change the members, as a compare-and-set on the configuration id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReconfigureRequest {
+    /// The complete new member list.
+    pub nodes: Vec<u64>,
+    /// The id the new configuration must get: current + 1 (the default when absent). Any
+    /// other id is refused (`rejected`), except the current id with the current members,
+    /// which answers success (a retry of a change that already happened).
+    #[serde(default)]
+    pub config_id: Option<u32>,
+    /// Skip the "a majority of the new configuration is reachable" guard.
+    #[serde(default)]
+    pub force: bool,
+    /// Peer addresses (`host:port`) of new members, by pid; members without one here use the
+    /// addresses already known or the replicas' peer template.
+    #[serde(default)]
+    pub peers: std::collections::BTreeMap<u64, String>,
+}
+
+/// Answer to a successful reconfigure: the configuration now in force.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReconfigureResult {
+    pub config_id: u32,
+    pub members: Vec<u64>,
+}
+
+/// `GET /v1/members`: the current configuration as this replica knows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MembersView {
+    pub config_id: u32,
+    /// Leader of the current configuration as this replica believes (`null` when none known
+    /// or when this replica was removed).
+    pub leader: Option<u64>,
+    pub members: Vec<MemberView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberView {
+    pub pid: u64,
+    /// Peer address (`host:port`), when known.
+    pub peer_addr: Option<String>,
 }
 
 /// One entry of `GET /v1/log`.

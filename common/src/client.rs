@@ -3,8 +3,8 @@
 //! `Unavailable` only when no attempt could have been handed to consensus.
 
 use crate::api::{
-    ApiError, ErrorCode, LogView, StatusView, WriteResult, HEADER_CLIENT_ID, HEADER_SEQ,
-    HEADER_TIMEOUT_MS,
+    ApiError, ErrorCode, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView,
+    WriteResult, HEADER_CLIENT_ID, HEADER_SEQ, HEADER_TIMEOUT_MS,
 };
 use crate::keys::encode_key;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -216,6 +216,40 @@ impl Client {
     /// The recent decided log of the first endpoint that answers.
     pub async fn log(&self, limit: usize) -> Result<LogView, ClientError> {
         self.get_json(&format!("/v1/log?limit={limit}")).await
+    }
+
+    /// The current configuration as the first endpoint that answers knows it.
+    pub async fn members(&self) -> Result<MembersView, ClientError> {
+        self.get_json("/v1/members").await
+    }
+
+    /// Changes the members. Replicas that are not the leader of the current configuration
+    /// refuse (503), so this lands on the leader among the endpoints. A timeout after the
+    /// change was handed over is `Indeterminate`: retry with the same explicit `config_id`,
+    /// which succeeds if the change happened.
+    pub async fn reconfigure(
+        &self,
+        request: &ReconfigureRequest,
+    ) -> Result<ReconfigureResult, ClientError> {
+        self.each_endpoint(true, |endpoint, remaining| {
+            let req = self
+                .http
+                .post(format!("{endpoint}/v1/reconfigure"))
+                .json(request);
+            async move {
+                match send(req, remaining).await {
+                    Ok(resp) if resp.status().is_success() => {
+                        match resp.json::<ReconfigureResult>().await {
+                            Ok(r) => Attempt::Done(Ok(r)),
+                            Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
+                        }
+                    }
+                    Ok(resp) => classify_error(resp).await,
+                    Err(a) => a,
+                }
+            }
+        })
+        .await
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

@@ -5,5 +5,8 @@ pub mod api;
 pub mod client;
 pub mod keys;
 
-pub use api::{ApiError, ErrorCode, LogEntryView, LogView, StatusView, WriteResult};
+pub use api::{
+    ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, ReconfigView,
+    ReconfigureRequest, ReconfigureResult, StatusView, TransferView, WriteResult,
+};
 pub use client::{Client, ClientError, Consistency};
