@@ -4,7 +4,8 @@
 //!
 //! Rules, in order:
 //! 1. Act only where the local kvd is the leader of the CURRENT configuration (a removed
-//!    ex-leader or a joiner is not): one watcher of the StatefulSet acts, the others idle.
+//!    ex-leader or a joiner is not) and reaches a majority of its members: one watcher of
+//!    the StatefulSet acts, the others idle.
 //! 2. A bad ConfigMap, or a change already in flight, is not acted on.
 //! 3. CONFIG_ID is the id the new configuration gets: current + 1. Equal to the current id it
 //!    must name the current members (in sync: only the annotation may need recording);
@@ -150,6 +151,19 @@ pub fn plan(input: &Input) -> Plan {
         return Plan::NotLeader {
             leader: status.leader.filter(|&l| l != status.pid),
         };
+    }
+    // A leader that reaches no majority of its members is not one to act on (it may be a
+    // stale or isolated replica that still believes it leads); nor to record its view.
+    let reached = status
+        .members
+        .iter()
+        .filter(|&&p| p == status.pid || status.connected_peers.contains(&p))
+        .count();
+    if reached < majority(status.members.len()) {
+        return Plan::Wait(format!(
+            "this leader reaches only {reached} of its {} members",
+            status.members.len()
+        ));
     }
     let desired = match &input.desired {
         None => return Plan::Refuse("the ConfigMap does not exist".into()),
@@ -483,7 +497,15 @@ mod tests {
         cases.push((
             "quorum-unsafe: the leader reaches no other member",
             minority,
-            Box::new(refused_with("only 1 of the 3 current members")),
+            Box::new(waits_with("reaches only 1 of its 3 members")),
+        ));
+        let mut isolated = input(2, &[1, 2, 3, 4], &[1, 2, 3, 4], 2);
+        isolated.recorded = Some(1);
+        isolated.status.as_mut().unwrap().connected_peers = vec![2];
+        cases.push((
+            "an isolated self-declared leader records nothing",
+            isolated,
+            Box::new(waits_with("reaches only 2 of its 4 members")),
         ));
         let mut down_add = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
         down_add.status.as_mut().unwrap().connected_peers = vec![2];
