@@ -40,6 +40,14 @@ clean:
 kill N:
     ./scripts/local-cluster.sh kill {{N}}
 
+# Start replica N next to the local cluster and reconfigure to include it (it receives the state).
+add-node N: build
+    ./scripts/local-cluster.sh add {{N}}
+
+# Reconfigure replica N out of the local cluster, then stop it (its data dir is kept).
+remove-node N:
+    ./scripts/local-cluster.sh remove {{N}}
+
 # Status of every replica of the local cluster.
 status:
     ./scripts/local-cluster.sh status
