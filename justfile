@@ -5,9 +5,11 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() + "/target")
 export OMNIKV_BIN := target + "/debug"
 
-# Benchmarks (bench/bench.just) and Kubernetes / minikube (deploy/k8s/k8s.just).
+# Benchmarks (bench/bench.just), Kubernetes / minikube (deploy/k8s/k8s.just), chaos and fuzzing
+# (tests/chaos.just).
 import 'bench/bench.just'
 import 'deploy/k8s/k8s.just'
+import 'tests/chaos.just'
 
 # List the recipes.
 default:
