@@ -7,6 +7,7 @@ pub mod codec;
 pub mod command;
 pub mod config;
 pub mod frame;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod replica;

@@ -191,6 +191,13 @@ impl StateMachine {
         self.db.write(batch)
     }
 
+    /// Moves the applied position as part of the caller's `batch` (a configuration switch
+    /// writes it with the new configuration).
+    pub fn set_applied_in(&mut self, applied: Position, batch: &mut WriteBatch) {
+        self.meta.applied = applied;
+        batch.put_cf(self.db.cf(CF_META), META_SM, encode(&self.meta));
+    }
+
     /// Applies `entries`, which are the decided entries starting exactly at the applied
     /// position of configuration `config_id`. One RocksDB batch for all of them.
     pub fn apply(

@@ -37,6 +37,8 @@ pub struct Node {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// CONFIG_ID and NODES this replica is started with (env only bootstraps an empty dir).
+    pub config_env: (u32, Vec<u64>),
     child: Option<Child>,
 }
 
@@ -89,6 +91,7 @@ impl Cluster {
                     peer_port: free_port(),
                     data_dir: dir.path().join(format!("data-{pid}")),
                     log_path: dir.path().join(format!("kvd-{pid}.log")),
+                    config_env: (1, members.clone()),
                     child: None,
                 },
             );
@@ -118,18 +121,42 @@ impl Cluster {
             .join(",")
     }
 
+    /// Starts a new replica `pid` as a joiner (empty data dir, CONFIG_ID > 1, NODES = the
+    /// members plus `pid`); `members` is not changed: that takes a reconfigure.
+    pub fn add_node(&mut self, pid: u64) {
+        assert!(!self.nodes.contains_key(&pid), "node {pid} exists");
+        let mut nodes = self.members.clone();
+        nodes.push(pid);
+        let node = Node {
+            pid,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: self.dir.path().join(format!("data-{pid}")),
+            log_path: self.dir.path().join(format!("kvd-{pid}.log")),
+            config_env: (2, nodes),
+            child: None,
+        };
+        self.nodes.insert(pid, node);
+        self.spawn(pid);
+    }
+
+    pub fn peer_addr(&self, pid: u64) -> String {
+        format!("127.0.0.1:{}", self.nodes[&pid].peer_port)
+    }
+
     pub fn spawn(&mut self, pid: u64) {
         let peers = self.peers_arg();
+        let opts = self.opts.clone();
+        let node = self.nodes.get_mut(&pid).unwrap();
         let nodes = format!(
             "[{}]",
-            self.members
+            node.config_env
+                .1
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let opts = self.opts.clone();
-        let node = self.nodes.get_mut(&pid).unwrap();
         assert!(node.child.is_none(), "node {pid} already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -139,7 +166,7 @@ impl Cluster {
         let mut cmd = Command::new(kvd_bin());
         cmd.env("PID", pid.to_string())
             .env("NODES", nodes)
-            .env("CONFIG_ID", "1")
+            .env("CONFIG_ID", node.config_env.0.to_string())
             .env("KVD_DATA_DIR", &node.data_dir)
             .env("KVD_CLIENT_ADDR", format!("127.0.0.1:{}", node.client_port))
             .env("KVD_PEER_ADDR", format!("127.0.0.1:{}", node.peer_port))
@@ -162,6 +189,25 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGSTOP (`resume` sends SIGCONT): the process keeps its sockets but answers nothing.
+    pub fn pause(&self, pid: u64) {
+        self.signal(pid, "-STOP");
+    }
+
+    pub fn resume(&self, pid: u64) {
+        self.signal(pid, "-CONT");
+    }
+
+    fn signal(&self, pid: u64, sig: &str) {
+        let child = self.nodes[&pid].child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} replica {pid}");
     }
 
     pub fn is_running(&self, pid: u64) -> bool {
@@ -243,13 +289,21 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let mut st = Vec::new();
+            // Removed replicas keep the state they had when they left: not compared.
+            let mut running = 0;
             for pid in self.nodes.keys().copied().filter(|p| self.is_running(*p)) {
                 match self.status(pid).await {
-                    Ok(s) => st.push(s),
-                    Err(_) => st.clear(),
+                    Ok(s) if s.role == "removed" => {}
+                    Ok(s) => {
+                        st.push(s);
+                        running += 1;
+                    }
+                    Err(_) => {
+                        st.clear();
+                        running += 1;
+                    }
                 }
             }
-            let running = self.nodes.keys().filter(|p| self.is_running(**p)).count();
             if st.len() == running
                 && st.windows(2).all(|w| {
                     w[0].state_hash == w[1].state_hash

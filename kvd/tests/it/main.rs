@@ -8,4 +8,5 @@ mod harness;
 mod histories;
 mod kvctl_cli;
 mod linearizability;
+mod membership;
 mod reference_histories;
