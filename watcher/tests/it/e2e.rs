@@ -107,7 +107,6 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs kvd with membership changes (reconfigure, joiners) from main"]
 async fn configmap_edits_grow_and_shrink_a_real_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
