@@ -10,8 +10,8 @@
 //! 3. CONFIG_ID is the id the new configuration gets: current + 1. Equal to the current id it
 //!    must name the current members (in sync: only the annotation may need recording);
 //!    behind the cluster, or skipping ahead, it is refused with the id to use.
-//! 4. The change must keep a quorum: the members kept must be a majority of the new
-//!    configuration (a change that replaces a majority at once is refused: do it in steps),
+//! 4. The change must keep a quorum: the members kept must be a majority of the old and of
+//!    the new configuration (kvd's guard) (a change that replaces a majority at once is refused: do it in steps),
 //!    the new configuration needs at least two members, and a majority of it must be up now.
 //! 5. Every added node's pod must be Running (not terminating) with its kvd answering
 //!    /healthz. Not Ready: a joiner is Ready only once it holds state, which it only gets
@@ -239,13 +239,15 @@ pub fn plan(input: &Input) -> Plan {
             list(&desired.nodes)
         ));
     }
-    if kept < majority(wanted.len()) {
+    // kvd's own guard (kvd/src/membership.rs): the members kept must be a majority of both
+    // configurations.
+    if kept < majority(wanted.len()) || kept < majority(current.len()) {
         return Plan::Refuse(format!(
-            "going from {} to {} replaces a majority at once: only {kept} of the {} new \
-             members hold the state (need {}); change the members in steps",
+            "going from {} to {} replaces a majority at once: {kept} members kept, need a \
+             majority of both configurations ({} and {}); change the members in steps",
             list(&status.members),
             list(&desired.nodes),
-            wanted.len(),
+            majority(current.len()),
             majority(wanted.len())
         ));
     }
@@ -411,6 +413,11 @@ mod tests {
         cases.push((
             "replace a majority at once (2, 3 by 4, 5)",
             input(1, &[1, 2, 3], &[1, 4, 5], 2),
+            Box::new(refused_with("replaces a majority at once")),
+        ));
+        cases.push((
+            "shrink 5 -> 2 at once: kept 2 of the old 5",
+            input(1, &[1, 2, 3, 4, 5], &[1, 2], 2),
             Box::new(refused_with("replaces a majority at once")),
         ));
         cases.push((
