@@ -65,6 +65,7 @@ shell:
 # Run the whole test suite (unit, integration against real kvd processes, kvctl, Docker demos).
 test:
     {{rocksdb}} cargo build --bins && cargo test --workspace -- --test-threads 2 2>&1 | ./scripts/test-summary.sh
+    just test-k8s
     just test-docker
 
 # Formatting and lints, as CI checks them.

@@ -1516,10 +1516,10 @@ impl Replica {
         let peers: Vec<u64> = self.connected_peers();
         match &mut self.catchup {
             Some(CatchUp::Fetching { asked_at, .. }) if asked_at.elapsed() >= CATCHUP_TIMEOUT => {
-                *asked_at = Instant::now();
                 if peers.is_empty() {
-                    return;
+                    return; // sessions to the members are still coming up: ask once one is
                 }
+                *asked_at = Instant::now();
                 self.rr = self.rr.wrapping_add(1);
                 let from = peers[self.rr % peers.len()];
                 info!(
