@@ -1,6 +1,7 @@
 //! End-to-end tests of kvd: real processes, real TCP on loopback, real RocksDB.
 
 mod bad_input;
+mod chaos;
 mod cluster;
 mod compaction;
 mod faults;
@@ -9,4 +10,5 @@ mod histories;
 mod kvctl_cli;
 mod linearizability;
 mod membership;
+mod nemesis;
 mod reference_histories;
