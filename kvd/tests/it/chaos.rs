@@ -134,7 +134,7 @@ impl Schedule {
 
     fn next(&mut self) -> Fault {
         self.step += 1;
-        if self.step % self.membership_every == 0 {
+        if self.step.is_multiple_of(self.membership_every) {
             self.added = !self.added;
             return if self.added {
                 Fault::AddMember
