@@ -7,6 +7,7 @@ mod compaction;
 mod faults;
 mod harness;
 mod histories;
+mod http_edges;
 mod kvctl_cli;
 mod linearizability;
 mod membership;
