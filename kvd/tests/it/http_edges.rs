@@ -107,3 +107,25 @@ async fn binary_and_empty_keys() {
     assert!(answer.starts_with("HTTP/1.1 "), "{answer:?}");
     still_serves(&c, "after-binary", Duration::from_secs(5)).await;
 }
+
+/// The API side of the `decode_key` bug the fuzzer found (fuzz/tests/regressions.rs): a
+/// malformed escape `%+1` must be refused with 400 like `%zz`, not stored as byte 0x01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plus_sign_in_a_key_escape_is_refused() {
+    let c = Cluster::start(1, Opts::default()).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", c.endpoint(1));
+    let r = http
+        .put(format!("{base}/v1/kv/a%+1"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let stored = http.get(format!("{base}/v1/kv/a%01")).send().await.unwrap();
+    assert_eq!(
+        (status.as_u16(), stored.status().as_u16()),
+        (400, 404),
+        "PUT /v1/kv/a%+1 was accepted and stored under the key a\\x01"
+    );
+}
