@@ -98,29 +98,22 @@ fn key_from(uri: &Uri) -> Result<Vec<u8>, Error> {
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Error> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                err(
-                    ErrorCode::InvalidRequest,
-                    format!("header {name} must be an unsigned integer"),
-                )
-            }),
-    }
+    omnikv_wire::request::parse_u64_header(headers.get(name).map(HeaderValue::as_bytes)).map_err(
+        |()| {
+            err(
+                ErrorCode::InvalidRequest,
+                format!("header {name} must be an unsigned integer"),
+            )
+        },
+    )
 }
 
 fn deadline(state: &ApiState, headers: &HeaderMap) -> Result<Instant, Error> {
-    let budget = match header_u64(headers, HEADER_TIMEOUT_MS)? {
-        // Answer a little before the caller gives up, so it hears the verdict.
-        Some(ms) => Duration::from_millis(ms.saturating_sub(ms / 10).max(50))
-            .min(state.default_timeout * 12),
-        None => state.default_timeout,
-    };
+    // Answer a little before the caller gives up, so it hears the verdict.
+    let budget = omnikv_wire::request::time_budget(
+        header_u64(headers, HEADER_TIMEOUT_MS)?,
+        state.default_timeout,
+    );
     Ok(Instant::now() + budget)
 }
 
@@ -128,21 +121,15 @@ fn deadline(state: &ApiState, headers: &HeaderMap) -> Result<Instant, Error> {
 fn write_id(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
     let client = header_u64(headers, HEADER_CLIENT_ID)?;
     let seq = header_u64(headers, HEADER_SEQ)?;
-    match (client, seq) {
-        (Some(c), Some(s)) if c != 0 && s != 0 => return Ok(Some((c, s))),
-        (None, None) => {}
-        _ => {
-            return Err(err(
-                ErrorCode::InvalidRequest,
-                format!("{HEADER_CLIENT_ID} and {HEADER_SEQ} go together and must be non-zero"),
-            ))
-        }
-    }
-    if let Some(k) = headers.get(HEADER_IDEMPOTENCY_KEY) {
-        let h = crate::state_machine::pair_hash(b"idempotency-key", k.as_bytes()) | 1;
-        return Ok(Some((h, 1)));
-    }
-    Ok(None)
+    let key = headers
+        .get(HEADER_IDEMPOTENCY_KEY)
+        .map(HeaderValue::as_bytes);
+    omnikv_wire::request::write_id(client, seq, key).map_err(|_| {
+        err(
+            ErrorCode::InvalidRequest,
+            format!("{HEADER_CLIENT_ID} and {HEADER_SEQ} go together and must be non-zero"),
+        )
+    })
 }
 
 async fn ask<T>(

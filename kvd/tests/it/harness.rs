@@ -71,11 +71,28 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     pub members: Vec<u64>,
     pub opts: Opts,
+    /// Peer address given to the other replicas for a pid (in KVD_PEERS), when it is not the
+    /// replica's own peer port: e.g. a fault-injecting proxy in front of it.
+    pub advertised_peers: BTreeMap<u64, String>,
 }
 
 impl Cluster {
     /// Starts replicas `1..=n` and waits until one is leader.
     pub async fn start(n: u64, opts: Opts) -> Cluster {
+        let mut c = Cluster::new_stopped(n, opts);
+        for pid in 1..=n {
+            c.spawn(pid);
+        }
+        if n > 1 {
+            c.wait_leader(Duration::from_secs(20)).await;
+        } else {
+            c.wait_ready(1, Duration::from_secs(20)).await;
+        }
+        c
+    }
+
+    /// Replicas `1..=n` with their ports and dirs, none started yet (`spawn` each).
+    pub fn new_stopped(n: u64, opts: Opts) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("omnikv-it-")
             .tempdir()
@@ -96,27 +113,22 @@ impl Cluster {
                 },
             );
         }
-        let mut c = Cluster {
+        Cluster {
             dir,
             nodes,
             members,
             opts,
-        };
-        for pid in 1..=n {
-            c.spawn(pid);
+            advertised_peers: BTreeMap::new(),
         }
-        if n > 1 {
-            c.wait_leader(Duration::from_secs(20)).await;
-        } else {
-            c.wait_ready(1, Duration::from_secs(20)).await;
-        }
-        c
     }
 
     fn peers_arg(&self) -> String {
         self.nodes
             .values()
-            .map(|n| format!("{}=127.0.0.1:{}", n.pid, n.peer_port))
+            .map(|n| match self.advertised_peers.get(&n.pid) {
+                Some(addr) => format!("{}={addr}", n.pid),
+                None => format!("{}=127.0.0.1:{}", n.pid, n.peer_port),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -124,6 +136,12 @@ impl Cluster {
     /// Starts a new replica `pid` as a joiner (empty data dir, CONFIG_ID > 1, NODES = the
     /// members plus `pid`); `members` is not changed: that takes a reconfigure.
     pub fn add_node(&mut self, pid: u64) {
+        self.add_node_stopped(pid);
+        self.spawn(pid);
+    }
+
+    /// Like `add_node`, without starting it (`spawn` does).
+    pub fn add_node_stopped(&mut self, pid: u64) {
         assert!(!self.nodes.contains_key(&pid), "node {pid} exists");
         let mut nodes = self.members.clone();
         nodes.push(pid);
@@ -137,7 +155,6 @@ impl Cluster {
             child: None,
         };
         self.nodes.insert(pid, node);
-        self.spawn(pid);
     }
 
     pub fn peer_addr(&self, pid: u64) -> String {

@@ -4,7 +4,7 @@
 
 use crate::codec;
 use crate::command::LogCmd;
-use crate::state_machine::SmMeta;
+use crate::state::SmMeta;
 use omnipaxos::messages::Message;
 use serde::{Deserialize, Serialize};
 
