@@ -80,7 +80,9 @@ for w in $(seq 1 18); do
     kvctl --endpoints "$eps" --timeout 60s reconfigure --nodes 1,2,3 >/dev/null &
     changes+=($!)
   fi
-  r=$(kvctl --endpoints "$eps" -o json bench --clients 64 --duration 1s --warmup 0 --value-size 100 2>/dev/null | field '["ops_per_sec"]' || echo 0)
+  # kvctl bench exits 3 when no operation succeeded in the window: that is a 0.
+  out=$(kvctl --endpoints "$eps" -o json bench --clients 64 --duration 1s --warmup 0 --value-size 100 2>/dev/null || true)
+  r=$(field '["ops_per_sec"]' <<<"$out" 2>/dev/null || echo 0)
   series+=("$(printf '%.0f' "$r")")
 done
 wait "${changes[@]}"

@@ -252,7 +252,16 @@ fn unavailable(msg: impl Into<String>) -> ApiError {
 }
 
 /// The log of configuration `config_id`: OmniPaxos, or the standalone local log.
-fn build_log(cfg: &LoopConfig, db: &Db, config_id: u32, members: &[u64]) -> Result<Log, String> {
+/// `holds_state`: a replica without state (a joiner) gets the lower leader priority, so a fresh
+/// configuration elects a member that holds the state rather than one about to spend its
+/// loop installing a checkpoint (priority breaks ties between equal ballots, as at start).
+fn build_log(
+    cfg: &LoopConfig,
+    db: &Db,
+    config_id: u32,
+    members: &[u64],
+    holds_state: bool,
+) -> Result<Log, String> {
     let store = LogStore::open(db.clone(), config_id).map_err(|e| e.to_string())?;
     if members.len() == 1 {
         return Ok(Log::Local(store));
@@ -266,7 +275,7 @@ fn build_log(cfg: &LoopConfig, db: &Db, config_id: u32, members: &[u64]) -> Resu
         batch_size: 1,
         flush_batch_tick_timeout: 1,
         buffer_size: 1024,
-        ..Default::default()
+        leader_priority: u32::from(holds_state),
     };
     let op_config = OmniPaxosConfig {
         cluster_config: ClusterConfig {
@@ -317,7 +326,13 @@ impl Replica {
         let log = match meta.lifecycle {
             Lifecycle::Removed => Log::None,
             _ if meta.config_id == 0 => Log::None,
-            _ => build_log(&cfg, &db, meta.config_id, &meta.members)?,
+            _ => build_log(
+                &cfg,
+                &db,
+                meta.config_id,
+                &meta.members,
+                meta.lifecycle == Lifecycle::Serving,
+            )?,
         };
         let now = Instant::now();
         let mut r = Replica {
@@ -1255,7 +1270,7 @@ impl Replica {
                 .unwrap_or_else(|e| panic!("persisting the new configuration: {e}"));
             self.config_id = t.config_id;
             self.members = t.members.clone();
-            self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members)
+            self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, true)
                 .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
             self.last_decided = 0;
             // Writes and reads caught in the StopSign window go again in the new
@@ -1495,7 +1510,7 @@ impl Replica {
         self.config_id = t.config_id;
         self.members = t.members.clone();
         self.ensure_links(&t.members);
-        self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members)
+        self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, false)
             .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
         self.last_decided = 0;
         self.announcing = None;
