@@ -137,6 +137,8 @@ pub fn status_table(rows: &[EndpointStatus]) -> String {
             state_hash: String::new(),
             cluster_id: String::new(),
             connected_peers: vec![],
+            reconfiguration: None,
+            transfer: None,
         })
         .into_iter()
         .map(|(n, _)| n),
@@ -350,6 +352,8 @@ mod tests {
             state_hash: "abcd".into(),
             cluster_id: "c1".into(),
             connected_peers: vec![1, 3],
+            reconfiguration: None,
+            transfer: None,
         }
     }
 
@@ -461,6 +465,8 @@ mod tests {
         let none = StatusView {
             leader: None,
             connected_peers: vec![],
+            reconfiguration: None,
+            transfer: None,
             ..status()
         };
         let t = status_text(&none);

@@ -35,6 +35,8 @@ pub fn status_view(pid: u64, keys: u64) -> StatusView {
         state_hash: "00ff".into(),
         cluster_id: "c0ffee".into(),
         connected_peers: vec![2, 3],
+        reconfiguration: None,
+        transfer: None,
     }
 }
 
