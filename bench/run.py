@@ -636,6 +636,16 @@ def write_report(args, meta, med, failover, reads_systems, add_replica, plots_re
             A(f"| {s} | {' / '.join(f'{x:.0f}' for x in r['rss_mb_max'])} |")
     A("")
 
+    A("RSS grows with what a replica has written so far (memtables), not only with the load of "
+      "the moment, so the peak over the whole run matters too:\n")
+    A("| system | peak RSS MB over every run of this report |")
+    A("|---|---|")
+    for s in args.systems:
+        peaks = [r["rss_mb"] for r in meta.get("all_runs", []) if r["system"] == s]
+        if peaks:
+            A(f"| {s} | {' / '.join(f'{max(p[i] for p in peaks):.0f}' for i in range(len(peaks[0])))} |")
+    A("")
+
     A("## Time to add a replica holding 100k keys\n")
     A(f"{add_replica['why']}\n" if not add_replica["measured"] else add_replica["row"] + "\n")
 
@@ -674,6 +684,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--artifacts", default=os.path.join(ROOT, "bench"),
                     help="where plots/ and results/ go")
+    ap.add_argument("--from-json", help="only rewrite the report and plots from a results "
+                    "file of an earlier run (same --clients/--rounds/--duration as that run)")
     ap.add_argument("--no-perf", action="store_true", help="count fsyncs from server metrics")
     args = ap.parse_args()
     args.kvd = args.kvd or os.path.join(args.bin, "kvd")
@@ -712,6 +724,13 @@ def main():
             shutil.rmtree(work, ignore_errors=True)
 
     signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    if args.from_json:
+        with open(args.from_json) as f:
+            old = json.load(f)
+        meta, runs, failover = old["meta"], old["runs"], old["failover"]
+        report(args, meta, runs, failover, old["add_replica"])
+        shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         for oname, ename, size, oport, eport in pairs:
             pair = [Cluster(oname, "omnikv", size, oport, work, args),
@@ -752,7 +771,13 @@ def main():
     add_replica = add_replica_hook(args)
     meta["elapsed_min"] = (time.time() - started) / 60
     meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report(args, meta, runs, failover, add_replica)
+
+
+def report(args, meta, runs, failover, add_replica):
+    """Medians, plots, results/latest.json and the Markdown report."""
     med = medians(runs)
+    meta["all_runs"] = [{"system": r["system"], "rss_mb": r["rss_mb"]} for r in runs]
 
     plots = os.path.join(args.artifacts, "plots")
     os.makedirs(plots, exist_ok=True)
@@ -767,7 +792,8 @@ def main():
     results = os.path.join(args.artifacts, "results")
     os.makedirs(results, exist_ok=True)
     with open(os.path.join(results, "latest.json"), "w") as f:
-        json.dump({"meta": meta, "runs": runs, "failover": failover,
+        json.dump({"meta": {k: v for k, v in meta.items() if k != "all_runs"}, "runs": runs,
+                   "failover": failover,
                    "add_replica": add_replica}, f, indent=1)
     plots_rel = os.path.relpath(plots, os.path.dirname(os.path.abspath(args.out)))
     write_report(args, meta, med, failover, ["omnikv-3", "etcd-3"], add_replica, plots_rel)
