@@ -5,9 +5,11 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() + "/target")
 export OMNIKV_BIN := target + "/debug"
 
-# Benchmarks (bench/bench.just) and Kubernetes / minikube (deploy/k8s/k8s.just).
+# Benchmarks (bench/bench.just), Kubernetes / minikube (deploy/k8s/k8s.just), chaos and fuzzing
+# (tests/chaos.just).
 import 'bench/bench.just'
 import 'deploy/k8s/k8s.just'
+import 'tests/chaos.just'
 
 # List the recipes.
 default:
@@ -40,6 +42,14 @@ clean:
 kill N:
     ./scripts/local-cluster.sh kill {{N}}
 
+# Start replica N next to the local cluster and reconfigure to include it (it receives the state).
+add-node N: build
+    ./scripts/local-cluster.sh add {{N}}
+
+# Reconfigure replica N out of the local cluster, then stop it (its data dir is kept).
+remove-node N:
+    ./scripts/local-cluster.sh remove {{N}}
+
 # Status of every replica of the local cluster.
 status:
     ./scripts/local-cluster.sh status
@@ -55,6 +65,7 @@ shell:
 # Run the whole test suite (unit, integration against real kvd processes, kvctl, Docker demos).
 test:
     {{rocksdb}} cargo build --bins && cargo test --workspace -- --test-threads 2 2>&1 | ./scripts/test-summary.sh
+    just test-k8s
     just test-docker
 
 # Formatting and lints, as CI checks them.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the omnikv Docker image (kvd, kvctl) from deploy/Dockerfile: `just image`.
+# Builds the omnikv Docker image (kvd, kvctl, watcher) from deploy/Dockerfile: `just image`.
 #
 # Two paths, one runtime stage (see deploy/Dockerfile):
 # - offline (no registry, the default unless the registry images are already local): the
@@ -17,7 +17,7 @@
 #                       (it never pulls to find out); otherwise offline.
 #   OMNIKV_RUST_IMAGE   builder image of the registry path (default rust:1.88-bookworm)
 #   OMNIKV_BASE_IMAGE   base image of the offline path (default omnikv-base:bookworm)
-#   OMNIKV_BIN_DIR      offline: take kvd/kvctl from this dir instead of building them
+#   OMNIKV_BIN_DIR      offline: take kvd/kvctl/watcher from this dir instead of building them
 #   OMNIKV_DEBIAN_MIRROR  debootstrap mirror (default: the bookworm mirror in apt's sources)
 #   OMNIKV_CACHE        cache dir (default ~/.cache/omnikv): keeps the rootfs tarball, so
 #                       the base image is re-imported without debootstrap after `docker rmi`
@@ -123,9 +123,7 @@ offline() {
   # shellcheck disable=SC2064
   trap "rm -rf '$ctx'" EXIT
   mkdir -p "$ctx/deploy/prebuilt"
-  cp "$bin/kvd" "$bin/kvctl" "$ctx/deploy/prebuilt/"
-  # TODO(watcher issue): the watcher binary ships in the image once it exists.
-  if [ -x "$bin/watcher" ]; then cp "$bin/watcher" "$ctx/deploy/prebuilt/"; fi
+  cp "$bin/kvd" "$bin/kvctl" "$bin/watcher" "$ctx/deploy/prebuilt/"
   log "docker build --target prebuilt --build-arg BASE=$base -t $image ($(builder_kind))"
   docker build --quiet -f "$root/deploy/Dockerfile" --target prebuilt \
     --build-arg BASE="$base" -t "$image" "$ctx" >/dev/null

@@ -2,14 +2,19 @@
 # A local omnikv cluster of kvd processes on loopback (the `just up/down/clean/kill` recipes).
 # Replica N: client 127.0.0.1:800N (as in the seed), peers 127.0.0.1:700N,
 # data in $OMNIKV_HOME/data-N, log in $OMNIKV_HOME/kvd-N.log, pid in $OMNIKV_HOME/kvd-N.pid.
+# The member list lives in $OMNIKV_HOME/nodes (OMNIKV_NODES, default 1,2,3, seeds it);
+# `add N` / `remove N` change it with `kvctl reconfigure`.
 set -euo pipefail
 
-cmd=${1:?usage: local-cluster.sh up|down|clean|status|kill N|start N}
+cmd=${1:?usage: local-cluster.sh up|down|clean|status|kill N|start N|add N|remove N}
 root=$(cd "$(dirname "$0")/.." && pwd)
 home=${OMNIKV_HOME:-$root/.omnikv}
 bin=${OMNIKV_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug}
-nodes=${OMNIKV_NODES:-1,2,3}
 mkdir -p "$home"
+[ -f "$home/initial-nodes" ] || echo "${OMNIKV_NODES:-1,2,3}" >"$home/initial-nodes"
+[ -f "$home/nodes" ] || cp "$home/initial-nodes" "$home/nodes"
+initial=$(cat "$home/initial-nodes")
+nodes=$(cat "$home/nodes")
 
 peers() {
   local out="" p
@@ -27,7 +32,11 @@ running() {
 start() {
   local p=$1
   if running "$p"; then echo "kvd $p already running (pid $(cat "$home/kvd-$p.pid"))"; return; fi
-  PID=$p NODES="[$nodes]" CONFIG_ID=1 \
+  # Members of the initial configuration bootstrap from it; any other replica starts as a
+  # joiner (CONFIG_ID > 1). Once a data dir exists, its persisted configuration wins.
+  local config_id=1 members=$initial
+  case ",$initial," in *",$p,"*) ;; *) config_id=2 members="$nodes,$p" ;; esac
+  PID=$p NODES="[$members]" CONFIG_ID=$config_id \
   KVD_DATA_DIR="$home/data-$p" \
   KVD_CLIENT_ADDR="127.0.0.1:$((8000 + p))" KVD_PEER_ADDR="127.0.0.1:$((7000 + p))" \
   KVD_PEERS="$(peers)" \
@@ -55,6 +64,31 @@ case "$cmd" in
     "$bin/kvctl" --endpoints "$(endpoints)" status --all
     ;;
   start) start "${2:?replica id}" ;;
+  add)
+    p=${2:?replica id}
+    case ",$nodes," in *",$p,"*) echo "replica $p is already a member ($nodes)" >&2; exit 2 ;; esac
+    start "$p"
+    "$bin/kvctl" --endpoints "$(endpoints)" --timeout 20s reconfigure --nodes "$nodes,$p" --peer "$p=127.0.0.1:$((7000 + p))"
+    echo "$nodes,$p" >"$home/nodes"
+    nodes=$(cat "$home/nodes")
+    "$bin/kvctl" --endpoints "$(endpoints)" status --all
+    ;;
+  remove)
+    p=${2:?replica id}
+    rest=$(echo "${nodes//,/ }" | tr ' ' '\n' | grep -vx "$p" | paste -sd, -)
+    [ "$rest" != "$nodes" ] || { echo "replica $p is not a member ($nodes)" >&2; exit 2; }
+    "$bin/kvctl" --endpoints "$(endpoints)" --timeout 20s reconfigure --nodes "$rest"
+    echo "$rest" >"$home/nodes"
+    # It hands over, then reports removed; stop it then (its data dir is kept).
+    deadline=$((SECONDS + 30))
+    until "$bin/kvctl" --endpoints "127.0.0.1:$((8000 + p))" --timeout 1s -o json status 2>/dev/null | grep -F '"role":"removed"' >/dev/null; do
+      [ $SECONDS -lt $deadline ] || { echo "replica $p did not report removed within 30s" >&2; break; }
+      sleep 0.3
+    done
+    if running "$p"; then kill -TERM "$(cat "$home/kvd-$p.pid")"; echo "kvd $p removed and stopped (data kept in $home/data-$p)"; fi
+    nodes=$rest
+    "$bin/kvctl" --endpoints "$(endpoints)" status --all
+    ;;
   status) "$bin/kvctl" --endpoints "$(endpoints)" status --all ;;
   kill)
     p=${2:?replica id}

@@ -90,7 +90,7 @@ pub struct WriteResult {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusView {
     pub pid: u64,
     /// leader | follower | candidate | catching-up | joining | leaving | removed | standalone

@@ -159,7 +159,7 @@ impl Client {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let path = format!("/v1/kv/{}", encode_key(key));
         let value = value.map(bytes::Bytes::from);
-        self.each_endpoint(true, |endpoint, remaining| {
+        self.each_endpoint(Some("write"), |endpoint, remaining| {
             let req = self
                 .http
                 .request(method.clone(), format!("{endpoint}{path}"))
@@ -192,7 +192,7 @@ impl Client {
             encode_key(key),
             consistency.as_str()
         );
-        self.each_endpoint(false, |endpoint, remaining| {
+        self.each_endpoint(None, |endpoint, remaining| {
             let req = self.http.get(format!("{endpoint}{path}"));
             async move {
                 match send(req, remaining).await {
@@ -231,7 +231,7 @@ impl Client {
         &self,
         request: &ReconfigureRequest,
     ) -> Result<ReconfigureResult, ClientError> {
-        self.each_endpoint(true, |endpoint, remaining| {
+        self.each_endpoint(Some("change"), |endpoint, remaining| {
             let req = self
                 .http
                 .post(format!("{endpoint}/v1/reconfigure"))
@@ -253,7 +253,7 @@ impl Client {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.each_endpoint(false, |endpoint, remaining| {
+        self.each_endpoint(None, |endpoint, remaining| {
             let req = self.http.get(format!("{endpoint}{path}"));
             async move {
                 match send(req, remaining).await {
@@ -270,8 +270,13 @@ impl Client {
     }
 
     /// Runs `attempt` against each endpoint in turn until one gives a definite answer or the
-    /// overall timeout passes. `is_write` decides how "sent but unanswered" is reported.
-    async fn each_endpoint<T, F, Fut>(&self, is_write: bool, attempt: F) -> Result<T, ClientError>
+    /// overall timeout passes. `changes`: what a request that changes state is called ("write",
+    /// "change"); such a request sent but unanswered is indeterminate, not unavailable.
+    async fn each_endpoint<T, F, Fut>(
+        &self,
+        changes: Option<&str>,
+        attempt: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(String, Duration) -> Fut,
         Fut: std::future::Future<Output = Attempt<T>>,
@@ -319,9 +324,9 @@ impl Client {
                 summary.push_str(&format!("; {label}: {last}"));
             }
         }
-        if is_write && !unknown.is_empty() {
+        if let (Some(what), false) = (changes, unknown.is_empty()) {
             Err(ClientError::Indeterminate(format!(
-                "the write was sent but not confirmed within {:?}: it may have been applied ({summary})",
+                "the {what} was sent but not confirmed within {:?}: it may have been applied ({summary})",
                 self.timeout
             )))
         } else {

@@ -112,6 +112,28 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = DEFAULT_LOG_LIMIT)]
         limit: usize,
     },
+    /// Print the current configuration: its id, leader and members with their peer addresses.
+    Members,
+    /// Change the members (a compare-and-set on the configuration id; the leader proposes it).
+    /// Exit 5 when refused: another id than current + 1, a change that would replace a
+    /// majority at once, leave fewer than two members, or (without --force) leave the new
+    /// configuration without a reachable majority, or while another change is in flight.
+    /// Exit 4: proposed but not confirmed in time; retry with the same --config-id.
+    Reconfigure {
+        /// The complete new member list, e.g. `1,2,3,4` or `[1, 2, 3, 4]`.
+        #[arg(long, value_name = "PIDS", value_parser = crate::commands::reconfigure::parse_node_list)]
+        nodes: crate::commands::reconfigure::NodeList,
+        /// The id the new configuration gets; must be the current id + 1 (the default).
+        #[arg(long, value_name = "N")]
+        config_id: Option<u32>,
+        /// Skip the check that a majority of the new members is reachable.
+        #[arg(long)]
+        force: bool,
+        /// Peer address of a new member, `PID=HOST:PORT` (repeatable); others use the
+        /// addresses the cluster knows or the replicas' peer template.
+        #[arg(long = "peer", value_name = "PID=HOST:PORT", value_parser = crate::commands::reconfigure::parse_peer)]
+        peers: Vec<(u64, String)>,
+    },
     /// Interactive prompt: `put KEY VALUE [PORT]`, `get KEY [PORT]`, ... (`help` inside).
     Shell,
     /// Load generator: concurrent clients issuing puts and gets; prints throughput, latency

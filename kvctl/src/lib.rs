@@ -114,6 +114,18 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
         },
         Command::Status { all: false } => Request::Status,
         Command::Log { limit } => Request::Log { limit },
+        Command::Members => Request::Members,
+        Command::Reconfigure {
+            nodes,
+            config_id,
+            force,
+            peers,
+        } => Request::Reconfigure(commands::reconfigure::Change {
+            members: commands::reconfigure::Members::Exactly(nodes.0),
+            config_id,
+            force,
+            peers: peers.into_iter().collect(),
+        }),
     };
     let client = ctx.client()?;
     commands::execute(ctx, &client, req, out).await

@@ -3,7 +3,9 @@
 use crate::cli::OutputFormat;
 use crate::commands::bench::BenchReport;
 use crate::exit::Error;
-use omnikv_common::{ClientError, LogEntryView, LogView, StatusView, WriteResult};
+use omnikv_common::{
+    ClientError, LogEntryView, LogView, MembersView, ReconfigureResult, StatusView, WriteResult,
+};
 use serde::Serialize;
 use std::io::{self, Write};
 
@@ -99,13 +101,77 @@ fn status_fields(s: &StatusView) -> Vec<(&'static str, String)> {
 
 /// Aligned `field: value` lines, one per status field.
 pub fn status_text(s: &StatusView) -> String {
-    let fields = status_fields(s);
+    let mut fields = status_fields(s);
+    // Shown only while something is under way.
+    if let Some(r) = &s.reconfiguration {
+        fields.push((
+            "reconfiguration",
+            format!(
+                "{} to config {} (members {})",
+                r.phase,
+                r.config_id,
+                list(&r.members)
+            ),
+        ));
+    }
+    if let Some(t) = &s.transfer {
+        fields.push((
+            "transfer",
+            format!(
+                "from {}: {} bytes, {} items, {} ms",
+                t.from, t.bytes, t.items, t.elapsed_ms
+            ),
+        ));
+    }
     let width = fields.iter().map(|(n, _)| n.len() + 1).max().unwrap_or(0);
     let mut out = String::new();
     for (name, value) in fields {
         out.push_str(&format!("{:<width$} {value}\n", format!("{name}:")));
     }
     out
+}
+
+/// Result of `reconfigure`: `OK: configuration N, members 1,2,3,4`, or the JSON result.
+pub fn write_reconfigured(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    r: &ReconfigureResult,
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, r),
+        OutputFormat::Text => writeln!(
+            out,
+            "OK: configuration {}, members {}",
+            r.config_id,
+            list(&r.members)
+        ),
+    }
+}
+
+/// Result of `members`: `config N, leader L`, then one `PID  PEER_ADDR  [leader]` row each.
+pub fn write_members(out: &mut dyn Write, format: OutputFormat, m: &MembersView) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, m),
+        OutputFormat::Text => {
+            writeln!(out, "config {}, leader {}", m.config_id, leader(m.leader))?;
+            let width = m
+                .members
+                .iter()
+                .filter_map(|p| p.peer_addr.as_ref().map(String::len))
+                .max()
+                .unwrap_or(1);
+            for p in &m.members {
+                let addr = p.peer_addr.as_deref().unwrap_or("-");
+                let tag = if m.leader == Some(p.pid) {
+                    "  leader"
+                } else {
+                    ""
+                };
+                writeln!(out, "{:<4} {addr:<width$}{tag}", p.pid)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Result of `status`: text see [`status_text`], JSON the `StatusView`.

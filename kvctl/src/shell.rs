@@ -5,7 +5,10 @@
 //! whitespace runs):
 //! - `put KEY VALUE [PORT]`: the value is the rest of the line after KEY, minus a trailing
 //!   PORT, its words joined by single spaces.
-//! - `get KEY [PORT]`, `delete KEY [PORT]` (also `del`), `status [PORT]`, `log [PORT]`.
+//! - `get KEY [PORT]`, `delete KEY [PORT]` (also `del`), `status [PORT]`, `log [PORT]`,
+//!   `members [PORT]`.
+//! - `reconfigure N [PORT]` adds node N to the members (the seed's `reconfigure 4`);
+//!   `reconfigure 1,2,4` sets them.
 //! - `help`, `exit` / `quit`. Blank lines are ignored; end of input leaves the shell (exit 0).
 //!
 //! A trailing all-digit word in 1..=65535 is a PORT only when the command already has its
@@ -15,6 +18,7 @@
 //! it, to the first endpoint's host at that port.
 
 use crate::cli::DEFAULT_LOG_LIMIT;
+use crate::commands::reconfigure::{parse_nodes, Change, Members};
 use crate::commands::{self, Request};
 use crate::exit::Error;
 use crate::{output, Context};
@@ -33,6 +37,9 @@ commands:
   delete KEY [PORT]      delete KEY (alias: del)
   status [PORT]          status of a replica
   log [PORT]             the replica's recent decided log
+  members [PORT]         the current configuration
+  reconfigure N [PORT]   add node N to the members (config id: current + 1)
+  reconfigure 1,2,4      change the members to exactly these
   help                   this text
   exit | quit            leave (so does end of input)
 A trailing PORT (1-65535) sends the command only to the endpoint with that port.
@@ -105,25 +112,48 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
             };
             request(req, port)
         }
-        b"status" | b"log" => {
+        b"status" | b"log" | b"members" => {
             let (args, port) = split_port(args, 0);
             if !args.is_empty() {
                 let name = String::from_utf8_lossy(cmd);
                 return Err(format!("usage: {name} [PORT]"));
             }
-            let req = if cmd == b"status" {
-                Request::Status
-            } else {
-                Request::Log {
+            let req = match cmd {
+                b"status" => Request::Status,
+                b"members" => Request::Members,
+                _ => Request::Log {
                     limit: DEFAULT_LOG_LIMIT,
-                }
+                },
             };
             request(req, port)
+        }
+        b"reconfigure" => {
+            let (args, port) = split_port(args, 1);
+            let usage = || "usage: reconfigure NODE [PORT] (add NODE) or reconfigure 1,2,3,4".to_string();
+            let [arg] = args else {
+                return Err(usage());
+            };
+            let text = std::str::from_utf8(arg).map_err(|_| usage())?;
+            let members = if text.contains(',') {
+                Members::Exactly(parse_nodes(text)?)
+            } else {
+                match text.parse::<u64>() {
+                    Ok(pid) if pid >= 1 => Members::Add(pid),
+                    _ => return Err(usage()),
+                }
+            };
+            let change = Change {
+                members,
+                config_id: None,
+                force: false,
+                peers: Default::default(),
+            };
+            request(Request::Reconfigure(change), port)
         }
         b"help" | b"?" => Ok(Some(ShellCommand::Help)),
         b"exit" | b"quit" => Ok(Some(ShellCommand::Exit)),
         other => Err(format!(
-            "unknown command {:?} (commands: put, get, delete, status, log, help, exit)",
+            "unknown command {:?} (commands: put, get, delete, status, log, members, reconfigure, help, exit)",
             String::from_utf8_lossy(other)
         )),
     }

@@ -1,5 +1,5 @@
-//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/status`, `/v1/log`, `/healthz`,
-//! `/readyz`, `/metrics`. Handlers never touch consensus state: they send a request to the
+//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/status`, `/v1/log`, `/v1/members`,
+//! `/v1/reconfigure`, `/healthz`, `/readyz`, `/metrics`. Handlers never touch consensus state: they send a request to the
 //! loop's inbox and wait for its answer. The contract is docs/api.md.
 
 use crate::metrics::Metrics;
@@ -8,11 +8,11 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use omnikv_common::api::{
-    ApiError, ErrorCode, HEADER_CLIENT_ID, HEADER_IDEMPOTENCY_KEY, HEADER_INDEX, HEADER_SEQ,
-    HEADER_TIMEOUT_MS, MAX_KEY_BYTES,
+    ApiError, ErrorCode, ReconfigureRequest, HEADER_CLIENT_ID, HEADER_IDEMPOTENCY_KEY,
+    HEADER_INDEX, HEADER_SEQ, HEADER_TIMEOUT_MS, MAX_KEY_BYTES,
 };
 use omnikv_common::keys::decode_key;
 use std::collections::HashMap;
@@ -39,6 +39,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
         .route("/v1/status", get(status))
         .route("/v1/log", get(log))
+        .route("/v1/members", get(members))
+        .route("/v1/reconfigure", post(reconfigure))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -96,29 +98,22 @@ fn key_from(uri: &Uri) -> Result<Vec<u8>, Error> {
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Error> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                err(
-                    ErrorCode::InvalidRequest,
-                    format!("header {name} must be an unsigned integer"),
-                )
-            }),
-    }
+    omnikv_wire::request::parse_u64_header(headers.get(name).map(HeaderValue::as_bytes)).map_err(
+        |()| {
+            err(
+                ErrorCode::InvalidRequest,
+                format!("header {name} must be an unsigned integer"),
+            )
+        },
+    )
 }
 
 fn deadline(state: &ApiState, headers: &HeaderMap) -> Result<Instant, Error> {
-    let budget = match header_u64(headers, HEADER_TIMEOUT_MS)? {
-        // Answer a little before the caller gives up, so it hears the verdict.
-        Some(ms) => Duration::from_millis(ms.saturating_sub(ms / 10).max(50))
-            .min(state.default_timeout * 12),
-        None => state.default_timeout,
-    };
+    // Answer a little before the caller gives up, so it hears the verdict.
+    let budget = omnikv_wire::request::time_budget(
+        header_u64(headers, HEADER_TIMEOUT_MS)?,
+        state.default_timeout,
+    );
     Ok(Instant::now() + budget)
 }
 
@@ -126,21 +121,15 @@ fn deadline(state: &ApiState, headers: &HeaderMap) -> Result<Instant, Error> {
 fn write_id(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
     let client = header_u64(headers, HEADER_CLIENT_ID)?;
     let seq = header_u64(headers, HEADER_SEQ)?;
-    match (client, seq) {
-        (Some(c), Some(s)) if c != 0 && s != 0 => return Ok(Some((c, s))),
-        (None, None) => {}
-        _ => {
-            return Err(err(
-                ErrorCode::InvalidRequest,
-                format!("{HEADER_CLIENT_ID} and {HEADER_SEQ} go together and must be non-zero"),
-            ))
-        }
-    }
-    if let Some(k) = headers.get(HEADER_IDEMPOTENCY_KEY) {
-        let h = crate::state_machine::pair_hash(b"idempotency-key", k.as_bytes()) | 1;
-        return Ok(Some((h, 1)));
-    }
-    Ok(None)
+    let key = headers
+        .get(HEADER_IDEMPOTENCY_KEY)
+        .map(HeaderValue::as_bytes);
+    omnikv_wire::request::write_id(client, seq, key).map_err(|_| {
+        err(
+            ErrorCode::InvalidRequest,
+            format!("{HEADER_CLIENT_ID} and {HEADER_SEQ} go together and must be non-zero"),
+        )
+    })
 }
 
 async fn ask<T>(
@@ -324,6 +313,44 @@ async fn log(
     Ok(Json(v).into_response())
 }
 
+async fn members(State(state): State<ApiState>) -> Result<Response, Error> {
+    let until = Instant::now() + state.default_timeout;
+    let m = ask(&state, |reply| ClientRequest::Members { reply }, until).await?;
+    Ok(Json(m).into_response())
+}
+
+/// Largest reconfigure body, in bytes.
+const MAX_RECONFIGURE_BYTES: usize = 64 * 1024;
+
+async fn reconfigure(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    if body.len() > MAX_RECONFIGURE_BYTES {
+        return Err(err(ErrorCode::TooLarge, "reconfigure body over 64 KiB"));
+    }
+    let request: ReconfigureRequest = serde_json::from_slice(&body).map_err(|e| {
+        err(
+            ErrorCode::InvalidRequest,
+            format!("bad reconfigure body (want {{\"nodes\": [1, 2, 3, 4]}}): {e}"),
+        )
+    })?;
+    let until = deadline(&state, &headers)?;
+    let r = ask(
+        &state,
+        |reply| ClientRequest::Reconfigure {
+            request,
+            deadline: until,
+            reply,
+        },
+        until,
+    )
+    .await?
+    .map_err(Error)?;
+    Ok(Json(r).into_response())
+}
+
 /// Alive: the process serves HTTP and its consensus loop answers.
 async fn healthz(State(state): State<ApiState>) -> Result<&'static str, Error> {
     let until = Instant::now() + Duration::from_secs(2);
@@ -331,12 +358,16 @@ async fn healthz(State(state): State<ApiState>) -> Result<&'static str, Error> {
     Ok("ok")
 }
 
-/// Ready: serving clients: not catching up (a replica in a minority partition stays ready:
-/// its `local` reads still answer).
+/// Ready: serving clients: a member holding the state that knows a leader, not catching up,
+/// joining, leaving or removed (a replica in a minority partition that still knows its
+/// leader stays ready: its `local` reads answer).
 async fn readyz(State(state): State<ApiState>) -> Response {
     let until = Instant::now() + Duration::from_secs(2);
     match ask(&state, |reply| ClientRequest::Status { reply }, until).await {
-        Ok(s) if s.role != "catching-up" && s.leader.is_some() => {
+        Ok(s)
+            if matches!(s.role.as_str(), "leader" | "follower" | "standalone")
+                && s.leader.is_some() =>
+        {
             (StatusCode::OK, "ready").into_response()
         }
         Ok(s) => (

@@ -115,6 +115,7 @@ pub struct Receiver {
     next_seq: u64,
     crc: crc32fast::Hasher,
     pub bytes: u64,
+    pub items: u64,
 }
 
 /// Why a received checkpoint was thrown away.
@@ -138,6 +139,7 @@ impl Receiver {
             next_seq: 0,
             crc: crc32fast::Hasher::new(),
             bytes: 0,
+            items: 0,
         })
     }
 
@@ -163,6 +165,7 @@ impl Receiver {
                 CheckpointItem::Dedup(k, v) => (stage_key(STAGE_DEDUP, k), v),
             };
             self.bytes += (k.len() + v.len()) as u64;
+            self.items += 1;
             batch.put_cf(cf, k, v);
         }
         db.write(batch)?;

@@ -112,11 +112,18 @@ impl Config {
         if let Some(a) = self.peers.0.get(&pid) {
             return Some(a.clone());
         }
-        self.peer_template.as_ref().map(|t| {
-            t.replace("{ordinal}", &(pid - 1).to_string())
-                .replace("{pid}", &pid.to_string())
-        })
+        from_template(self.peer_template.as_deref()?, pid)
     }
+}
+
+/// A peer address from a template: `{ordinal}` is pid - 1 (a StatefulSet pod's ordinal),
+/// `{pid}` the pid.
+pub fn from_template(template: &str, pid: u64) -> Option<String> {
+    Some(
+        template
+            .replace("{ordinal}", &pid.saturating_sub(1).to_string())
+            .replace("{pid}", &pid.to_string()),
+    )
 }
 
 /// Configuration members.

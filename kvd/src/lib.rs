@@ -2,11 +2,11 @@
 //! key-value state machine, served over HTTP. `docs/architecture.md` tells the whole story.
 
 pub mod api;
+// The pure decoders live in omnikv-wire (fuzzable without RocksDB); same paths as before.
+pub use omnikv_wire::{codec, command, frame};
 pub mod checkpoint;
-pub mod codec;
-pub mod command;
 pub mod config;
-pub mod frame;
+pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod replica;

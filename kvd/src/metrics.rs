@@ -34,6 +34,10 @@ pub struct Metrics {
     pub compacted_idx: Gauge,
     /// 1 while this replica is catching up (not applying, not answering).
     pub catching_up: Gauge,
+    /// Membership changes this replica went through.
+    pub reconfigurations: Counter,
+    /// Checkpoint (state transfer) bytes received.
+    pub checkpoint_bytes_received: Counter,
     /// Request latency by op (put, delete, get_linearizable, get_local), seconds.
     pub request_seconds: Family<OpLabel, Histogram>,
 }
@@ -59,6 +63,8 @@ impl Metrics {
             applied_idx: Gauge::default(),
             compacted_idx: Gauge::default(),
             catching_up: Gauge::default(),
+            reconfigurations: Counter::default(),
+            checkpoint_bytes_received: Counter::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
@@ -109,6 +115,16 @@ impl Metrics {
         );
         m.registry
             .register("catching_up", "1 while catching up", m.catching_up.clone());
+        m.registry.register(
+            "reconfigurations",
+            "Membership changes this replica went through",
+            m.reconfigurations.clone(),
+        );
+        m.registry.register(
+            "checkpoint_bytes_received",
+            "State-transfer bytes received",
+            m.checkpoint_bytes_received.clone(),
+        );
         m.registry.register(
             "request_duration_seconds",
             "Client request latency",

@@ -2,22 +2,19 @@
 //! configuration, start the peer transport, the consensus loop thread and the HTTP API.
 
 use crate::api::{router, ApiState};
-use crate::codec::{decode, encode};
 use crate::config::Config;
+use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::replica::{Input, LoopConfig, Replica};
-use crate::state_machine::{pair_hash, DedupLimits};
-use crate::storage::{Db, StoreError, CF_META};
-use crate::transport::{self, Identity, TransportCtx};
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use crate::state_machine::DedupLimits;
+use crate::storage::{Db, StoreError};
+use crate::transport::{self, Identity, Links, TransportCtx};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-const META_CLUSTER: &[u8] = b"cluster";
 /// Inbox capacity of the consensus loop.
 const INBOX: usize = 64 * 1024;
 
@@ -31,31 +28,11 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
 }
 
-/// What a replica persists about itself on first start; env only bootstraps it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClusterMeta {
-    pub cluster_id: u64,
-    pub storage_id: u64,
-    pub pid: u64,
-    pub config_id: u32,
-    pub members: Vec<u64>,
-}
-
-/// The cluster identity: from the token and the initial members, as etcd derives its
-/// cluster id from --initial-cluster-token and --initial-cluster.
-pub fn cluster_id(token: &str, config_id: u32, members: &[u64]) -> u64 {
-    let members: Vec<String> = members.iter().map(u64::to_string).collect();
-    pair_hash(
-        token.as_bytes(),
-        format!("{config_id}:{}", members.join(",")).as_bytes(),
-    )
-}
-
-/// Loads the persisted identity and configuration, or bootstraps them from `cfg`.
+/// Loads the persisted identity and configuration, or bootstraps them from `cfg`: as a
+/// member of the initial configuration (CONFIG_ID 1), or as a joiner (an empty replica
+/// started with a later CONFIG_ID never starts a configuration on its own).
 pub fn load_or_bootstrap(db: &Db, cfg: &Config) -> Result<ClusterMeta, NodeError> {
-    if let Some(b) = db.get(CF_META, META_CLUSTER)? {
-        let meta: ClusterMeta =
-            decode(&b).map_err(|e| NodeError::Config(format!("corrupt cluster meta: {e}")))?;
+    if let Some(meta) = ClusterMeta::load(db)? {
         if meta.pid != cfg.pid {
             return Err(NodeError::Config(format!(
                 "data dir {} belongs to pid {}, not {}",
@@ -66,28 +43,68 @@ pub fn load_or_bootstrap(db: &Db, cfg: &Config) -> Result<ClusterMeta, NodeError
         }
         if meta.members != cfg.nodes.0 || meta.config_id != cfg.config_id {
             info!(persisted_config = meta.config_id, persisted_members = ?meta.members,
-                  env_config = cfg.config_id, env_members = ?cfg.nodes.0,
+                  lifecycle = ?meta.lifecycle, env_config = cfg.config_id, env_members = ?cfg.nodes.0,
                   "using the persisted configuration (env only bootstraps an empty data dir)");
         }
         return Ok(meta);
     }
-    if !cfg.nodes.0.contains(&cfg.pid) {
-        return Err(NodeError::Config(format!(
-            "pid {} is not in NODES {:?}: an empty replica bootstraps only as a member of the initial configuration",
-            cfg.pid, cfg.nodes.0
-        )));
-    }
-    let meta = ClusterMeta {
-        cluster_id: cluster_id(&cfg.cluster_token, cfg.config_id, &cfg.nodes.0),
-        storage_id: rand::random::<u64>() | 1,
-        pid: cfg.pid,
-        config_id: cfg.config_id,
-        members: cfg.nodes.0.clone(),
+    let storage_id = rand::random::<u64>() | 1;
+    let meta = if cfg.config_id > 1 {
+        info!(
+            env_config = cfg.config_id,
+            "empty data dir and CONFIG_ID > 1: starting as a joiner; waiting for the members \
+             to announce the configuration"
+        );
+        ClusterMeta {
+            cluster_id: 0,
+            storage_id,
+            pid: cfg.pid,
+            genesis_config_id: 0,
+            genesis_members: vec![],
+            config_id: 0,
+            members: vec![],
+            addrs: Default::default(),
+            lifecycle: Lifecycle::Joining,
+            last_transition: None,
+        }
+    } else {
+        if !cfg.nodes.0.contains(&cfg.pid) {
+            return Err(NodeError::Config(format!(
+                "pid {} is not in NODES {:?}: an empty replica bootstraps only as a member of the \
+                 initial configuration (start it with CONFIG_ID > 1 to join a running cluster)",
+                cfg.pid, cfg.nodes.0
+            )));
+        }
+        let mut addrs = std::collections::BTreeMap::new();
+        for &pid in &cfg.nodes.0 {
+            match cfg.peer_address(pid) {
+                Some(a) => {
+                    addrs.insert(pid, a);
+                }
+                None if pid == cfg.pid => {}
+                None => {
+                    return Err(NodeError::Config(format!(
+                        "no address for peer {pid}: give --peers/KVD_PEERS or --peer-template/KVD_PEER_TEMPLATE"
+                    )))
+                }
+            }
+        }
+        let m = ClusterMeta {
+            cluster_id: cluster_id(&cfg.cluster_token, cfg.config_id, &cfg.nodes.0),
+            storage_id,
+            pid: cfg.pid,
+            genesis_config_id: cfg.config_id,
+            genesis_members: cfg.nodes.0.clone(),
+            config_id: cfg.config_id,
+            members: cfg.nodes.0.clone(),
+            addrs,
+            lifecycle: Lifecycle::Serving,
+            last_transition: None,
+        };
+        info!(cluster_id = format!("{:016x}", m.cluster_id), members = ?m.members, config_id = m.config_id, "bootstrapped a new replica");
+        m
     };
-    let mut batch = rocksdb::WriteBatch::default();
-    batch.put_cf(db.cf(CF_META), META_CLUSTER, encode(&meta));
-    db.write_synced(batch)?;
-    info!(cluster_id = format!("{:016x}", meta.cluster_id), members = ?meta.members, config_id = meta.config_id, "bootstrapped a new replica");
+    meta.save_synced(db)?;
     Ok(meta)
 }
 
@@ -115,22 +132,21 @@ pub async fn serve(
         metrics.clone(),
         db.clone(),
     );
-    let rt = tokio::runtime::Handle::current();
-    let mut peers = HashMap::new();
-    for &pid in meta.members.iter().filter(|&&p| p != cfg.pid) {
-        let Some(addr) = cfg.peer_address(pid) else {
-            return Err(NodeError::Config(format!(
-                "no address for peer {pid}: give --peers/KVD_PEERS or --peer-template/KVD_PEER_TEMPLATE"
-            )));
-        };
-        peers.insert(pid, transport::spawn_outbound(&rt, ctx.clone(), pid, addr));
-    }
+    let links = Links::new(tokio::runtime::Handle::current(), ctx.clone());
     let peer_addr = peer_listener.local_addr()?;
     tokio::spawn(transport::serve_inbound(peer_listener, ctx.clone()));
 
+    let (peers, template) = (cfg.peers.0.clone(), cfg.peer_template.clone());
     let loop_cfg = LoopConfig {
         pid: cfg.pid,
-        cluster_id: meta.cluster_id,
+        cluster_token: cfg.cluster_token.clone(),
+        // Env (explicit map, then template) names a member's address; else what was announced.
+        peer_address: Arc::new(move |pid| {
+            peers
+                .get(&pid)
+                .cloned()
+                .or_else(|| crate::config::from_template(template.as_deref()?, pid))
+        }),
         tick: cfg.tick(),
         election_ticks: cfg.election_ticks,
         resend_ticks: cfg.resend_ticks,
@@ -143,15 +159,8 @@ pub async fn serve(
             max_records: cfg.dedup_max_records,
         },
     };
-    let replica = Replica::new(
-        loop_cfg,
-        meta.config_id,
-        meta.members.clone(),
-        db.clone(),
-        peers,
-        metrics.clone(),
-    )
-    .map_err(NodeError::Config)?;
+    let replica = Replica::new(loop_cfg, meta, db.clone(), links, metrics.clone())
+        .map_err(NodeError::Config)?;
     let loop_thread = std::thread::Builder::new()
         .name("consensus".into())
         .spawn(move || replica.run(inbox_rx))?;

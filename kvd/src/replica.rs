@@ -7,17 +7,25 @@
 //! covers it (DESIGN.md, durability rule).
 
 use crate::checkpoint;
+use crate::codec::encode;
 use crate::command::{LogCmd, Op, ReqId};
-use crate::frame::PeerFrame;
+use crate::frame::{Announcement, PeerFrame, Transition};
+use crate::membership::{
+    check_change, cluster_id, decided_stopsign, majority_holds, stored_stopsign, ClusterMeta,
+    Lifecycle, StopSignMeta,
+};
 use crate::metrics::Metrics;
 use crate::state_machine::{Applied, DedupLimits, Position, Refusal, StateMachine};
 use crate::storage::{read_log_range, Db, LogStore};
-use crate::transport::PeerLink;
-use omnikv_common::api::{ApiError, ErrorCode, LogEntryView, LogView, StatusView, WriteResult};
+use crate::transport::{Links, PeerLink};
+use omnikv_common::api::{
+    ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, ReconfigView,
+    ReconfigureRequest, ReconfigureResult, StatusView, TransferView, WriteResult,
+};
 use omnipaxos::messages::Message;
 use omnipaxos::storage::{Storage, StorageOp};
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -35,6 +43,17 @@ const MAX_APPLY: usize = 2048;
 const FETCH_BYTES: usize = 4 * 1024 * 1024;
 /// A catch-up request unanswered this long goes to another peer.
 const CATCHUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// A refused checkpoint request is sent again (to the next member) after this long.
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(300);
+/// A decided change is pushed to the new members this often until they hold the state.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(500);
+/// A straggler is told about the change at most this often.
+const STRAGGLER_EVERY: Duration = Duration::from_secs(1);
+/// How long a member told of a change waits for its own log to decide the StopSign before
+/// it takes the state by checkpoint instead.
+const STRAGGLE_GRACE: Duration = Duration::from_secs(2);
+/// How long a reconfigure waits for a majority of the new members to become reachable.
+const QUORUM_WAIT: Duration = Duration::from_secs(3);
 
 /// Everything the consensus loop reacts to.
 pub enum Input {
@@ -78,12 +97,23 @@ pub enum ClientRequest {
         limit: usize,
         reply: oneshot::Sender<LogView>,
     },
+    Reconfigure {
+        request: ReconfigureRequest,
+        deadline: Instant,
+        reply: Reply<ReconfigureResult>,
+    },
+    Members {
+        reply: oneshot::Sender<MembersView>,
+    },
 }
 
 /// Static settings of the loop.
 pub struct LoopConfig {
     pub pid: u64,
-    pub cluster_id: u64,
+    /// Proves a cluster id a joiner is told (with the initial members it is derived from).
+    pub cluster_token: String,
+    /// A member's peer address from env (explicit map, then template), if it names one.
+    pub peer_address: Arc<dyn Fn(u64) -> Option<String> + Send + Sync>,
     pub tick: Duration,
     pub election_ticks: u64,
     pub resend_ticks: u64,
@@ -99,6 +129,38 @@ pub struct LoopConfig {
 enum Log {
     Paxos(Box<OmniPaxos<LogCmd, LogStore>>),
     Local(LogStore),
+    /// No configuration to run: a joiner not yet told its configuration, or retired.
+    None,
+}
+
+/// Why the log did not take an entry.
+enum AppendError {
+    /// A StopSign is stored: the configuration is closing; retry in the next one.
+    Reconfiguring,
+    Other(String),
+}
+
+/// A reconfigure request on the leader: waits for the new members to be reachable, then
+/// proposes the StopSign (again, until one is stored) and answers once it is decided.
+struct ReconfigInFlight {
+    nodes: Vec<u64>,
+    addrs: BTreeMap<u64, String>,
+    force: bool,
+    replies: Vec<Reply<ReconfigureResult>>,
+    deadline: Instant,
+    quorum_deadline: Instant,
+    proposed: bool,
+    next_retry: Instant,
+}
+
+/// A decided change being pushed to the new members until they hold the state.
+struct Announcing {
+    transition: Transition,
+    /// New members that have not acknowledged holding the state.
+    pending: BTreeSet<u64>,
+    /// New members that have.
+    holding: BTreeSet<u64>,
+    next_push: Instant,
 }
 
 struct PendingWrite {
@@ -134,13 +196,26 @@ enum CatchUp {
     Checkpoint {
         rx: checkpoint::Receiver,
         last_progress: Instant,
+        started: Instant,
     },
 }
 
 pub struct Replica {
     cfg: LoopConfig,
+    /// Persisted identity, configuration and lifecycle (`config_id` and `members` mirror it).
+    meta: ClusterMeta,
     config_id: u32,
     members: Vec<u64>,
+    links: Links,
+    reconfig: Option<ReconfigInFlight>,
+    reconfig_replies: Vec<(
+        Reply<ReconfigureResult>,
+        Result<ReconfigureResult, ApiError>,
+    )>,
+    announcing: Option<Announcing>,
+    /// A change we were told of but cannot bridge yet (our log has not decided its StopSign).
+    straggling: Option<(Transition, Instant)>,
+    stragglers_told: HashMap<u64, Instant>,
     db: Db,
     log: Log,
     sm: StateMachine,
@@ -176,61 +251,91 @@ fn unavailable(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, msg)
 }
 
+/// The log of configuration `config_id`: OmniPaxos, or the standalone local log.
+fn build_log(cfg: &LoopConfig, db: &Db, config_id: u32, members: &[u64]) -> Result<Log, String> {
+    let store = LogStore::open(db.clone(), config_id).map_err(|e| e.to_string())?;
+    if members.len() == 1 {
+        return Ok(Log::Local(store));
+    }
+    let server_config = ServerConfig {
+        pid: cfg.pid,
+        election_tick_timeout: cfg.election_ticks,
+        resend_message_tick_timeout: cfg.resend_ticks,
+        // Never buffer entries in memory: each append is written (and synced by the loop)
+        // before its Accept leaves. Our own batching is the LogCmd batch.
+        batch_size: 1,
+        flush_batch_tick_timeout: 1,
+        buffer_size: 1024,
+        ..Default::default()
+    };
+    let op_config = OmniPaxosConfig {
+        cluster_config: ClusterConfig {
+            configuration_id: config_id,
+            nodes: members.to_vec(),
+            flexible_quorum: None,
+        },
+        server_config,
+    };
+    Ok(Log::Paxos(Box::new(
+        op_config.build(store).map_err(|e| e.to_string())?,
+    )))
+}
+
 impl Replica {
-    /// Builds the loop over the persisted state of configuration `config_id`.
+    /// Builds the loop over the persisted state: the configuration, lifecycle and member
+    /// addresses in `meta`, the log and state machine in `db`.
     pub fn new(
         cfg: LoopConfig,
-        config_id: u32,
-        members: Vec<u64>,
+        mut meta: ClusterMeta,
         db: Db,
-        peers: HashMap<u64, PeerLink>,
+        links: Links,
         metrics: Arc<Metrics>,
     ) -> Result<Replica, String> {
         checkpoint::resume_interrupted_install(&db).map_err(|e| e.to_string())?;
-        let store = LogStore::open(db.clone(), config_id).map_err(|e| e.to_string())?;
-        let log = if members.len() == 1 {
-            Log::Local(store)
-        } else {
-            let server_config = ServerConfig {
-                pid: cfg.pid,
-                election_tick_timeout: cfg.election_ticks,
-                resend_message_tick_timeout: cfg.resend_ticks,
-                // Never buffer entries in memory: each append is written (and synced by the
-                // loop) before its Accept leaves. Our own batching is the LogCmd batch.
-                batch_size: 1,
-                flush_batch_tick_timeout: 1,
-                buffer_size: 1024,
-                ..Default::default()
-            };
-            let op_config = OmniPaxosConfig {
-                cluster_config: ClusterConfig {
-                    configuration_id: config_id,
-                    nodes: members.clone(),
-                    flexible_quorum: None,
-                },
-                server_config,
-            };
-            Log::Paxos(Box::new(op_config.build(store).map_err(|e| e.to_string())?))
-        };
         let mut sm = StateMachine::load(db.clone(), cfg.dedup).map_err(|e| e.to_string())?;
-        if sm.applied().config_id != config_id {
-            // Fresh store (or, later, a new configuration): the applied cursor starts at 0.
-            sm.set_applied(Position {
-                config_id,
-                index: 0,
-            })
-            .map_err(|e| e.to_string())?;
+        if meta.lifecycle == Lifecycle::Serving && sm.applied().config_id != meta.config_id {
+            let from_last_config = meta.last_transition.as_ref().is_some_and(|t| {
+                sm.applied()
+                    == Position {
+                        config_id: t.from_config,
+                        index: t.end_idx,
+                    }
+            });
+            if sm.applied() == Position::default() || from_last_config {
+                // A fresh store, or the end of the configuration we switched from.
+                sm.set_applied(Position {
+                    config_id: meta.config_id,
+                    index: 0,
+                })
+                .map_err(|e| e.to_string())?;
+            } else {
+                warn!(applied = ?sm.applied(), config_id = meta.config_id,
+                      "state does not match the configuration; taking it from a member");
+                meta.lifecycle = Lifecycle::Joining;
+            }
         }
+        let log = match meta.lifecycle {
+            Lifecycle::Removed => Log::None,
+            _ if meta.config_id == 0 => Log::None,
+            _ => build_log(&cfg, &db, meta.config_id, &meta.members)?,
+        };
         let now = Instant::now();
         let mut r = Replica {
             next_tick: now + cfg.tick,
+            config_id: meta.config_id,
+            members: meta.members.clone(),
+            meta,
             cfg,
-            config_id,
-            members,
+            links,
+            reconfig: None,
+            reconfig_replies: Vec::new(),
+            announcing: None,
+            straggling: None,
+            stragglers_told: HashMap::new(),
             db,
             log,
             sm,
-            peers,
+            peers: HashMap::new(),
             metrics,
             pending_writes: HashMap::new(),
             to_propose: Vec::new(),
@@ -247,7 +352,22 @@ impl Replica {
             next_timeout_scan: now,
             rr: 0,
         };
+        let mut known: Vec<u64> = r.members.clone();
+        if let Some(t) = &r.meta.last_transition {
+            known.extend(&t.members);
+        }
+        r.ensure_links(&known);
+        if r.meta.lifecycle == Lifecycle::Joining && r.config_id != 0 {
+            r.start_joining_catchup();
+        }
+        if let (Some(t), Lifecycle::Serving | Lifecycle::Leaving) =
+            (r.meta.last_transition.clone(), r.meta.lifecycle)
+        {
+            // Re-announce after a restart: members that hold the state answer at once.
+            r.announce(t);
+        }
         r.last_decided = r.decided_idx();
+        r.metrics.applied_idx.set(r.sm.applied().index as i64);
         r.db.sync().map_err(|e| e.to_string())?;
         Ok(r)
     }
@@ -300,12 +420,28 @@ impl Replica {
                 self.next_tick = now + self.cfg.tick;
             }
         }
-        if now >= self.next_timeout_scan {
+        let scan = now >= self.next_timeout_scan;
+        if scan {
             self.scan_timeouts(now);
+            self.drive_reconfig(now);
             self.next_timeout_scan = now + self.cfg.tick;
         }
         self.propose_queued();
         self.apply_decided();
+        if scan || self.reconfig.is_some() {
+            // Storage is checked, not `is_reconfigured()` (0.2.4 re-sync bug, DESIGN.md).
+            self.check_stopsign();
+        }
+        if let Some((t, since)) = self.straggling.clone() {
+            if since.elapsed() >= STRAGGLE_GRACE && self.meta.last_transition.as_ref() != Some(&t) {
+                info!(
+                    config_id = t.config_id,
+                    "the StopSign is not decided here: taking the state by checkpoint"
+                );
+                self.join_as_new(t);
+            }
+        }
+        self.push_announcements(now);
         // Group commit: one WAL sync covers the log writes, the applied batch and the
         // compaction of this iteration.
         self.db.sync().expect("WAL sync failed");
@@ -320,6 +456,9 @@ impl Replica {
         for (reply, result) in self.read_replies.drain(..) {
             let _ = reply.send(result);
         }
+        for (reply, result) in self.reconfig_replies.drain(..) {
+            let _ = reply.send(result);
+        }
         self.maybe_compact();
         self.observe_leader();
     }
@@ -330,6 +469,7 @@ impl Replica {
         match &self.log {
             Log::Paxos(op) => op.get_decided_idx() as u64,
             Log::Local(s) => s.get_decided_idx().expect("cached") as u64,
+            Log::None => 0,
         }
     }
 
@@ -337,25 +477,39 @@ impl Replica {
         match &self.log {
             Log::Paxos(op) => op.get_compacted_idx() as u64,
             Log::Local(s) => s.get_compacted_idx().expect("cached") as u64,
+            Log::None => 0,
         }
     }
 
+    /// Leader of the current configuration as this replica believes; never a leader for a
+    /// replica that is leaving or removed (status reports the current configuration only).
     fn current_leader(&self) -> Option<u64> {
+        if matches!(self.meta.lifecycle, Lifecycle::Leaving | Lifecycle::Removed) {
+            return None;
+        }
         match &self.log {
             Log::Paxos(op) => op.get_current_leader().map(|(p, _)| p),
             Log::Local(_) => Some(self.cfg.pid),
+            Log::None => None,
         }
     }
 
     /// Hands one entry to the log. Err = not handed over.
-    fn append(&mut self, cmd: LogCmd) -> Result<(), String> {
+    fn append(&mut self, cmd: LogCmd) -> Result<(), AppendError> {
         match &mut self.log {
-            Log::Paxos(op) => op.append(cmd).map_err(|e| format!("{e:?}")),
+            Log::Paxos(op) => op.append(cmd).map_err(|e| match e {
+                omnipaxos::ProposeErr::PendingReconfigEntry(_) => AppendError::Reconfiguring,
+                other => AppendError::Other(format!("{other:?}")),
+            }),
             Log::Local(s) => {
-                s.append_entry(cmd).map_err(|e| e.to_string())?;
+                let other = |e: Box<dyn std::error::Error>| AppendError::Other(e.to_string());
+                s.append_entry(cmd).map_err(other)?;
                 let end = s.get_log_len().expect("cached") + s.get_compacted_idx().expect("cached");
-                s.set_decided_idx(end).map_err(|e| e.to_string())
+                s.set_decided_idx(end).map_err(other)
             }
+            Log::None => Err(AppendError::Other(
+                "this replica runs no configuration".into(),
+            )),
         }
     }
 
@@ -392,14 +546,30 @@ impl Replica {
                 id,
                 deadline,
                 reply,
-            } => self.handle_write(kind, id, deadline, reply),
+            } => {
+                if self.meta.lifecycle != Lifecycle::Serving {
+                    self.metrics.requests_refused.inc();
+                    let _ = reply.send(Err(unavailable(self.not_serving_message())));
+                    return;
+                }
+                self.handle_write(kind, id, deadline, reply)
+            }
             ClientRequest::Read {
                 key,
                 linearizable,
                 deadline,
                 reply,
             } => {
-                if !linearizable {
+                let may_read = match self.meta.lifecycle {
+                    Lifecycle::Serving => true,
+                    // A leaving replica still holds the state: local reads only.
+                    Lifecycle::Leaving => !linearizable,
+                    Lifecycle::Joining | Lifecycle::Removed => false,
+                };
+                if !may_read {
+                    self.metrics.requests_refused.inc();
+                    let _ = reply.send(Err(unavailable(self.not_serving_message())));
+                } else if !linearizable {
                     let r = self.read_local(&key);
                     let _ = reply.send(r);
                 } else if self.current_leader().is_none() {
@@ -419,6 +589,35 @@ impl Replica {
             ClientRequest::Log { limit, reply } => {
                 let _ = reply.send(self.log_view(limit));
             }
+            ClientRequest::Reconfigure {
+                request,
+                deadline,
+                reply,
+            } => self.handle_reconfigure(request, deadline, reply),
+            ClientRequest::Members { reply } => {
+                let _ = reply.send(self.members_view());
+            }
+        }
+    }
+
+    fn not_serving_message(&self) -> String {
+        let pid = self.cfg.pid;
+        match (self.meta.lifecycle, &self.meta.last_transition) {
+            (Lifecycle::Joining, _) if self.config_id == 0 => format!(
+                "replica {pid} is a new replica waiting to be added (kvctl reconfigure) and holds no state"
+            ),
+            (Lifecycle::Joining, _) => format!(
+                "replica {pid} is joining configuration {} and receiving the state",
+                self.config_id
+            ),
+            (Lifecycle::Leaving | Lifecycle::Removed, Some(t)) => format!(
+                "replica {pid} was removed from the cluster (configuration {}: members {:?})",
+                t.config_id, t.members
+            ),
+            (Lifecycle::Leaving | Lifecycle::Removed, None) => {
+                format!("replica {pid} was removed from the cluster")
+            }
+            (Lifecycle::Serving, _) => format!("replica {pid} is serving"),
         }
     }
 
@@ -550,7 +749,14 @@ impl Replica {
                     }
                 }
             }
-            Err(e) => {
+            Err(AppendError::Reconfiguring) => {
+                // The configuration is closing: these go again in the next one (same ids, so
+                // never applied twice). Barriers are simply proposed again by their retry.
+                debug!(
+                    "proposal refused: a StopSign is stored; retrying in the next configuration"
+                );
+            }
+            Err(AppendError::Other(e)) => {
                 debug!(error = %e, "proposal refused by the log");
                 for id in ids {
                     if let Some(p) = self.pending_writes.get(&id) {
@@ -647,9 +853,19 @@ impl Replica {
             self.start_catchup();
             return;
         }
-        let to = decided.min(applied + MAX_APPLY as u64);
-        let entries = match read_log_range(&self.db, self.config_id, applied as usize, to as usize)
-        {
+        let mut to = decided.min(applied + MAX_APPLY as u64);
+        let mut read = read_log_range(&self.db, self.config_id, applied as usize, to as usize);
+        if let Ok(None) = read {
+            // A decided StopSign counts in the decided index but is no log entry: apply up
+            // to it (the switch follows in check_stopsign).
+            if let Ok(Some((_, end))) = stored_stopsign(&self.db, self.config_id) {
+                if end < to {
+                    to = end;
+                    read = read_log_range(&self.db, self.config_id, applied as usize, to as usize);
+                }
+            }
+        }
+        let entries = match read {
             Ok(Some(e)) => e,
             Ok(None) => {
                 self.start_catchup();
@@ -657,6 +873,9 @@ impl Replica {
             }
             Err(e) => panic!("reading decided entries: {e}"),
         };
+        if entries.is_empty() {
+            return;
+        }
         self.apply_entries(&entries);
     }
 
@@ -716,6 +935,703 @@ impl Replica {
         }
     }
 
+    // ---- membership ------------------------------------------------------------------
+
+    /// Opens an outbound session to each of `pids` that has none, at its known address.
+    fn ensure_links(&mut self, pids: &[u64]) {
+        for &pid in pids {
+            if pid == self.cfg.pid || self.peers.contains_key(&pid) {
+                continue;
+            }
+            let addr = (self.cfg.peer_address)(pid).or_else(|| self.meta.addrs.get(&pid).cloned());
+            match addr {
+                Some(addr) => {
+                    let link = self.links.connect(pid, addr);
+                    self.peers.insert(pid, link);
+                }
+                None => warn!(peer = pid, "no address known for member; cannot reach it"),
+            }
+        }
+    }
+
+    /// A reconfigure request: checked here, then driven by `drive_reconfig`.
+    fn handle_reconfigure(
+        &mut self,
+        req: ReconfigureRequest,
+        deadline: Instant,
+        reply: Reply<ReconfigureResult>,
+    ) {
+        let rejected = |m: String| Err(ApiError::new(ErrorCode::Rejected, m));
+        if matches!(self.log, Log::Local(_)) {
+            let _ = reply.send(rejected(
+                "this is a standalone (single-server) replica: growing it is not supported; \
+                 start a cluster of three instead"
+                    .into(),
+            ));
+            return;
+        }
+        if self.meta.lifecycle != Lifecycle::Serving {
+            let _ = reply.send(Err(unavailable(self.not_serving_message())));
+            return;
+        }
+        let c = self.config_id;
+        let mut nodes = req.nodes.clone();
+        nodes.sort_unstable();
+        let want = req.config_id.unwrap_or(c + 1);
+        if want == c && nodes == self.members {
+            // A retry of a change that already happened.
+            let _ = reply.send(Ok(ReconfigureResult {
+                config_id: c,
+                members: self.members.clone(),
+            }));
+            return;
+        }
+        if want != c + 1 {
+            let _ = reply.send(rejected(format!(
+                "configuration id {want} refused: the current configuration is {c} (members \
+                 {:?}); a change must create configuration {}",
+                self.members,
+                c + 1
+            )));
+            return;
+        }
+        if let Err(e) = check_change(&self.members, &req.nodes) {
+            let _ = reply.send(rejected(e));
+            return;
+        }
+        if self.current_leader() != Some(self.cfg.pid) {
+            let _ = reply.send(Err(unavailable(format!(
+                "replica {} is not the leader of configuration {c} (leader: {}); changes are \
+                 proposed by the leader",
+                self.cfg.pid,
+                self.current_leader()
+                    .map_or("unknown".to_string(), |l| l.to_string())
+            ))));
+            return;
+        }
+        if let Some(r) = &mut self.reconfig {
+            if r.nodes == nodes {
+                r.replies.push(reply);
+            } else {
+                let _ = reply.send(rejected(format!(
+                    "a change to configuration {} with members {:?} is already in flight",
+                    c + 1,
+                    r.nodes
+                )));
+            }
+            return;
+        }
+        if let Ok(Some((ss, _))) = stored_stopsign(&self.db, c) {
+            let mut pending = ss.next_config.nodes.clone();
+            pending.sort_unstable();
+            if pending == nodes && ss.next_config.configuration_id == want {
+                // The same change, already in the log (e.g. proposed by a leader that died):
+                // answer when it is decided.
+                let now = Instant::now();
+                self.reconfig = Some(ReconfigInFlight {
+                    nodes,
+                    addrs: StopSignMeta::from_stopsign(&ss).addrs,
+                    force: true,
+                    replies: vec![reply],
+                    deadline,
+                    quorum_deadline: now,
+                    proposed: true,
+                    next_retry: now + self.cfg.retry,
+                });
+                return;
+            }
+            let _ = reply.send(rejected(format!(
+                "a change to configuration {} with members {:?} is already in flight",
+                ss.next_config.configuration_id, ss.next_config.nodes
+            )));
+            return;
+        }
+        let mut addrs = BTreeMap::new();
+        for &p in &nodes {
+            let addr = req
+                .peers
+                .get(&p)
+                .cloned()
+                .or_else(|| self.meta.addrs.get(&p).cloned())
+                .or_else(|| (self.cfg.peer_address)(p));
+            match addr {
+                Some(a) => {
+                    addrs.insert(p, a);
+                }
+                None if p == self.cfg.pid => {}
+                None => {
+                    let _ = reply.send(rejected(format!(
+                        "no peer address for node {p}: pass --peer {p}=host:port (or start the \
+                         replicas with a peer template)"
+                    )));
+                    return;
+                }
+            }
+        }
+        for (&p, a) in &addrs {
+            self.meta.addrs.entry(p).or_insert_with(|| a.clone());
+        }
+        self.ensure_links(&nodes);
+        let now = Instant::now();
+        info!(config_id = c + 1, members = ?nodes, "reconfiguration requested");
+        self.reconfig = Some(ReconfigInFlight {
+            nodes,
+            addrs,
+            force: req.force,
+            replies: vec![reply],
+            deadline,
+            quorum_deadline: (now + QUORUM_WAIT).min(deadline),
+            proposed: false,
+            next_retry: now,
+        });
+    }
+
+    /// Proposes the StopSign once a majority of the new members is reachable, again after a
+    /// retry period while none is stored (a proposal can be lost with a leader change), and
+    /// answers what cannot succeed.
+    fn drive_reconfig(&mut self, now: Instant) {
+        let Some(r) = &mut self.reconfig else {
+            return;
+        };
+        let next_id = self.config_id + 1;
+        if now >= r.deadline {
+            let r = self.reconfig.take().expect("present");
+            let err = if r.proposed {
+                ApiError::new(
+                    ErrorCode::Indeterminate,
+                    format!(
+                        "the change to configuration {next_id} was proposed but not decided in \
+                         time: it may still happen; retry with --config-id {next_id}"
+                    ),
+                )
+            } else {
+                unavailable("the change was not proposed before the deadline")
+            };
+            for reply in r.replies {
+                self.reconfig_replies.push((reply, Err(err.clone())));
+            }
+            return;
+        }
+        if !r.proposed {
+            let pid = self.cfg.pid;
+            let reachable = r
+                .nodes
+                .iter()
+                .filter(|&&p| p == pid || self.peers.get(&p).is_some_and(|l| l.is_connected()))
+                .count();
+            if reachable * 2 <= r.nodes.len() && !r.force {
+                if now >= r.quorum_deadline {
+                    let r = self.reconfig.take().expect("present");
+                    let msg = format!(
+                        "only {reachable} of the {} members of the new configuration are \
+                         reachable from the leader: a majority must be; start the new replicas \
+                         first (or pass --force)",
+                        r.nodes.len()
+                    );
+                    for reply in r.replies {
+                        self.reconfig_replies
+                            .push((reply, Err(ApiError::new(ErrorCode::Rejected, msg.clone()))));
+                    }
+                }
+                return;
+            }
+        }
+        if now < r.next_retry {
+            return;
+        }
+        r.next_retry = now + self.cfg.retry;
+        if matches!(stored_stopsign(&self.db, self.config_id), Ok(Some(_))) {
+            r.proposed = true;
+            return;
+        }
+        let leader = match &self.log {
+            Log::Paxos(op) => op.get_current_leader().map(|(p, _)| p),
+            _ => None,
+        };
+        if leader != Some(self.cfg.pid) {
+            return; // leadership moved: wait (a new leader may still decide it) or time out
+        }
+        let meta = StopSignMeta {
+            addrs: r.addrs.clone(),
+        };
+        let config = ClusterConfig {
+            configuration_id: next_id,
+            nodes: r.nodes.clone(),
+            flexible_quorum: None,
+        };
+        if let Log::Paxos(op) = &mut self.log {
+            match op.reconfigure(config, Some(encode(&meta))) {
+                Ok(()) => {
+                    r.proposed = true;
+                    info!(config_id = next_id, members = ?r.nodes, "StopSign proposed");
+                }
+                Err(e) => debug!(error = ?e, "StopSign not proposed"),
+            }
+        }
+    }
+
+    /// After applying: a StopSign that storage shows decided, with every entry before it
+    /// applied, switches this replica to the next configuration.
+    fn check_stopsign(&mut self) {
+        let Log::Paxos(op) = &self.log else {
+            return;
+        };
+        if self.catchup.is_some()
+            || !matches!(self.meta.lifecycle, Lifecycle::Serving | Lifecycle::Joining)
+        {
+            return;
+        }
+        let decided = op.get_decided_idx() as u64;
+        let reconfigured = op.is_reconfigured().is_some();
+        let found = match decided_stopsign(&self.db, self.config_id, decided) {
+            Ok(Some(found)) => Some(found),
+            Ok(None) if reconfigured => stored_stopsign(&self.db, self.config_id).ok().flatten(),
+            Ok(None) => None,
+            Err(e) => panic!("reading the stopsign: {e}"),
+        };
+        let Some((ss, end)) = found else {
+            return;
+        };
+        if self.sm.applied().index < end {
+            return; // apply_decided gets there first
+        }
+        let mut addrs = StopSignMeta::from_stopsign(&ss).addrs;
+        for p in &ss.next_config.nodes {
+            if let (false, Some(a)) = (addrs.contains_key(p), self.meta.addrs.get(p)) {
+                addrs.insert(*p, a.clone());
+            }
+        }
+        let mut members = ss.next_config.nodes.clone();
+        members.sort_unstable();
+        self.switch_to(Transition {
+            from_config: self.config_id,
+            end_idx: end,
+            config_id: ss.next_config.configuration_id,
+            members,
+            addrs,
+        });
+    }
+
+    /// Leaves the current configuration, whose every entry is applied, for `t`.
+    fn switch_to(&mut self, t: Transition) {
+        info!(from = t.from_config, to = t.config_id, members = ?t.members, end_idx = t.end_idx,
+              "configuration change decided");
+        self.metrics.reconfigurations.inc();
+        self.straggling = None;
+        if let Some(r) = self.reconfig.take() {
+            for reply in r.replies {
+                self.reconfig_replies.push((
+                    reply,
+                    Ok(ReconfigureResult {
+                        config_id: t.config_id,
+                        members: t.members.clone(),
+                    }),
+                ));
+            }
+        }
+        for (&p, a) in &t.addrs {
+            self.meta.addrs.insert(p, a.clone());
+        }
+        self.ensure_links(&t.members);
+        self.meta.last_transition = Some(t.clone());
+        let now = Instant::now();
+        if t.members.contains(&self.cfg.pid) {
+            self.meta.config_id = t.config_id;
+            self.meta.members = t.members.clone();
+            self.meta.lifecycle = Lifecycle::Serving;
+            // The new configuration's log starts at 0; the state carries over. Meta and
+            // position in one synced batch.
+            let mut batch = rocksdb::WriteBatch::default();
+            self.meta.put(&self.db, &mut batch);
+            self.sm.set_applied_in(
+                Position {
+                    config_id: t.config_id,
+                    index: 0,
+                },
+                &mut batch,
+            );
+            self.db
+                .write_synced(batch)
+                .unwrap_or_else(|e| panic!("persisting the new configuration: {e}"));
+            self.config_id = t.config_id;
+            self.members = t.members.clone();
+            self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members)
+                .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
+            self.last_decided = 0;
+            // Writes and reads caught in the StopSign window go again in the new
+            // configuration (same ids: never applied twice).
+            for p in self.pending_writes.values_mut() {
+                p.next_retry = now;
+            }
+            let waiting: Vec<PendingRead> =
+                self.barriers.drain().flat_map(|(_, b)| b.reads).collect();
+            self.reads_waiting.extend(waiting);
+        } else {
+            self.meta.lifecycle = Lifecycle::Leaving;
+            self.meta
+                .save_synced(&self.db)
+                .unwrap_or_else(|e| panic!("persisting the new configuration: {e}"));
+            info!(
+                config_id = t.config_id,
+                "this replica was removed; handing over to the new members"
+            );
+            self.fail_all_requests(true);
+        }
+        self.announce(t);
+    }
+
+    /// Answers every waiting client: this replica will not apply their requests. `seen_all`:
+    /// every entry of the old configuration was applied, so a write not applied never will be.
+    fn fail_all_requests(&mut self, seen_all: bool) {
+        let msg = self.not_serving_message();
+        for (_, p) in self.pending_writes.drain() {
+            let err = if p.handed && !seen_all {
+                ApiError::new(
+                    ErrorCode::Indeterminate,
+                    format!("{msg}: the write may have been applied"),
+                )
+            } else {
+                unavailable(msg.clone())
+            };
+            for r in p.replies {
+                self.write_replies.push((r, Err(err.clone())));
+            }
+        }
+        self.to_propose.clear();
+        let reads: Vec<PendingRead> = self
+            .barriers
+            .drain()
+            .flat_map(|(_, b)| b.reads)
+            .chain(self.reads_waiting.drain(..))
+            .collect();
+        for r in reads {
+            self.read_replies
+                .push((r.reply, Err(unavailable(msg.clone()))));
+        }
+    }
+
+    fn announce(&mut self, t: Transition) {
+        let pending = t
+            .members
+            .iter()
+            .copied()
+            .filter(|&p| p != self.cfg.pid)
+            .collect();
+        let mut holding = BTreeSet::new();
+        if t.members.contains(&self.cfg.pid) && self.meta.lifecycle == Lifecycle::Serving {
+            holding.insert(self.cfg.pid);
+        }
+        self.announcing = Some(Announcing {
+            transition: t,
+            pending,
+            holding,
+            next_push: Instant::now(),
+        });
+    }
+
+    fn announcement(&self, t: &Transition) -> PeerFrame {
+        PeerFrame::NewConfig(Announcement {
+            cluster_id: self.meta.cluster_id,
+            genesis_config_id: self.meta.genesis_config_id,
+            genesis_members: self.meta.genesis_members.clone(),
+            transition: t.clone(),
+        })
+    }
+
+    /// Pushes the decided change to the new members that do not hold the state yet.
+    fn push_announcements(&mut self, now: Instant) {
+        let Some(a) = &mut self.announcing else {
+            return;
+        };
+        if now < a.next_push {
+            return;
+        }
+        a.next_push = now + ANNOUNCE_EVERY;
+        let frame = self.announcement(&self.announcing.as_ref().expect("present").transition);
+        let a = self.announcing.as_ref().expect("present");
+        for p in &a.pending {
+            if let Some(l) = self.peers.get(p) {
+                l.send(frame.clone());
+            }
+        }
+    }
+
+    fn on_announcement_ack(&mut self, from: u64, config_id: u32, holds_state: bool) {
+        let Some(a) = &mut self.announcing else {
+            return;
+        };
+        if a.transition.config_id != config_id || !holds_state {
+            return;
+        }
+        a.pending.remove(&from);
+        a.holding.insert(from);
+        if self.meta.lifecycle == Lifecycle::Leaving
+            && majority_holds(&a.transition.members, a.holding.len())
+        {
+            self.retire();
+        } else if a.pending.is_empty() {
+            info!(
+                config_id,
+                "every member of the new configuration holds the state"
+            );
+            self.announcing = None;
+        }
+    }
+
+    /// A removed replica whose successors hold the state stops for good (keeping its data).
+    fn retire(&mut self) {
+        let Some(t) = self.meta.last_transition.clone() else {
+            return;
+        };
+        info!(config_id = t.config_id, members = ?t.members,
+              "a majority of the new configuration holds the state: this replica is removed");
+        self.meta.lifecycle = Lifecycle::Removed;
+        self.meta.config_id = t.config_id;
+        self.meta.members = t.members.clone();
+        self.meta
+            .save_synced(&self.db)
+            .unwrap_or_else(|e| panic!("persisting removal: {e}"));
+        self.config_id = t.config_id;
+        self.members = t.members.clone();
+        self.log = Log::None;
+        self.catchup = None;
+        self.announcing = None;
+        self.fail_all_requests(false);
+    }
+
+    /// A member told us about a decided change.
+    fn on_announcement(&mut self, from: u64, a: Announcement) {
+        let t = a.transition.clone();
+        let new_config = t.config_id;
+        let ack = |s: &Self, holds_state: bool| {
+            if let Some(l) = s.peers.get(&from) {
+                l.send(PeerFrame::NewConfigAck {
+                    config_id: new_config,
+                    holds_state,
+                });
+            }
+        };
+        if t.config_id == self.config_id
+            && matches!(self.meta.lifecycle, Lifecycle::Serving | Lifecycle::Joining)
+        {
+            let holds = self.meta.lifecycle == Lifecycle::Serving
+                && !matches!(self.catchup, Some(CatchUp::Checkpoint { .. }));
+            ack(self, holds);
+            return;
+        }
+        if t.config_id <= self.config_id
+            || self
+                .meta
+                .last_transition
+                .as_ref()
+                .is_some_and(|l| l.config_id >= t.config_id)
+        {
+            return;
+        }
+        if self.meta.cluster_id == 0 {
+            // A new replica: trust the cluster id only if our token derives it.
+            let derived = cluster_id(
+                &self.cfg.cluster_token,
+                a.genesis_config_id,
+                &a.genesis_members,
+            );
+            if derived != a.cluster_id {
+                warn!(
+                    peer = from,
+                    "announcement from another cluster (or another token); ignored"
+                );
+                return;
+            }
+            self.meta.cluster_id = a.cluster_id;
+            self.meta.genesis_config_id = a.genesis_config_id;
+            self.meta.genesis_members = a.genesis_members.clone();
+            self.links.set_cluster_id(a.cluster_id);
+        } else if a.cluster_id != self.meta.cluster_id {
+            return;
+        }
+        for (&p, addr) in &t.addrs {
+            self.meta.addrs.insert(p, addr.clone());
+        }
+        if !t.members.contains(&self.cfg.pid) {
+            info!(config_id = t.config_id, members = ?t.members, "told of a change that removed this replica");
+            self.meta.last_transition = Some(t);
+            self.retire();
+            return;
+        }
+        let same_config =
+            self.meta.lifecycle == Lifecycle::Serving && t.from_config == self.config_id;
+        if same_config && self.sm.applied().index >= t.end_idx && self.catchup.is_none() {
+            self.switch_to(t);
+            ack(self, true);
+            return;
+        }
+        if same_config {
+            // Our own log will most likely decide the StopSign soon: give it a moment.
+            let since = match &self.straggling {
+                Some((_, since)) => *since,
+                None => Instant::now(),
+            };
+            if since.elapsed() < STRAGGLE_GRACE {
+                self.straggling = Some((t, since));
+                return;
+            }
+        }
+        self.join_as_new(t);
+        ack(self, false);
+    }
+
+    /// Enters configuration `t` as a member without state: consensus at once, the state by
+    /// checkpoint from a member that holds it.
+    fn join_as_new(&mut self, t: Transition) {
+        info!(config_id = t.config_id, members = ?t.members, "joining configuration");
+        self.straggling = None;
+        self.meta.config_id = t.config_id;
+        self.meta.members = t.members.clone();
+        self.meta.lifecycle = Lifecycle::Joining;
+        self.meta.last_transition = Some(t.clone());
+        self.meta
+            .save_synced(&self.db)
+            .unwrap_or_else(|e| panic!("persisting the configuration: {e}"));
+        self.config_id = t.config_id;
+        self.members = t.members.clone();
+        self.ensure_links(&t.members);
+        self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members)
+            .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
+        self.last_decided = 0;
+        self.announcing = None;
+        self.start_joining_catchup();
+    }
+
+    fn start_joining_catchup(&mut self) {
+        self.metrics.catching_up.set(1);
+        self.catchup = Some(CatchUp::Fetching {
+            asked: 0,
+            asked_at: Instant::now() - CATCHUP_TIMEOUT,
+            unavailable: HashMap::new(),
+        });
+    }
+
+    /// A joiner asks the next connected member for a checkpoint.
+    fn joining_catchup_tick(&mut self) {
+        let peers: Vec<u64> = self.connected_peers();
+        match &mut self.catchup {
+            Some(CatchUp::Fetching { asked_at, .. }) if asked_at.elapsed() >= CATCHUP_TIMEOUT => {
+                if peers.is_empty() {
+                    return; // sessions to the members are still coming up: ask once one is
+                }
+                *asked_at = Instant::now();
+                self.rr = self.rr.wrapping_add(1);
+                let from = peers[self.rr % peers.len()];
+                info!(
+                    peer = from,
+                    config_id = self.config_id,
+                    "asking for the state (checkpoint)"
+                );
+                self.request_checkpoint(from);
+            }
+            Some(CatchUp::Checkpoint {
+                rx, last_progress, ..
+            }) if last_progress.elapsed() > CATCHUP_TIMEOUT * 2 => {
+                warn!(peer = rx.from, "checkpoint stalled; asking again");
+                self.restart_catchup();
+            }
+            _ => {}
+        }
+    }
+
+    /// Asks `from` for a checkpoint of the current configuration's state, staged as it comes.
+    fn request_checkpoint(&mut self, from: u64) {
+        let id = rand::random::<u64>();
+        let rx = checkpoint::Receiver::start(&self.db, from, id)
+            .unwrap_or_else(|e| panic!("staging checkpoint: {e}"));
+        if let Some(l) = self.peers.get(&from) {
+            l.send(PeerFrame::CheckpointRequest {
+                id,
+                config_id: self.config_id,
+            });
+        }
+        let now = Instant::now();
+        self.catchup = Some(CatchUp::Checkpoint {
+            rx,
+            last_progress: now,
+            started: now,
+        });
+    }
+
+    /// Answers a frame of an older configuration: its sender missed a change.
+    fn tell_straggler(&mut self, from: u64) {
+        let Some(t) = self.meta.last_transition.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .stragglers_told
+            .get(&from)
+            .is_some_and(|at| now.duration_since(*at) < STRAGGLER_EVERY)
+        {
+            return;
+        }
+        self.stragglers_told.insert(from, now);
+        self.ensure_links(&[from]);
+        let frame = self.announcement(&t);
+        if let Some(l) = self.peers.get(&from) {
+            debug!(
+                peer = from,
+                config_id = t.config_id,
+                "telling a straggler about the change"
+            );
+            l.send(frame);
+        }
+    }
+
+    fn members_view(&self) -> MembersView {
+        MembersView {
+            config_id: self.config_id,
+            leader: self.current_leader(),
+            members: self
+                .members
+                .iter()
+                .map(|&pid| MemberView {
+                    pid,
+                    peer_addr: self.meta.addrs.get(&pid).cloned(),
+                })
+                .collect(),
+        }
+    }
+
+    fn reconfig_view(&self) -> Option<ReconfigView> {
+        if self.meta.lifecycle == Lifecycle::Leaving {
+            let t = self.meta.last_transition.as_ref()?;
+            return Some(ReconfigView {
+                config_id: t.config_id,
+                members: t.members.clone(),
+                phase: "leaving".into(),
+            });
+        }
+        if let Some(r) = &self.reconfig {
+            return Some(ReconfigView {
+                config_id: self.config_id + 1,
+                members: r.nodes.clone(),
+                phase: "proposed".into(),
+            });
+        }
+        if let Log::Paxos(op) = &self.log {
+            let decided = op.get_decided_idx() as u64;
+            if let Ok(Some((ss, _))) = stored_stopsign(&self.db, self.config_id) {
+                let phase = match decided_stopsign(&self.db, self.config_id, decided) {
+                    Ok(Some(_)) => "decided",
+                    _ => "proposed",
+                };
+                return Some(ReconfigView {
+                    config_id: ss.next_config.configuration_id,
+                    members: ss.next_config.nodes.clone(),
+                    phase: phase.into(),
+                });
+            }
+        }
+        None
+    }
+
     // ---- compaction ------------------------------------------------------------------
 
     /// Compacts locally every `snapshot_interval` entries, only below the applied index that
@@ -734,6 +1650,7 @@ impl Replica {
             Log::Paxos(op) => op
                 .snapshot(Some(target as usize), true)
                 .map_err(|e| format!("{e:?}")),
+            Log::None => return,
             Log::Local(s) => s
                 .write_atomically(vec![
                     StorageOp::Trim(target as usize),
@@ -787,6 +1704,10 @@ impl Replica {
 
     /// Drives catch-up: asks a (next) peer when the last request timed out.
     fn catchup_tick(&mut self) {
+        if self.meta.lifecycle == Lifecycle::Joining {
+            self.joining_catchup_tick();
+            return;
+        }
         let applied = self.sm.applied().index;
         if applied >= self.compacted_idx()
             && !matches!(self.catchup, Some(CatchUp::Checkpoint { .. }))
@@ -818,20 +1739,8 @@ impl Replica {
                         .filter(|(_, &a)| a > applied)
                         .max_by_key(|(_, &a)| a)
                     {
-                        let id = rand::random::<u64>();
-                        match checkpoint::Receiver::start(&self.db, from, id) {
-                            Ok(rx) => {
-                                info!(peer = from, "catching up from a checkpoint");
-                                if let Some(l) = self.peers.get(&from) {
-                                    l.send(PeerFrame::CheckpointRequest { id });
-                                }
-                                self.catchup = Some(CatchUp::Checkpoint {
-                                    rx,
-                                    last_progress: Instant::now(),
-                                });
-                            }
-                            Err(e) => panic!("staging checkpoint: {e}"),
-                        }
+                        info!(peer = from, "catching up from a checkpoint");
+                        self.request_checkpoint(from);
                     } else {
                         unavailable.clear();
                         *asked_at = Instant::now();
@@ -850,9 +1759,9 @@ impl Replica {
                     });
                 }
             }
-            Some(CatchUp::Checkpoint { rx, last_progress })
-                if last_progress.elapsed() > CATCHUP_TIMEOUT * 2 =>
-            {
+            Some(CatchUp::Checkpoint {
+                rx, last_progress, ..
+            }) if last_progress.elapsed() > CATCHUP_TIMEOUT * 2 => {
                 warn!(peer = rx.from, "checkpoint stalled; starting over");
                 self.restart_catchup();
             }
@@ -864,12 +1773,21 @@ impl Replica {
 
     fn handle_peer(&mut self, from: u64, frame: PeerFrame) {
         if let Some(c) = frame.config_id() {
-            if c != self.config_id || !self.members.contains(&from) {
+            if c < self.config_id {
+                self.tell_straggler(from);
+            }
+            if c != self.config_id || !self.members.contains(&from) || matches!(self.log, Log::None)
+            {
                 self.metrics.peer_frames_dropped.inc();
                 return;
             }
         }
         match frame {
+            PeerFrame::NewConfig(a) => self.on_announcement(from, a),
+            PeerFrame::NewConfigAck {
+                config_id,
+                holds_state,
+            } => self.on_announcement_ack(from, config_id, holds_state),
             PeerFrame::Hello(_) => {}
             PeerFrame::Paxos { msg, .. } => {
                 if let Log::Paxos(op) = &mut self.log {
@@ -920,7 +1838,23 @@ impl Replica {
                 }
                 self.catchup_tick();
             }
-            PeerFrame::CheckpointRequest { id } => {
+            PeerFrame::CheckpointRequest { id, config_id } => {
+                let holds = self.meta.lifecycle == Lifecycle::Serving
+                    && self.catchup.is_none()
+                    && self.config_id == config_id
+                    && self.sm.applied().config_id == config_id;
+                if !holds {
+                    if let Some(l) = self.peers.get(&from) {
+                        l.send(PeerFrame::CheckpointRefused {
+                            id,
+                            reason: format!(
+                                "replica {} holds no state of configuration {config_id}",
+                                self.cfg.pid
+                            ),
+                        });
+                    }
+                    return;
+                }
                 if let Some(link) = self.peers.get(&from).cloned() {
                     let db = self.db.clone();
                     // One stream per peer: a newer request supersedes a running one.
@@ -934,18 +1868,24 @@ impl Replica {
                 }
             }
             PeerFrame::CheckpointChunk { id, seq, items } => {
-                let Some(CatchUp::Checkpoint { rx, last_progress }) = &mut self.catchup else {
+                let Some(CatchUp::Checkpoint {
+                    rx, last_progress, ..
+                }) = &mut self.catchup
+                else {
                     return;
                 };
                 if rx.id != id || rx.from != from {
                     return;
                 }
+                let before = rx.bytes;
                 if let Err(e) = rx.chunk(&self.db, seq, &items) {
                     warn!(error = %e, "checkpoint chunk refused; starting over");
                     self.restart_catchup();
                     return;
                 }
                 *last_progress = Instant::now();
+                let got = rx.bytes - before;
+                self.metrics.checkpoint_bytes_received.inc_by(got);
             }
             PeerFrame::CheckpointDone {
                 id,
@@ -977,6 +1917,16 @@ impl Replica {
                             keys = m.keys,
                             "state replaced by checkpoint"
                         );
+                        if self.meta.lifecycle == Lifecycle::Joining {
+                            self.meta.lifecycle = Lifecycle::Serving;
+                            self.meta
+                                .save_synced(&self.db)
+                                .unwrap_or_else(|e| panic!("persisting membership: {e}"));
+                            info!(
+                                config_id = self.config_id,
+                                "joined: holds the state and serves"
+                            );
+                        }
                         self.restart_catchup();
                         self.catchup_tick();
                     }
@@ -987,8 +1937,17 @@ impl Replica {
                 }
             }
             PeerFrame::CheckpointRefused { id, reason } => {
-                warn!(peer = from, id, %reason, "checkpoint refused");
+                let Some(CatchUp::Checkpoint { rx, .. }) = &self.catchup else {
+                    return;
+                };
+                if rx.id != id {
+                    return;
+                }
+                info!(peer = from, %reason, "checkpoint refused; asking another member");
                 self.restart_catchup();
+                if let Some(CatchUp::Fetching { asked_at, .. }) = &mut self.catchup {
+                    *asked_at = Instant::now() - CATCHUP_TIMEOUT + CHECKPOINT_RETRY;
+                }
             }
         }
     }
@@ -1080,11 +2039,18 @@ impl Replica {
     }
 
     fn role(&self) -> &'static str {
+        match self.meta.lifecycle {
+            Lifecycle::Joining => return "joining",
+            Lifecycle::Leaving => return "leaving",
+            Lifecycle::Removed => return "removed",
+            Lifecycle::Serving => {}
+        }
         if self.catchup.is_some() {
             return "catching-up";
         }
         match (&self.log, self.current_leader()) {
             (Log::Local(_), _) => "standalone",
+            (Log::None, _) => "removed",
             (_, Some(l)) if l == self.cfg.pid => "leader",
             (_, Some(_)) => "follower",
             (_, None) => "candidate",
@@ -1104,13 +2070,26 @@ impl Replica {
             compacted_idx: self.compacted_idx(),
             keys: meta.keys,
             state_hash: format!("{:016x}", meta.hash),
-            cluster_id: format!("{:016x}", self.cfg.cluster_id),
+            cluster_id: format!("{:016x}", self.meta.cluster_id),
             connected_peers: self.connected_peers(),
+            reconfiguration: self.reconfig_view(),
+            transfer: match &self.catchup {
+                Some(CatchUp::Checkpoint { rx, started, .. }) => Some(TransferView {
+                    from: rx.from,
+                    bytes: rx.bytes,
+                    items: rx.items,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                }),
+                _ => None,
+            },
         }
     }
 
     fn log_view(&self, limit: usize) -> LogView {
-        let decided = self.decided_idx();
+        let mut decided = self.decided_idx();
+        if let Ok(Some((_, end))) = stored_stopsign(&self.db, self.config_id) {
+            decided = decided.min(end);
+        }
         let compacted = self.compacted_idx();
         let start = decided.saturating_sub(limit as u64).max(compacted);
         let mut entries = Vec::new();

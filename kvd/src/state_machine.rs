@@ -15,26 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 
 const META_SM: &[u8] = b"sm";
 
-/// A position in the replicated history: `index` entries of configuration `config_id` applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Position {
-    pub config_id: u32,
-    pub index: u64,
-}
-
-/// State-machine metadata, stored under `meta/sm` in the same batch as the data it describes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SmMeta {
-    /// Next entry to apply.
-    pub applied: Position,
-    /// The state machine's clock: the largest proposer timestamp applied (ms).
-    pub clock_ms: u64,
-    /// Largest timestamp of an evicted dedup record: older requests are refused.
-    pub horizon_ms: u64,
-    pub keys: u64,
-    /// XOR of a 64-bit hash of every (key, value): equal states have equal hashes.
-    pub hash: u64,
-}
+pub use omnikv_wire::state::{pair_hash, Position, SmMeta};
 
 /// What a write did, as remembered for duplicates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,27 +72,6 @@ pub fn dedup_key(client: u64, seq: u64) -> [u8; 16] {
     k[..8].copy_from_slice(&client.to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
     k
-}
-
-/// Stable 64-bit hash of a (key, value) pair (FNV-1a over length-prefixed fields).
-pub fn pair_hash(key: &[u8], value: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for &b in bytes {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    feed(&(key.len() as u64).to_be_bytes());
-    feed(key);
-    feed(&(value.len() as u64).to_be_bytes());
-    feed(value);
-    // Final avalanche so XOR-combining stays well mixed.
-    let mut x = h;
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x
 }
 
 impl StateMachine {
@@ -189,6 +149,13 @@ impl StateMachine {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.db.cf(CF_META), META_SM, encode(&self.meta));
         self.db.write(batch)
+    }
+
+    /// Moves the applied position as part of the caller's `batch` (a configuration switch
+    /// writes it with the new configuration).
+    pub fn set_applied_in(&mut self, applied: Position, batch: &mut WriteBatch) {
+        self.meta.applied = applied;
+        batch.put_cf(self.db.cf(CF_META), META_SM, encode(&self.meta));
     }
 
     /// Applies `entries`, which are the decided entries starting exactly at the applied

@@ -136,15 +136,20 @@ const TAG_LOG_END: u8 = 7;
 
 /// The cached Paxos metadata of one configuration's log. Always equal to what is stored.
 #[derive(Clone, Debug, Default)]
-struct LogMeta {
-    promise: Option<Ballot>,
-    accepted_round: Option<Ballot>,
-    decided: usize,
-    compacted: usize,
-    stopsign: Option<StopSign>,
-    snapshot: Option<Marker>,
+pub struct LogMeta {
+    pub promise: Option<Ballot>,
+    pub accepted_round: Option<Ballot>,
+    pub decided: usize,
+    pub compacted: usize,
+    pub stopsign: Option<StopSign>,
+    pub snapshot: Option<Marker>,
     /// Absolute index one past the last stored entry.
-    log_end: usize,
+    pub log_end: usize,
+}
+
+/// Reads configuration `config_id`'s Paxos metadata as stored (what OmniPaxos last wrote).
+pub fn read_log_meta(db: &Db, config_id: u32) -> Result<LogMeta, StoreError> {
+    Ok(LogStore::open(db.clone(), config_id)?.meta)
 }
 
 /// One configuration's Paxos log and metadata, as OmniPaxos's `Storage`.
@@ -225,6 +230,11 @@ impl LogStore {
                 }
                 put_meta(batch, TAG_LOG_END, encode(&(meta.log_end as u64)));
             }
+            // Truncating at or past the end with nothing to append changes nothing. (A
+            // re-sync after a follower accepted a StopSign asks for exactly this one past the
+            // end, the 0.2.4 bug: moving the end there would leave a hole where the StopSign's
+            // index is, and hide that the StopSign was decided.)
+            StorageOp::AppendOnPrefix(from, es) if es.is_empty() && from >= meta.log_end => {}
             StorageOp::AppendOnPrefix(from, es) => {
                 if from < meta.log_end {
                     batch.delete_range_cf(cf_log, log_key(c, from), log_key(c, meta.log_end));

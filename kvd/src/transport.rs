@@ -14,7 +14,7 @@ use crate::storage::{Db, CF_META};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +43,9 @@ pub struct Identity {
 /// Shared state of the transport.
 pub struct TransportCtx {
     pub me: Identity,
+    /// Our cluster id; 0 while a joiner has not learned it yet (it then accepts the Hello of
+    /// any cluster: what it is told is checked against the cluster token before it is used).
+    cluster_id: AtomicU64,
     pub max_frame: usize,
     pub inbox: SyncSender<Input>,
     pub metrics: Arc<Metrics>,
@@ -65,6 +68,7 @@ impl TransportCtx {
         db: Db,
     ) -> Arc<TransportCtx> {
         Arc::new(TransportCtx {
+            cluster_id: AtomicU64::new(me.cluster_id),
             me,
             max_frame,
             inbox,
@@ -72,6 +76,15 @@ impl TransportCtx {
             db,
             known_storage: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the cluster id a joiner learned (and verified).
+    pub fn set_cluster_id(&self, id: u64) {
+        self.cluster_id.store(id, Ordering::Relaxed);
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Relaxed)
     }
 
     /// Accepts `pid` presenting `storage_id`, remembering it on first sight.
@@ -180,14 +193,14 @@ async fn outbound_loop(
     connected: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(50);
-    let hello = PeerFrame::Hello(Hello {
-        magic: MAGIC,
-        version: PROTOCOL_VERSION,
-        cluster_id: ctx.me.cluster_id,
-        pid: ctx.me.pid,
-        storage_id: ctx.me.storage_id,
-    });
     loop {
+        let hello = PeerFrame::Hello(Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            cluster_id: ctx.cluster_id(),
+            pid: ctx.me.pid,
+            storage_id: ctx.me.storage_id,
+        });
         let dial = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr)).await;
         if let Ok(Ok(stream)) = dial {
             let _ = stream.set_nodelay(true);
@@ -310,10 +323,11 @@ async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), St
             hello.magic, hello.version
         ));
     }
-    if hello.cluster_id != ctx.me.cluster_id {
+    let ours = ctx.cluster_id();
+    if ours != 0 && hello.cluster_id != ours {
         return Err(format!(
             "peer {} belongs to cluster {:016x}, we are {:016x}",
-            hello.pid, hello.cluster_id, ctx.me.cluster_id
+            hello.pid, hello.cluster_id, ours
         ));
     }
     if hello.pid == 0 || hello.pid == ctx.me.pid {
@@ -347,4 +361,26 @@ async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), St
         ctx.to_inbox(Input::Peer { from, frame });
     }
     Ok(())
+}
+
+/// Opens outbound sessions on demand: members appear with membership changes.
+#[derive(Clone)]
+pub struct Links {
+    rt: tokio::runtime::Handle,
+    ctx: Arc<TransportCtx>,
+}
+
+impl Links {
+    pub fn new(rt: tokio::runtime::Handle, ctx: Arc<TransportCtx>) -> Links {
+        Links { rt, ctx }
+    }
+
+    pub fn connect(&self, pid: u64, addr: String) -> PeerLink {
+        spawn_outbound(&self.rt, self.ctx.clone(), pid, addr)
+    }
+
+    /// A joiner adopts the cluster id it verified.
+    pub fn set_cluster_id(&self, id: u64) {
+        self.ctx.set_cluster_id(id);
+    }
 }

@@ -5,7 +5,9 @@ pub mod bench;
 pub mod delete;
 pub mod get;
 pub mod log;
+pub mod members;
 pub mod put;
+pub mod reconfigure;
 pub mod status;
 
 use crate::exit::Error;
@@ -30,6 +32,8 @@ pub enum Request {
     Delete { key: Vec<u8> },
     Status,
     Log { limit: usize },
+    Members,
+    Reconfigure(reconfigure::Change),
 }
 
 /// Runs `req` through `client`, printing the result to `out` in `ctx.output`.
@@ -45,5 +49,7 @@ pub async fn execute(
         Request::Delete { key } => delete::run(client, &key, ctx.output, out).await,
         Request::Status => status::run(client, ctx.output, out).await,
         Request::Log { limit } => log::run(client, limit, ctx.output, out).await,
+        Request::Members => members::run(client, ctx.output, out).await,
+        Request::Reconfigure(change) => reconfigure::run(client, change, ctx.output, out).await,
     }
 }

@@ -37,6 +37,8 @@ pub struct Node {
     pub peer_port: u16,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
+    /// CONFIG_ID and NODES this replica is started with (env only bootstraps an empty dir).
+    pub config_env: (u32, Vec<u64>),
     child: Option<Child>,
 }
 
@@ -69,11 +71,28 @@ pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     pub members: Vec<u64>,
     pub opts: Opts,
+    /// Peer address given to the other replicas for a pid (in KVD_PEERS), when it is not the
+    /// replica's own peer port: e.g. a fault-injecting proxy in front of it.
+    pub advertised_peers: BTreeMap<u64, String>,
 }
 
 impl Cluster {
     /// Starts replicas `1..=n` and waits until one is leader.
     pub async fn start(n: u64, opts: Opts) -> Cluster {
+        let mut c = Cluster::new_stopped(n, opts);
+        for pid in 1..=n {
+            c.spawn(pid);
+        }
+        if n > 1 {
+            c.wait_leader(Duration::from_secs(20)).await;
+        } else {
+            c.wait_ready(1, Duration::from_secs(20)).await;
+        }
+        c
+    }
+
+    /// Replicas `1..=n` with their ports and dirs, none started yet (`spawn` each).
+    pub fn new_stopped(n: u64, opts: Opts) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("omnikv-it-")
             .tempdir()
@@ -89,47 +108,72 @@ impl Cluster {
                     peer_port: free_port(),
                     data_dir: dir.path().join(format!("data-{pid}")),
                     log_path: dir.path().join(format!("kvd-{pid}.log")),
+                    config_env: (1, members.clone()),
                     child: None,
                 },
             );
         }
-        let mut c = Cluster {
+        Cluster {
             dir,
             nodes,
             members,
             opts,
-        };
-        for pid in 1..=n {
-            c.spawn(pid);
+            advertised_peers: BTreeMap::new(),
         }
-        if n > 1 {
-            c.wait_leader(Duration::from_secs(20)).await;
-        } else {
-            c.wait_ready(1, Duration::from_secs(20)).await;
-        }
-        c
     }
 
     fn peers_arg(&self) -> String {
         self.nodes
             .values()
-            .map(|n| format!("{}=127.0.0.1:{}", n.pid, n.peer_port))
+            .map(|n| match self.advertised_peers.get(&n.pid) {
+                Some(addr) => format!("{}={addr}", n.pid),
+                None => format!("{}=127.0.0.1:{}", n.pid, n.peer_port),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
 
+    /// Starts a new replica `pid` as a joiner (empty data dir, CONFIG_ID > 1, NODES = the
+    /// members plus `pid`); `members` is not changed: that takes a reconfigure.
+    pub fn add_node(&mut self, pid: u64) {
+        self.add_node_stopped(pid);
+        self.spawn(pid);
+    }
+
+    /// Like `add_node`, without starting it (`spawn` does).
+    pub fn add_node_stopped(&mut self, pid: u64) {
+        assert!(!self.nodes.contains_key(&pid), "node {pid} exists");
+        let mut nodes = self.members.clone();
+        nodes.push(pid);
+        let node = Node {
+            pid,
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: self.dir.path().join(format!("data-{pid}")),
+            log_path: self.dir.path().join(format!("kvd-{pid}.log")),
+            config_env: (2, nodes),
+            child: None,
+        };
+        self.nodes.insert(pid, node);
+    }
+
+    pub fn peer_addr(&self, pid: u64) -> String {
+        format!("127.0.0.1:{}", self.nodes[&pid].peer_port)
+    }
+
     pub fn spawn(&mut self, pid: u64) {
         let peers = self.peers_arg();
+        let opts = self.opts.clone();
+        let node = self.nodes.get_mut(&pid).unwrap();
         let nodes = format!(
             "[{}]",
-            self.members
+            node.config_env
+                .1
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let opts = self.opts.clone();
-        let node = self.nodes.get_mut(&pid).unwrap();
         assert!(node.child.is_none(), "node {pid} already running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -139,7 +183,7 @@ impl Cluster {
         let mut cmd = Command::new(kvd_bin());
         cmd.env("PID", pid.to_string())
             .env("NODES", nodes)
-            .env("CONFIG_ID", "1")
+            .env("CONFIG_ID", node.config_env.0.to_string())
             .env("KVD_DATA_DIR", &node.data_dir)
             .env("KVD_CLIENT_ADDR", format!("127.0.0.1:{}", node.client_port))
             .env("KVD_PEER_ADDR", format!("127.0.0.1:{}", node.peer_port))
@@ -162,6 +206,25 @@ impl Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGSTOP (`resume` sends SIGCONT): the process keeps its sockets but answers nothing.
+    pub fn pause(&self, pid: u64) {
+        self.signal(pid, "-STOP");
+    }
+
+    pub fn resume(&self, pid: u64) {
+        self.signal(pid, "-CONT");
+    }
+
+    fn signal(&self, pid: u64, sig: &str) {
+        let child = self.nodes[&pid].child.as_ref().expect("running");
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} replica {pid}");
     }
 
     pub fn is_running(&self, pid: u64) -> bool {
@@ -243,13 +306,21 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let mut st = Vec::new();
+            // Removed replicas keep the state they had when they left: not compared.
+            let mut running = 0;
             for pid in self.nodes.keys().copied().filter(|p| self.is_running(*p)) {
                 match self.status(pid).await {
-                    Ok(s) => st.push(s),
-                    Err(_) => st.clear(),
+                    Ok(s) if s.role == "removed" => {}
+                    Ok(s) => {
+                        st.push(s);
+                        running += 1;
+                    }
+                    Err(_) => {
+                        st.clear();
+                        running += 1;
+                    }
                 }
             }
-            let running = self.nodes.keys().filter(|p| self.is_running(**p)).count();
             if st.len() == running
                 && st.windows(2).all(|w| {
                     w[0].state_hash == w[1].state_hash

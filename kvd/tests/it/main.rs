@@ -1,11 +1,15 @@
 //! End-to-end tests of kvd: real processes, real TCP on loopback, real RocksDB.
 
 mod bad_input;
+mod chaos;
 mod cluster;
 mod compaction;
 mod faults;
 mod harness;
 mod histories;
+mod http_edges;
 mod kvctl_cli;
 mod linearizability;
+mod membership;
+mod nemesis;
 mod reference_histories;

@@ -4,7 +4,7 @@
 
 use crate::codec;
 use crate::command::LogCmd;
-use crate::state_machine::SmMeta;
+use crate::state::SmMeta;
 use omnipaxos::messages::Message;
 use serde::{Deserialize, Serialize};
 
@@ -61,9 +61,11 @@ pub enum PeerFrame {
         compacted: u64,
         applied: u64,
     },
-    /// Catch-up when no peer holds the entries: stream me your state.
+    /// Catch-up when no peer holds the entries (or a joiner without state): stream me your
+    /// state as of configuration `config_id`.
     CheckpointRequest {
         id: u64,
+        config_id: u32,
     },
     CheckpointChunk {
         id: u64,
@@ -81,6 +83,37 @@ pub enum PeerFrame {
         id: u64,
         reason: String,
     },
+    /// A decided membership change, pushed by the replicas that saw it to the members of the
+    /// new configuration (retried until acknowledged with state) and to stragglers.
+    NewConfig(Announcement),
+    /// Answer to `NewConfig`: the sender runs configuration `config_id`; `holds_state` once
+    /// it has the state as of the change (applied the old log to its end, or installed a
+    /// checkpoint).
+    NewConfigAck {
+        config_id: u32,
+        holds_state: bool,
+    },
+}
+
+/// What a decided StopSign says, with what a joiner needs to trust it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub cluster_id: u64,
+    /// The initial configuration: with the cluster token it proves `cluster_id`.
+    pub genesis_config_id: u32,
+    pub genesis_members: Vec<u64>,
+    pub transition: Transition,
+}
+
+/// A decided change from configuration `from_config` (whose log ends with the StopSign at
+/// `end_idx`) to `config_id` with `members` (peer addresses in `addrs`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub from_config: u32,
+    pub end_idx: u64,
+    pub config_id: u32,
+    pub members: Vec<u64>,
+    pub addrs: std::collections::BTreeMap<u64, String>,
 }
 
 impl PeerFrame {

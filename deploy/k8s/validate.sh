@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes manifests offline (`just test-k8s`): renders deploy/k8s with
+# `kubectl kustomize` (no cluster needed; Debian's kubernetes-client provides kubectl) and
+# checks every object against the Kubernetes OpenAPI schemas of K8S_VERSION with
+# `kubernetes-validate --strict` (PyPI; ships the schemas, so nothing is fetched), which
+# rejects unknown fields. The example patches are applied to the ConfigMap and checked too.
+# scripts/setup.sh installs both tools.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+version=${K8S_VERSION:-1.33.0}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+passed=0 failed=0
+
+check() { # name, command...
+  local name=$1; shift
+  if "$@" >"$out/log" 2>&1; then
+    passed=$((passed + 1)); echo "ok: $name"
+  else
+    failed=$((failed + 1)); echo "FAILED: $name"; sed 's/^/  /' "$out/log"
+  fi
+}
+
+command -v kubectl >/dev/null || { echo "test-k8s: kubectl not found (run scripts/setup.sh)" >&2; exit 2; }
+command -v kubernetes-validate >/dev/null \
+  || { echo "test-k8s: kubernetes-validate not found (run scripts/setup.sh)" >&2; exit 2; }
+
+kubectl kustomize "$here" >"$out/all.yaml"
+kinds=$(grep -c '^kind:' "$out/all.yaml")
+check "kustomize build ($kinds objects)" test "$kinds" -eq 9
+check "schemas of Kubernetes $version, strict" \
+  kubernetes-validate --strict --quiet -k "$version" "$out/all.yaml"
+
+# The example patches, applied as `kubectl patch --type merge` would, must leave a valid
+# ConfigMap whose NODES / CONFIG_ID the watcher accepts.
+for p in "$here"/examples/*.json; do
+  cm="$out/cm-$(basename "$p" .json).json"
+  check "example $(basename "$p") applies" python3 - "$out/all.yaml" "$p" "$cm" <<'PY'
+import json, sys, re
+docs = open(sys.argv[1]).read().split("\n---\n")
+cm = next(d for d in docs if re.search(r"^kind: ConfigMap$", d, re.M))
+data = {k: v.strip("'\"") for k, v in re.findall(r"^  (NODES|CONFIG_ID): (.*)$", cm, re.M)}
+patch = json.load(open(sys.argv[2]))
+assert set(patch) == {"data"}, "a patch of data only"
+data.update(patch["data"])
+nodes = [int(x) for x in re.split(r"[,\s]+", data["NODES"].strip("[] ")) if x]
+assert nodes and all(n >= 1 for n in nodes) and len(set(nodes)) == len(nodes), data
+assert int(data["CONFIG_ID"]) >= 1, data
+json.dump({"apiVersion": "v1", "kind": "ConfigMap",
+           "metadata": {"name": "kv-config"}, "data": data}, open(sys.argv[3], "w"))
+PY
+  check "example $(basename "$p"): ConfigMap valid" \
+    kubernetes-validate --strict --quiet -k "$version" "$cm"
+done
+
+echo "k8s: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

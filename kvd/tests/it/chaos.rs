@@ -1,0 +1,947 @@
+//! Fault injection: real kvd processes behind the network nemesis (`nemesis.rs`), clients
+//! doing reads, writes and deletes with globally unique values on a small key set, and a
+//! nemesis cycling through kill -9 + restart, SIGSTOP/SIGCONT past the election timeout,
+//! partitions (leader isolated while clients still reach it, majority/minority, one link,
+//! one direction), slow and lossy links, flapping links, and membership changes (add a
+//! replica, remove one).
+//!
+//! Checked once the faults are healed:
+//! - every key's history is linearizable (the WGL checker; an indeterminate write counts as
+//!   maybe applied, an `unavailable` one as not applied);
+//! - no read returned a value that was never written (or whose write failed for sure);
+//! - unique-key writes: every acknowledged one is present on every replica, no `unavailable`
+//!   one is;
+//! - the replicas are identical (applied index, key count, state hash), and the key count
+//!   is exactly what the clients' writes explain.
+//!
+//! The schedule is a pure function of the seed (`OMNIKV_CHAOS_SEED`, random when unset); the
+//! fault phase lasts `OMNIKV_CHAOS_SECS`. A failure prints the seed, the schedule as it ran
+//! and the offending sub-history; the harness keeps the data dirs and logs.
+
+use crate::harness::{kvctl_run, Cluster, Opts};
+use crate::linearizability::{
+    check_with_budget, KvInput, KvModel, KvOutput, Operation, Outcome, Verdict,
+};
+use crate::nemesis::{Cut, Link, Net, Pid};
+use omnikv_common::{Client, ClientError, Consistency};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Keys of the linearizability workload.
+const KEYS: usize = 6;
+/// Concurrent clients.
+const CLIENTS: usize = 5;
+/// Per-call client timeout.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// WGL search budget (steps over all keys).
+const CHECK_BUDGET: u64 = 30_000_000;
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The seed: `OMNIKV_CHAOS_SEED`, else one drawn from the clock (printed).
+fn seed() -> u64 {
+    env_u64("OMNIKV_CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            % 1_000_000_007
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The schedule.
+
+/// Which replica a fault hits; resolved against the members when the step runs.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Leader,
+    /// The i-th (mod count) non-leader member.
+    Follower(usize),
+}
+
+#[derive(Clone, Debug)]
+enum Fault {
+    /// kill -9, down for `down_ms`, restart with its data.
+    Kill { who: Target, down_ms: u64 },
+    /// SIGSTOP for `ms` (well past the 150 ms election round), then SIGCONT.
+    Pause { who: Target, ms: u64 },
+    /// The leader cut from every peer, both directions; clients still reach it.
+    IsolateLeader { cut: Cut, ms: u64 },
+    /// Members shuffled with `shuffle` and split in two halves (minority first).
+    Halves { shuffle: u64, cut: Cut, ms: u64 },
+    /// One link between two members cut, in one or both directions.
+    OneLink {
+        a: usize,
+        b: usize,
+        both: bool,
+        cut: Cut,
+        ms: u64,
+    },
+    /// A member cannot send to anyone (its messages are lost), but hears everyone.
+    Mute { who: Target, cut: Cut, ms: u64 },
+    /// Every link slow and lossy (delays, stalls, resets).
+    Lossy { link: Link, ms: u64 },
+    /// A random link toggled every `period_ms` for `ms`.
+    Flap { salt: u64, period_ms: u64, ms: u64 },
+    /// Start a new replica and reconfigure to add it.
+    AddMember,
+    /// Reconfigure a member out (then stop it).
+    RemoveMember { who: Target },
+}
+
+/// An endless, seeded sequence of faults: the same seed always gives the same sequence.
+struct Schedule {
+    rng: StdRng,
+    step: u64,
+    /// Add and remove alternate every `membership_every` steps, starting with an add.
+    membership_every: u64,
+    added: bool,
+}
+
+impl Schedule {
+    fn new(seed: u64, membership_every: u64) -> Schedule {
+        Schedule {
+            rng: StdRng::seed_from_u64(seed),
+            step: 0,
+            membership_every,
+            added: false,
+        }
+    }
+
+    fn cut(&mut self) -> Cut {
+        if self.rng.random_bool(0.5) {
+            Cut::Blackhole
+        } else {
+            Cut::Reset
+        }
+    }
+
+    fn target(&mut self) -> Target {
+        if self.rng.random_bool(0.5) {
+            Target::Leader
+        } else {
+            Target::Follower(self.rng.random_range(0..8))
+        }
+    }
+
+    fn next(&mut self) -> Fault {
+        self.step += 1;
+        if self.step.is_multiple_of(self.membership_every) {
+            self.added = !self.added;
+            return if self.added {
+                Fault::AddMember
+            } else {
+                Fault::RemoveMember { who: self.target() }
+            };
+        }
+        let ms = self.rng.random_range(400..2500);
+        match self.rng.random_range(0..9) {
+            0 => Fault::Kill {
+                who: self.target(),
+                down_ms: self.rng.random_range(200..3000),
+            },
+            1 => Fault::Pause {
+                who: self.target(),
+                ms: self.rng.random_range(300..2500),
+            },
+            2 => Fault::IsolateLeader {
+                cut: self.cut(),
+                ms,
+            },
+            3 => Fault::Halves {
+                shuffle: self.rng.random(),
+                cut: self.cut(),
+                ms,
+            },
+            4 => Fault::OneLink {
+                a: self.rng.random_range(0..8),
+                b: self.rng.random_range(1..8),
+                both: self.rng.random_bool(0.5),
+                cut: self.cut(),
+                ms,
+            },
+            5 => Fault::Mute {
+                who: self.target(),
+                cut: self.cut(),
+                ms,
+            },
+            6 => Fault::Lossy {
+                link: Link {
+                    cut: Cut::Up,
+                    delay_ms: self.rng.random_range(0..40),
+                    jitter_ms: self.rng.random_range(0..60),
+                    stall_permille: self.rng.random_range(0..100),
+                    reset_permille: self.rng.random_range(0..20),
+                },
+                ms: ms * 2,
+            },
+            7 => Fault::Flap {
+                salt: self.rng.random(),
+                period_ms: self.rng.random_range(50..400),
+                ms: ms * 2,
+            },
+            _ => Fault::Kill {
+                who: Target::Leader,
+                down_ms: self.rng.random_range(200..1500),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The history.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum UniqueOutcome {
+    Acked,
+    Unknown,
+    Unavailable,
+}
+
+#[derive(Default)]
+struct Counts {
+    ok: u64,
+    not_found: u64,
+    unknown: u64,
+    unavailable: u64,
+    rejected: u64,
+    read_failed: u64,
+}
+
+#[derive(Default)]
+struct History {
+    ops: Vec<Operation<KvInput, KvOutput>>,
+    /// Values of writes that failed for sure (`unavailable`): never to be read.
+    failed_values: HashSet<Vec<u8>>,
+    /// Unique keys (written once, never overwritten) and what their write returned.
+    unique: BTreeMap<Vec<u8>, UniqueOutcome>,
+    counts: BTreeMap<&'static str, Counts>,
+    rejected: Vec<String>,
+}
+
+struct Shared {
+    clock: AtomicU64,
+    history: Mutex<History>,
+    endpoints: RwLock<(u64, Vec<String>)>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+}
+
+fn key(i: usize) -> Vec<u8> {
+    format!("k{i}").into_bytes()
+}
+
+/// One client: a random mix of puts (unique values), deletes, linearizable gets, and writes
+/// of unique keys, until `stop`.
+async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut version = u64::MAX;
+    // [every member, starting at a different one per client] + one pinned to each member:
+    // a pinned client keeps asking a replica that may be isolated, paused or removed.
+    let mut clients: Vec<Client> = Vec::new();
+    let mut n = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        {
+            let eps = shared.endpoints.read().unwrap();
+            if eps.0 != version {
+                version = eps.0;
+                let mut all = eps.1.clone();
+                let shift = w % all.len();
+                all.rotate_left(shift);
+                clients = vec![Client::new(&all, CLIENT_TIMEOUT).unwrap()];
+                for e in &eps.1 {
+                    clients.push(Client::new(std::slice::from_ref(e), CLIENT_TIMEOUT).unwrap());
+                }
+            }
+        }
+        let client = if rng.random_bool(0.3) {
+            &clients[rng.random_range(1..clients.len())]
+        } else {
+            &clients[0]
+        };
+        n += 1;
+        let roll = rng.random_range(0..100);
+        let k = key(rng.random_range(0..KEYS));
+        if roll < 15 {
+            // A unique key: written once.
+            let key = format!("u{w}-{n}").into_bytes();
+            let r = client.put(&key, b"u".to_vec()).await;
+            let outcome = match &r {
+                Ok(_) => UniqueOutcome::Acked,
+                Err(ClientError::Unavailable(_)) => UniqueOutcome::Unavailable,
+                Err(_) => UniqueOutcome::Unknown,
+            };
+            let mut h = shared.history.lock().unwrap();
+            count(&mut h, "put-unique", &r);
+            h.unique.insert(key, outcome);
+            continue;
+        }
+        if roll < 50 {
+            let call = shared.tick();
+            let r = client.get(&k, Consistency::Linearizable).await;
+            let ret = shared.tick();
+            let output = match &r {
+                Ok(v) => Some(KvOutput::Read(Some(v.clone()))),
+                Err(ClientError::NotFound) => Some(KvOutput::Read(None)),
+                Err(_) => None,
+            };
+            let mut h = shared.history.lock().unwrap();
+            count(&mut h, "get", &r);
+            if let Some(output) = output {
+                h.ops.push(Operation {
+                    client: w as u64,
+                    call,
+                    input: KvInput::Get { key: k },
+                    outcome: Outcome::Returned { ret, output },
+                });
+            }
+            continue;
+        }
+        let (input, r, name) = if roll < 88 {
+            let value = format!("c{w}-{n}").into_bytes();
+            let call = shared.tick();
+            let r = client.put(&k, value.clone()).await;
+            ((call, KvInput::Put { key: k, value }), r.map(|_| ()), "put")
+        } else {
+            let call = shared.tick();
+            let r = client.delete(&k).await;
+            ((call, KvInput::Delete { key: k }), r.map(|_| ()), "delete")
+        };
+        let ret = shared.tick();
+        let (call, input) = input;
+        let mut h = shared.history.lock().unwrap();
+        count(&mut h, name, &r);
+        let outcome = match &r {
+            Ok(()) => Outcome::Returned {
+                ret,
+                output: KvOutput::Written,
+            },
+            Err(ClientError::Unavailable(_)) => {
+                if let KvInput::Put { value, .. } = &input {
+                    h.failed_values.insert(value.clone());
+                }
+                continue;
+            }
+            Err(e) => {
+                if matches!(e, ClientError::Rejected { .. }) {
+                    h.rejected.push(format!("{input:?}: {e}"));
+                }
+                Outcome::Unknown
+            }
+        };
+        h.ops.push(Operation {
+            client: w as u64,
+            call,
+            input,
+            outcome,
+        });
+    }
+}
+
+fn count<T>(h: &mut History, name: &'static str, r: &Result<T, ClientError>) {
+    let c = h.counts.entry(name).or_default();
+    match r {
+        Ok(_) => c.ok += 1,
+        Err(ClientError::NotFound) => c.not_found += 1,
+        Err(ClientError::Unavailable(_)) => c.unavailable += 1,
+        Err(ClientError::Indeterminate(_)) if name == "get" => c.read_failed += 1,
+        Err(ClientError::Indeterminate(_)) => c.unknown += 1,
+        Err(_) => c.rejected += 1,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The run.
+
+struct Run {
+    seed: u64,
+    c: Cluster,
+    net: Net,
+    log: Vec<String>,
+    started: Instant,
+    next_pid: Pid,
+    shared: Arc<Shared>,
+}
+
+impl Run {
+    fn note(&mut self, what: String) {
+        let line = format!("{:>7.2}s  {what}", self.started.elapsed().as_secs_f64());
+        eprintln!("chaos: {line}");
+        self.log.push(line);
+    }
+
+    fn schedule_text(&self) -> String {
+        self.log.join("\n")
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "CHAOS FAILURE (seed {seed}; rerun with OMNIKV_CHAOS_SEED={seed}): {what}\n\
+             schedule as it ran:\n{}\n{}",
+            self.schedule_text(),
+            self.c.dump_logs(),
+            seed = self.seed
+        )
+    }
+
+    fn members(&self) -> Vec<Pid> {
+        self.c.members.clone()
+    }
+
+    /// The leader of the current configuration, as a majority of reachable members says.
+    async fn leader(&self) -> Option<Pid> {
+        let mut votes: HashMap<Pid, usize> = HashMap::new();
+        for &p in &self.c.members {
+            if !self.c.is_running(p) {
+                continue;
+            }
+            if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(1), self.c.status(p)).await
+            {
+                if let Some(l) = s.leader {
+                    *votes.entry(l).or_default() += 1;
+                }
+            }
+        }
+        votes
+            .into_iter()
+            .filter(|(l, _)| self.c.members.contains(l))
+            .max_by_key(|(_, n)| *n)
+            .map(|(l, _)| l)
+    }
+
+    async fn resolve(&self, t: Target) -> (Pid, &'static str) {
+        let members = self.members();
+        let leader = self.leader().await;
+        match (t, leader) {
+            (Target::Leader, Some(l)) => (l, "leader"),
+            (Target::Follower(i), Some(l)) => {
+                let f: Vec<Pid> = members.iter().copied().filter(|&p| p != l).collect();
+                (f[i % f.len()], "follower")
+            }
+            (_, None) => (members[i_of(t) % members.len()], "member (no leader known)"),
+        }
+    }
+
+    fn publish_endpoints(&self) {
+        let mut eps = self.shared.endpoints.write().unwrap();
+        eps.0 += 1;
+        eps.1 = self.c.members.iter().map(|&p| self.c.endpoint(p)).collect();
+    }
+
+    async fn run_fault(&mut self, fault: Fault) {
+        let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+        match fault {
+            Fault::Kill { who, down_ms } => {
+                let (p, role) = self.resolve(who).await;
+                self.note(format!(
+                    "kill -9 node {p} ({role}), restart after {down_ms} ms"
+                ));
+                self.c.kill(p);
+                sleep(down_ms).await;
+                self.c.spawn(p);
+            }
+            Fault::Pause { who, ms } => {
+                let (p, role) = self.resolve(who).await;
+                self.note(format!("SIGSTOP node {p} ({role}) for {ms} ms"));
+                self.c.pause(p);
+                sleep(ms).await;
+                self.c.resume(p);
+            }
+            Fault::IsolateLeader { cut, ms } => {
+                let (l, role) = self.resolve(Target::Leader).await;
+                let rest: Vec<Pid> = self.members().into_iter().filter(|&p| p != l).collect();
+                self.note(format!(
+                    "isolate node {l} ({role}) from {rest:?} ({cut:?}) for {ms} ms"
+                ));
+                self.net.partition(&[l], &rest, cut);
+                sleep(ms).await;
+                self.net.heal_all();
+            }
+            Fault::Halves { shuffle, cut, ms } => {
+                let mut m = self.members();
+                let mut rng = StdRng::seed_from_u64(shuffle);
+                for i in (1..m.len()).rev() {
+                    m.swap(i, rng.random_range(0..=i));
+                }
+                let (a, b) = m.split_at(m.len() / 2);
+                self.note(format!("partition {a:?} | {b:?} ({cut:?}) for {ms} ms"));
+                self.net.partition(a, b, cut);
+                sleep(ms).await;
+                self.net.heal_all();
+            }
+            Fault::OneLink {
+                a,
+                b,
+                both,
+                cut,
+                ms,
+            } => {
+                let m = self.members();
+                let x = m[a % m.len()];
+                let y = m[(a + b) % m.len()];
+                let y = if y == x { m[(a + 1) % m.len()] } else { y };
+                let arrow = if both { "<->" } else { "->" };
+                self.note(format!("cut link {x} {arrow} {y} ({cut:?}) for {ms} ms"));
+                self.net.cut(x, y, cut);
+                if both {
+                    self.net.cut(y, x, cut);
+                }
+                sleep(ms).await;
+                self.net.heal_all();
+            }
+            Fault::Mute { who, cut, ms } => {
+                let (p, role) = self.resolve(who).await;
+                self.note(format!(
+                    "node {p} ({role}) cannot send to anyone ({cut:?}) for {ms} ms"
+                ));
+                for q in self.members() {
+                    if q != p {
+                        self.net.cut(p, q, cut);
+                    }
+                }
+                sleep(ms).await;
+                self.net.heal_all();
+            }
+            Fault::Lossy { link, ms } => {
+                self.note(format!("all links lossy {link:?} for {ms} ms"));
+                self.net.all_links(&self.members(), link);
+                sleep(ms).await;
+                self.net.heal_all();
+            }
+            Fault::Flap {
+                salt,
+                period_ms,
+                ms,
+            } => {
+                let m = self.members();
+                self.note(format!(
+                    "flapping links among {m:?} every {period_ms} ms for {ms} ms (salt {salt})"
+                ));
+                let mut rng = StdRng::seed_from_u64(salt);
+                let until = Instant::now() + Duration::from_millis(ms);
+                while Instant::now() < until {
+                    let x = m[rng.random_range(0..m.len())];
+                    let y = m[rng.random_range(0..m.len())];
+                    if x != y {
+                        let cut = if rng.random_bool(0.5) {
+                            Cut::Blackhole
+                        } else {
+                            Cut::Reset
+                        };
+                        self.net.heal_all();
+                        self.net.cut(x, y, cut);
+                        if rng.random_bool(0.5) {
+                            self.net.cut(y, x, cut);
+                        }
+                    }
+                    sleep(period_ms).await;
+                }
+                self.net.heal_all();
+            }
+            Fault::AddMember => self.add_member().await,
+            Fault::RemoveMember { who } => self.remove_member(who).await,
+        }
+    }
+
+    /// Runs `kvctl reconfigure` (retrying a refused or indeterminate attempt with the same
+    /// configuration id) until it succeeds.
+    async fn reconfigure(&mut self, members: &[Pid], extra: Vec<String>) {
+        let mut config_id = None;
+        for &p in &self.c.members {
+            if let Ok(s) = self.c.status(p).await {
+                config_id = config_id.max(Some(s.config_id));
+            }
+        }
+        let next = config_id.unwrap_or(1) + 1;
+        let list = members
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let endpoints: Vec<String> = self.c.members.iter().map(|&p| self.c.endpoint(p)).collect();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut args = vec![
+                "--timeout".to_string(),
+                "20s".to_string(),
+                "reconfigure".to_string(),
+                "--nodes".to_string(),
+                list.clone(),
+                "--config-id".to_string(),
+                next.to_string(),
+            ];
+            args.extend(extra.iter().cloned());
+            let eps = endpoints.join(",");
+            let out = tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                kvctl_run(&eps, &args, None)
+            })
+            .await
+            .unwrap();
+            let code = out.status.code();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            self.note(format!(
+                "  reconfigure to config {next} [{list}] attempt {attempt}: exit {code:?}: {text}"
+            ));
+            if code == Some(0) {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("reconfigure to [{list}] never succeeded: {text}"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn add_member(&mut self) {
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        let mut members = self.members();
+        members.push(pid);
+        self.c.add_node_stopped(pid);
+        let real = self.c.peer_addr(pid);
+        let proxy = self.net.add_proxy(pid, real).await;
+        self.c.advertised_peers.insert(pid, proxy.clone());
+        let config_now = self.c.status(self.c.members[0]).await.map(|s| s.config_id);
+        let node = self.c.nodes.get_mut(&pid).unwrap();
+        node.config_env = (config_now.unwrap_or(1) + 1, members.clone());
+        self.note(format!(
+            "add node {pid} (peer via proxy {proxy}): members {members:?}"
+        ));
+        self.c.spawn(pid);
+        self.reconfigure(&members, vec!["--peer".into(), format!("{pid}={proxy}")])
+            .await;
+        self.c.members = members;
+        self.publish_endpoints();
+        self.wait_serving(pid).await;
+    }
+
+    async fn remove_member(&mut self, who: Target) {
+        if self.c.members.len() <= 3 {
+            self.note("remove skipped: only 3 members".into());
+            return;
+        }
+        let (p, role) = self.resolve(who).await;
+        let members: Vec<Pid> = self.members().into_iter().filter(|&q| q != p).collect();
+        self.note(format!("remove node {p} ({role}): members {members:?}"));
+        self.reconfigure(&members, vec![]).await;
+        self.c.members = members;
+        self.publish_endpoints();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(s) = self.c.status(p).await {
+                if s.role == "removed" {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("node {p} never reported removed"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.note(format!("  node {p} reports removed; stopping it"));
+        self.c.kill(p);
+    }
+
+    async fn wait_serving(&mut self, pid: Pid) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(s) = self.c.status(pid).await {
+                if (s.role == "follower" || s.role == "leader") && s.members.contains(&pid) {
+                    self.note(format!("  node {pid} serves (config {})", s.config_id));
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                self.fail(&format!("node {pid} never served after being added"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn i_of(t: Target) -> usize {
+    match t {
+        Target::Leader => 0,
+        Target::Follower(i) => i,
+    }
+}
+
+/// Starts `n` replicas behind proxies, runs clients and the nemesis for `secs`, heals, and
+/// checks everything.
+pub async fn chaos(n: u64, secs: u64) {
+    let seed = seed();
+    eprintln!("chaos: seed {seed} (OMNIKV_CHAOS_SEED), {n} replicas, {secs} s of faults");
+    let mut c = Cluster::new_stopped(n, Opts::default());
+    let mut net = Net::new(seed);
+    for pid in 1..=n {
+        let proxy = net.add_proxy(pid, c.peer_addr(pid)).await;
+        c.advertised_peers.insert(pid, proxy);
+    }
+    for pid in 1..=n {
+        c.spawn(pid);
+    }
+    c.wait_leader(Duration::from_secs(30)).await;
+    let shared = Arc::new(Shared {
+        clock: AtomicU64::new(0),
+        history: Mutex::new(History::default()),
+        endpoints: RwLock::new((0, c.endpoints())),
+        stop: AtomicBool::new(false),
+    });
+    let mut run = Run {
+        seed,
+        c,
+        net,
+        log: Vec::new(),
+        started: Instant::now(),
+        next_pid: n + 1,
+        shared: shared.clone(),
+    };
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|w| {
+            tokio::spawn(client_loop(
+                shared.clone(),
+                w,
+                seed.wrapping_mul(31).wrapping_add(w as u64),
+            ))
+        })
+        .collect();
+    // The faults, one at a time, each followed by a short quiet period.
+    // The cluster size is mixed in so the 3- and 5-replica runs of one seed differ.
+    let mut schedule = Schedule::new(seed ^ (n << 32), 6);
+    let mut settle_rng = StdRng::seed_from_u64(seed ^ (n << 32) ^ 0xdead_beef);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut faults = 0;
+    while Instant::now() < end {
+        let fault = schedule.next();
+        run.run_fault(fault).await;
+        faults += 1;
+        let settle = settle_rng.random_range(300..1500);
+        tokio::time::sleep(Duration::from_millis(settle)).await;
+    }
+    // Heal: every member running, the network whole, then let the clients go on for a while.
+    run.net.heal_all();
+    for p in run.c.members.clone() {
+        if !run.c.is_running(p) {
+            run.c.spawn(p);
+        }
+    }
+    run.note(format!("healed after {faults} faults"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    shared.stop.store(true, Ordering::Relaxed);
+    for t in clients {
+        t.await.unwrap();
+    }
+    run.note("clients stopped".into());
+    let leader = tokio::time::timeout(
+        Duration::from_secs(30),
+        run.c.wait_leader(Duration::from_secs(30)),
+    )
+    .await
+    .ok();
+    if leader.is_none() {
+        run.fail("no leader after healing");
+    }
+    run.c.wait_converged(Duration::from_secs(60)).await;
+    run.note("replicas converged".into());
+    verify(&mut run).await;
+}
+
+/// The checks after healing.
+async fn verify(run: &mut Run) {
+    let members = run.members();
+    // Final linearizable reads of every key through every member join the history.
+    for &p in &members {
+        let client = run.c.client_of(p, Duration::from_secs(10));
+        for i in 0..KEYS {
+            let k = key(i);
+            let call = run.shared.tick();
+            let r = client.get(&k, Consistency::Linearizable).await;
+            let ret = run.shared.tick();
+            let output = match r {
+                Ok(v) => KvOutput::Read(Some(v)),
+                Err(ClientError::NotFound) => KvOutput::Read(None),
+                Err(e) => run.fail(&format!("final read of k{i} on node {p}: {e}")),
+            };
+            run.shared.history.lock().unwrap().ops.push(Operation {
+                client: 1000 + p,
+                call,
+                input: KvInput::Get { key: k },
+                outcome: Outcome::Returned { ret, output },
+            });
+        }
+    }
+    let h = std::mem::take(&mut *run.shared.history.lock().unwrap());
+    let mut summary = String::new();
+    for (name, c) in &h.counts {
+        let _ = writeln!(
+            summary,
+            "  {name:<10} ok {:>5}  not-found {:>4}  indeterminate {:>4}  unavailable {:>4}  failed-read {:>4}  rejected {:>3}",
+            c.ok, c.not_found, c.unknown, c.unavailable, c.read_failed, c.rejected
+        );
+    }
+    let st = run.net.stats();
+    eprintln!(
+        "chaos: seed {}: {} ops in the checked history, {} unique-key writes; proxied {} connections, {} resets, {} bytes\n{summary}",
+        run.seed,
+        h.ops.len(),
+        h.unique.len(),
+        st.connections.load(Ordering::Relaxed),
+        st.resets.load(Ordering::Relaxed),
+        st.bytes.load(Ordering::Relaxed),
+    );
+    if !h.rejected.is_empty() {
+        run.fail(&format!(
+            "writes rejected on their merits (unexpected here):\n  {}",
+            h.rejected.join("\n  ")
+        ));
+    }
+    // 1. No read of a value never written or whose write failed for sure.
+    let written: HashSet<&Vec<u8>> = h
+        .ops
+        .iter()
+        .filter_map(|o| match &o.input {
+            KvInput::Put { value, .. } => Some(value),
+            _ => None,
+        })
+        .collect();
+    for o in &h.ops {
+        if let (
+            KvInput::Get { .. },
+            Outcome::Returned {
+                output: KvOutput::Read(Some(v)),
+                ..
+            },
+        ) = (&o.input, &o.outcome)
+        {
+            if h.failed_values.contains(v) {
+                run.fail(&format!(
+                    "read a value whose write failed as unavailable (so was applied): {}",
+                    o.describe()
+                ));
+            }
+            if !written.contains(v) {
+                run.fail(&format!("read a value never written: {}", o.describe()));
+            }
+        }
+    }
+    // 2. Linearizability, key by key.
+    let t = Instant::now();
+    match check_with_budget(&KvModel, &h.ops, CHECK_BUDGET) {
+        Some(Verdict::Linearizable) => {
+            eprintln!(
+                "chaos: linearizable ({} ops) checked in {:?}",
+                h.ops.len(),
+                t.elapsed()
+            )
+        }
+        Some(Verdict::NotLinearizable(v)) => {
+            let mut sub = String::new();
+            for &i in &v.ops {
+                let _ = writeln!(sub, "  #{i} {}", h.ops[i].describe());
+            }
+            run.fail(&format!(
+                "not linearizable: {v}\noffending sub-history (key {:?}, {} ops, times are event numbers):\n{sub}",
+                String::from_utf8_lossy(&v.key),
+                v.ops.len()
+            ));
+        }
+        None => run.fail(&format!(
+            "linearizability check inconclusive: over {CHECK_BUDGET} search steps ({} ops)",
+            h.ops.len()
+        )),
+    }
+    // 3. Unique keys: acknowledged ones present everywhere, unavailable ones nowhere.
+    let mut present_unique = 0u64;
+    for (i, &p) in members.iter().enumerate() {
+        let client = run.c.client_of(p, Duration::from_secs(10));
+        let mut here = 0u64;
+        for (k, outcome) in &h.unique {
+            let got = match client.get(k, Consistency::Local).await {
+                Ok(v) => Some(v),
+                Err(ClientError::NotFound) => None,
+                Err(e) => run.fail(&format!("local read on node {p}: {e}")),
+            };
+            let name = String::from_utf8_lossy(k);
+            match (outcome, &got) {
+                (UniqueOutcome::Acked, None) => {
+                    run.fail(&format!("acknowledged write of {name} lost on node {p}"))
+                }
+                (UniqueOutcome::Unavailable, Some(_)) => run.fail(&format!(
+                    "{name} is present on node {p}, but its write was answered unavailable"
+                )),
+                (_, Some(v)) if v != b"u" => {
+                    run.fail(&format!("{name} on node {p} holds {v:?}, never written"))
+                }
+                _ => {}
+            }
+            here += u64::from(got.is_some());
+        }
+        if i == 0 {
+            present_unique = here;
+        } else if here != present_unique {
+            run.fail(&format!(
+                "node {p} holds {here} unique keys, node {} holds {present_unique}",
+                members[0]
+            ));
+        }
+    }
+    // 4. The key count is what the writes explain: nothing else appeared.
+    let mut present_small = 0u64;
+    let client = run.c.client_of(members[0], Duration::from_secs(10));
+    for i in 0..KEYS {
+        match client.get(&key(i), Consistency::Local).await {
+            Ok(_) => present_small += 1,
+            Err(ClientError::NotFound) => {}
+            Err(e) => run.fail(&format!("local read of k{i}: {e}")),
+        }
+    }
+    for &p in &members {
+        let s = run.c.status(p).await.unwrap();
+        if s.keys != present_small + present_unique {
+            run.fail(&format!(
+                "node {p} counts {} keys, the clients' writes explain {} ({present_small} + {present_unique})",
+                s.keys,
+                present_small + present_unique
+            ));
+        }
+    }
+    run.note(format!(
+        "verified: {} unique keys present of {} attempted",
+        present_unique,
+        h.unique.len()
+    ));
+}
+
+fn secs(default: u64) -> u64 {
+    env_u64("OMNIKV_CHAOS_SECS").unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_three_replicas() {
+    chaos(3, secs(50)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_five_replicas() {
+    chaos(5, secs(35)).await;
+}

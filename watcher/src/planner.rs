@@ -1,0 +1,636 @@
+//! The pure planner: (desired NODES / CONFIG_ID, the pods, the local kvd's status) -> what to
+//! do. No I/O here: the controller gathers the inputs, asks `plan`, and carries the answer out,
+//! so every decision is a table test.
+//!
+//! Rules, in order:
+//! 1. Act only where the local kvd is the leader of the CURRENT configuration (a removed
+//!    ex-leader or a joiner is not) and reaches a majority of its members: one watcher of
+//!    the StatefulSet acts, the others idle.
+//! 2. A bad ConfigMap, or a change already in flight, is not acted on.
+//! 3. CONFIG_ID is the id the new configuration gets: current + 1. Equal to the current id it
+//!    must name the current members (in sync: only the annotation may need recording);
+//!    behind the cluster, or skipping ahead, it is refused with the id to use.
+//! 4. The change must keep a quorum: the members kept must be a majority of the old and of
+//!    the new configuration (kvd's guard) (a change that replaces a majority at once is refused: do it in steps),
+//!    the new configuration needs at least two members, and a majority of it must be up now.
+//! 5. Every added node's pod must be Running (not terminating) with its kvd answering
+//!    /healthz. Not Ready: a joiner is Ready only once it holds state, which it only gets
+//!    after this change. Removed nodes need nothing: the change comes first, the StatefulSet
+//!    is scaled down after.
+
+use omnikv_common::StatusView;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Key of the ConfigMap entry with the desired members (`[1, 2, 3]` or `1,2,3`).
+pub const KEY_NODES: &str = "NODES";
+/// Key of the ConfigMap entry with the desired configuration id.
+pub const KEY_CONFIG_ID: &str = "CONFIG_ID";
+
+/// What the ConfigMap asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// Sorted, distinct pids >= 1.
+    pub nodes: Vec<u64>,
+    pub config_id: u32,
+}
+
+/// Reads NODES and CONFIG_ID from a ConfigMap's data. The error says what to fix.
+pub fn parse_desired(data: &BTreeMap<String, String>) -> Result<Desired, String> {
+    let nodes = data
+        .get(KEY_NODES)
+        .ok_or_else(|| format!("the ConfigMap has no {KEY_NODES}"))?;
+    let nodes = parse_nodes(nodes)?;
+    let config_id = data
+        .get(KEY_CONFIG_ID)
+        .ok_or_else(|| format!("the ConfigMap has no {KEY_CONFIG_ID}"))?;
+    let config_id = config_id
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&id| id >= 1)
+        .ok_or_else(|| format!("{KEY_CONFIG_ID} {config_id:?} is not an integer >= 1"))?;
+    Ok(Desired { nodes, config_id })
+}
+
+/// Parses `[1, 2, 3]`, `1,2,3` or `1 2 3` (the forms kvd's NODES accepts) into sorted pids.
+pub fn parse_nodes(s: &str) -> Result<Vec<u64>, String> {
+    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
+    let mut nodes = Vec::new();
+    for part in inner.split(|c: char| c == ',' || c.is_whitespace()) {
+        if part.is_empty() {
+            continue;
+        }
+        match part.parse::<u64>() {
+            Ok(pid) if pid >= 1 => nodes.push(pid),
+            _ => return Err(format!("{KEY_NODES} {s:?}: {part:?} is not a node id >= 1")),
+        }
+    }
+    nodes.sort_unstable();
+    let n = nodes.len();
+    nodes.dedup();
+    if nodes.len() != n {
+        return Err(format!("{KEY_NODES} {s:?} names a node twice"));
+    }
+    if nodes.is_empty() {
+        return Err(format!("{KEY_NODES} is empty"));
+    }
+    Ok(nodes)
+}
+
+/// What the watcher knows of one StatefulSet pod.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PodState {
+    pub name: String,
+    /// Phase Running.
+    pub running: bool,
+    /// The Ready condition (informational: a joiner is not Ready until it holds state).
+    pub ready: bool,
+    /// A deletion timestamp is set.
+    pub terminating: bool,
+}
+
+/// Everything a decision depends on.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    /// The ConfigMap's NODES / CONFIG_ID (`Err`: missing or malformed, with the reason).
+    pub desired: Option<Result<Desired, String>>,
+    /// The applied config id recorded on the ConfigMap (annotation), if any.
+    pub recorded: Option<u32>,
+    /// The StatefulSet's pods, by pid.
+    pub pods: BTreeMap<u64, PodState>,
+    /// Whether replica pid's kvd answered /healthz (only the pids the caller probed).
+    pub healthy: BTreeMap<u64, bool>,
+    /// The local kvd's status; `None` when it did not answer.
+    pub status: Option<StatusView>,
+}
+
+/// A membership change to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub nodes: Vec<u64>,
+    pub config_id: u32,
+    /// Current configuration (for messages).
+    pub from_config_id: u32,
+    pub from_nodes: Vec<u64>,
+    pub added: Vec<u64>,
+    pub removed: Vec<u64>,
+}
+
+/// The planner's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Another replica leads (or none is known): that replica's watcher acts.
+    NotLeader { leader: Option<u64> },
+    /// The cluster matches the ConfigMap and the annotation records it.
+    InSync { config_id: u32 },
+    /// The cluster matches the ConfigMap; record `config_id` in the annotation.
+    Record { config_id: u32 },
+    /// Not yet: something that resolves by itself (a pod starting, a change in flight).
+    Wait(String),
+    /// Not acting until the ConfigMap (or the cluster) changes: an operator must fix it.
+    Refuse(String),
+    /// Run `kvctl reconfigure`.
+    Reconfigure(Change),
+}
+
+fn majority(n: usize) -> usize {
+    n / 2 + 1
+}
+
+fn list(pids: &[u64]) -> String {
+    let v: Vec<String> = pids.iter().map(u64::to_string).collect();
+    format!("[{}]", v.join(","))
+}
+
+/// Decides what to do. Pure: same input, same answer.
+pub fn plan(input: &Input) -> Plan {
+    let Some(status) = &input.status else {
+        return Plan::Wait("the local kvd does not answer /v1/status".into());
+    };
+    if status.role != "leader" || status.leader != Some(status.pid) {
+        return Plan::NotLeader {
+            leader: status.leader.filter(|&l| l != status.pid),
+        };
+    }
+    // A leader that reaches no majority of its members is not one to act on (it may be a
+    // stale or isolated replica that still believes it leads); nor to record its view.
+    let reached = status
+        .members
+        .iter()
+        .filter(|&&p| p == status.pid || status.connected_peers.contains(&p))
+        .count();
+    if reached < majority(status.members.len()) {
+        return Plan::Wait(format!(
+            "this leader reaches only {reached} of its {} members",
+            status.members.len()
+        ));
+    }
+    let desired = match &input.desired {
+        None => return Plan::Refuse("the ConfigMap does not exist".into()),
+        Some(Err(e)) => return Plan::Refuse(format!("the ConfigMap is invalid: {e}")),
+        Some(Ok(d)) => d,
+    };
+    if let Some(r) = &status.reconfiguration {
+        return Plan::Wait(format!(
+            "a change to configuration {} {} is in flight ({})",
+            r.config_id,
+            list(&r.members),
+            r.phase
+        ));
+    }
+    let current: BTreeSet<u64> = status.members.iter().copied().collect();
+    let wanted: BTreeSet<u64> = desired.nodes.iter().copied().collect();
+    let cur_id = status.config_id;
+    let same_members = current == wanted;
+
+    if desired.config_id == cur_id {
+        if same_members {
+            return if input.recorded == Some(cur_id) {
+                Plan::InSync { config_id: cur_id }
+            } else {
+                Plan::Record { config_id: cur_id }
+            };
+        }
+        return Plan::Refuse(format!(
+            "CONFIG_ID {} is the current configuration, whose members are {}, but NODES is {}: \
+             set CONFIG_ID to {} to change the members",
+            desired.config_id,
+            list(&status.members),
+            list(&desired.nodes),
+            cur_id + 1
+        ));
+    }
+    if desired.config_id < cur_id {
+        return Plan::Refuse(format!(
+            "CONFIG_ID {} is behind the cluster's configuration {} (members {}): configuration \
+             ids only grow; to change the members set NODES and CONFIG_ID {}",
+            desired.config_id,
+            cur_id,
+            list(&status.members),
+            cur_id + 1
+        ));
+    }
+    if desired.config_id > cur_id + 1 {
+        return Plan::Refuse(format!(
+            "CONFIG_ID {} skips ahead of the cluster's configuration {}: the next change must \
+             be CONFIG_ID {}",
+            desired.config_id,
+            cur_id,
+            cur_id + 1
+        ));
+    }
+    if same_members {
+        return Plan::Refuse(format!(
+            "CONFIG_ID {} asks for a new configuration but NODES {} are already the members \
+             of configuration {}: nothing to change",
+            desired.config_id,
+            list(&desired.nodes),
+            cur_id
+        ));
+    }
+
+    let added: Vec<u64> = wanted.difference(&current).copied().collect();
+    let removed: Vec<u64> = current.difference(&wanted).copied().collect();
+    let kept = wanted.intersection(&current).count();
+
+    if wanted.len() < 2 {
+        return Plan::Refuse(format!(
+            "NODES {} has fewer than 2 members: a replicated configuration needs at least 2",
+            list(&desired.nodes)
+        ));
+    }
+    // kvd's own guard (kvd/src/membership.rs): the members kept must be a majority of both
+    // configurations.
+    if kept < majority(wanted.len()) || kept < majority(current.len()) {
+        return Plan::Refuse(format!(
+            "going from {} to {} replaces a majority at once: {kept} members kept, need a \
+             majority of both configurations ({} and {}); change the members in steps",
+            list(&status.members),
+            list(&desired.nodes),
+            majority(current.len()),
+            majority(wanted.len())
+        ));
+    }
+
+    // Who is up now: this leader, the members it has a live connection to, and the added
+    // nodes whose kvd answers /healthz.
+    let up = |pid: u64| {
+        pid == status.pid
+            || (current.contains(&pid) && status.connected_peers.contains(&pid))
+            || (!current.contains(&pid) && input.healthy.get(&pid) == Some(&true))
+    };
+    let current_up = current.iter().filter(|&&p| up(p)).count();
+    if current_up < majority(current.len()) {
+        return Plan::Refuse(format!(
+            "would lose quorum: only {current_up} of the {} current members are reachable",
+            current.len()
+        ));
+    }
+
+    for &pid in &added {
+        match input.pods.get(&pid) {
+            None => return Plan::Wait(format!("waiting for the pod of added node {pid}")),
+            Some(p) if p.terminating => {
+                return Plan::Wait(format!("pod {} (node {pid}) is terminating", p.name))
+            }
+            Some(p) if !p.running => {
+                return Plan::Wait(format!("waiting for pod {} (node {pid}) to run", p.name))
+            }
+            Some(p) if input.healthy.get(&pid) != Some(&true) => {
+                return Plan::Wait(format!(
+                    "waiting for kvd in pod {} (node {pid}) to answer /healthz",
+                    p.name
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+
+    let new_up = wanted.iter().filter(|&&p| up(p)).count();
+    if new_up < majority(wanted.len()) {
+        return Plan::Refuse(format!(
+            "would lose quorum: only {new_up} of the {} members of {} are up (need {})",
+            wanted.len(),
+            list(&desired.nodes),
+            majority(wanted.len())
+        ));
+    }
+
+    Plan::Reconfigure(Change {
+        nodes: desired.nodes.clone(),
+        config_id: desired.config_id,
+        from_config_id: cur_id,
+        from_nodes: status.members.clone(),
+        added,
+        removed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omnikv_common::api::ReconfigView;
+
+    fn status(pid: u64, leader: Option<u64>, config_id: u32, members: &[u64]) -> StatusView {
+        StatusView {
+            pid,
+            role: if leader == Some(pid) {
+                "leader"
+            } else {
+                "follower"
+            }
+            .into(),
+            leader,
+            config_id,
+            members: members.to_vec(),
+            decided_idx: 0,
+            applied_idx: 0,
+            compacted_idx: 0,
+            keys: 0,
+            state_hash: String::new(),
+            cluster_id: String::new(),
+            connected_peers: members.iter().copied().filter(|&p| p != pid).collect(),
+            reconfiguration: None,
+            transfer: None,
+        }
+    }
+
+    fn pod(pid: u64, running: bool, ready: bool) -> (u64, PodState) {
+        (
+            pid,
+            PodState {
+                name: format!("kv-store-{}", pid - 1),
+                running,
+                ready,
+                terminating: false,
+            },
+        )
+    }
+
+    /// Leader 1 of configuration `cur_id` with `members`, every pod up and Ready, the
+    /// ConfigMap asking for `nodes` / `id`.
+    fn input(cur_id: u32, members: &[u64], nodes: &[u64], id: u32) -> Input {
+        let mut pods: BTreeMap<u64, PodState> =
+            members.iter().map(|&p| pod(p, true, true)).collect();
+        let mut healthy: BTreeMap<u64, bool> = members.iter().map(|&p| (p, true)).collect();
+        for &p in nodes {
+            pods.entry(p).or_insert_with(|| pod(p, true, false).1);
+            healthy.entry(p).or_insert(true);
+        }
+        Input {
+            desired: Some(Ok(Desired {
+                nodes: nodes.to_vec(),
+                config_id: id,
+            })),
+            recorded: Some(cur_id),
+            pods,
+            healthy,
+            status: Some(status(1, Some(1), cur_id, members)),
+        }
+    }
+
+    fn reconfigure(nodes: &[u64], id: u32) -> impl Fn(&Plan) -> bool + '_ {
+        move |p| matches!(p, Plan::Reconfigure(c) if c.nodes == nodes && c.config_id == id)
+    }
+
+    fn refused_with(text: &'static str) -> impl Fn(&Plan) -> bool {
+        move |p| matches!(p, Plan::Refuse(m) if m.contains(text))
+    }
+
+    fn waits_with(text: &'static str) -> impl Fn(&Plan) -> bool {
+        move |p| matches!(p, Plan::Wait(m) if m.contains(text))
+    }
+
+    #[test]
+    fn table() {
+        type Check = Box<dyn Fn(&Plan) -> bool>;
+        let mut cases: Vec<(&str, Input, Check)> = Vec::new();
+
+        cases.push((
+            "scale-up 3 -> 4, the joiner Running and alive but not Ready",
+            input(1, &[1, 2, 3], &[1, 2, 3, 4], 2),
+            Box::new(reconfigure(&[1, 2, 3, 4], 2)),
+        ));
+        cases.push((
+            "scale-down 4 -> 3 (highest pid), no pod condition needed",
+            input(2, &[1, 2, 3, 4], &[1, 2, 3], 3),
+            Box::new(reconfigure(&[1, 2, 3], 3)),
+        ));
+        let mut gone = input(2, &[1, 2, 3, 4], &[1, 2, 3], 3);
+        gone.pods.remove(&4);
+        gone.healthy.remove(&4);
+        gone.status.as_mut().unwrap().connected_peers = vec![2, 3];
+        cases.push((
+            "scale-down of a node whose pod is already gone",
+            gone,
+            Box::new(reconfigure(&[1, 2, 3], 3)),
+        ));
+        cases.push((
+            "replace one node (3 by 4): kept 2 of 3",
+            input(1, &[1, 2, 3], &[1, 2, 4], 2),
+            Box::new(reconfigure(&[1, 2, 4], 2)),
+        ));
+        cases.push((
+            "replace a majority at once (2, 3 by 4, 5)",
+            input(1, &[1, 2, 3], &[1, 4, 5], 2),
+            Box::new(refused_with("replaces a majority at once")),
+        ));
+        cases.push((
+            "shrink 5 -> 2 at once: kept 2 of the old 5",
+            input(1, &[1, 2, 3, 4, 5], &[1, 2], 2),
+            Box::new(refused_with("replaces a majority at once")),
+        ));
+        cases.push((
+            "replace every member",
+            input(1, &[1, 2, 3], &[4, 5, 6], 2),
+            Box::new(refused_with("replaces a majority at once")),
+        ));
+        cases.push((
+            "grow 3 -> 5 in one change: kept 3 of 5",
+            input(1, &[1, 2, 3], &[1, 2, 3, 4, 5], 2),
+            Box::new(reconfigure(&[1, 2, 3, 4, 5], 2)),
+        ));
+        cases.push((
+            "CONFIG_ID going backwards",
+            input(3, &[1, 2, 3], &[1, 2, 3, 4], 2),
+            Box::new(refused_with("is behind the cluster's configuration 3")),
+        ));
+        cases.push((
+            "CONFIG_ID repeated with other NODES",
+            input(2, &[1, 2, 3, 4], &[1, 2, 3], 2),
+            Box::new(refused_with("set CONFIG_ID to 3")),
+        ));
+        cases.push((
+            "CONFIG_ID bumped with the same NODES",
+            input(1, &[1, 2, 3], &[1, 2, 3], 2),
+            Box::new(refused_with("nothing to change")),
+        ));
+        cases.push((
+            "CONFIG_ID skipping ahead",
+            input(1, &[1, 2, 3], &[1, 2, 3, 4], 3),
+            Box::new(refused_with("the next change must be CONFIG_ID 2")),
+        ));
+        cases.push((
+            "in sync and recorded",
+            input(2, &[1, 2, 3, 4], &[1, 2, 3, 4], 2),
+            Box::new(|p: &Plan| *p == Plan::InSync { config_id: 2 }),
+        ));
+        let mut unrecorded = input(2, &[1, 2, 3, 4], &[1, 2, 3, 4], 2);
+        unrecorded.recorded = Some(1);
+        cases.push((
+            "in sync, the annotation behind (restart after applying)",
+            unrecorded,
+            Box::new(|p: &Plan| *p == Plan::Record { config_id: 2 }),
+        ));
+        let mut no_pod = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        no_pod.pods.remove(&4);
+        no_pod.healthy.remove(&4);
+        cases.push((
+            "added pod not created yet",
+            no_pod,
+            Box::new(waits_with("waiting for the pod of added node 4")),
+        ));
+        let mut pending = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        pending.pods.get_mut(&4).unwrap().running = false;
+        pending.healthy.insert(4, false);
+        cases.push((
+            "added pod not yet Running",
+            pending,
+            Box::new(waits_with("kv-store-3 (node 4) to run")),
+        ));
+        let mut silent = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        silent.healthy.insert(4, false);
+        cases.push((
+            "added pod Running but its kvd not answering /healthz",
+            silent,
+            Box::new(waits_with("to answer /healthz")),
+        ));
+        let mut terminating = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        terminating.pods.get_mut(&4).unwrap().terminating = true;
+        cases.push((
+            "added pod terminating",
+            terminating,
+            Box::new(waits_with("is terminating")),
+        ));
+        let mut lossy = input(1, &[1, 2, 3], &[1, 2], 2);
+        lossy.status.as_mut().unwrap().connected_peers = vec![3];
+        cases.push((
+            "quorum-unsafe removal: 2 is down, so [1,2] would have 1 of 2 up",
+            lossy,
+            Box::new(refused_with("would lose quorum: only 1 of the 2 members")),
+        ));
+        let mut minority = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        minority.status.as_mut().unwrap().connected_peers = vec![];
+        cases.push((
+            "quorum-unsafe: the leader reaches no other member",
+            minority,
+            Box::new(waits_with("reaches only 1 of its 3 members")),
+        ));
+        let mut isolated = input(2, &[1, 2, 3, 4], &[1, 2, 3, 4], 2);
+        isolated.recorded = Some(1);
+        isolated.status.as_mut().unwrap().connected_peers = vec![2];
+        cases.push((
+            "an isolated self-declared leader records nothing",
+            isolated,
+            Box::new(waits_with("reaches only 2 of its 4 members")),
+        ));
+        let mut down_add = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        down_add.status.as_mut().unwrap().connected_peers = vec![2];
+        cases.push((
+            "adding with one member down keeps 3 of 4 up",
+            down_add,
+            Box::new(reconfigure(&[1, 2, 3, 4], 2)),
+        ));
+        cases.push((
+            "down to one member",
+            input(2, &[1, 2], &[1], 3),
+            Box::new(refused_with("fewer than 2 members")),
+        ));
+        let mut follower = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        follower.status = Some(status(2, Some(1), 1, &[1, 2, 3]));
+        cases.push((
+            "not the leader",
+            follower,
+            Box::new(|p: &Plan| *p == Plan::NotLeader { leader: Some(1) }),
+        ));
+        let mut removed = input(2, &[2, 3, 4], &[2, 3, 4], 2);
+        let mut s = status(1, Some(1), 2, &[2, 3, 4]);
+        s.role = "removed".into();
+        removed.status = Some(s);
+        cases.push((
+            "a removed ex-leader is not a leader",
+            removed,
+            Box::new(|p: &Plan| matches!(p, Plan::NotLeader { .. })),
+        ));
+        let mut leaderless = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        leaderless.status = Some(status(1, None, 1, &[1, 2, 3]));
+        cases.push((
+            "no leader known",
+            leaderless,
+            Box::new(|p: &Plan| *p == Plan::NotLeader { leader: None }),
+        ));
+        let mut kvd_down = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        kvd_down.status = None;
+        cases.push((
+            "local kvd down",
+            kvd_down,
+            Box::new(waits_with("does not answer")),
+        ));
+        let mut in_flight = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        in_flight.status.as_mut().unwrap().reconfiguration = Some(ReconfigView {
+            config_id: 2,
+            members: vec![1, 2, 3, 4],
+            phase: "proposed".into(),
+        });
+        cases.push((
+            "a change already in flight (duplicate event)",
+            in_flight,
+            Box::new(waits_with("in flight")),
+        ));
+        let mut bad = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        bad.desired = Some(parse_desired(&BTreeMap::from([
+            (KEY_NODES.to_string(), "[1, 2, x]".to_string()),
+            (KEY_CONFIG_ID.to_string(), "2".to_string()),
+        ])));
+        cases.push((
+            "malformed NODES",
+            bad,
+            Box::new(refused_with("\"x\" is not a node id")),
+        ));
+        let mut missing = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        missing.desired = None;
+        cases.push((
+            "ConfigMap missing",
+            missing,
+            Box::new(refused_with("does not exist")),
+        ));
+
+        let mut failures = Vec::new();
+        for (name, input, check) in &cases {
+            let got = plan(input);
+            if !check(&got) {
+                failures.push(format!("{name}: got {got:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn plan_is_idempotent_across_duplicate_inputs() {
+        let i = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        assert_eq!(plan(&i), plan(&i.clone()));
+        let Plan::Reconfigure(c) = plan(&i) else {
+            panic!("expected a change")
+        };
+        assert_eq!(c.added, vec![4]);
+        assert!(c.removed.is_empty());
+        assert_eq!((c.from_config_id, c.from_nodes), (1, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn desired_parses_the_seed_forms() {
+        let data = |n: &str, c: &str| {
+            BTreeMap::from([
+                (KEY_NODES.to_string(), n.to_string()),
+                (KEY_CONFIG_ID.to_string(), c.to_string()),
+            ])
+        };
+        assert_eq!(
+            parse_desired(&data("[1, 2, 3, 4]", "2")),
+            Ok(Desired {
+                nodes: vec![1, 2, 3, 4],
+                config_id: 2
+            })
+        );
+        assert_eq!(
+            parse_desired(&data("3,1,2", " 1 ")).unwrap().nodes,
+            [1, 2, 3]
+        );
+        assert!(parse_desired(&data("[1,1]", "1")).is_err());
+        assert!(parse_desired(&data("[]", "1")).is_err());
+        assert!(parse_desired(&data("[0,1]", "1")).is_err());
+        assert!(parse_desired(&data("[1,2]", "0")).is_err());
+        assert!(parse_desired(&data("[1,2]", "-1")).is_err());
+        assert!(parse_desired(&BTreeMap::new()).is_err());
+    }
+}
