@@ -104,6 +104,8 @@ class Member:
         self.label, self.client, self.peer, self.data = label, client, peer, data
         self.proc = None
         self.logf = None
+        self.config_id = 1  # omnikv: > 1 starts an empty replica as a joiner
+        self.etcd_state = "new"  # etcd: "existing" for a member added later
 
 
 class Cluster:
@@ -130,7 +132,8 @@ class Cluster:
         if self.kind == "omnikv":
             nodes = ",".join(str(x.label) for x in self.members)
             peers = ",".join(f"{x.label}={x.peer}" for x in self.members)
-            env = dict(os.environ, PID=str(m.label), NODES=f"[{nodes}]", CONFIG_ID="1",
+            env = dict(os.environ, PID=str(m.label), NODES=f"[{nodes}]",
+                       CONFIG_ID=str(m.config_id),
                        KVD_DATA_DIR=m.data, KVD_CLIENT_ADDR=m.client, KVD_PEER_ADDR=m.peer,
                        KVD_PEERS=peers, KVD_LOG="warn")
             cmd = [self.args.kvd]
@@ -143,7 +146,8 @@ class Cluster:
                    "--listen-peer-urls", f"http://{m.peer}",
                    "--initial-advertise-peer-urls", f"http://{m.peer}",
                    "--initial-cluster", cluster, "--initial-cluster-token", self.name,
-                   "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "warn"]
+                   "--initial-cluster-state", m.etcd_state, "--logger", "zap",
+                   "--log-level", "warn"]
         m.proc = subprocess.Popen(cmd, env=env, stdout=m.logf, stderr=subprocess.STDOUT,
                                   start_new_session=True)
 
@@ -335,17 +339,93 @@ def failover_trial(cluster, trial):
     return {"system": cluster.name, "killed": lead + 1, "seconds": round(took, 3)}
 
 
-def add_replica_hook(args):
-    """Time to add a replica holding 100k keys: needs `kvctl reconfigure` (membership changes,
-    in progress on main). Returns a result row or the reason it was not measured."""
-    r = subprocess.run([args.kvctl, "reconfigure", "--help"], capture_output=True)
-    if r.returncode != 0:
-        return {"measured": False,
-                "why": "not measured yet: this kvctl has no `reconfigure` (membership changes "
-                       "are being built on main)"}
-    return {"measured": False,
-            "why": "not measured yet: `kvctl reconfigure` exists; wire bench/run.py "
-                   "add_replica_hook to it (load 100k keys, add a 4th replica, time to ready)"}
+def add_replica(args, work, port_base, kind):
+    """Time to add a 4th member to a 3-member cluster holding `--add-keys` keys: from the start
+    of the procedure (omnikv: start the joiner, then `kvctl reconfigure`; etcd: `member add`,
+    then start the member) until the new member serves every key from its own state (omnikv:
+    /readyz 200 and its key count; etcd: a serializable count of the keys)."""
+    n = args.add_keys
+    if kind == "omnikv":
+        r = subprocess.run([args.kvctl, "reconfigure", "--help"], capture_output=True)
+        if r.returncode != 0:
+            return {"system": "omnikv", "measured": False,
+                    "why": "not measured yet: this kvctl has no `reconfigure`"}
+    c = Cluster(f"{kind}-add", kind, 3, port_base, work, args)
+    try:
+        c.start()
+        c.wait_ready()
+        lead = c.leader() or 0
+        load = subprocess.run(
+            [args.kvctl, "--endpoints", ",".join(c.endpoints_from(lead)), "-o", "json",
+             "--timeout", "10s", "bench", "--target", kind, "--clients", "64", "--ops", str(n),
+             "--keys", str(n), "--key-order", "sequential", "--warmup", "0",
+             "--value-size", str(args.value_size)], capture_output=True, text=True)
+        loaded = json.loads(load.stdout)["ok"] if load.stdout else 0
+        new = Member(4, f"127.0.0.1:{port_base + 3}", f"127.0.0.1:{port_base + 53}",
+                     os.path.join(c.dir, "data-4"))
+        c.members.append(new)
+        c.size = 4
+        deadline = 300
+        if kind == "omnikv":
+            st, b = http("GET", f"http://{c.members[lead].client}/v1/status")
+            want = json.loads(b)["keys"] if st == 200 else n
+            new.config_id = 2
+            t0 = time.monotonic()
+            c.start_member(3)
+            while http("GET", f"http://{new.client}/healthz")[0] != 200:
+                time.sleep(0.02)
+            rc = subprocess.run(
+                [args.kvctl, "--endpoints", ",".join(c.endpoints(exclude=3)), "--timeout", "60s",
+                 "reconfigure", "--nodes", "1,2,3,4", "--peer", f"4={new.peer}"],
+                capture_output=True, text=True)
+            t_cmd = time.monotonic() - t0
+            if rc.returncode != 0:
+                return {"system": "omnikv", "measured": False,
+                        "why": f"kvctl reconfigure failed ({rc.returncode}): {rc.stderr[-300:]}"}
+
+            def serving():
+                if http("GET", f"http://{new.client}/readyz")[0] != 200:
+                    return False
+                st, b = http("GET", f"http://{new.client}/v1/status")
+                return st == 200 and json.loads(b).get("keys", 0) >= want
+        else:
+            want = n
+            lead_ep = c.members[lead].client
+            new.etcd_state = "existing"
+            body = json.dumps({"peerURLs": [f"http://{new.peer}"]}).encode()
+            for _ in range(60):
+                # etcd refuses member add until every member has been connected for 5 s
+                # (strict reconfig check): wait for that outside the measured time.
+                t0 = time.monotonic()
+                st, b = http("POST", f"http://{lead_ep}/v3/cluster/member/add", body,
+                             timeout=10)
+                if st != 503 or b"unhealthy cluster" not in b:
+                    break
+                time.sleep(0.5)
+            if st != 200:
+                return {"system": "etcd", "measured": False,
+                        "why": f"member add failed: HTTP {st} {b[:200]!r}"}
+            c.start_member(3)
+            t_cmd = time.monotonic() - t0
+            count_q = json.dumps({"key": b64("bench-"), "range_end": b64("bench."),
+                                  "count_only": True, "serializable": True}).encode()
+
+            def serving():
+                st, b = http("POST", f"http://{new.client}/v3/kv/range", count_q)
+                return st == 200 and int(json.loads(b).get("count", 0)) >= want
+        while not serving():
+            if time.monotonic() - t0 > deadline:
+                return {"system": kind, "measured": False,
+                        "why": f"the new member did not serve {want} keys within {deadline} s"}
+            time.sleep(0.05)
+        took = time.monotonic() - t0
+        rss = rss_mb(new.proc.pid)
+        log(f"{kind:9} add a 4th member holding {loaded} keys: {took:.2f} s "
+            f"(command {t_cmd:.2f} s), its RSS {rss:.0f} MB")
+        return {"system": kind, "measured": True, "keys": loaded, "seconds": round(took, 3),
+                "command_seconds": round(t_cmd, 3), "new_member_rss_mb": round(rss, 1)}
+    finally:
+        c.stop()
 
 
 # ---------------------------------------------------------------- aggregation
@@ -646,8 +726,21 @@ def write_report(args, meta, med, failover, reads_systems, add_replica, plots_re
             A(f"| {s} | {' / '.join(f'{max(p[i] for p in peaks):.0f}' for i in range(len(peaks[0])))} |")
     A("")
 
-    A("## Time to add a replica holding 100k keys\n")
-    A(f"{add_replica['why']}\n" if not add_replica["measured"] else add_replica["row"] + "\n")
+    A(f"## Time to add a replica holding {args.add_keys:,} keys\n")
+    A("A 4th member is added to a fresh 3-member cluster loaded with that many keys (sequential "
+      f"puts of {args.value_size}-byte values): from the start of the procedure (omnikv: start "
+      "the joiner, `kvctl reconfigure --nodes 1,2,3,4`; etcd: `member add`, start the member) "
+      "until the new member serves every key from its own state (omnikv: `/readyz` and its key "
+      "count; etcd: a serializable count). One trial each.\n")
+    A("| system | keys | seconds to serving | of which the command | new member's RSS MB |")
+    A("|---|---|---|---|---|")
+    for r in (add_replica if isinstance(add_replica, list) else [add_replica]):
+        if r.get("measured"):
+            A(f"| {r['system']} | {r['keys']:,} | {r['seconds']:.2f} | "
+              f"{r['command_seconds']:.2f} | {r['new_member_rss_mb']:.0f} |")
+        else:
+            A(f"| {r.get('system', 'omnikv')} | | {r['why']} | | |")
+    A("")
 
     A("## Idle cost\n")
     A("Server CPU of each cluster with no load (2 s), in cores: " +
@@ -678,7 +771,10 @@ def main():
     ap.add_argument("--value-size", type=int, default=100)
     ap.add_argument("--keys", type=int, default=10_000)
     ap.add_argument("--failover-trials", type=int, default=5)
-    ap.add_argument("--skip", default="", help="comma list of: single,reads,failover")
+    ap.add_argument("--add-keys", type=int, default=100_000,
+                    help="keys held by the cluster a 4th member is added to")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: single,reads,failover,add")
     ap.add_argument("--port-base", type=int, default=27100)
     ap.add_argument("--work", help="data directory [default: a fresh temporary one, removed]")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
@@ -714,7 +810,7 @@ def main():
     if "single" not in skip:
         pairs.append(("omnikv-1", "etcd-1", 1, pb + 100, pb + 300))
     args.systems = [s for p in pairs for s in p[:2]]
-    runs, failover = [], []
+    runs, failover, adds = [], [], []
     live = []
 
     def stop_all(*_):
@@ -766,12 +862,14 @@ def main():
             for c in pair:
                 c.stop()
                 live.remove(c)
+        if "add" not in skip:
+            for kind, port in (("omnikv", pb + 400), ("etcd", pb + 500)):
+                adds.append(add_replica(args, work, port, kind))
     finally:
         stop_all()
-    add_replica = add_replica_hook(args)
     meta["elapsed_min"] = (time.time() - started) / 60
     meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report(args, meta, runs, failover, add_replica)
+    report(args, meta, runs, failover, adds)
 
 
 def report(args, meta, runs, failover, add_replica):

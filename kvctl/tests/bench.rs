@@ -292,6 +292,36 @@ fn bench_drives_etcd_through_its_json_gateway() {
 }
 
 #[test]
+fn bench_sequential_keys_write_each_key_once() {
+    let etcd = fake_etcd();
+    let o = kvctl(&[
+        "--endpoints",
+        &format!("127.0.0.1:{}", etcd.port),
+        "bench",
+        "--target",
+        "etcd",
+        "--ops",
+        "40",
+        "--keys",
+        "40",
+        "--key-order",
+        "sequential",
+        "--clients",
+        "3",
+        "--warmup",
+        "0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // 40 puts over 40 keys in order: every key exactly once.
+    assert_eq!(etcd.store.lock().unwrap().len(), 40);
+}
+
+#[test]
 fn bench_etcd_with_nothing_reachable_exits_3() {
     let o = kvctl(&[
         "--endpoints",

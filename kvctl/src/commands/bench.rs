@@ -74,6 +74,12 @@ pub struct BenchArgs {
     )]
     pub keys: u64,
 
+    /// Key order: `random` (uniform over --keys) or `sequential` (bench-0, bench-1, ... shared
+    /// by all clients, wrapping at --keys): `--ops N --keys N --key-order sequential --warmup 0`
+    /// writes every key exactly once (to load a data set).
+    #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
+    pub key_order: KeyOrder,
+
     /// Size of each put's value, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     pub value_size: usize,
@@ -87,6 +93,15 @@ pub struct BenchArgs {
     /// default range, local gets are `serializable` ranges).
     #[arg(long, value_enum, default_value_t = Target::Omnikv)]
     pub target: Target,
+}
+
+/// How `kvctl bench` picks keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyOrder {
+    /// Uniformly at random.
+    Random,
+    /// One after the other, across all clients.
+    Sequential,
 }
 
 /// The system `kvctl bench` drives.
@@ -129,6 +144,7 @@ pub struct Plan {
     pub read_ratio: f64,
     pub keys: u64,
     pub value_size: usize,
+    pub key_order: KeyOrder,
     pub target: Target,
 }
 
@@ -155,6 +171,7 @@ impl BenchArgs {
             read_ratio: self.read_ratio,
             keys: self.keys,
             value_size: self.value_size,
+            key_order: self.key_order,
             target: self.target,
         })
     }
@@ -368,6 +385,9 @@ struct Shared {
     keys: u64,
     value_size: usize,
     consistency: Consistency,
+    key_order: KeyOrder,
+    /// Next key of the sequential order.
+    next_key: AtomicU64,
 }
 
 enum Outcome {
@@ -570,7 +590,11 @@ async fn client_loop(sh: Arc<Shared>, client: Driver, seed: u64) -> Stats {
             }
         }
         key.clear();
-        let _ = write!(key, "bench-{}", rng.below(sh.keys));
+        let k = match sh.key_order {
+            KeyOrder::Random => rng.below(sh.keys),
+            KeyOrder::Sequential => sh.next_key.fetch_add(1, Ordering::Relaxed) % sh.keys,
+        };
+        let _ = write!(key, "bench-{k}");
         let read = (rng.next_u64() >> 11) < sh.read_threshold;
         let op = async {
             if read {
@@ -709,6 +733,8 @@ pub async fn run(ctx: &Context, args: &BenchArgs, out: &mut dyn Write) -> Result
         keys: plan.keys,
         value_size: plan.value_size,
         consistency: ctx.consistency,
+        key_order: plan.key_order,
+        next_key: AtomicU64::new(0),
     });
     let base_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -828,6 +854,7 @@ mod tests {
                 read_ratio: 0.0,
                 keys: 10_000,
                 value_size: 100,
+                key_order: KeyOrder::Random,
                 target: Target::Omnikv,
             }
         );
