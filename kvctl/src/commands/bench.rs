@@ -2,12 +2,16 @@
 //! at a time, in a closed loop, over `--connections` shared [`Client`]s. Each task records its
 //! own counts and latency histogram (no locks, no allocation on the hot path beyond what the
 //! client does); they are merged at the end.
+//!
+//! `--target etcd` drives etcd v3 instead, through the JSON gRPC-gateway on its client port
+//! (`POST /v3/kv/put`, `/v3/kv/range`, base64 keys and values), with the same pools, loop and
+//! histogram, so the two systems are measured by the same code (see bench/ and BENCHMARKS.md).
 
 use crate::cli::{parse_duration_or_zero, parse_timeout};
 use crate::exit::Error;
 use crate::{output, Context};
-use clap::Args;
-use omnikv_common::{Client, ClientError, Consistency};
+use clap::{Args, ValueEnum};
+use omnikv_common::{Client, ClientError, Consistency, ErrorCode};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -70,6 +74,12 @@ pub struct BenchArgs {
     )]
     pub keys: u64,
 
+    /// Key order: `random` (uniform over --keys) or `sequential` (bench-0, bench-1, ... shared
+    /// by all clients, wrapping at --keys): `--ops N --keys N --key-order sequential --warmup 0`
+    /// writes every key exactly once (to load a data set).
+    #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
+    pub key_order: KeyOrder,
+
     /// Size of each put's value, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 100)]
     pub value_size: usize,
@@ -77,6 +87,39 @@ pub struct BenchArgs {
     /// Worker threads of the load generator's async runtime [default: one per CPU].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+
+    /// The system under load: omnikv (kvd's /v1/kv API) or etcd (its v3 JSON gateway on the
+    /// client port; --endpoints are then etcd client URLs; linearizable gets are etcd's
+    /// default range, local gets are `serializable` ranges).
+    #[arg(long, value_enum, default_value_t = Target::Omnikv)]
+    pub target: Target,
+}
+
+/// How `kvctl bench` picks keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyOrder {
+    /// Uniformly at random.
+    Random,
+    /// One after the other, across all clients.
+    Sequential,
+}
+
+/// The system `kvctl bench` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// kvd replicas (`PUT/GET /v1/kv/{key}`).
+    Omnikv,
+    /// etcd v3 members, through the gRPC-gateway (`POST /v3/kv/put`, `/v3/kv/range`).
+    Etcd,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Omnikv => "omnikv",
+            Target::Etcd => "etcd",
+        }
+    }
 }
 
 /// Parses a ratio in 0.0..=1.0.
@@ -101,6 +144,8 @@ pub struct Plan {
     pub read_ratio: f64,
     pub keys: u64,
     pub value_size: usize,
+    pub key_order: KeyOrder,
+    pub target: Target,
 }
 
 impl BenchArgs {
@@ -126,6 +171,8 @@ impl BenchArgs {
             read_ratio: self.read_ratio,
             keys: self.keys,
             value_size: self.value_size,
+            key_order: self.key_order,
+            target: self.target,
         })
     }
 }
@@ -338,6 +385,9 @@ struct Shared {
     keys: u64,
     value_size: usize,
     consistency: Consistency,
+    key_order: KeyOrder,
+    /// Next key of the sequential order.
+    next_key: AtomicU64,
 }
 
 enum Outcome {
@@ -346,8 +396,180 @@ enum Outcome {
     Err(ClientError),
 }
 
+/// Standard base64 (RFC 4648, padded), as etcd's JSON gateway expects for bytes fields.
+pub fn base64(input: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A minimal etcd v3 client over the JSON gRPC-gateway: one HTTP/1.1 connection pool (like
+/// omnikv's [`Client`]), endpoints tried in order when one is unreachable. etcd members
+/// forward writes to their leader themselves, as kvd followers do.
+pub struct EtcdClient {
+    http: reqwest::Client,
+    endpoints: Vec<String>,
+    timeout: Duration,
+}
+
+impl EtcdClient {
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, ClientError> {
+        if endpoints.is_empty() {
+            return Err(ClientError::Usage("no endpoints given".into()));
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|e| {
+                let e = e.trim().trim_end_matches('/');
+                if e.contains("://") {
+                    e.to_string()
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect();
+        // The same pool settings as omnikv_common::Client.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(1000).min(timeout))
+            .pool_max_idle_per_host(1024)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError::Usage(format!("cannot build HTTP client: {e}")))?;
+        Ok(EtcdClient {
+            http,
+            endpoints,
+            timeout,
+        })
+    }
+
+    /// `Put`; answered by etcd once committed and applied.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        let body = format!(r#"{{"key":"{}","value":"{}"}}"#, base64(key), base64(value));
+        self.call("/v3/kv/put", body).await.map(|_| ())
+    }
+
+    /// `Range` of one key: linearizable (etcd's ReadIndex) or serializable (the member's own
+    /// state). Returns whether the key exists.
+    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<bool, ClientError> {
+        let serializable = matches!(consistency, Consistency::Local);
+        let body = format!(
+            r#"{{"key":"{}","serializable":{serializable}}}"#,
+            base64(key)
+        );
+        let answer = self.call("/v3/kv/range", body).await?;
+        // `"kvs"` cannot occur inside a base64 string: it is present iff the key exists.
+        Ok(answer.windows(5).any(|w| w == b"\"kvs\""))
+    }
+
+    async fn call(&self, path: &str, body: String) -> Result<bytes::Bytes, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut last = String::from("no attempt in time");
+        for endpoint in &self.endpoints {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let sent = self
+                .http
+                .post(format!("{endpoint}{path}"))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .timeout(remaining)
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status().is_success() => {
+                    return resp
+                        .bytes()
+                        .await
+                        .map_err(|e| ClientError::Indeterminate(format!("{endpoint}: {e}")));
+                }
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await.unwrap_or_default();
+                    return Err(etcd_error(status, &text));
+                }
+                Err(e) if e.is_connect() => {
+                    last = format!("{endpoint}: {e}");
+                }
+                Err(e) => return Err(ClientError::Indeterminate(format!("{endpoint}: {e}"))),
+            }
+        }
+        Err(ClientError::Unavailable(format!(
+            "no etcd endpoint reachable ({last})"
+        )))
+    }
+}
+
+/// Maps an etcd gateway error answer to our classes: "no leader" and other gRPC Unavailable
+/// (HTTP 503) answers are unavailable, timeouts indeterminate, the rest rejected.
+fn etcd_error(status: u16, body: &str) -> ClientError {
+    let message = format!("etcd HTTP {status}: {}", body.trim());
+    if body.contains("timed out") || status == 504 {
+        ClientError::Indeterminate(message)
+    } else if status == 503 {
+        ClientError::Unavailable(message)
+    } else {
+        ClientError::Rejected {
+            code: ErrorCode::Rejected,
+            message,
+        }
+    }
+}
+
+/// What a logical client sends its operations through.
+#[derive(Clone)]
+enum Driver {
+    Omnikv(Arc<Client>),
+    Etcd(Arc<EtcdClient>),
+}
+
+impl Driver {
+    async fn get(&self, key: &[u8], consistency: Consistency) -> Outcome {
+        let found = match self {
+            Driver::Omnikv(c) => match c.get(key, consistency).await {
+                Ok(_) => Ok(true),
+                Err(ClientError::NotFound) => Ok(false),
+                Err(e) => Err(e),
+            },
+            Driver::Etcd(c) => c.get(key, consistency).await,
+        };
+        match found {
+            Ok(true) => Outcome::Ok,
+            Ok(false) => Outcome::Miss,
+            Err(e) => Outcome::Err(e),
+        }
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8]) -> Outcome {
+        let done = match self {
+            Driver::Omnikv(c) => c.put(key, value.to_vec()).await.map(|_| ()),
+            Driver::Etcd(c) => c.put(key, value).await,
+        };
+        match done {
+            Ok(()) => Outcome::Ok,
+            Err(e) => Outcome::Err(e),
+        }
+    }
+}
+
 /// One logical client: a closed loop until the deadline or the operation budget.
-async fn client_loop(sh: Arc<Shared>, client: Arc<Client>, seed: u64) -> Stats {
+async fn client_loop(sh: Arc<Shared>, client: Driver, seed: u64) -> Stats {
     let mut stats = Stats::default();
     let mut rng = Rng::new(seed);
     let value: Vec<u8> = (0..sh.value_size)
@@ -368,20 +590,17 @@ async fn client_loop(sh: Arc<Shared>, client: Arc<Client>, seed: u64) -> Stats {
             }
         }
         key.clear();
-        let _ = write!(key, "bench-{}", rng.below(sh.keys));
+        let k = match sh.key_order {
+            KeyOrder::Random => rng.below(sh.keys),
+            KeyOrder::Sequential => sh.next_key.fetch_add(1, Ordering::Relaxed) % sh.keys,
+        };
+        let _ = write!(key, "bench-{k}");
         let read = (rng.next_u64() >> 11) < sh.read_threshold;
         let op = async {
             if read {
-                match client.get(&key, sh.consistency).await {
-                    Ok(_) => Outcome::Ok,
-                    Err(ClientError::NotFound) => Outcome::Miss,
-                    Err(e) => Outcome::Err(e),
-                }
+                client.get(&key, sh.consistency).await
             } else {
-                match client.put(&key, value.clone()).await {
-                    Ok(_) => Outcome::Ok,
-                    Err(e) => Outcome::Err(e),
-                }
+                client.put(&key, &value).await
             }
         };
         let outcome = match sh.deadline {
@@ -447,6 +666,8 @@ pub struct ErrorCounts {
 /// The result of a run, as printed (`-o json`: this object).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchReport {
+    /// The system driven: `omnikv` or `etcd`.
+    pub target: &'static str,
     pub clients: usize,
     pub connections: usize,
     /// Worker threads of the load generator.
@@ -492,9 +713,12 @@ pub async fn run(ctx: &Context, args: &BenchArgs, out: &mut dyn Write) -> Result
         .map(|j| {
             let mut eps = endpoints.clone();
             eps.rotate_left(j % endpoints.len());
-            Client::new(&eps, ctx.timeout).map(Arc::new)
+            Ok(match plan.target {
+                Target::Omnikv => Driver::Omnikv(Arc::new(Client::new(&eps, ctx.timeout)?)),
+                Target::Etcd => Driver::Etcd(Arc::new(EtcdClient::new(&eps, ctx.timeout)?)),
+            })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Result<Vec<_>, ClientError>>()?;
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
 
     let begin = Instant::now();
@@ -509,6 +733,8 @@ pub async fn run(ctx: &Context, args: &BenchArgs, out: &mut dyn Write) -> Result
         keys: plan.keys,
         value_size: plan.value_size,
         consistency: ctx.consistency,
+        key_order: plan.key_order,
+        next_key: AtomicU64::new(0),
     });
     let base_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -545,6 +771,7 @@ pub async fn run(ctx: &Context, args: &BenchArgs, out: &mut dyn Write) -> Result
 
     let h = &stats.latency;
     let report = BenchReport {
+        target: plan.target.as_str(),
         clients: plan.clients,
         connections: plan.connections,
         threads,
@@ -627,6 +854,8 @@ mod tests {
                 read_ratio: 0.0,
                 keys: 10_000,
                 value_size: 100,
+                key_order: KeyOrder::Random,
+                target: Target::Omnikv,
             }
         );
         assert_eq!(b.threads, None);
@@ -775,6 +1004,50 @@ mod tests {
         }
         assert_eq!(Histogram::index(u64::MAX), BUCKETS - 1);
         assert_eq!(Histogram::bucket_high(BUCKETS - 1), (1 << 36) - 1);
+    }
+
+    #[test]
+    fn target_flag() {
+        assert_eq!(parse(&[]).unwrap().target, Target::Omnikv);
+        let p = parse(&["--target", "etcd"]).unwrap().plan().unwrap();
+        assert_eq!((p.target, p.target.as_str()), (Target::Etcd, "etcd"));
+        assert_eq!(parse(&["--target", "redis"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        // RFC 4648 section 10 test vectors, plus every byte value.
+        for (raw, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(raw.as_bytes()), enc);
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        assert!(base64(&all).ends_with("+/w=="));
+    }
+
+    #[test]
+    fn etcd_errors_are_classified() {
+        let no_leader = r#"{"error":"etcdserver: no leader","code":14}"#;
+        assert!(matches!(
+            etcd_error(503, no_leader),
+            ClientError::Unavailable(_)
+        ));
+        let timeout = r#"{"error":"etcdserver: request timed out","code":14}"#;
+        assert!(matches!(
+            etcd_error(503, timeout),
+            ClientError::Indeterminate(_)
+        ));
+        assert!(matches!(
+            etcd_error(400, "{}"),
+            ClientError::Rejected { .. }
+        ));
     }
 
     #[test]
