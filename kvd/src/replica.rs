@@ -22,6 +22,7 @@ use omnikv_common::api::{
     ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, ReconfigView,
     ReconfigureRequest, ReconfigureResult, StatusView, TransferView, WriteResult,
 };
+use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
 use omnipaxos::storage::{Storage, StorageOp};
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
@@ -128,7 +129,7 @@ pub struct LoopConfig {
 /// configuration has a single member (standalone mode; OmniPaxos refuses one node).
 enum Log {
     Paxos(Box<OmniPaxos<LogCmd, LogStore>>),
-    Local(LogStore),
+    Local(Box<LogStore>),
     /// No configuration to run: a joiner not yet told its configuration, or retired.
     None,
 }
@@ -264,7 +265,7 @@ fn build_log(
 ) -> Result<Log, String> {
     let store = LogStore::open(db.clone(), config_id).map_err(|e| e.to_string())?;
     if members.len() == 1 {
-        return Ok(Log::Local(store));
+        return Ok(Log::Local(Box::new(store)));
     }
     let server_config = ServerConfig {
         pid: cfg.pid,
@@ -457,14 +458,19 @@ impl Replica {
             }
         }
         self.push_announcements(now);
-        // Group commit: one WAL sync covers the log writes, the applied batch and the
-        // compaction of this iteration.
-        self.db.sync().expect("WAL sync failed");
+        // Group commit: one WAL sync covers the log and Paxos writes of this iteration (and
+        // the applied batches before them). An iteration that only applied decided entries
+        // does not sync: they are durable in the log already. A leader's AcceptDecide and
+        // Decide leave before the sync (they overlap the followers' fsyncs): a decision needs
+        // Accepted replies, which this loop handles in a later iteration, after this sync made
+        // the leader's own entries durable. Everything else leaves after it.
+        self.send_outgoing(true);
+        self.db.sync_required().expect("WAL sync failed");
         self.metrics
             .fsyncs
             .inner()
             .store(self.db.syncs.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.send_outgoing();
+        self.send_outgoing(false);
         for (reply, result) in self.write_replies.drain(..) {
             let _ = reply.send(result);
         }
@@ -2019,12 +2025,31 @@ impl Replica {
 
     // ---- outputs ---------------------------------------------------------------------
 
-    fn send_outgoing(&mut self) {
+    /// Sends OmniPaxos's outgoing messages: before the iteration's sync only a leader's
+    /// AcceptDecide and Decide (see `finish_iteration`), the rest held until after it.
+    fn send_outgoing(&mut self, before_sync: bool) {
         let Log::Paxos(op) = &mut self.log else {
             return;
         };
         op.take_outgoing_messages(&mut self.outgoing);
-        for msg in self.outgoing.drain(..) {
+        let send: Vec<Message<LogCmd>> = if before_sync {
+            let (early, held) = std::mem::take(&mut self.outgoing)
+                .into_iter()
+                .partition(|m| {
+                    matches!(
+                        m,
+                        Message::SequencePaxos(PaxosMessage {
+                            msg: PaxosMsg::AcceptDecide(_) | PaxosMsg::Decide(_),
+                            ..
+                        })
+                    )
+                });
+            self.outgoing = held;
+            early
+        } else {
+            std::mem::take(&mut self.outgoing)
+        };
+        for msg in send {
             let to = msg.get_receiver();
             match self.peers.get(&to) {
                 Some(link) => {

@@ -44,8 +44,10 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Db {
     inner: Arc<DB>,
-    /// Writes since the last sync (group commit needs a sync iff this is non-zero).
+    /// Writes since the last sync (`sync` does nothing when this is zero).
     unsynced: Arc<AtomicU64>,
+    /// Writes since the last sync that must be durable before the loop sends or answers.
+    required: Arc<AtomicU64>,
     /// WAL syncs performed (exported as a metric; "fsyncs per committed write").
     pub syncs: Arc<AtomicU64>,
 }
@@ -65,6 +67,7 @@ impl Db {
         Ok(Db {
             inner: Arc::new(db),
             unsynced: Arc::new(AtomicU64::new(0)),
+            required: Arc::new(AtomicU64::new(0)),
             syncs: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -79,16 +82,35 @@ impl Db {
             .expect("column family created at open")
     }
 
-    /// Writes a batch to the WAL, unsynced: durable at the next `sync`.
+    /// Writes a batch to the WAL, unsynced, and marks that the loop must sync before it sends
+    /// or answers anything (`sync_required`): Paxos state, log entries, metadata.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if self.write_lazy(batch)? {
+            self.required.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes a batch to the WAL, unsynced, without requiring a sync: for writes that can be
+    /// rebuilt from synced ones after a crash (applying decided entries, the decided index).
+    /// Ordered in the WAL like every write, so any later sync covers it. True if it wrote.
+    pub fn write_lazy(&self, batch: WriteBatch) -> Result<bool, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
         self.inner.write_opt(batch, &wo)?;
         self.unsynced.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Syncs if a write since the last sync requires it (`write`, not `write_lazy`).
+    pub fn sync_required(&self) -> Result<(), StoreError> {
+        if self.required.swap(0, Ordering::AcqRel) == 0 {
+            return Ok(());
+        }
+        self.sync()
     }
 
     /// Writes a batch and syncs the WAL at once (rare metadata writes outside the loop).
@@ -99,6 +121,7 @@ impl Db {
 
     /// Makes every write so far durable (one WAL fsync), if there is anything to sync.
     pub fn sync(&self) -> Result<(), StoreError> {
+        self.required.store(0, Ordering::Release);
         if self.unsynced.swap(0, Ordering::AcqRel) == 0 {
             return Ok(());
         }
@@ -288,10 +311,19 @@ impl LogStore {
     fn write_ops(&mut self, ops: Vec<StorageOp<LogCmd>>) -> StorageResult<()> {
         let mut meta = self.meta.clone();
         let mut batch = WriteBatch::default();
+        // A decided index alone need not be synced before anything leaves: losing it is
+        // safe (it is learned again from the leader; the applied cursor is our own).
+        let only_decided = ops
+            .iter()
+            .all(|op| matches!(op, StorageOp::SetDecidedIndex(_)));
         for op in ops {
             self.apply_op(&mut meta, &mut batch, op);
         }
-        self.db.write(batch)?;
+        if only_decided {
+            self.db.write_lazy(batch)?;
+        } else {
+            self.db.write(batch)?;
+        }
         // Only now, with the batch written, does the cache move: all-or-nothing.
         self.meta = meta;
         Ok(())
