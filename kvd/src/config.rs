@@ -100,6 +100,17 @@ pub struct Config {
     /// later retries of it wait 2x, 4x, then 8x this.
     #[arg(long, env = "KVD_RETRY_MS", default_value_t = 1_000)]
     pub retry_ms: u64,
+
+    /// Free space to keep on the data dir's filesystem, in bytes: below it, writes are refused
+    /// (unavailable, "no space") while reads go on, until space is freed (like etcd's NOSPACE
+    /// alarm). 0 turns the guard off.
+    #[arg(long, env = "KVD_MIN_FREE_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub min_free_bytes: u64,
+
+    /// A consensus loop stuck this long in one iteration (storage not answering: a full or
+    /// failing disk) ends the process, so that a restart recovers, in seconds. 0: never.
+    #[arg(long, env = "KVD_LOOP_STALL_SECS", default_value_t = 60)]
+    pub loop_stall_secs: u64,
 }
 
 impl Config {

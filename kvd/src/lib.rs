@@ -10,6 +10,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod replica;
+pub mod space;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;

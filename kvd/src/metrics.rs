@@ -34,6 +34,8 @@ pub struct Metrics {
     pub compacted_idx: Gauge,
     /// 1 while this replica is catching up (not applying, not answering).
     pub catching_up: Gauge,
+    /// 1 while writes are refused for lack of free space.
+    pub nospace: Gauge,
     /// Membership changes this replica went through.
     pub reconfigurations: Counter,
     /// Checkpoint (state transfer) bytes received.
@@ -63,6 +65,7 @@ impl Metrics {
             applied_idx: Gauge::default(),
             compacted_idx: Gauge::default(),
             catching_up: Gauge::default(),
+            nospace: Gauge::default(),
             reconfigurations: Counter::default(),
             checkpoint_bytes_received: Counter::default(),
             request_seconds: Family::new_with_constructor(|| {
@@ -115,6 +118,11 @@ impl Metrics {
         );
         m.registry
             .register("catching_up", "1 while catching up", m.catching_up.clone());
+        m.registry.register(
+            "nospace",
+            "1 while writes are refused for lack of free space (KVD_MIN_FREE_BYTES)",
+            m.nospace.clone(),
+        );
         m.registry.register(
             "reconfigurations",
             "Membership changes this replica went through",

@@ -108,6 +108,32 @@ pub fn load_or_bootstrap(db: &Db, cfg: &Config) -> Result<ClusterMeta, NodeError
     Ok(meta)
 }
 
+/// Ends the process when the consensus loop has not come round for `stall_secs`: a loop
+/// blocked in storage (a full or failing disk can stall RocksDB writes indefinitely) would
+/// otherwise hold clients forever while looking alive. A restart recovers from the synced log.
+fn spawn_watchdog(
+    heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    started: std::time::Instant,
+    stall_secs: u64,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = started.elapsed().as_millis() as u64;
+            let last = heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) > stall_secs * 1000 {
+                tracing::error!(
+                    stalled_secs = (now - last) / 1000,
+                    "consensus loop stalled (storage not answering: disk full or failing?); \
+                     exiting so that a restart recovers"
+                );
+                std::process::abort();
+            }
+        })?;
+    Ok(())
+}
+
 /// Runs a replica on already-bound listeners until `shutdown` resolves.
 pub async fn serve(
     cfg: Config,
@@ -137,6 +163,11 @@ pub async fn serve(
     tokio::spawn(transport::serve_inbound(peer_listener, ctx.clone()));
 
     let (peers, template) = (cfg.peers.0.clone(), cfg.peer_template.clone());
+    let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    if cfg.loop_stall_secs > 0 {
+        spawn_watchdog(heartbeat.clone(), started, cfg.loop_stall_secs)?;
+    }
     let loop_cfg = LoopConfig {
         pid: cfg.pid,
         cluster_token: cfg.cluster_token.clone(),
@@ -153,6 +184,10 @@ pub async fn serve(
         snapshot_interval: cfg.snapshot_interval,
         snapshot_keep: cfg.snapshot_keep,
         max_inflight: cfg.max_inflight,
+        data_dir: cfg.data_dir.clone(),
+        min_free_bytes: cfg.min_free_bytes,
+        heartbeat: heartbeat.clone(),
+        started,
         retry: Duration::from_millis(cfg.retry_ms),
         dedup: DedupLimits {
             ttl_ms: cfg.dedup_ttl_secs * 1000,

@@ -227,6 +227,19 @@ impl Cluster {
         assert!(ok, "kill {sig} replica {pid}");
     }
 
+    /// True once replica `pid`'s process has ended on its own (it is then reaped).
+    pub fn exited(&mut self, pid: u64) -> bool {
+        let node = self.nodes.get_mut(&pid).unwrap();
+        match node.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                node.child = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     pub fn is_running(&self, pid: u64) -> bool {
         self.nodes[&pid].child.is_some()
     }
