@@ -9,6 +9,7 @@
 //!   compacting a behind replica, catch-up from peers vs from a checkpoint) and the
 //!   mutations that show the checks can fail.
 
+mod regressions;
 mod scenarios;
 mod world;
 
