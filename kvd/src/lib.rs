@@ -6,6 +6,7 @@ pub mod api;
 pub use omnikv_wire::{codec, command, frame};
 pub mod checkpoint;
 pub mod config;
+pub mod failpoint;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -486,7 +486,9 @@ impl Replica {
         // Accepted replies, which this loop handles in a later iteration, after this sync made
         // the leader's own entries durable. Everything else leaves after it.
         self.send_outgoing(true);
+        crate::failpoint::hit("before-sync");
         self.db.sync_required().expect("WAL sync failed");
+        crate::failpoint::hit("after-sync");
         self.metrics
             .fsyncs
             .inner()
@@ -1286,6 +1288,7 @@ impl Replica {
             self.meta.config_id = t.config_id;
             self.meta.members = t.members.clone();
             self.meta.lifecycle = Lifecycle::Serving;
+            crate::failpoint::hit("switch");
             // The new configuration's log starts at 0; the state carries over. Meta and
             // position in one synced batch.
             let mut batch = rocksdb::WriteBatch::default();
@@ -1693,6 +1696,7 @@ impl Replica {
         if target < compacted + self.cfg.snapshot_interval {
             return;
         }
+        crate::failpoint::hit("compact");
         let result = match &mut self.log {
             Log::Paxos(op) => op
                 .snapshot(Some(target as usize), true)

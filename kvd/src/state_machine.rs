@@ -237,6 +237,7 @@ impl StateMachine {
         // Not synced on its own: the entries are durable in the log, so a crash that loses
         // this batch only moves the applied position back (WAL order keeps a prefix), and the
         // entries are applied again. The next required sync covers it.
+        crate::failpoint::hit("apply");
         self.db.write_lazy(batch)?;
         Ok(results)
     }

@@ -322,6 +322,7 @@ impl LogStore {
         for op in ops {
             self.apply_op(&mut meta, &mut batch, op);
         }
+        crate::failpoint::hit("log-write");
         if only_decided {
             self.db.write_lazy(batch)?;
         } else {

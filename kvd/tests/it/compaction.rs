@@ -21,15 +21,7 @@ fn log_of(c: &Cluster, pid: u64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_squash_the_log_and_a_far_behind_replica_gets_a_checkpoint() {
     // Demo 2 settings: compact every 5 entries, keep none.
-    let mut c = Cluster::start(
-        3,
-        Opts {
-            snapshot_interval: 5,
-            snapshot_keep: 0,
-            ..Opts::default()
-        },
-    )
-    .await;
+    let mut c = Cluster::start(3, Opts::compacting(5, 0)).await;
     put_n(&c, 0, 5).await;
     c.wait_converged(Duration::from_secs(10)).await;
     let log = log_of(&c, 3);
@@ -65,15 +57,7 @@ async fn snapshots_squash_the_log_and_a_far_behind_replica_gets_a_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_behind_replica_fetches_missing_entries_from_peers() {
-    let mut c = Cluster::start(
-        3,
-        Opts {
-            snapshot_interval: 5,
-            snapshot_keep: 20,
-            ..Opts::default()
-        },
-    )
-    .await;
+    let mut c = Cluster::start(3, Opts::compacting(5, 20)).await;
     put_n(&c, 0, 30).await;
     c.wait_converged(Duration::from_secs(10)).await;
     assert!(c.status(1).await.unwrap().compacted_idx >= 5);

@@ -56,6 +56,17 @@ pub struct Opts {
     pub extra_env: Vec<(String, String)>,
 }
 
+impl Opts {
+    /// Compact every `interval` applied entries, keeping `keep` below the compaction point.
+    pub fn compacting(interval: u64, keep: u64) -> Opts {
+        Opts {
+            snapshot_interval: interval,
+            snapshot_keep: keep,
+            ..Opts::default()
+        }
+    }
+}
+
 impl Default for Opts {
     fn default() -> Self {
         Opts {
@@ -162,6 +173,11 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, pid: u64) {
+        self.spawn_with(pid, &[]);
+    }
+
+    /// Starts replica `pid` with `env` on top of the cluster's (e.g. a crash failpoint).
+    pub fn spawn_with(&mut self, pid: u64, env: &[(&str, &str)]) {
         let peers = self.peers_arg();
         let opts = self.opts.clone();
         let node = self.nodes.get_mut(&pid).unwrap();
@@ -195,6 +211,9 @@ impl Cluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (k, v) in &opts.extra_env {
+            cmd.env(k, v);
+        }
+        for (k, v) in env {
             cmd.env(k, v);
         }
         node.child = Some(cmd.spawn().expect("spawn kvd"));

@@ -4,6 +4,7 @@ mod bad_input;
 mod chaos;
 mod cluster;
 mod compaction;
+mod crash;
 mod disk_full;
 mod faults;
 mod harness;

@@ -363,15 +363,7 @@ async fn writers_through_changes_and_removing_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_a_member_then_compact_and_restart_everyone_with_old_env() {
-    let mut c = Cluster::start(
-        3,
-        Opts {
-            snapshot_interval: 20,
-            snapshot_keep: 5,
-            ..Opts::default()
-        },
-    )
-    .await;
+    let mut c = Cluster::start(3, Opts::compacting(20, 5)).await;
     load(&c, 200).await;
     c.add_node(4);
     wait_status(&c, 4, Duration::from_secs(10), "a waiting joiner", |s| {
