@@ -242,6 +242,9 @@ pub struct Replica {
     leader: Option<u64>,
     last_decided: u64,
     outgoing: Vec<Message<LogCmd>>,
+    /// Messages of a configuration this replica just left (its last Decide among them), sent
+    /// after the sync under that configuration's id.
+    retired_outgoing: Vec<(u32, Message<LogCmd>)>,
     /// Id of the checkpoint stream each peer currently wants from us.
     checkpoint_streams: HashMap<u64, Arc<std::sync::atomic::AtomicU64>>,
     next_tick: Instant,
@@ -373,6 +376,7 @@ impl Replica {
             leader: None,
             last_decided: 0,
             outgoing: Vec::new(),
+            retired_outgoing: Vec::new(),
             checkpoint_streams: HashMap::new(),
             next_timeout_scan: now,
             rr: 0,
@@ -1261,6 +1265,18 @@ impl Replica {
         });
     }
 
+    /// Keeps what the instance about to be replaced still has to send (the Decide of its
+    /// StopSign above all: without it the other members never see the decision), tagged with
+    /// its configuration id, to be sent after this iteration's sync.
+    fn retire_outgoing(&mut self) {
+        if let Log::Paxos(op) = &mut self.log {
+            op.take_outgoing_messages(&mut self.outgoing);
+        }
+        let config = self.config_id;
+        self.retired_outgoing
+            .extend(self.outgoing.drain(..).map(|m| (config, m)));
+    }
+
     /// Leaves the current configuration, whose every entry is applied, for `t`.
     fn switch_to(&mut self, t: Transition) {
         info!(from = t.from_config, to = t.config_id, members = ?t.members, end_idx = t.end_idx,
@@ -1305,6 +1321,7 @@ impl Replica {
                 .unwrap_or_else(|e| panic!("persisting the new configuration: {e}"));
             self.config_id = t.config_id;
             self.members = t.members.clone();
+            self.retire_outgoing();
             self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, true)
                 .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
             self.last_decided = 0;
@@ -1443,6 +1460,7 @@ impl Replica {
             .unwrap_or_else(|e| panic!("persisting removal: {e}"));
         self.config_id = t.config_id;
         self.members = t.members.clone();
+        self.retire_outgoing();
         self.log = Log::None;
         self.catchup = None;
         self.announcing = None;
@@ -1545,6 +1563,7 @@ impl Replica {
         self.config_id = t.config_id;
         self.members = t.members.clone();
         self.ensure_links(&t.members);
+        self.retire_outgoing();
         self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, false)
             .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
         self.last_decided = 0;
@@ -2064,6 +2083,13 @@ impl Replica {
     /// Sends OmniPaxos's outgoing messages: before the iteration's sync only a leader's
     /// AcceptDecide and Decide (see `finish_iteration`), the rest held until after it.
     fn send_outgoing(&mut self, before_sync: bool) {
+        if !before_sync {
+            for (config_id, msg) in std::mem::take(&mut self.retired_outgoing) {
+                if let Some(link) = self.peers.get(&msg.get_receiver()) {
+                    link.send(PeerFrame::Paxos { config_id, msg });
+                }
+            }
+        }
         let Log::Paxos(op) = &mut self.log else {
             return;
         };

@@ -508,6 +508,8 @@ pub struct Node {
     stragglers_told: BTreeMap<u64, u64>,
     to_propose: Vec<Op>,
     outbox: Vec<Message<LogCmd>>,
+    /// Messages of a configuration just left, sent after the step under its id (as kvd).
+    retired: Vec<(u32, Message<LogCmd>)>,
     /// Decided entries already shown to the checker: (config, next index).
     observed: (u32, u64),
     leader: Option<u64>,
@@ -569,6 +571,7 @@ impl Node {
             stragglers_told: BTreeMap::new(),
             to_propose: Vec::new(),
             outbox: Vec::new(),
+            retired: Vec::new(),
             observed: (1, 0),
             leader: None,
             rr: 0,
@@ -625,6 +628,7 @@ impl Node {
         self.stragglers_told.clear();
         self.to_propose.clear();
         self.outbox.clear();
+        self.retired.clear();
         self.leader = None;
     }
 
@@ -1225,6 +1229,7 @@ impl Node {
             &mut batch,
         );
         db.write_synced(batch).expect("persist new configuration");
+        self.retire_outgoing(t.from_config);
         self.op = Some(Box::new(build_log(
             &env.p,
             &db,
@@ -1349,6 +1354,7 @@ impl Node {
     }
 
     fn join_as_new(&mut self, env: &mut Env, t: Transition) {
+        let old_config = self.meta.config_id;
         env.stats.joins_as_new += 1;
         env.log(format!(
             "replica {}: joins c{} without state",
@@ -1361,6 +1367,7 @@ impl Node {
         self.meta.last_transition = Some(t.clone());
         let db = self.db().clone();
         self.meta.save_synced(&db).expect("save meta");
+        self.retire_outgoing(old_config);
         self.op = Some(Box::new(build_log(
             &env.p,
             &db,
@@ -1382,7 +1389,21 @@ impl Node {
         });
     }
 
+    /// As kvd's `retire_outgoing`: what the replaced instance still has to send keeps its
+    /// configuration id.
+    fn retire_outgoing(&mut self, config: u32) {
+        let mut out = std::mem::take(&mut self.outbox);
+        if let Some(op) = &mut self.op {
+            op.take_outgoing_messages(&mut out);
+        }
+        self.retired.extend(out.into_iter().map(|m| (config, m)));
+    }
+
     fn send_outgoing(&mut self, env: &mut Env) {
+        for (config, msg) in std::mem::take(&mut self.retired) {
+            let to = msg.get_receiver();
+            env.send(self.pid, to, config, Payload::Paxos(msg));
+        }
         let Some(op) = &mut self.op else {
             return;
         };
