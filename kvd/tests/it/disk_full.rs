@@ -28,6 +28,22 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// The operator adds space (a tmpfs can be resized in place).
+    fn grow(&self, mib: u64) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.0)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -127,7 +143,7 @@ async fn with_the_guard_off_a_full_disk_fails_writes_and_loses_no_acked_write() 
         },
     );
     let dir = c.nodes[&1].data_dir.clone();
-    let _fs = Tmpfs::mount(&dir, 64);
+    let fs = Tmpfs::mount(&dir, 64);
     c.spawn(1);
     c.wait_ready(1, Duration::from_secs(20)).await;
     let ballast = ballast(&dir, 12 << 20);
@@ -152,7 +168,9 @@ async fn with_the_guard_off_a_full_disk_fails_writes_and_loses_no_acked_write() 
         c.exited(1)
     );
     c.kill(1);
+    // Space comes back (more than the ballast: recovery replays the WAL into new files).
     std::fs::remove_file(ballast).unwrap();
+    fs.grow(256);
     c.spawn(1);
     c.wait_ready(1, Duration::from_secs(30)).await;
     let client = c.client(Duration::from_secs(5));
