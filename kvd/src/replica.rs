@@ -1268,11 +1268,10 @@ impl Replica {
     /// Keeps what the instance about to be replaced still has to send (the Decide of its
     /// StopSign above all: without it the other members never see the decision), tagged with
     /// its configuration id, to be sent after this iteration's sync.
-    fn retire_outgoing(&mut self) {
+    fn retire_outgoing(&mut self, config: u32) {
         if let Log::Paxos(op) = &mut self.log {
             op.take_outgoing_messages(&mut self.outgoing);
         }
-        let config = self.config_id;
         self.retired_outgoing
             .extend(self.outgoing.drain(..).map(|m| (config, m)));
     }
@@ -1319,9 +1318,9 @@ impl Replica {
             self.db
                 .write_synced(batch)
                 .unwrap_or_else(|e| panic!("persisting the new configuration: {e}"));
+            self.retire_outgoing(t.from_config);
             self.config_id = t.config_id;
             self.members = t.members.clone();
-            self.retire_outgoing();
             self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, true)
                 .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
             self.last_decided = 0;
@@ -1458,9 +1457,9 @@ impl Replica {
         self.meta
             .save_synced(&self.db)
             .unwrap_or_else(|e| panic!("persisting removal: {e}"));
+        self.retire_outgoing(self.config_id);
         self.config_id = t.config_id;
         self.members = t.members.clone();
-        self.retire_outgoing();
         self.log = Log::None;
         self.catchup = None;
         self.announcing = None;
@@ -1560,10 +1559,10 @@ impl Replica {
         self.meta
             .save_synced(&self.db)
             .unwrap_or_else(|e| panic!("persisting the configuration: {e}"));
+        self.retire_outgoing(self.config_id);
         self.config_id = t.config_id;
         self.members = t.members.clone();
         self.ensure_links(&t.members);
-        self.retire_outgoing();
         self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, false)
             .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
         self.last_decided = 0;
