@@ -24,7 +24,7 @@ fn armed() -> &'static Option<(String, u64)> {
 pub fn hit(name: &str) {
     if let Some((armed_name, at)) = armed() {
         if armed_name == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *at {
-            eprintln!("failpoint {name}:{at} reached: aborting");
+            tracing::error!("failpoint {name}:{at} reached: aborting");
             std::process::abort();
         }
     }

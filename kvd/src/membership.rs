@@ -305,14 +305,6 @@ mod tests {
             pump(&mut nodes, &all);
         }
         let fnode = &nodes[follower - 1];
-        let m = read_log_meta(&dbs[follower - 1], 1).unwrap();
-        eprintln!(
-            "follower {follower}: decided {} stored decided {} log_end {} stopsign {}",
-            fnode.get_decided_idx(),
-            m.decided,
-            m.log_end,
-            m.stopsign.is_some()
-        );
         // The bug: the library never reports the decision on that follower...
         assert!(
             fnode.is_reconfigured().is_none(),

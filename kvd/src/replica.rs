@@ -211,10 +211,9 @@ enum CatchUp {
 pub struct Replica {
     cfg: LoopConfig,
     space: SpaceGuard,
-    /// Persisted identity, configuration and lifecycle (`config_id` and `members` mirror it).
+    /// Persisted identity, configuration (id and members: the log this replica runs) and
+    /// lifecycle.
     meta: ClusterMeta,
-    config_id: u32,
-    members: Vec<u64>,
     links: Links,
     reconfig: Option<ReconfigInFlight>,
     reconfig_replies: Vec<(
@@ -350,8 +349,6 @@ impl Replica {
         let mut r = Replica {
             space: SpaceGuard::new(cfg.data_dir.clone(), cfg.min_free_bytes),
             next_tick: now + cfg.tick,
-            config_id: meta.config_id,
-            members: meta.members.clone(),
             meta,
             cfg,
             links,
@@ -381,12 +378,12 @@ impl Replica {
             next_timeout_scan: now,
             rr: 0,
         };
-        let mut known: Vec<u64> = r.members.clone();
+        let mut known: Vec<u64> = r.meta.members.clone();
         if let Some(t) = &r.meta.last_transition {
             known.extend(&t.members);
         }
         r.ensure_links(&known);
-        if r.meta.lifecycle == Lifecycle::Joining && r.config_id != 0 {
+        if r.meta.lifecycle == Lifecycle::Joining && r.meta.config_id != 0 {
             r.start_joining_catchup();
         }
         if let (Some(t), Lifecycle::Serving | Lifecycle::Leaving) =
@@ -404,7 +401,7 @@ impl Replica {
     /// Runs until `Shutdown` or until every sender is gone. Storage errors panic: the
     /// process then ends (kvd's panic hook aborts), as OmniPaxos itself does on them.
     pub fn run(mut self, inbox: Receiver<Input>) {
-        info!(pid = self.cfg.pid, config_id = self.config_id, members = ?self.members,
+        info!(pid = self.cfg.pid, config_id = self.meta.config_id, members = ?self.meta.members,
               applied = self.sm.applied().index, decided = self.decided_idx(), "consensus loop started");
         loop {
             self.cfg.heartbeat.store(
@@ -577,7 +574,7 @@ impl Replica {
                                 .any(|e| matches!(e, omnipaxos::util::LogEntry::StopSign(..)))
                         })
                         .unwrap_or(false);
-                    if self.members.contains(&pid) && !stopsign_pending {
+                    if self.meta.members.contains(&pid) && !stopsign_pending {
                         op.reconnected(pid);
                     }
                 }
@@ -651,12 +648,12 @@ impl Replica {
     fn not_serving_message(&self) -> String {
         let pid = self.cfg.pid;
         match (self.meta.lifecycle, &self.meta.last_transition) {
-            (Lifecycle::Joining, _) if self.config_id == 0 => format!(
+            (Lifecycle::Joining, _) if self.meta.config_id == 0 => format!(
                 "replica {pid} is a new replica waiting to be added (kvctl reconfigure) and holds no state"
             ),
             (Lifecycle::Joining, _) => format!(
                 "replica {pid} is joining configuration {} and receiving the state",
-                self.config_id
+                self.meta.config_id
             ),
             (Lifecycle::Leaving | Lifecycle::Removed, Some(t)) => format!(
                 "replica {pid} was removed from the cluster (configuration {}: members {:?})",
@@ -675,7 +672,7 @@ impl Replica {
             "no leader known (replica {} reaches {} of {} peers)",
             self.cfg.pid,
             connected,
-            self.members.len().saturating_sub(1)
+            self.meta.members.len().saturating_sub(1)
         )
     }
 
@@ -907,14 +904,19 @@ impl Replica {
             return;
         }
         let mut to = decided.min(applied + MAX_APPLY as u64);
-        let mut read = read_log_range(&self.db, self.config_id, applied as usize, to as usize);
+        let mut read = read_log_range(&self.db, self.meta.config_id, applied as usize, to as usize);
         if let Ok(None) = read {
             // A decided StopSign counts in the decided index but is no log entry: apply up
             // to it (the switch follows in check_stopsign).
-            if let Ok(Some((_, end))) = stored_stopsign(&self.db, self.config_id) {
+            if let Ok(Some((_, end))) = stored_stopsign(&self.db, self.meta.config_id) {
                 if end < to {
                     to = end;
-                    read = read_log_range(&self.db, self.config_id, applied as usize, to as usize);
+                    read = read_log_range(
+                        &self.db,
+                        self.meta.config_id,
+                        applied as usize,
+                        to as usize,
+                    );
                 }
             }
         }
@@ -949,7 +951,7 @@ impl Replica {
         }
         let results = self
             .sm
-            .apply(self.config_id, entries)
+            .apply(self.meta.config_id, entries)
             .unwrap_or_else(|e| panic!("applying entries: {e}"));
         self.metrics.applied.inc_by(entries.len() as u64);
         self.metrics.applied_idx.set(self.sm.applied().index as i64);
@@ -1027,15 +1029,15 @@ impl Replica {
             let _ = reply.send(Err(unavailable(self.not_serving_message())));
             return;
         }
-        let c = self.config_id;
+        let c = self.meta.config_id;
         let mut nodes = req.nodes.clone();
         nodes.sort_unstable();
         let want = req.config_id.unwrap_or(c + 1);
-        if want == c && nodes == self.members {
+        if want == c && nodes == self.meta.members {
             // A retry of a change that already happened.
             let _ = reply.send(Ok(ReconfigureResult {
                 config_id: c,
-                members: self.members.clone(),
+                members: self.meta.members.clone(),
             }));
             return;
         }
@@ -1043,12 +1045,12 @@ impl Replica {
             let _ = reply.send(rejected(format!(
                 "configuration id {want} refused: the current configuration is {c} (members \
                  {:?}); a change must create configuration {}",
-                self.members,
+                self.meta.members,
                 c + 1
             )));
             return;
         }
-        if let Err(e) = check_change(&self.members, &req.nodes) {
+        if let Err(e) = check_change(&self.meta.members, &req.nodes) {
             let _ = reply.send(rejected(e));
             return;
         }
@@ -1146,7 +1148,7 @@ impl Replica {
         let Some(r) = &mut self.reconfig else {
             return;
         };
-        let next_id = self.config_id + 1;
+        let next_id = self.meta.config_id + 1;
         if now >= r.deadline {
             let r = self.reconfig.take().expect("present");
             let err = if r.proposed {
@@ -1193,7 +1195,7 @@ impl Replica {
             return;
         }
         r.next_retry = now + self.cfg.retry;
-        if matches!(stored_stopsign(&self.db, self.config_id), Ok(Some(_))) {
+        if matches!(stored_stopsign(&self.db, self.meta.config_id), Ok(Some(_))) {
             r.proposed = true;
             return;
         }
@@ -1236,9 +1238,11 @@ impl Replica {
         }
         let decided = op.get_decided_idx() as u64;
         let reconfigured = op.is_reconfigured().is_some();
-        let found = match decided_stopsign(&self.db, self.config_id, decided) {
+        let found = match decided_stopsign(&self.db, self.meta.config_id, decided) {
             Ok(Some(found)) => Some(found),
-            Ok(None) if reconfigured => stored_stopsign(&self.db, self.config_id).ok().flatten(),
+            Ok(None) if reconfigured => stored_stopsign(&self.db, self.meta.config_id)
+                .ok()
+                .flatten(),
             Ok(None) => None,
             Err(e) => panic!("reading the stopsign: {e}"),
         };
@@ -1257,7 +1261,7 @@ impl Replica {
         let mut members = ss.next_config.nodes.clone();
         members.sort_unstable();
         self.switch_to(Transition {
-            from_config: self.config_id,
+            from_config: self.meta.config_id,
             end_idx: end,
             config_id: ss.next_config.configuration_id,
             members,
@@ -1319,8 +1323,6 @@ impl Replica {
                 .write_synced(batch)
                 .unwrap_or_else(|e| panic!("persisting the new configuration: {e}"));
             self.retire_outgoing(t.from_config);
-            self.config_id = t.config_id;
-            self.members = t.members.clone();
             self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, true)
                 .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
             self.last_decided = 0;
@@ -1452,14 +1454,12 @@ impl Replica {
         info!(config_id = t.config_id, members = ?t.members,
               "a majority of the new configuration holds the state: this replica is removed");
         self.meta.lifecycle = Lifecycle::Removed;
+        self.retire_outgoing(self.meta.config_id);
         self.meta.config_id = t.config_id;
         self.meta.members = t.members.clone();
         self.meta
             .save_synced(&self.db)
             .unwrap_or_else(|e| panic!("persisting removal: {e}"));
-        self.retire_outgoing(self.config_id);
-        self.config_id = t.config_id;
-        self.members = t.members.clone();
         self.log = Log::None;
         self.catchup = None;
         self.announcing = None;
@@ -1478,7 +1478,7 @@ impl Replica {
                 });
             }
         };
-        if t.config_id == self.config_id
+        if t.config_id == self.meta.config_id
             && matches!(self.meta.lifecycle, Lifecycle::Serving | Lifecycle::Joining)
         {
             let holds = self.meta.lifecycle == Lifecycle::Serving
@@ -1486,7 +1486,7 @@ impl Replica {
             ack(self, holds);
             return;
         }
-        if t.config_id <= self.config_id
+        if t.config_id <= self.meta.config_id
             || self
                 .meta
                 .last_transition
@@ -1526,7 +1526,7 @@ impl Replica {
             return;
         }
         let same_config =
-            self.meta.lifecycle == Lifecycle::Serving && t.from_config == self.config_id;
+            self.meta.lifecycle == Lifecycle::Serving && t.from_config == self.meta.config_id;
         if same_config && self.sm.applied().index >= t.end_idx && self.catchup.is_none() {
             self.switch_to(t);
             ack(self, true);
@@ -1552,6 +1552,7 @@ impl Replica {
     fn join_as_new(&mut self, t: Transition) {
         info!(config_id = t.config_id, members = ?t.members, "joining configuration");
         self.straggling = None;
+        self.retire_outgoing(self.meta.config_id);
         self.meta.config_id = t.config_id;
         self.meta.members = t.members.clone();
         self.meta.lifecycle = Lifecycle::Joining;
@@ -1559,9 +1560,6 @@ impl Replica {
         self.meta
             .save_synced(&self.db)
             .unwrap_or_else(|e| panic!("persisting the configuration: {e}"));
-        self.retire_outgoing(self.config_id);
-        self.config_id = t.config_id;
-        self.members = t.members.clone();
         self.ensure_links(&t.members);
         self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, false)
             .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
@@ -1592,7 +1590,7 @@ impl Replica {
                 let from = peers[self.rr % peers.len()];
                 info!(
                     peer = from,
-                    config_id = self.config_id,
+                    config_id = self.meta.config_id,
                     "asking for the state (checkpoint)"
                 );
                 self.request_checkpoint(from);
@@ -1615,7 +1613,7 @@ impl Replica {
         if let Some(l) = self.peers.get(&from) {
             l.send(PeerFrame::CheckpointRequest {
                 id,
-                config_id: self.config_id,
+                config_id: self.meta.config_id,
             });
         }
         let now = Instant::now();
@@ -1654,9 +1652,10 @@ impl Replica {
 
     fn members_view(&self) -> MembersView {
         MembersView {
-            config_id: self.config_id,
+            config_id: self.meta.config_id,
             leader: self.current_leader(),
             members: self
+                .meta
                 .members
                 .iter()
                 .map(|&pid| MemberView {
@@ -1678,18 +1677,16 @@ impl Replica {
         }
         if let Some(r) = &self.reconfig {
             return Some(ReconfigView {
-                config_id: self.config_id + 1,
+                config_id: self.meta.config_id + 1,
                 members: r.nodes.clone(),
                 phase: "proposed".into(),
             });
         }
         if let Log::Paxos(op) = &self.log {
             let decided = op.get_decided_idx() as u64;
-            if let Ok(Some((ss, _))) = stored_stopsign(&self.db, self.config_id) {
-                let phase = match decided_stopsign(&self.db, self.config_id, decided) {
-                    Ok(Some(_)) => "decided",
-                    _ => "proposed",
-                };
+            // One read: decided = stored and the decided index past it (decided_stopsign).
+            if let Ok(Some((ss, end))) = stored_stopsign(&self.db, self.meta.config_id) {
+                let phase = if decided > end { "decided" } else { "proposed" };
                 return Some(ReconfigView {
                     config_id: ss.next_config.configuration_id,
                     members: ss.next_config.nodes.clone(),
@@ -1743,7 +1740,7 @@ impl Replica {
         let mut v: Vec<u64> = self
             .peers
             .values()
-            .filter(|l| l.is_connected() && self.members.contains(&l.pid))
+            .filter(|l| l.is_connected() && self.meta.members.contains(&l.pid))
             .map(|l| l.pid)
             .collect();
         v.sort_unstable();
@@ -1822,7 +1819,7 @@ impl Replica {
                 *asked_at = Instant::now();
                 if let Some(l) = self.peers.get(&peer) {
                     l.send(PeerFrame::FetchEntries {
-                        config_id: self.config_id,
+                        config_id: self.meta.config_id,
                         from: applied,
                         to: decided.max(applied + 1),
                     });
@@ -1842,10 +1839,12 @@ impl Replica {
 
     fn handle_peer(&mut self, from: u64, frame: PeerFrame) {
         if let Some(c) = frame.config_id() {
-            if c < self.config_id {
+            if c < self.meta.config_id {
                 self.tell_straggler(from);
             }
-            if c != self.config_id || !self.members.contains(&from) || matches!(self.log, Log::None)
+            if c != self.meta.config_id
+                || !self.meta.members.contains(&from)
+                || matches!(self.log, Log::None)
             {
                 self.metrics.peer_frames_dropped.inc();
                 return;
@@ -1916,7 +1915,7 @@ impl Replica {
             PeerFrame::CheckpointRequest { id, config_id } => {
                 let holds = self.meta.lifecycle == Lifecycle::Serving
                     && self.catchup.is_none()
-                    && self.config_id == config_id
+                    && self.meta.config_id == config_id
                     && self.sm.applied().config_id == config_id;
                 if !holds {
                     if let Some(l) = self.peers.get(&from) {
@@ -1977,7 +1976,7 @@ impl Replica {
                 let Some(CatchUp::Checkpoint { rx, .. }) = self.catchup.take() else {
                     unreachable!()
                 };
-                if meta.applied.config_id != self.config_id {
+                if meta.applied.config_id != self.meta.config_id {
                     warn!("checkpoint from another configuration; ignoring");
                     self.restart_catchup();
                     return;
@@ -1998,7 +1997,7 @@ impl Replica {
                                 .save_synced(&self.db)
                                 .unwrap_or_else(|e| panic!("persisting membership: {e}"));
                             info!(
-                                config_id = self.config_id,
+                                config_id = self.meta.config_id,
                                 "joined: holds the state and serves"
                             );
                         }
@@ -2043,7 +2042,7 @@ impl Replica {
         let compacted = self.compacted_idx();
         let decided = self.decided_idx();
         let unavailable = PeerFrame::EntriesUnavailable {
-            config_id: self.config_id,
+            config_id: self.meta.config_id,
             from: start,
             compacted,
             applied: self.sm.applied().index,
@@ -2053,7 +2052,7 @@ impl Replica {
             return;
         }
         let end = to.min(decided).min(start + MAX_APPLY as u64);
-        match read_log_range(&self.db, self.config_id, start as usize, end as usize) {
+        match read_log_range(&self.db, self.meta.config_id, start as usize, end as usize) {
             Ok(Some(mut entries)) => {
                 let mut size = 0;
                 let keep = entries
@@ -2066,7 +2065,7 @@ impl Replica {
                     .max(1);
                 entries.truncate(keep);
                 link.send(PeerFrame::Entries {
-                    config_id: self.config_id,
+                    config_id: self.meta.config_id,
                     from: start,
                     entries,
                 });
@@ -2115,7 +2114,7 @@ impl Replica {
             match self.peers.get(&to) {
                 Some(link) => {
                     if !link.send(PeerFrame::Paxos {
-                        config_id: self.config_id,
+                        config_id: self.meta.config_id,
                         msg,
                     }) {
                         self.metrics.peer_frames_dropped.inc();
@@ -2164,8 +2163,8 @@ impl Replica {
             pid: self.cfg.pid,
             role: self.role().to_string(),
             leader: self.current_leader(),
-            config_id: self.config_id,
-            members: self.members.clone(),
+            config_id: self.meta.config_id,
+            members: self.meta.members.clone(),
             decided_idx: self.decided_idx(),
             applied_idx: meta.applied.index,
             compacted_idx: self.compacted_idx(),
@@ -2188,7 +2187,7 @@ impl Replica {
 
     fn log_view(&self, limit: usize) -> LogView {
         let mut decided = self.decided_idx();
-        if let Ok(Some((_, end))) = stored_stopsign(&self.db, self.config_id) {
+        if let Ok(Some((_, end))) = stored_stopsign(&self.db, self.meta.config_id) {
             decided = decided.min(end);
         }
         let compacted = self.compacted_idx();
@@ -2197,9 +2196,12 @@ impl Replica {
         if compacted > 0 {
             entries.push(LogEntryView::Snapshot { upto: compacted });
         }
-        if let Ok(Some(cmds)) =
-            read_log_range(&self.db, self.config_id, start as usize, decided as usize)
-        {
+        if let Ok(Some(cmds)) = read_log_range(
+            &self.db,
+            self.meta.config_id,
+            start as usize,
+            decided as usize,
+        ) {
             for (i, c) in cmds.iter().enumerate() {
                 entries.push(LogEntryView::Entry {
                     index: start + i as u64,
@@ -2208,7 +2210,7 @@ impl Replica {
             }
         }
         LogView {
-            config_id: self.config_id,
+            config_id: self.meta.config_id,
             decided_idx: decided,
             compacted_idx: compacted,
             entries,
