@@ -111,6 +111,12 @@ pub struct Config {
     /// failing disk) ends the process, so that a restart recovers, in seconds. 0: never.
     #[arg(long, env = "KVD_LOOP_STALL_SECS", default_value_t = 60)]
     pub loop_stall_secs: u64,
+
+    /// Keep unsynced WAL writes in the process until the loop's sync (RocksDB manual WAL
+    /// flush): a crash of the process then loses what a power cut would. For crash tests; the
+    /// durability rule holds either way, as only synced writes are relied on.
+    #[arg(long, env = "KVD_BUFFERED_WAL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub buffered_wal: bool,
 }
 
 impl Config {

@@ -142,7 +142,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let db = Db::open(&cfg.data_dir)?;
+    let db = Db::open_with(&cfg.data_dir, cfg.buffered_wal)?;
     let meta = load_or_bootstrap(&db, &cfg)?;
     let metrics = Arc::new(Metrics::new());
     let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel::<Input>(INBOX);

@@ -55,7 +55,17 @@ pub struct Db {
 impl Db {
     /// Opens (or creates) the replica's RocksDB under `dir`.
     pub fn open(dir: &Path) -> Result<Db, StoreError> {
+        Db::open_with(dir, false)
+    }
+
+    /// `open`, with `buffered_wal` keeping unsynced WAL writes in this process's memory until
+    /// the next `sync` (RocksDB's manual WAL flush) instead of handing each to the OS. A crash
+    /// of the process then loses every unsynced write, exactly what a power cut loses: the
+    /// tests run replicas this way, so that each kill -9 is a power cut. RocksDB still writes
+    /// and syncs closed WALs before a memtable flush, so no column family gets ahead of the WAL.
+    pub fn open_with(dir: &Path, buffered_wal: bool) -> Result<Db, StoreError> {
         let mut opts = Options::default();
+        opts.set_manual_wal_flush(buffered_wal);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
@@ -438,6 +448,57 @@ mod tests {
     fn cmd(i: u64) -> LogCmd {
         LogCmd {
             ops: vec![Op::Barrier { origin: 1, id: i }],
+        }
+    }
+
+    /// The power-cut model the crash tests rely on (`KVD_BUFFERED_WAL`): a process that dies
+    /// with a buffered WAL keeps what it synced and loses what it did not; without the
+    /// buffer, the OS keeps even unsynced writes across a process crash. A child process (this
+    /// test, re-run) writes, syncs, writes again and aborts; the parent reopens its RocksDB.
+    #[test]
+    fn a_buffered_wal_loses_exactly_the_unsynced_writes_when_the_process_dies() {
+        const CHILD: &str = "OMNIKV_POWER_CUT_CHILD";
+        let put = |db: &Db, key: &[u8]| {
+            let mut b = WriteBatch::default();
+            b.put_cf(db.cf(CF_KV), key, b"v");
+            b
+        };
+        if let Ok(spec) = std::env::var(CHILD) {
+            let (buffered, dir) = spec.split_once(':').unwrap();
+            let db = Db::open_with(Path::new(dir), buffered == "1").unwrap();
+            db.write(put(&db, b"synced")).unwrap();
+            db.sync().unwrap();
+            db.write(put(&db, b"unsynced")).unwrap();
+            db.write_lazy(put(&db, b"lazy")).unwrap();
+            std::process::abort();
+        }
+        for buffered in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let spec = format!("{}:{}", u8::from(buffered), dir.path().display());
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "storage::tests::a_buffered_wal_loses_exactly_the_unsynced_writes_when_the_process_dies",
+                    "--test-threads=1",
+                ])
+                .env(CHILD, spec)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(!status.success(), "the child must have aborted");
+            let db = Db::open(dir.path()).unwrap();
+            let has = |k: &[u8]| db.get(CF_KV, k).unwrap().is_some();
+            assert!(
+                has(b"synced"),
+                "buffered={buffered}: a synced write was lost"
+            );
+            assert_eq!(
+                has(b"unsynced"),
+                !buffered,
+                "buffered={buffered}: unsynced write"
+            );
+            assert_eq!(has(b"lazy"), !buffered, "buffered={buffered}: lazy write");
         }
     }
 
