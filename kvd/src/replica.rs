@@ -27,7 +27,7 @@ use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
 use omnipaxos::storage::{Storage, StorageOp};
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -2093,17 +2093,29 @@ impl Replica {
         };
         op.take_outgoing_messages(&mut self.outgoing);
         let send: Vec<Message<LogCmd>> = if before_sync {
-            let (early, held) = std::mem::take(&mut self.outgoing)
-                .into_iter()
-                .partition(|m| {
-                    matches!(
-                        m,
-                        Message::SequencePaxos(PaxosMessage {
-                            msg: PaxosMsg::AcceptDecide(_) | PaxosMsg::Decide(_),
-                            ..
-                        })
-                    )
-                });
+            // A leader's AcceptDecide and Decide may leave before the sync, but never ahead
+            // of a held message to the same peer: an AcceptDecide overtaking the AcceptSync
+            // it follows finds the follower still preparing, is dropped, and the next one's
+            // sequence gap forces a re-sync (the library's own, past our StopSign guard).
+            let mut early = Vec::new();
+            let mut held = Vec::new();
+            let mut held_for = HashSet::new();
+            for m in std::mem::take(&mut self.outgoing) {
+                let to = m.get_receiver();
+                let decide = matches!(
+                    m,
+                    Message::SequencePaxos(PaxosMessage {
+                        msg: PaxosMsg::AcceptDecide(_) | PaxosMsg::Decide(_),
+                        ..
+                    })
+                );
+                if decide && !held_for.contains(&to) {
+                    early.push(m);
+                } else {
+                    held_for.insert(to);
+                    held.push(m);
+                }
+            }
             self.outgoing = held;
             early
         } else {

@@ -81,10 +81,10 @@ pub struct Params {
     pub dedup: DedupLimits,
     pub mutation: Option<Mutation>,
     /// Take the instance's outgoing messages after every handled Paxos message (sent, as
-    /// always, only after the step's sync). kvd's loop does NOT do this today: it takes them
-    /// once per iteration, which lets OmniPaxos 0.2.4 extend a stale AcceptDecide after an
-    /// AcceptSync to the same follower (decided entries then differ: see the failing
-    /// regression tests `accept_after_resync_*`). `false` models kvd as it is.
+    /// always, only after the step's sync), as kvd's loop does. `false` models the loop from
+    /// before that fix, which took them once per iteration and so let OmniPaxos 0.2.4 extend
+    /// a stale AcceptDecide after an AcceptSync to the same follower (decided entries then
+    /// differ: regressions.rs).
     pub drain_per_message: bool,
 }
 
