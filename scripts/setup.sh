@@ -40,7 +40,9 @@ apt_updated=false
 apt_install() { # packages...
   echo "setup: installing $* (apt)"
   if ! $apt_updated; then sudo_if_needed apt-get update -qq; apt_updated=true; fi
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # Quiet: only errors reach stderr (not debconf's note on machines without apt-utils).
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" \
+    2> >(grep -v '^debconf: delaying package configuration' >&2) >/dev/null
 }
 
 missing=()
