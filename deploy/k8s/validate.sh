@@ -4,7 +4,8 @@
 # checks every object against the Kubernetes OpenAPI schemas of K8S_VERSION with
 # `kubernetes-validate --strict` (PyPI; ships the schemas, so nothing is fetched), which
 # rejects unknown fields. The example patches are applied to the ConfigMap and checked too.
-# scripts/setup.sh installs both tools.
+# scripts/setup.sh installs both tools; a kubernetes-validate not on PATH is taken from the
+# venv setup.sh installs it into, $OMNIKV_CACHE/venv (default ~/.cache/omnikv/venv).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 version=${K8S_VERSION:-1.33.0}
@@ -21,6 +22,8 @@ check() { # name, command...
   fi
 }
 
+# Appended, not prepended: python3 below stays the system's, not the venv's.
+command -v kubernetes-validate >/dev/null || PATH=$PATH:${OMNIKV_CACHE:-$HOME/.cache/omnikv}/venv/bin
 command -v kubectl >/dev/null || { echo "test-k8s: kubectl not found (run scripts/setup.sh)" >&2; exit 2; }
 command -v kubernetes-validate >/dev/null \
   || { echo "test-k8s: kubernetes-validate not found (run scripts/setup.sh)" >&2; exit 2; }
