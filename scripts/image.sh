@@ -4,8 +4,9 @@
 # Two paths, one runtime stage (see deploy/Dockerfile):
 # - offline (no registry, the default unless the registry images are already local): the
 #   base image omnikv-base:bookworm is made here with `debootstrap --variant=minbase` +
-#   `docker import` (once; later runs reuse it), kvd and kvctl are built on the host
-#   (`cargo build --release`), and the Dockerfile's `prebuilt` target packages them. No step
+#   `docker import` (once; later runs reuse it), kvd, kvctl and watcher are built on the
+#   host (`cargo build --release --bins`), and the Dockerfile's `prebuilt` target packages
+#   them. No step
 #   pulls an image. Needs root or sudo (debootstrap), and a host whose glibc is not newer
 #   than bookworm's (the binaries are dynamically linked).
 # - registry: the Dockerfile's default target, which compiles in a rust:bookworm builder stage.

@@ -135,6 +135,10 @@ if [ -z "${OMNIKV_TEST_IMAGE:-}" ]; then
   "$root/scripts/image.sh" >"$tmp/image.log" 2>&1 || { cat "$tmp/image.log" >&2; fail "scripts/image.sh"; }
   grep '^image:' "$tmp/image.log" | sed 's/^/  /' || true
 fi
+# The image also ships the Kubernetes watcher (deploy/k8s runs it from this image).
+try docker run --rm --entrypoint watcher "$OMNIKV_IMAGE" --version
+[[ "$rc" -eq 0 && "$out" == "watcher "* ]] || fail "watcher --version in the image: exit $rc: $out $err"
+say "  image runs $out"
 for n in 1 2 3; do export "OMNIKV_PORT_$n=$(free_port)"; done
 
 # ------------------------------------------------------------------------------------------
