@@ -38,6 +38,8 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Which builder `docker build` uses: BuildKit (skips the stages a target does not need) or
 # the legacy builder (runs every stage before the target). The Dockerfile works with both.
+# Both builds pass --force-rm: the legacy builder then removes its intermediate containers
+# also when a step fails (BuildKit accepts and ignores the flag).
 builder_kind() {
   if [ "${DOCKER_BUILDKIT:-}" = 0 ]; then echo "legacy builder (DOCKER_BUILDKIT=0)"
   elif docker buildx version >/dev/null 2>&1; then echo "BuildKit (buildx)"
@@ -126,7 +128,7 @@ offline() {
   mkdir -p "$ctx/deploy/prebuilt"
   cp "$bin/kvd" "$bin/kvctl" "$bin/watcher" "$ctx/deploy/prebuilt/"
   log "docker build --target prebuilt --build-arg BASE=$base -t $image ($(builder_kind))"
-  docker build --quiet -f "$root/deploy/Dockerfile" --target prebuilt \
+  docker build --quiet --force-rm -f "$root/deploy/Dockerfile" --target prebuilt \
     --build-arg BASE="$base" -t "$image" "$ctx" >/dev/null
   rm -rf "$ctx"
   trap - EXIT
@@ -134,7 +136,7 @@ offline() {
 
 registry() {
   log "docker build -t $image (builder $rust_image, $(builder_kind))"
-  docker build -f "$root/deploy/Dockerfile" --build-arg RUST_IMAGE="$rust_image" -t "$image" "$root"
+  docker build --force-rm -f "$root/deploy/Dockerfile" --build-arg RUST_IMAGE="$rust_image" -t "$image" "$root"
 }
 
 case "$mode" in
