@@ -4,8 +4,9 @@
 # Two paths, one runtime stage (see deploy/Dockerfile):
 # - offline (no registry, the default unless the registry images are already local): the
 #   base image omnikv-base:bookworm is made here with `debootstrap --variant=minbase` +
-#   `docker import` (once; later runs reuse it), kvd and kvctl are built on the host
-#   (`cargo build --release`), and the Dockerfile's `prebuilt` target packages them. No step
+#   `docker import` (once; later runs reuse it), kvd, kvctl and watcher are built on the
+#   host (`cargo build --release --bins`), and the Dockerfile's `prebuilt` target packages
+#   them. No step
 #   pulls an image. Needs root or sudo (debootstrap), and a host whose glibc is not newer
 #   than bookworm's (the binaries are dynamically linked).
 # - registry: the Dockerfile's default target, which compiles in a rust:bookworm builder stage.
@@ -37,6 +38,8 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Which builder `docker build` uses: BuildKit (skips the stages a target does not need) or
 # the legacy builder (runs every stage before the target). The Dockerfile works with both.
+# Both builds pass --force-rm: the legacy builder then removes its intermediate containers
+# also when a step fails (BuildKit accepts and ignores the flag).
 builder_kind() {
   if [ "${DOCKER_BUILDKIT:-}" = 0 ]; then echo "legacy builder (DOCKER_BUILDKIT=0)"
   elif docker buildx version >/dev/null 2>&1; then echo "BuildKit (buildx)"
@@ -125,7 +128,7 @@ offline() {
   mkdir -p "$ctx/deploy/prebuilt"
   cp "$bin/kvd" "$bin/kvctl" "$bin/watcher" "$ctx/deploy/prebuilt/"
   log "docker build --target prebuilt --build-arg BASE=$base -t $image ($(builder_kind))"
-  docker build --quiet -f "$root/deploy/Dockerfile" --target prebuilt \
+  docker build --quiet --force-rm -f "$root/deploy/Dockerfile" --target prebuilt \
     --build-arg BASE="$base" -t "$image" "$ctx" >/dev/null
   rm -rf "$ctx"
   trap - EXIT
@@ -133,7 +136,7 @@ offline() {
 
 registry() {
   log "docker build -t $image (builder $rust_image, $(builder_kind))"
-  docker build -f "$root/deploy/Dockerfile" --build-arg RUST_IMAGE="$rust_image" -t "$image" "$root"
+  docker build --force-rm -f "$root/deploy/Dockerfile" --build-arg RUST_IMAGE="$rust_image" -t "$image" "$root"
 }
 
 case "$mode" in
