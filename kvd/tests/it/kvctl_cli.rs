@@ -1,6 +1,7 @@
 //! kvctl against a real cluster: each exit-code class, JSON output, values from stdin.
 
 use crate::harness::*;
+use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_json_and_stdin() {
@@ -57,4 +58,45 @@ async fn exit_codes_json_and_stdin() {
     // 3: nothing reachable.
     let out = c.kvctl_with("127.0.0.1:1", &["--timeout", "1s", "put", "a", "1"], None);
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// Exit 4 from real replicas: the leader hands the write to OmniPaxos, but both followers are
+/// paused (SIGSTOP: their connections stay up, nothing answers), so it cannot be decided in
+/// time. It stays proposed: once the followers resume it is decided, which is exactly why the
+/// answer was "indeterminate" and not "unavailable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_proposed_but_not_decided_in_time_exits_4_and_may_apply_later() {
+    let c = Cluster::start(3, Opts::default()).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let ep = c.endpoint(leader);
+    let out = c.kvctl_with(&ep, &["put", "x", "0"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let followers: Vec<u64> = (1..=3).filter(|p| *p != leader).collect();
+    for &p in &followers {
+        c.pause(p);
+    }
+    let started = Instant::now();
+    let out = c.kvctl_with(&ep, &["--timeout", "2s", "put", "x", "1"], None);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    for &p in &followers {
+        c.resume(p);
+    }
+    assert_eq!(out.status.code(), Some(4), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: indeterminate: "), "{stderr}");
+    assert!(took < Duration::from_secs(4), "kvctl took {took:?}");
+    // The proposal was in the leader's log: it is decided once a quorum is back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.kvctl_with(&ep, &["--timeout", "5s", "get", "x"], None);
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "x never became 1 after the followers resumed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
