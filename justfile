@@ -15,9 +15,9 @@ import 'tests/chaos.just'
 default:
     @just --list
 
-# Install what is missing (libclang-dev, just).
-setup:
-    ./scripts/setup.sh
+# Install what building and testing need, if missing (scripts/setup.sh; --docker adds Docker).
+setup *ARGS:
+    ./scripts/setup.sh {{ARGS}}
 
 # RocksDB's C++ is built once and linked from a cache (scripts/rocksdb-lib.sh).
 rocksdb := "export ROCKSDB_LIB_DIR=$(./scripts/rocksdb-lib.sh) ROCKSDB_STATIC=1;"

@@ -51,13 +51,24 @@ endpoints() {
   echo "$out"
 }
 
+# ready: every member answers status with a serving role and one known leader (as /readyz).
+ready() {
+  local j rows
+  j=$("$bin/kvctl" --endpoints "$(endpoints)" -o json --timeout 2s status --all 2>/dev/null) || return 1
+  rows=$(grep -o '"endpoint":' <<<"$j" | wc -l)
+  [ "$rows" -gt 0 ] &&
+    [ "$(grep -oE '"role":"(leader|follower|standalone)"' <<<"$j" | wc -l)" -eq "$rows" ] &&
+    [ "$(grep -oE '"leader":[0-9]+' <<<"$j" | wc -l)" -eq "$rows" ] &&
+    [ "$(grep -oE '"leader":[0-9]+' <<<"$j" | sort -u | wc -l)" -eq 1 ]
+}
+
 case "$cmd" in
   up)
     for p in ${nodes//,/ }; do start "$p"; done
-    # Return once the cluster serves: a leader is known and a linearizable read answers.
+    # Return once the cluster serves: every member ready (holds the state, knows a leader,
+    # the same one). Status only: nothing is appended to the log (Demo 2 counts entries).
     deadline=$((SECONDS + 60))
-    until "$bin/kvctl" --endpoints "$(endpoints)" --timeout 2s get omnikv-probe >/dev/null 2>&1 \
-          || [ $? -eq 1 ]; do
+    until ready; do
       if [ $SECONDS -ge $deadline ]; then echo "cluster not serving after 60s; see $home/kvd-*.log" >&2; exit 1; fi
       sleep 0.3
     done

@@ -201,7 +201,7 @@ mod tests {
         };
         assert_eq!(StopSignMeta::from_stopsign(&ss), meta);
     }
-    // ---- the OmniPaxos 0.2.4 StopSign re-sync bug (DESIGN.md), in process ----------------
+    // ---- the OmniPaxos 0.2.4 StopSign re-sync bug (docs/architecture.md), in process ----------------
 
     use crate::command::LogCmd;
     use crate::storage::LogStore;
@@ -309,7 +309,7 @@ mod tests {
         assert!(
             fnode.is_reconfigured().is_none(),
             "OmniPaxos reports the StopSign decided after a re-sync: the 0.2.4 bug is gone; \
-             revisit DESIGN.md"
+             revisit docs/architecture.md"
         );
         // ...while storage shows it: stored, and the decided index past it.
         let (ss, end) = decided_stopsign(&dbs[follower - 1], 1, fnode.get_decided_idx() as u64)

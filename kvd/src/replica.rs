@@ -4,7 +4,8 @@
 //! drain what is queued -> feed OmniPaxos (peer frames, proposals, ticks) -> apply newly
 //! decided entries -> make every write durable with ONE WAL sync (group commit) -> send
 //! outgoing messages -> answer clients -> compact. Nothing leaves before the sync that
-//! covers it (DESIGN.md, durability rule).
+//! covers it, except a leader's AcceptDecide/Decide (docs/architecture.md, "Design
+//! decisions": the durability rule).
 
 use crate::checkpoint;
 use crate::codec::encode;
@@ -467,7 +468,7 @@ impl Replica {
         self.propose_queued();
         self.apply_decided();
         if scan || self.reconfig.is_some() {
-            // Storage is checked, not `is_reconfigured()` (0.2.4 re-sync bug, DESIGN.md).
+            // Storage is checked, not `is_reconfigured()` (0.2.4 re-sync bug, docs/architecture.md).
             self.check_stopsign();
         }
         if let Some((t, since)) = self.straggling.clone() {
@@ -566,7 +567,7 @@ impl Replica {
             Input::PeerUp(pid) => {
                 if let Log::Paxos(op) = &mut self.log {
                     // Re-sync with a peer whose session came back, except while a StopSign is
-                    // stored (OmniPaxos 0.2.4 re-sync bug, DESIGN.md).
+                    // stored (OmniPaxos 0.2.4 re-sync bug, docs/architecture.md).
                     let stopsign_pending = op
                         .read_entries(op.get_decided_idx()..)
                         .map(|es| {

@@ -10,8 +10,8 @@
 //! - `stage`: a checkpoint being received, switched in once complete and verified
 //!
 //! Every write goes to the WAL unsynced; the consensus loop makes them durable with one
-//! `flush_wal(true)` per iteration (group commit) before any message leaves or any client
-//! is answered.
+//! `flush_wal(true)` per iteration (group commit) before a client is answered or a message
+//! that depends on them leaves (docs/architecture.md, the durability rule).
 
 use crate::codec::{decode, encode};
 use crate::command::{LogCmd, Marker};

@@ -1,6 +1,6 @@
 //! The replicated log's entry type. One entry carries a batch of operations (group commit:
 //! everything proposed in one loop iteration), and the snapshot type is an empty marker:
-//! no state ever comes from OmniPaxos snapshots (DESIGN.md, compaction).
+//! no state ever comes from OmniPaxos snapshots (docs/architecture.md, "Design decisions").
 
 use omnipaxos::storage::{Entry, Snapshot};
 use serde::{Deserialize, Serialize};

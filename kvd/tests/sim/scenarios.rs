@@ -1,4 +1,4 @@
-//! Named scenarios on scripted schedules (DESIGN.md, "OmniPaxos 0.2.4: facts"), each run
+//! Named scenarios on scripted schedules (docs/architecture.md, "Design decisions"), each run
 //! through the same world and checks as the random seeds, plus the mutations that show the
 //! checks fail when the apply loop is wrong.
 
