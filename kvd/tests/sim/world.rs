@@ -2086,8 +2086,12 @@ impl World {
                 let s = self.summary();
                 self.env.log(format!("settling: {s}"));
             }
-            // Clients keep writing (a lagging follower is only re-synced by new traffic).
-            if (self.env.step - start).is_multiple_of(5) && probes < 200 {
+            // Clients keep writing (a lagging follower is only re-synced by new traffic), one
+            // probe at a time: a probe every 5 steps regardless can keep the cluster busy for
+            // good (a forwarded write takes 4 hops of 1-2 steps to reach every replica of 5),
+            // and convergence is judged with no request open.
+            let probe_open = self.env.clients.values().any(|c| !c.done);
+            if (self.env.step - start).is_multiple_of(5) && probes < 200 && !probe_open {
                 probes += 1;
                 let pid = self.env.rng.random_range(1..=self.env.p.n as u64);
                 self.client_write(Some(pid), true);
