@@ -239,6 +239,10 @@ pub struct Replica {
     write_replies: Vec<(Reply<WriteResult>, Result<WriteResult, ApiError>)>,
     read_replies: Vec<(Reply<ReadValue>, Result<ReadValue, ApiError>)>,
     catchup: Option<CatchUp>,
+    /// Ticks spent leading with an undecided StopSign (`StopSignStall`).
+    stopsign_stall: StopSignStall,
+    /// A recovered promise of our own ballot, watched until it is replaced (`StaleOwnBallot`).
+    stale_own_ballot: Option<StaleOwnBallot>,
     leader: Option<u64>,
     last_decided: u64,
     outgoing: Vec<Message<LogCmd>>,
@@ -300,6 +304,130 @@ fn build_log(
     Ok(Log::Paxos(Box::new(
         op_config.build(store).map_err(|e| e.to_string())?,
     )))
+}
+
+/// Election rounds a restarted replica waits behind its own recovered ballot before it runs
+/// for a higher one (`StaleOwnBallot`).
+pub const STALE_OWN_BALLOT_ROUNDS: u64 = 3;
+
+/// A promise of this replica's own ballot, recovered from storage when its log was opened.
+///
+/// OmniPaxos 0.2.4 seeds a restarted replica's leader election with its persisted promise
+/// (`OmniPaxosConfig::build`). When that promise is the replica's own ballot, the leader state
+/// of that ballot died with the process: nobody can lead it any more. The replica still keeps
+/// it as its leader until it hears a higher ballot, and ignores every Prepare below it. If the
+/// others never saw that ballot (the replica elected itself alone, e.g. right after switching
+/// to a new configuration, where its priority is the higher one) and a quorum of them is happy
+/// under a lower ballot, nothing ever raises the ballot: the replica stays out for good, and
+/// reports itself as the leader (simulator seed 914).
+///
+/// The rule: if the promise is still that recovered ballot `STALE_OWN_BALLOT_ROUNDS` election
+/// rounds after the log was opened, the replica runs for a higher ballot once
+/// (`try_become_leader`: n = promise.n + 1), which the others either accept or answer with a
+/// higher one. Either way its promise then names a ballot that is led by a live instance.
+/// The rounds of grace keep the common restart (the others took over with a higher ballot,
+/// which it adopts within a round) free of an extra election. Safety is Paxos's: a higher
+/// ballot is always safe to run for.
+#[derive(Debug)]
+pub struct StaleOwnBallot {
+    ballot: omnipaxos::ballot_leader_election::Ballot,
+    ticks_left: u64,
+}
+
+impl StaleOwnBallot {
+    /// Watches a log just opened, if its recovered promise is `pid`'s own ballot.
+    pub fn watch<T, B>(op: &OmniPaxos<T, B>, pid: u64, election_ticks: u64) -> Option<Self>
+    where
+        T: omnipaxos::storage::Entry,
+        B: Storage<T>,
+    {
+        let ballot = op.get_promise();
+        (ballot.pid == pid).then_some(StaleOwnBallot {
+            ballot,
+            ticks_left: STALE_OWN_BALLOT_ROUNDS * election_ticks.max(1),
+        })
+    }
+
+    /// Called after each `tick()`. `None`: still watching; `Some(ran)`: done, and whether it
+    /// ran for a higher ballot.
+    pub fn tick<T, B>(&mut self, op: &mut OmniPaxos<T, B>) -> Option<bool>
+    where
+        T: omnipaxos::storage::Entry,
+        B: Storage<T>,
+    {
+        self.ticks_left = self.ticks_left.saturating_sub(1);
+        if self.ticks_left > 0 {
+            return None;
+        }
+        let stale = op.get_promise() == self.ballot;
+        if stale {
+            op.try_become_leader();
+        }
+        Some(stale)
+    }
+}
+
+/// Whether the log holds a StopSign that is not decided (stored above the decided index).
+pub fn stopsign_pending<T, B>(op: &OmniPaxos<T, B>) -> bool
+where
+    T: omnipaxos::storage::Entry,
+    B: Storage<T>,
+{
+    op.read_entries(op.get_decided_idx()..)
+        .map(|es| {
+            es.iter()
+                .any(|e| matches!(e, omnipaxos::util::LogEntry::StopSign(..)))
+        })
+        .unwrap_or(false)
+}
+
+/// Resend periods a leader waits for a StopSign in its log to be decided before it runs for a
+/// higher ballot (`StopSignStall`).
+pub const STOPSIGN_STALL_RESENDS: u64 = 3;
+
+/// A leader whose StopSign is not decided for a while.
+///
+/// In OmniPaxos 0.2.4 a follower's `Accepted` for the StopSign is sent once. If it is lost, the
+/// leader's resend does not bring another: it resends `AcceptStopSign` under the sequence
+/// number of the last message to that follower, which the follower has already seen (the
+/// StopSign came in that message, or in the AcceptSync before it), so it drops the resend as
+/// outdated. Ordinary entries recover through the next append's `Accepted` (the index is
+/// cumulative), but once a StopSign is stored nothing more is appended, and kvd does not
+/// re-sync (`reconnected()`) with a StopSign pending (the re-sync bug). If the leader lost
+/// enough of them to miss a quorum, the StopSign is never decided and every write is refused
+/// for good (simulator seed 488: both followers' `Accepted` of the AcceptSync that carried it
+/// were lost).
+///
+/// The rule: a replica that leads its configuration in the Accept phase with an undecided
+/// StopSign in its log for `STOPSIGN_STALL_RESENDS` resend periods runs for a higher ballot
+/// (`try_become_leader`). The Prepare round collects every follower's accepted index in its
+/// Promise, and the sync that follows decides the StopSign (with the re-sync bug's off-by-one,
+/// which the loop already reads around: `decided_stopsign`). It counts again from zero after,
+/// so a lost reply in that round is retried too.
+#[derive(Debug, Default)]
+pub struct StopSignStall {
+    ticks: u64,
+}
+
+impl StopSignStall {
+    /// Called after each `tick()`; true when it ran for a higher ballot.
+    pub fn tick<T, B>(&mut self, op: &mut OmniPaxos<T, B>, pid: u64, resend_ticks: u64) -> bool
+    where
+        T: omnipaxos::storage::Entry,
+        B: Storage<T>,
+    {
+        if op.get_current_leader() != Some((pid, true)) || !stopsign_pending(op) {
+            self.ticks = 0;
+            return false;
+        }
+        self.ticks += 1;
+        if self.ticks < STOPSIGN_STALL_RESENDS * resend_ticks.max(1) {
+            return false;
+        }
+        self.ticks = 0;
+        op.try_become_leader();
+        true
+    }
 }
 
 impl Replica {
@@ -371,6 +499,8 @@ impl Replica {
             write_replies: Vec::new(),
             read_replies: Vec::new(),
             catchup: None,
+            stale_own_ballot: None,
+            stopsign_stall: StopSignStall::default(),
             leader: None,
             last_decided: 0,
             outgoing: Vec::new(),
@@ -384,6 +514,7 @@ impl Replica {
             known.extend(&t.members);
         }
         r.ensure_links(&known);
+        r.watch_own_ballot();
         if r.meta.lifecycle == Lifecycle::Joining && r.meta.config_id != 0 {
             r.start_joining_catchup();
         }
@@ -445,6 +576,22 @@ impl Replica {
         if now >= self.next_tick {
             if let Log::Paxos(op) = &mut self.log {
                 op.tick();
+                if let Some(w) = &mut self.stale_own_ballot {
+                    if let Some(ran) = w.tick(op) {
+                        if ran {
+                            warn!(promise = ?op.get_promise(),
+                                  "still behind our own ballot from before the restart: running for a higher one");
+                        }
+                        self.stale_own_ballot = None;
+                    }
+                }
+                if self
+                    .stopsign_stall
+                    .tick(op, self.cfg.pid, self.cfg.resend_ticks)
+                {
+                    warn!(promise = ?op.get_promise(),
+                          "our StopSign is not decided: running for a higher ballot to collect the followers' accepted indices");
+                }
             }
             self.next_tick += self.cfg.tick;
             if self.next_tick < now {
@@ -568,14 +715,7 @@ impl Replica {
                 if let Log::Paxos(op) = &mut self.log {
                     // Re-sync with a peer whose session came back, except while a StopSign is
                     // stored (OmniPaxos 0.2.4 re-sync bug, docs/architecture.md).
-                    let stopsign_pending = op
-                        .read_entries(op.get_decided_idx()..)
-                        .map(|es| {
-                            es.iter()
-                                .any(|e| matches!(e, omnipaxos::util::LogEntry::StopSign(..)))
-                        })
-                        .unwrap_or(false);
-                    if self.meta.members.contains(&pid) && !stopsign_pending {
+                    if self.meta.members.contains(&pid) && !stopsign_pending(op) {
                         op.reconnected(pid);
                     }
                 }
@@ -1281,6 +1421,14 @@ impl Replica {
             .extend(self.outgoing.drain(..).map(|m| (config, m)));
     }
 
+    /// Watches the log just opened for a recovered promise of our own ballot.
+    fn watch_own_ballot(&mut self) {
+        self.stale_own_ballot = match &self.log {
+            Log::Paxos(op) => StaleOwnBallot::watch(op, self.cfg.pid, self.cfg.election_ticks),
+            _ => None,
+        };
+    }
+
     /// Leaves the current configuration, whose every entry is applied, for `t`.
     fn switch_to(&mut self, t: Transition) {
         info!(from = t.from_config, to = t.config_id, members = ?t.members, end_idx = t.end_idx,
@@ -1326,6 +1474,7 @@ impl Replica {
             self.retire_outgoing(t.from_config);
             self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, true)
                 .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
+            self.watch_own_ballot();
             self.last_decided = 0;
             // Writes and reads caught in the StopSign window go again in the new
             // configuration (same ids: never applied twice).
@@ -1564,6 +1713,7 @@ impl Replica {
         self.ensure_links(&t.members);
         self.log = build_log(&self.cfg, &self.db, t.config_id, &t.members, false)
             .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
+        self.watch_own_ballot();
         self.last_decided = 0;
         self.announcing = None;
         self.start_joining_catchup();

@@ -112,7 +112,7 @@ fn stopsign_decision_seen_from_storage_only() {
     );
 }
 
-const STOPSIGN_BUG_SEED: u64 = 122;
+const STOPSIGN_BUG_SEED: u64 = 188;
 
 fn quiet(keep: u64, interval: u64) -> Params {
     let mut p = Params::scripted(3);

@@ -15,13 +15,13 @@ use kvd::codec::encode;
 use kvd::command::{LogCmd, Op, ReqId};
 use kvd::frame::{crc_items, CheckpointItem, Transition};
 use kvd::membership::{decided_stopsign, stored_stopsign, ClusterMeta, Lifecycle};
+use kvd::replica::{stopsign_pending, StaleOwnBallot, StopSignStall};
 use kvd::state_machine::{
     pair_hash, Applied, DedupLimits, Outcome, Position, SmMeta, StateMachine,
 };
 use kvd::storage::{read_log_meta, read_log_range, Db, LogStore, CF_DEDUP, CF_KV, CF_META};
 use omnipaxos::messages::sequence_paxos::PaxosMsg;
 use omnipaxos::messages::Message;
-use omnipaxos::util::LogEntry;
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -86,6 +86,15 @@ pub struct Params {
     /// a stale AcceptDecide after an AcceptSync to the same follower (decided entries then
     /// differ: regressions.rs).
     pub drain_per_message: bool,
+    /// Run for a higher ballot when a restarted replica's recovered promise of its own ballot
+    /// outlives the grace rounds, as kvd does (`kvd::replica::StaleOwnBallot`). `false` models
+    /// the loop from before, where such a replica could wait behind that ballot forever
+    /// (regressions.rs, seed 914).
+    pub stale_own_ballot_rule: bool,
+    /// A leader whose StopSign stays undecided runs for a higher ballot, as kvd does
+    /// (`kvd::replica::StopSignStall`). `false` models the loop from before (regressions.rs,
+    /// seed 488).
+    pub stopsign_stall_rule: bool,
 }
 
 impl Params {
@@ -116,6 +125,8 @@ impl Params {
             },
             mutation: None,
             drain_per_message: false,
+            stale_own_ballot_rule: true,
+            stopsign_stall_rule: true,
         }
     }
 
@@ -279,6 +290,10 @@ pub struct Stats {
     pub fetched_entries: u64,
     pub checkpoints: u64,
     pub leader_changes: u64,
+    /// Restarted replicas that ran for a higher ballot than their own recovered one.
+    pub stale_own_ballot: u64,
+    /// Leaders that ran for a higher ballot because their StopSign was not decided.
+    pub stopsign_stalls: u64,
 }
 
 impl Stats {
@@ -309,7 +324,9 @@ impl Stats {
             catchups,
             fetched_entries,
             checkpoints,
-            leader_changes
+            leader_changes,
+            stale_own_ballot,
+            stopsign_stalls
         );
     }
 }
@@ -503,6 +520,8 @@ pub struct Node {
     pub sm: Option<StateMachine>,
     pub meta: ClusterMeta,
     pub catchup: Option<CatchUp>,
+    stale_own_ballot: Option<StaleOwnBallot>,
+    stopsign_stall: StopSignStall,
     straggling: Option<(Transition, u64)>,
     announcing: Option<Announcing>,
     stragglers_told: BTreeMap<u64, u64>,
@@ -566,6 +585,8 @@ impl Node {
             sm: None,
             meta,
             catchup: None,
+            stale_own_ballot: None,
+            stopsign_stall: StopSignStall::default(),
             straggling: None,
             announcing: None,
             stragglers_told: BTreeMap::new(),
@@ -623,6 +644,8 @@ impl Node {
         self.sm = None;
         self.db = None;
         self.catchup = None;
+        self.stale_own_ballot = None;
+        self.stopsign_stall = StopSignStall::default();
         self.straggling = None;
         self.announcing = None;
         self.stragglers_told.clear();
@@ -682,6 +705,7 @@ impl Node {
         self.db = Some(db);
         self.sm = Some(sm);
         self.op = op;
+        self.watch_own_ballot(env);
         if self.meta.lifecycle == Lifecycle::Joining {
             self.start_joining_catchup(env);
         }
@@ -693,6 +717,18 @@ impl Node {
         self.db().sync().expect("sync");
     }
 
+    /// As kvd (`Replica::watch_own_ballot`): watch a log just opened for a recovered promise
+    /// of our own ballot.
+    fn watch_own_ballot(&mut self, env: &Env) {
+        if !env.p.stale_own_ballot_rule {
+            return;
+        }
+        self.stale_own_ballot = self
+            .op
+            .as_ref()
+            .and_then(|op| StaleOwnBallot::watch(op.as_ref(), self.pid, env.p.election_ticks));
+    }
+
     // ---- inputs ----------------------------------------------------------------------
 
     fn peer_up(&mut self, env: &mut Env, peer: u64) {
@@ -701,10 +737,7 @@ impl Node {
         };
         // kvd: re-sync with a peer whose session came back, except while a StopSign is
         // stored (the 0.2.4 re-sync bug).
-        let stopsign_pending = op
-            .read_entries(op.get_decided_idx()..)
-            .map(|es| es.iter().any(|e| matches!(e, LogEntry::StopSign(..))))
-            .unwrap_or(false);
+        let stopsign_pending = stopsign_pending(op);
         if self.meta.members.contains(&peer) {
             if stopsign_pending {
                 env.stats.reconnect_skipped_stopsign += 1;
@@ -962,6 +995,29 @@ impl Node {
     fn finish_iteration(&mut self, env: &mut Env) {
         if let Some(op) = &mut self.op {
             op.tick();
+            if let Some(w) = &mut self.stale_own_ballot {
+                if let Some(ran) = w.tick(op) {
+                    if ran {
+                        env.stats.stale_own_ballot += 1;
+                        env.log(format!(
+                            "replica {}: still behind its own ballot from before the restart: runs for {:?}",
+                            self.pid,
+                            op.get_promise()
+                        ));
+                    }
+                    self.stale_own_ballot = None;
+                }
+            }
+            if env.p.stopsign_stall_rule
+                && self.stopsign_stall.tick(op, self.pid, env.p.resend_ticks)
+            {
+                env.stats.stopsign_stalls += 1;
+                env.log(format!(
+                    "replica {}: its StopSign is not decided: runs for {:?}",
+                    self.pid,
+                    op.get_promise()
+                ));
+            }
         }
         self.propose_queued(env);
         self.apply_decided(env);
@@ -1238,6 +1294,7 @@ impl Node {
             &t.members,
             true,
         )));
+        self.watch_own_ballot(env);
         self.observed = (t.config_id, 0);
         self.announce(env, t);
     }
@@ -1376,6 +1433,7 @@ impl Node {
             &t.members,
             false,
         )));
+        self.watch_own_ballot(env);
         self.observed = (t.config_id, 0);
         self.announcing = None;
         self.start_joining_catchup(env);
@@ -2024,8 +2082,16 @@ impl World {
                     self.summary()
                 ));
             }
-            // Clients keep writing (a lagging follower is only re-synced by new traffic).
-            if (self.env.step - start).is_multiple_of(5) && probes < 200 {
+            if self.env.verbose && (self.env.step - start).is_multiple_of(50) {
+                let s = self.summary();
+                self.env.log(format!("settling: {s}"));
+            }
+            // Clients keep writing (a lagging follower is only re-synced by new traffic), one
+            // probe at a time: a probe every 5 steps regardless can keep the cluster busy for
+            // good (a forwarded write takes 4 hops of 1-2 steps to reach every replica of 5),
+            // and convergence is judged with no request open.
+            let probe_open = self.env.clients.values().any(|c| !c.done);
+            if (self.env.step - start).is_multiple_of(5) && probes < 200 && !probe_open {
                 probes += 1;
                 let pid = self.env.rng.random_range(1..=self.env.p.n as u64);
                 self.client_write(Some(pid), true);
@@ -2091,8 +2157,17 @@ impl World {
                 m.hash
             );
         }
-        let open = self.env.clients.values().filter(|c| !c.done).count();
-        let _ = write!(s, "open requests {open}");
+        let open: Vec<&(u64, u64)> = self
+            .env
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.done)
+            .map(|(k, _)| k)
+            .collect();
+        let _ = write!(s, "open requests {}", open.len());
+        if !open.is_empty() {
+            let _ = write!(s, " (client, seq) {:?}", &open[..open.len().min(8)]);
+        }
         s
     }
 
