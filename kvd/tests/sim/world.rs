@@ -14,7 +14,9 @@ use kvd::checkpoint;
 use kvd::codec::encode;
 use kvd::command::{LogCmd, Op, ReqId};
 use kvd::frame::{crc_items, CheckpointItem, Transition};
-use kvd::membership::{decided_stopsign, stored_stopsign, ClusterMeta, Lifecycle};
+use kvd::membership::{
+    decided_stopsign, fix_stopsign_resync, stored_stopsign, ClusterMeta, Lifecycle, StopSignResync,
+};
 use kvd::state_machine::{
     pair_hash, Applied, DedupLimits, Outcome, Position, SmMeta, StateMachine,
 };
@@ -86,6 +88,12 @@ pub struct Params {
     /// a stale AcceptDecide after an AcceptSync to the same follower (decided entries then
     /// differ: regressions.rs).
     pub drain_per_message: bool,
+    /// Correct every incoming re-sync over a stored StopSign for the OmniPaxos 0.2.4
+    /// off-by-one (`kvd::membership::fix_stopsign_resync`), as kvd's loop does, and check that
+    /// each replica's accepted index stays on its stored log (+ StopSign) with the decided
+    /// index not past it. `false` models the loop from before that fix (seed 632 then panics the
+    /// library: regressions.rs).
+    pub fix_stopsign_sync: bool,
 }
 
 impl Params {
@@ -116,6 +124,7 @@ impl Params {
             },
             mutation: None,
             drain_per_message: false,
+            fix_stopsign_sync: true,
         }
     }
 
@@ -269,6 +278,9 @@ pub struct Stats {
     pub switches: u64,
     /// Switches where storage saw the decided StopSign but `is_reconfigured()` did not.
     pub stopsign_bug_hits: u64,
+    /// Incoming re-syncs over a stored StopSign corrected, emptied or dropped
+    /// (`fix_stopsign_resync`).
+    pub stopsign_resyncs_fixed: u64,
     pub joins_as_new: u64,
     /// The library compacted a replica's log on its own (not our `snapshot` call).
     pub lib_compactions: u64,
@@ -302,6 +314,7 @@ impl Stats {
             reconfigs,
             switches,
             stopsign_bug_hits,
+            stopsign_resyncs_fixed,
             joins_as_new,
             lib_compactions,
             lib_compactions_past_cursor,
@@ -727,8 +740,29 @@ impl Node {
         }
         let from = m.from;
         match m.p {
-            Payload::Paxos(msg) => {
+            Payload::Paxos(mut msg) => {
                 let op = self.op.as_mut().expect("checked");
+                if env.p.fix_stopsign_sync {
+                    // As kvd's handle_peer: a re-sync over our StopSign corrected first.
+                    let db = self.db.as_ref().expect("replica is up");
+                    let r = fix_stopsign_resync(
+                        db,
+                        self.meta.config_id,
+                        op.get_decided_idx(),
+                        &mut msg,
+                    )
+                    .expect("log meta");
+                    if r != StopSignResync::Untouched {
+                        env.stats.stopsign_resyncs_fixed += 1;
+                        env.log(format!(
+                            "replica {}: re-sync over its StopSign: {r:?}",
+                            self.pid
+                        ));
+                    }
+                    if r == StopSignResync::Dropped {
+                        return;
+                    }
+                }
                 let before = op.get_compacted_idx() as u64;
                 op.handle_incoming(msg);
                 if env.p.drain_per_message {
@@ -963,6 +997,7 @@ impl Node {
         if let Some(op) = &mut self.op {
             op.tick();
         }
+        self.check_log_indices(env);
         self.propose_queued(env);
         self.apply_decided(env);
         self.check_stopsign(env);
@@ -981,6 +1016,32 @@ impl Node {
         self.send_outgoing(env);
         self.maybe_compact(env);
         self.observe(env);
+    }
+
+    /// With the re-sync correction, the library's accepted index is the stored log end, plus
+    /// one with a StopSign stored (batch_size is 1: nothing waits in memory), and its decided
+    /// index is never past that. Without it, a re-sync after a StopSign puts both one too high
+    /// (kvd::membership::fix_stopsign_resync).
+    fn check_log_indices(&self, env: &mut Env) {
+        let Some(op) = &self.op else {
+            return;
+        };
+        if !env.p.fix_stopsign_sync {
+            return;
+        }
+        let m = read_log_meta(self.db(), self.meta.config_id).expect("log meta");
+        let stored = m.log_end + usize::from(m.stopsign.is_some());
+        let (accepted, decided) = (op.get_accepted_idx(), op.get_decided_idx());
+        if accepted != stored || decided > stored {
+            env.violation(format!(
+                "replica {}: c{} accepted index {accepted}, decided {decided}, but it stores a log \
+                 up to {} {} a StopSign",
+                self.pid,
+                self.meta.config_id,
+                m.log_end,
+                if m.stopsign.is_some() { "with" } else { "without" }
+            ));
+        }
     }
 
     fn propose_queued(&mut self, env: &mut Env) {
