@@ -2061,11 +2061,17 @@ impl Replica {
             compacted,
             applied: self.sm.applied().index,
         };
-        if start < compacted || start >= decided {
+        // A decided StopSign counts in the decided index but is no log entry: serve the
+        // entries before it (a range up to the decided index would miss one and be refused).
+        let end = match stored_stopsign(&self.db, self.meta.config_id) {
+            Ok(Some((_, ss_idx))) => decided.min(ss_idx),
+            _ => decided,
+        };
+        if start < compacted || start >= end {
             link.send(unavailable);
             return;
         }
-        let end = to.min(decided).min(start + MAX_APPLY as u64);
+        let end = to.min(end).min(start + MAX_APPLY as u64);
         match read_log_range(&self.db, self.meta.config_id, start as usize, end as usize) {
             Ok(Some(mut entries)) => {
                 let mut size = 0;

@@ -54,7 +54,7 @@ impl std::fmt::Display for Failure {
 /// The random schedule of `seed`. `drain_per_message` is on, as kvd's loop does since the
 /// stale-AcceptDecide fix (regressions.rs); `OMNIKV_SIM_OLD_LOOP=1` runs the loop from before.
 /// `OMNIKV_SIM_NO_RESYNC_FIX=1` leaves re-syncs over a StopSign as the library sends them
-/// (`fix_stopsign_sync`).
+/// (`fix_stopsign_sync`, regressions.rs).
 pub fn params_for(seed: u64) -> Params {
     let mut p = Params::random(&mut StdRng::seed_from_u64(seed));
     p.drain_per_message = std::env::var("OMNIKV_SIM_OLD_LOOP").is_err();
@@ -110,13 +110,10 @@ const SHARDS: u64 = 4;
 /// Symptoms (1000 seeds, with the retired-outgoing fix; 35, 601 and 664 passed once the old
 /// configuration's last messages were no longer dropped at a switch):
 /// - 488: nothing is ever decided (leader known, requests open after healing);
-/// - 632: was an OmniPaxos panic at internal_storage.rs:320 (`sync_log`: "would overwrite
-///   decided entries", the StopSign re-sync off-by-one, now corrected); now every replica
-///   stays in catch-up: fetches up to a decided StopSign are refused;
 /// - 914: a replica restarted after switching keeps believing it leads the new configuration
 ///   (its ballot has the higher leader priority) and stays at decided 0 while the others run;
 /// - 991: everything converges but one client request is never answered.
-pub const KNOWN_FAILING: [u64; 4] = [488, 632, 914, 991];
+pub const KNOWN_FAILING: [u64; 3] = [488, 914, 991];
 
 fn run_shard(shard: u64) {
     if std::env::var("OMNIKV_SIM_SEED").is_ok() {

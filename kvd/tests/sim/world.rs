@@ -94,6 +94,10 @@ pub struct Params {
     /// index not past it. `false` models the loop from before that fix (seed 632 then panics the
     /// library: regressions.rs).
     pub fix_stopsign_sync: bool,
+    /// Serve a fetch up to a decided StopSign (the entries before it), as kvd does. `false`
+    /// models `serve_fetch` from before: a range up to the decided index, which counts the
+    /// StopSign although it holds no entry, was refused (regressions.rs, seed 632).
+    pub fetch_to_stopsign: bool,
 }
 
 impl Params {
@@ -125,6 +129,7 @@ impl Params {
             mutation: None,
             drain_per_message: false,
             fix_stopsign_sync: true,
+            fetch_to_stopsign: true,
         }
     }
 
@@ -972,11 +977,16 @@ impl Node {
             from: start,
             applied: self.sm().applied().index,
         };
-        if start < compacted || start >= decided {
+        // As kvd: a decided StopSign is no log entry, serve the entries before it.
+        let end = match stored_stopsign(self.db(), self.meta.config_id) {
+            Ok(Some((_, ss_idx))) if env.p.fetch_to_stopsign => decided.min(ss_idx),
+            _ => decided,
+        };
+        if start < compacted || start >= end {
             env.send(self.pid, peer, self.meta.config_id, unavailable);
             return;
         }
-        let end = to.min(decided).min(start + MAX_APPLY);
+        let end = to.min(end).min(start + MAX_APPLY);
         match read_log_range(self.db(), self.meta.config_id, start as usize, end as usize) {
             Ok(Some(entries)) if !entries.is_empty() => env.send(
                 self.pid,
