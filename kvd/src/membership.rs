@@ -3,9 +3,12 @@
 //! from storage (which, unlike `is_reconfigured()`, survives the OmniPaxos 0.2.4 re-sync bug).
 
 use crate::codec::{decode, encode};
+use crate::command::LogCmd;
 use crate::frame::Transition;
 use crate::state_machine::pair_hash;
 use crate::storage::{read_log_meta, Db, StoreError, CF_META};
+use omnipaxos::messages::sequence_paxos::{AcceptSync, PaxosMessage, PaxosMsg, Promise};
+use omnipaxos::messages::Message;
 use omnipaxos::storage::StopSign;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -102,7 +105,8 @@ impl StopSignMeta {
 ///
 /// Decided = stored, and the decided index is past it. This is read from storage, not from
 /// `is_reconfigured()`: after a follower accepted the StopSign, a re-sync leaves that
-/// follower's accepted index one too high and `is_reconfigured()` None forever (0.2.4 bug).
+/// follower's accepted index one too high and `is_reconfigured()` None forever (0.2.4 bug),
+/// unless the re-sync is corrected on arrival (`fix_stopsign_resync`).
 pub fn decided_stopsign(
     db: &Db,
     config_id: u32,
@@ -113,6 +117,84 @@ pub fn decided_stopsign(
         Some(ss) if decided_idx > m.log_end as u64 => Some((ss, m.log_end as u64)),
         _ => None,
     })
+}
+
+/// What `fix_stopsign_resync` made of an incoming message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopSignResync {
+    /// No re-sync over our stored StopSign: hand it to the library as it is.
+    Untouched,
+    /// `sync_idx` lowered to our log end: hand it over.
+    Corrected,
+    /// A Promise to us, whose StopSign is decided: its log sync removed; hand it over.
+    SyncRemoved,
+    /// An AcceptSync to us, whose StopSign is decided: do not hand it over.
+    Dropped,
+}
+
+/// Works around the OmniPaxos 0.2.4 StopSign re-sync off-by-one in a message that has
+/// arrived, before it is handed to the library (`decided_idx`: the library's decided index).
+///
+/// A `LogSync` (in a Promise or an AcceptSync) tells its receiver: keep `[0, sync_idx)`,
+/// append `suffix`, store `stopsign` after it. The sender takes `sync_idx` from the
+/// receiver's accepted (or decided) index, which counts an accepted StopSign although the
+/// StopSign is no log entry, and the receiver's `sync_log` counts it once more: its accepted
+/// index ends one past its log + StopSign. A leader counts that Accepted and decides one index
+/// too far, the decided index is persisted, and every further re-sync adds one. After a
+/// restart the accepted index is recomputed from storage (log + StopSign) and falls below the
+/// persisted decided index, and the next AcceptSync (`sync_idx` = the true accepted index)
+/// trips `sync_log`'s assertion "log sync from 23 would overwrite decided entries up to 24"
+/// (simulator seed 632; in a release build the assertion is compiled out and the indices stay
+/// wrong).
+///
+/// Only a sync that carries the StopSign we store, with nothing to append and `sync_idx` at or
+/// past our log end, is touched: the sender's log is then ours (it holds our whole log, and
+/// a log ends at its StopSign), so the sync has nothing to change but the round.
+/// - StopSign not decided here: `sync_idx` becomes our log end, what the library would send
+///   if it did not count the StopSign; the accepted index lands on the StopSign.
+/// - StopSign decided here: there is no value the library takes (its assertion wants
+///   `sync_idx` >= the decided index, which counts the StopSign, and then puts the accepted
+///   index past it). Our log is final, so a Promise loses its log sync and an AcceptSync is not
+///   handed over: we stay promised, and the leader decides without us or learns the decision
+///   from our Promise's decided index (the switch to the next configuration never waits on it).
+pub fn fix_stopsign_resync(
+    db: &Db,
+    config_id: u32,
+    decided_idx: usize,
+    msg: &mut Message<LogCmd>,
+) -> Result<StopSignResync, StoreError> {
+    let Message::SequencePaxos(PaxosMessage { msg, .. }) = msg else {
+        return Ok(StopSignResync::Untouched);
+    };
+    let sync = match msg {
+        PaxosMsg::Promise(Promise {
+            log_sync: Some(sync),
+            ..
+        }) => sync,
+        PaxosMsg::AcceptSync(AcceptSync { log_sync, .. }) => log_sync,
+        _ => return Ok(StopSignResync::Untouched),
+    };
+    if sync.stopsign.is_none() || !sync.suffix.is_empty() {
+        return Ok(StopSignResync::Untouched);
+    }
+    let m = read_log_meta(db, config_id)?;
+    if m.stopsign.is_none() || m.stopsign != sync.stopsign || sync.sync_idx < m.log_end {
+        return Ok(StopSignResync::Untouched);
+    }
+    if decided_idx <= m.log_end {
+        if sync.sync_idx == m.log_end {
+            return Ok(StopSignResync::Untouched);
+        }
+        sync.sync_idx = m.log_end;
+        return Ok(StopSignResync::Corrected);
+    }
+    match msg {
+        PaxosMsg::Promise(p) => {
+            p.log_sync = None;
+            Ok(StopSignResync::SyncRemoved)
+        }
+        _ => Ok(StopSignResync::Dropped),
+    }
 }
 
 /// A StopSign stored (accepted) for `config_id`, decided or not.
@@ -203,10 +285,7 @@ mod tests {
     }
     // ---- the OmniPaxos 0.2.4 StopSign re-sync bug (docs/architecture.md), in process ----------------
 
-    use crate::command::LogCmd;
     use crate::storage::LogStore;
-    use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
-    use omnipaxos::messages::Message;
     use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
 
     type Node = OmniPaxos<LogCmd, LogStore>;
@@ -229,8 +308,9 @@ mod tests {
         .unwrap()
     }
 
-    /// Delivers messages between `nodes` until none is left; `deliver` may drop some.
-    fn pump(nodes: &mut [Node], deliver: &dyn Fn(&Message<LogCmd>) -> bool) {
+    /// Delivers messages between `nodes` until none is left; `deliver` may drop some. With
+    /// `fix`, each message goes through `fix_stopsign_resync` at its receiver (as in kvd).
+    fn pump(nodes: &mut [Node], fix: Option<&[Db]>, deliver: &dyn Fn(&Message<LogCmd>) -> bool) {
         loop {
             let mut msgs = Vec::new();
             for n in nodes.iter_mut() {
@@ -239,27 +319,38 @@ mod tests {
             if msgs.is_empty() {
                 return;
             }
-            for m in msgs {
+            for mut m in msgs {
                 let to = m.get_receiver() as usize - 1;
-                if deliver(&m) {
-                    nodes[to].handle_incoming(m);
+                if !deliver(&m) {
+                    continue;
                 }
+                if let Some(dbs) = fix {
+                    let decided = nodes[to].get_decided_idx();
+                    let r = fix_stopsign_resync(&dbs[to], 1, decided, &mut m).unwrap();
+                    if r == StopSignResync::Dropped {
+                        continue;
+                    }
+                }
+                nodes[to].handle_incoming(m);
             }
         }
     }
 
-    #[test]
-    fn stopsign_resync_bug_is_detected_from_storage() {
+    /// A follower accepts the StopSign, misses its Decide and is then re-synced
+    /// (`reconnected()`); with `fix`, every node's outgoing messages are corrected as kvd does.
+    /// Returns the nodes and their databases, plus the follower's pid.
+    fn stopsign_resync(fix: bool) -> (Vec<Node>, Vec<Db>, usize, Vec<tempfile::TempDir>) {
         let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
         let dbs: Vec<Db> = dirs.iter().map(|d| Db::open(d.path()).unwrap()).collect();
         let mut nodes: Vec<Node> = (0..3).map(|i| node(&dbs[i], i as u64 + 1)).collect();
+        let fixing = fix.then_some(dbs.as_slice());
         let all = |_: &Message<LogCmd>| true;
         let mut leader = None;
         for _ in 0..100 {
             for n in nodes.iter_mut() {
                 n.tick();
             }
-            pump(&mut nodes, &all);
+            pump(&mut nodes, fixing, &all);
             leader = nodes[0].get_current_leader().map(|(p, _)| p);
             if leader.is_some()
                 && nodes
@@ -278,7 +369,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        pump(&mut nodes, &all);
+        pump(&mut nodes, fixing, &all);
         assert_eq!(nodes[follower - 1].get_decided_idx(), 3);
 
         // The follower accepts the StopSign but misses its Decide...
@@ -290,20 +381,26 @@ mod tests {
         nodes[leader - 1].reconfigure(next, None).unwrap();
         let f = follower as u64;
         let no_decide_to_follower = move |m: &Message<LogCmd>| !matches!(m, Message::SequencePaxos(PaxosMessage { to, msg: PaxosMsg::Decide(_), .. }) if *to == f);
-        pump(&mut nodes, &no_decide_to_follower);
+        pump(&mut nodes, fixing, &no_decide_to_follower);
         assert!(
             nodes[leader - 1].is_reconfigured().is_some(),
             "the leader decided the StopSign"
         );
         // ...and is then re-synced (its session came back).
         nodes[follower - 1].reconnected(leader as u64);
-        pump(&mut nodes, &all);
+        pump(&mut nodes, fixing, &all);
         for _ in 0..50 {
             for n in nodes.iter_mut() {
                 n.tick();
             }
-            pump(&mut nodes, &all);
+            pump(&mut nodes, fixing, &all);
         }
+        (nodes, dbs, follower, dirs)
+    }
+
+    #[test]
+    fn stopsign_resync_bug_is_detected_from_storage() {
+        let (nodes, dbs, follower, _dirs) = stopsign_resync(false);
         let fnode = &nodes[follower - 1];
         // The bug: the library never reports the decision on that follower...
         assert!(
@@ -317,5 +414,36 @@ mod tests {
             .expect("decided StopSign visible in storage");
         assert_eq!(ss.next_config.configuration_id, 2);
         assert_eq!(end, 3, "the StopSign sits after the three entries");
+    }
+
+    /// The workaround (`fix_stopsign_resync`) on the same schedule: the follower's accepted
+    /// index is its stored log + StopSign, its decided index is not past it, and the library
+    /// itself reports the decision.
+    #[test]
+    fn corrected_stopsign_resync_keeps_the_accepted_index_on_the_stopsign() {
+        let (nodes, dbs, follower, _dirs) = stopsign_resync(true);
+        for (i, n) in nodes.iter().enumerate() {
+            let m = read_log_meta(&dbs[i], 1).unwrap();
+            assert!(
+                m.stopsign.is_some(),
+                "replica {} stores the StopSign",
+                i + 1
+            );
+            assert_eq!(m.log_end, 3, "replica {}: the three entries", i + 1);
+            assert_eq!(n.get_accepted_idx(), 4, "replica {}: log + StopSign", i + 1);
+            assert_eq!(
+                n.get_decided_idx(),
+                4,
+                "replica {}: decided up to the StopSign",
+                i + 1
+            );
+            assert_eq!(m.decided, 4, "replica {}: stored decided index", i + 1);
+        }
+        let fnode = &nodes[follower - 1];
+        assert!(fnode.is_reconfigured().is_some());
+        let (_, end) = decided_stopsign(&dbs[follower - 1], 1, fnode.get_decided_idx() as u64)
+            .unwrap()
+            .expect("decided StopSign visible in storage");
+        assert_eq!(end, 3);
     }
 }

@@ -12,8 +12,8 @@ use crate::codec::encode;
 use crate::command::{LogCmd, Op, ReqId};
 use crate::frame::{Announcement, PeerFrame, Transition};
 use crate::membership::{
-    check_change, cluster_id, decided_stopsign, majority_holds, stored_stopsign, ClusterMeta,
-    Lifecycle, StopSignMeta,
+    check_change, cluster_id, decided_stopsign, fix_stopsign_resync, majority_holds,
+    stored_stopsign, ClusterMeta, Lifecycle, StopSignMeta, StopSignResync,
 };
 use crate::metrics::Metrics;
 use crate::space::SpaceGuard;
@@ -2008,8 +2008,21 @@ impl Replica {
                 holds_state,
             } => self.on_announcement_ack(from, config_id, holds_state),
             PeerFrame::Hello(_) => {}
-            PeerFrame::Paxos { msg, .. } => {
+            PeerFrame::Paxos { mut msg, .. } => {
                 if let Log::Paxos(op) = &mut self.log {
+                    // A re-sync over our stored StopSign, corrected for the 0.2.4 off-by-one
+                    // first (membership.rs): left as it is, it puts our accepted and decided
+                    // indices past the StopSign, and a later re-sync panics the library.
+                    let c = self.meta.config_id;
+                    match fix_stopsign_resync(&self.db, c, op.get_decided_idx(), &mut msg) {
+                        Ok(StopSignResync::Untouched) => {}
+                        Ok(StopSignResync::Dropped) => {
+                            debug!(from, "re-sync over our decided StopSign not handed over");
+                            return;
+                        }
+                        Ok(r) => debug!(from, result = ?r, "re-sync over our StopSign corrected"),
+                        Err(e) => panic!("reading the log metadata: {e}"),
+                    }
                     op.handle_incoming(msg);
                     // Take what it queued at once (sent after the sync as ever). OmniPaxos 0.2.4
                     // appends later entries to a queued AcceptDecide; after a Promise handled in
@@ -2198,11 +2211,17 @@ impl Replica {
             compacted,
             applied: self.sm.applied().index,
         };
-        if start < compacted || start >= decided {
+        // A decided StopSign counts in the decided index but is no log entry: serve the
+        // entries before it (a range up to the decided index would miss one and be refused).
+        let end = match stored_stopsign(&self.db, self.meta.config_id) {
+            Ok(Some((_, ss_idx))) => decided.min(ss_idx),
+            _ => decided,
+        };
+        if start < compacted || start >= end {
             link.send(unavailable);
             return;
         }
-        let end = to.min(decided).min(start + MAX_APPLY as u64);
+        let end = to.min(end).min(start + MAX_APPLY as u64);
         match read_log_range(&self.db, self.meta.config_id, start as usize, end as usize) {
             Ok(Some(mut entries)) => {
                 let mut size = 0;

@@ -91,3 +91,66 @@ fn stopsign_with_lost_accepted_replies_seed_488_is_decided() {
 fn settle_probes_leave_room_to_converge_seed_991() {
     crate::run_seed(991, false).unwrap_or_else(|f| panic!("{f}"));
 }
+
+// StopSign re-sync off-by-one (OmniPaxos 0.2.4), seed 632. The StopSign of c1 sits at index
+// 22 (entries [0, 22)) and is decided (decided index 23). A leader change then re-syncs
+// replicas that store it: the library takes `sync_idx` from the receiver's accepted or
+// decided index, both counting the StopSign (23), and `sync_log` counts it again. Replica 3,
+// leading ballot 6, adopts replica 2's Promise {sync_idx 23, suffix [], StopSign}: accepted
+// 24 in memory, its stored log still 22 entries + StopSign. Its AcceptSync does the same to
+// replica 2, whose Accepted(24) makes replica 3 decide and persist index 24. Under ballot 7
+// replica 2 re-syncs replica 3 with sync_idx 24: accepted 25. Replica 3 crashes; on restart
+// the library recomputes accepted = 22 + 1 = 23 from storage against the persisted decided
+// 24, and the next AcceptSync (sync_idx 23) trips `sync_log`'s assertion "log sync from 23
+// would overwrite decided entries up to 24". kvd now corrects such a re-sync where it
+// arrives (`kvd::membership::fix_stopsign_resync`), and the simulator checks after every
+// step that no replica's accepted or decided index leaves its stored log + StopSign.
+//
+// With the indices right, the same schedule then showed a second bug, which had kept the
+// replicas in catch-up long enough for the crashes above: `serve_fetch` refused any range up
+// to the decided index once the StopSign was decided (its index holds no entry), so the
+// replicas the library had compacted past their cursors could only catch up by checkpoint,
+// and none of them could give one (each was catching up itself). kvd now serves the entries
+// before a decided StopSign. With that fix alone the random schedule of seed 632 changes and
+// passes; `before_the_fixes...` and `with_the_resync_fix_alone...` replay the schedule that
+// failed, and the membership.rs unit tests show the re-sync correction on its own.
+
+fn run_632(resync_fix: bool, fetch_fix: bool) -> Result<crate::world::Stats, crate::Failure> {
+    let mut p = params_for(632);
+    p.fix_stopsign_sync = resync_fix;
+    p.fetch_to_stopsign = fetch_fix;
+    run_world(632, p, false, |w: &mut World| w.run_random()).map(|(s, _)| s)
+}
+
+#[test]
+fn stopsign_resync_seed_632_keeps_indices_on_the_stored_stopsign() {
+    let stats = run_632(true, true).unwrap_or_else(|f| panic!("{f}"));
+    assert!(
+        stats.stopsign_resyncs_fixed > 0,
+        "seed 632 no longer re-syncs over a stored StopSign: {stats:?}"
+    );
+}
+
+/// The loop from before both fixes: the library's assertion panics (kvd aborts).
+#[test]
+fn before_the_fixes_seed_632_panics_the_library() {
+    let failure = run_632(false, false).expect_err("seed 632 no longer exposes the bug");
+    assert!(
+        failure.error.contains("would overwrite decided entries"),
+        "{}",
+        failure.error
+    );
+}
+
+/// The re-sync fix alone, on the same schedule: no panic, every index stays on the stored
+/// StopSign (checked each step), but the replicas the library compacted past their cursors
+/// never catch up: the fetch bug.
+#[test]
+fn with_the_resync_fix_alone_seed_632_no_longer_panics_but_cannot_catch_up() {
+    let failure = run_632(true, false).expect_err("seed 632 converges without the fetch fix");
+    assert!(
+        failure.error.starts_with("liveness: not converged"),
+        "{}",
+        failure.error
+    );
+}

@@ -101,14 +101,24 @@ fn stopsign_resync_bug_followers_miss_the_decide() {
 
 /// A seed of the random schedule on which a replica's switch came from storage alone
 /// (`is_reconfigured()` None, StopSign stored and the decided index past it): the 0.2.4 bug
-/// hit, and survived. Found by the random search; kept as a named regression.
+/// hit, and survived. Found by the random search; kept as a named regression. kvd now
+/// corrects such re-syncs where they arrive (`fix_stopsign_resync`), after which the library
+/// reports the decision too; the detection from storage stays, and is exercised here with the
+/// re-syncs left as the library sends them.
 #[test]
 fn stopsign_decision_seen_from_storage_only() {
     let seed = STOPSIGN_BUG_SEED;
-    let (stats, _) = ok(crate::run_seed(seed, false));
+    let mut p = crate::params_for(seed);
+    p.fix_stopsign_sync = false;
+    let (stats, _) = ok(run_world(seed, p, false, |w| w.run_random()));
     assert!(
         stats.stopsign_bug_hits > 0,
         "seed {seed} no longer hits the 0.2.4 StopSign bug: {stats:?}"
+    );
+    let (stats, _) = ok(crate::run_seed(seed, false));
+    assert_eq!(
+        stats.stopsign_bug_hits, 0,
+        "with the re-sync fix the library reports the decision: {stats:?}"
     );
 }
 

@@ -14,7 +14,9 @@ use kvd::checkpoint;
 use kvd::codec::encode;
 use kvd::command::{LogCmd, Op, ReqId};
 use kvd::frame::{crc_items, CheckpointItem, Transition};
-use kvd::membership::{decided_stopsign, stored_stopsign, ClusterMeta, Lifecycle};
+use kvd::membership::{
+    decided_stopsign, fix_stopsign_resync, stored_stopsign, ClusterMeta, Lifecycle, StopSignResync,
+};
 use kvd::replica::{stopsign_pending, StaleOwnBallot, StopSignStall};
 use kvd::state_machine::{
     pair_hash, Applied, DedupLimits, Outcome, Position, SmMeta, StateMachine,
@@ -95,6 +97,16 @@ pub struct Params {
     /// (`kvd::replica::StopSignStall`). `false` models the loop from before (regressions.rs,
     /// seed 488).
     pub stopsign_stall_rule: bool,
+    /// Correct every incoming re-sync over a stored StopSign for the OmniPaxos 0.2.4
+    /// off-by-one (`kvd::membership::fix_stopsign_resync`), as kvd's loop does, and check that
+    /// each replica's accepted index stays on its stored log (+ StopSign) with the decided
+    /// index not past it. `false` models the loop from before that fix (seed 632 then panics the
+    /// library: regressions.rs).
+    pub fix_stopsign_sync: bool,
+    /// Serve a fetch up to a decided StopSign (the entries before it), as kvd does. `false`
+    /// models `serve_fetch` from before: a range up to the decided index, which counts the
+    /// StopSign although it holds no entry, was refused (regressions.rs, seed 632).
+    pub fetch_to_stopsign: bool,
 }
 
 impl Params {
@@ -127,6 +139,8 @@ impl Params {
             drain_per_message: false,
             stale_own_ballot_rule: true,
             stopsign_stall_rule: true,
+            fix_stopsign_sync: true,
+            fetch_to_stopsign: true,
         }
     }
 
@@ -280,6 +294,9 @@ pub struct Stats {
     pub switches: u64,
     /// Switches where storage saw the decided StopSign but `is_reconfigured()` did not.
     pub stopsign_bug_hits: u64,
+    /// Incoming re-syncs over a stored StopSign corrected, emptied or dropped
+    /// (`fix_stopsign_resync`).
+    pub stopsign_resyncs_fixed: u64,
     pub joins_as_new: u64,
     /// The library compacted a replica's log on its own (not our `snapshot` call).
     pub lib_compactions: u64,
@@ -317,6 +334,7 @@ impl Stats {
             reconfigs,
             switches,
             stopsign_bug_hits,
+            stopsign_resyncs_fixed,
             joins_as_new,
             lib_compactions,
             lib_compactions_past_cursor,
@@ -760,8 +778,29 @@ impl Node {
         }
         let from = m.from;
         match m.p {
-            Payload::Paxos(msg) => {
+            Payload::Paxos(mut msg) => {
                 let op = self.op.as_mut().expect("checked");
+                if env.p.fix_stopsign_sync {
+                    // As kvd's handle_peer: a re-sync over our StopSign corrected first.
+                    let db = self.db.as_ref().expect("replica is up");
+                    let r = fix_stopsign_resync(
+                        db,
+                        self.meta.config_id,
+                        op.get_decided_idx(),
+                        &mut msg,
+                    )
+                    .expect("log meta");
+                    if r != StopSignResync::Untouched {
+                        env.stats.stopsign_resyncs_fixed += 1;
+                        env.log(format!(
+                            "replica {}: re-sync over its StopSign: {r:?}",
+                            self.pid
+                        ));
+                    }
+                    if r == StopSignResync::Dropped {
+                        return;
+                    }
+                }
                 let before = op.get_compacted_idx() as u64;
                 op.handle_incoming(msg);
                 if env.p.drain_per_message {
@@ -971,11 +1010,16 @@ impl Node {
             from: start,
             applied: self.sm().applied().index,
         };
-        if start < compacted || start >= decided {
+        // As kvd: a decided StopSign is no log entry, serve the entries before it.
+        let end = match stored_stopsign(self.db(), self.meta.config_id) {
+            Ok(Some((_, ss_idx))) if env.p.fetch_to_stopsign => decided.min(ss_idx),
+            _ => decided,
+        };
+        if start < compacted || start >= end {
             env.send(self.pid, peer, self.meta.config_id, unavailable);
             return;
         }
-        let end = to.min(decided).min(start + MAX_APPLY);
+        let end = to.min(end).min(start + MAX_APPLY);
         match read_log_range(self.db(), self.meta.config_id, start as usize, end as usize) {
             Ok(Some(entries)) if !entries.is_empty() => env.send(
                 self.pid,
@@ -1019,6 +1063,7 @@ impl Node {
                 ));
             }
         }
+        self.check_log_indices(env);
         self.propose_queued(env);
         self.apply_decided(env);
         self.check_stopsign(env);
@@ -1037,6 +1082,32 @@ impl Node {
         self.send_outgoing(env);
         self.maybe_compact(env);
         self.observe(env);
+    }
+
+    /// With the re-sync correction, the library's accepted index is the stored log end, plus
+    /// one with a StopSign stored (batch_size is 1: nothing waits in memory), and its decided
+    /// index is never past that. Without it, a re-sync after a StopSign puts both one too high
+    /// (kvd::membership::fix_stopsign_resync).
+    fn check_log_indices(&self, env: &mut Env) {
+        let Some(op) = &self.op else {
+            return;
+        };
+        if !env.p.fix_stopsign_sync {
+            return;
+        }
+        let m = read_log_meta(self.db(), self.meta.config_id).expect("log meta");
+        let stored = m.log_end + usize::from(m.stopsign.is_some());
+        let (accepted, decided) = (op.get_accepted_idx(), op.get_decided_idx());
+        if accepted != stored || decided > stored {
+            env.violation(format!(
+                "replica {}: c{} accepted index {accepted}, decided {decided}, but it stores a log \
+                 up to {} {} a StopSign",
+                self.pid,
+                self.meta.config_id,
+                m.log_end,
+                if m.stopsign.is_some() { "with" } else { "without" }
+            ));
+        }
     }
 
     fn propose_queued(&mut self, env: &mut Env) {
