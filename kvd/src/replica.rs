@@ -368,17 +368,19 @@ impl StaleOwnBallot {
 }
 
 /// Whether the log holds a StopSign that is not decided (stored above the decided index).
+/// Called every tick on a leader (`StopSignStall`), so it reads one entry, not the whole
+/// undecided suffix: nothing is ever accepted after a StopSign, so it can only be the last.
 pub fn stopsign_pending<T, B>(op: &OmniPaxos<T, B>) -> bool
 where
     T: omnipaxos::storage::Entry,
     B: Storage<T>,
 {
-    op.read_entries(op.get_decided_idx()..)
-        .map(|es| {
-            es.iter()
-                .any(|e| matches!(e, omnipaxos::util::LogEntry::StopSign(..)))
-        })
-        .unwrap_or(false)
+    let accepted = op.get_accepted_idx();
+    accepted > op.get_decided_idx()
+        && matches!(
+            op.read(accepted - 1),
+            Some(omnipaxos::util::LogEntry::StopSign(..))
+        )
 }
 
 /// Resend periods a leader waits for a StopSign in its log to be decided before it runs for a
@@ -1721,11 +1723,7 @@ impl Replica {
 
     fn start_joining_catchup(&mut self) {
         self.metrics.catching_up.set(1);
-        self.catchup = Some(CatchUp::Fetching {
-            asked: 0,
-            asked_at: Instant::now() - CATCHUP_TIMEOUT,
-            unavailable: HashMap::new(),
-        });
+        self.restart_catchup();
     }
 
     /// A joiner asks the next connected member for a checkpoint.

@@ -725,7 +725,7 @@ impl Node {
         self.op = op;
         self.watch_own_ballot(env);
         if self.meta.lifecycle == Lifecycle::Joining {
-            self.start_joining_catchup(env);
+            self.restart_catchup(env);
         }
         if let (Some(t), Lifecycle::Serving) =
             (self.meta.last_transition.clone(), self.meta.lifecycle)
@@ -1507,15 +1507,7 @@ impl Node {
         self.watch_own_ballot(env);
         self.observed = (t.config_id, 0);
         self.announcing = None;
-        self.start_joining_catchup(env);
-    }
-
-    fn start_joining_catchup(&mut self, env: &mut Env) {
-        self.catchup = Some(CatchUp::Fetching {
-            asked: 0,
-            next_ask: env.step,
-            unavailable: BTreeMap::new(),
-        });
+        self.restart_catchup(env);
     }
 
     /// As kvd's `retire_outgoing`: what the replaced instance still has to send keeps its
