@@ -2,7 +2,8 @@
 //! persistence step `name` is reached (before it writes), so a test can check that a crash at
 //! that step loses no acknowledged write. Inert (one relaxed load) when the variable is unset.
 //!
-//! Steps: `log-write` (a Paxos log/metadata batch), `apply` (a state-machine batch),
+//! Steps: `log-write` (a Paxos log/metadata batch: appends, promises, syncs), `decide` (a
+//! batch that only moves the decided index), `apply` (a state-machine batch),
 //! `before-sync` and `after-sync` (around the iteration's WAL sync, messages half sent),
 //! `compact` (a local compaction), `switch` (persisting a new configuration).
 

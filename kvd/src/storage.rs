@@ -332,7 +332,8 @@ impl LogStore {
         for op in ops {
             self.apply_op(&mut meta, &mut batch, op);
         }
-        crate::failpoint::hit("log-write");
+        // `decide` is a batch that only moves the decided index; `log-write` any other.
+        crate::failpoint::hit(if only_decided { "decide" } else { "log-write" });
         if only_decided {
             self.db.write_lazy(batch)?;
         } else {

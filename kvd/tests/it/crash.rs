@@ -77,6 +77,11 @@ async fn a_crash_at_a_log_write_loses_no_acked_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_a_decide_loses_no_acked_write() {
+    crash_everyone_at("decide", 30).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_at_an_apply_batch_loses_no_acked_write() {
     crash_everyone_at("apply", 30).await;
 }
