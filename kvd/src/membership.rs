@@ -147,9 +147,9 @@ pub enum StopSignResync {
 /// (simulator seed 632; in a release build the assertion is compiled out and the indices stay
 /// wrong).
 ///
-/// Only a sync that carries the StopSign we store, with nothing to append and `sync_idx` at or
-/// past our log end, is touched: the sender's log is then ours (it holds our whole log, and
-/// a log ends at its StopSign), so the sync has nothing to change but the round.
+/// Only a sync that carries the StopSign we store, with nothing to append, no snapshot and
+/// `sync_idx` at or past our log end, is touched: the sender's log is then ours (it holds our
+/// whole log, and a log ends at its StopSign), so the sync has nothing to change but the round.
 /// - StopSign not decided here: `sync_idx` becomes our log end, what the library would send
 ///   if it did not count the StopSign; the accepted index lands on the StopSign.
 /// - StopSign decided here: there is no value the library takes (its assertion wants
@@ -174,7 +174,11 @@ pub fn fix_stopsign_resync(
         PaxosMsg::AcceptSync(AcceptSync { log_sync, .. }) => log_sync,
         _ => return Ok(StopSignResync::Untouched),
     };
-    if sync.stopsign.is_none() || !sync.suffix.is_empty() {
+    // A sync carrying a snapshot takes `sync_idx` from the sender's compaction, not from our
+    // accepted index: nothing is double-counted, and our StopSign, though equal in content,
+    // may sit where the sender's log holds an entry (an old leader's unchosen StopSign;
+    // simulator seed 1647).
+    if sync.stopsign.is_none() || !sync.suffix.is_empty() || sync.decided_snapshot.is_some() {
         return Ok(StopSignResync::Untouched);
     }
     let m = read_log_meta(db, config_id)?;
@@ -414,6 +418,77 @@ mod tests {
             .expect("decided StopSign visible in storage");
         assert_eq!(ss.next_config.configuration_id, 2);
         assert_eq!(end, 3, "the StopSign sits after the three entries");
+    }
+
+    /// An old leader's StopSign, accepted in its own ballot at index 3 and never chosen: the new
+    /// leader chose an entry at 3 and the same StopSign (equal in content) at 4, compacted,
+    /// and re-syncs with a snapshot up to 4. That `sync_idx` counts no StopSign and must reach
+    /// the library as it is; lowering it to our log end put the StopSign one entry early and
+    /// switched this replica at index 3 while the others switched at 4 (simulator seeds 1077,
+    /// 1647, 2554).
+    #[test]
+    fn a_snapshot_sync_over_an_unchosen_stopsign_is_untouched() {
+        use omnipaxos::ballot_leader_election::Ballot;
+        use omnipaxos::storage::{SnapshotType, Storage};
+        use omnipaxos::util::{LogSync, SequenceNumber};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let ss = StopSign {
+            next_config: ClusterConfig {
+                configuration_id: 2,
+                nodes: vec![1, 2, 3],
+                flexible_quorum: None,
+            },
+            metadata: None,
+        };
+        let mut store = LogStore::open(db.clone(), 1).unwrap();
+        let entry = |id| LogCmd {
+            ops: vec![crate::command::Op::Barrier { origin: 0, id }],
+        };
+        store.append_entries((0..3).map(entry).collect()).unwrap();
+        store.set_stopsign(Some(ss.clone())).unwrap();
+        store.set_decided_idx(2).unwrap();
+        let sync = |sync_idx, decided_snapshot| {
+            Message::SequencePaxos(PaxosMessage {
+                from: 2,
+                to: 3,
+                msg: PaxosMsg::AcceptSync(AcceptSync {
+                    n: Ballot::default(),
+                    seq_num: SequenceNumber::default(),
+                    decided_idx: 5,
+                    log_sync: LogSync {
+                        decided_snapshot,
+                        suffix: vec![],
+                        sync_idx,
+                        stopsign: Some(ss.clone()),
+                    },
+                }),
+            })
+        };
+        let sync_idx_of = |m: &Message<LogCmd>| match m {
+            Message::SequencePaxos(PaxosMessage {
+                msg: PaxosMsg::AcceptSync(a),
+                ..
+            }) => a.log_sync.sync_idx,
+            _ => unreachable!(),
+        };
+        let mut m = sync(4, Some(SnapshotType::Delta(crate::command::Marker)));
+        assert_eq!(
+            fix_stopsign_resync(&db, 1, 2, &mut m).unwrap(),
+            StopSignResync::Untouched
+        );
+        assert_eq!(
+            sync_idx_of(&m),
+            4,
+            "the snapshot's index reaches the library"
+        );
+        // Without a snapshot the same message is the library's off-by-one, corrected.
+        let mut m = sync(4, None);
+        assert_eq!(
+            fix_stopsign_resync(&db, 1, 2, &mut m).unwrap(),
+            StopSignResync::Corrected
+        );
+        assert_eq!(sync_idx_of(&m), 3);
     }
 
     /// The workaround (`fix_stopsign_resync`) on the same schedule: the follower's accepted

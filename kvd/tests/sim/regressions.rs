@@ -154,3 +154,21 @@ fn with_the_resync_fix_alone_seed_632_no_longer_panics_but_cannot_catch_up() {
         failure.error
     );
 }
+
+// A re-sync with a snapshot over an unchosen StopSign, seeds 1077, 1647 and 2554 (found when
+// CI went from 1000 to 3000 seeds). On 1647: replica 3 leads ballot 1 and accepts its own
+// StopSign after 14 entries; replica 2 takes over with ballot 2, has entry 14 chosen and its
+// StopSign (equal in content: the same change) at 15, and compacts. Its AcceptSync to replica
+// 3 carries a snapshot up to 15, no suffix and the StopSign. `fix_stopsign_resync` took that
+// for the library's off-by-one and lowered `sync_idx` to replica 3's log end (14): replica 3
+// ended c1 at 14 and switched there while the others switched at 15, a safety violation (the
+// two configurations' logs disagreed on what index 14 was). A snapshot's `sync_idx` is the
+// sender's compacted index and counts no StopSign: such a sync is now handed over untouched
+// (the unit test `a_snapshot_sync_over_an_unchosen_stopsign_is_untouched` shows the message).
+
+#[test]
+fn snapshot_sync_over_an_unchosen_stopsign_seeds_1077_1647_2554_agree_on_the_config_end() {
+    for seed in [1077, 1647, 2554] {
+        crate::run_seed(seed, false).unwrap_or_else(|f| panic!("{f}"));
+    }
+}
