@@ -2,8 +2,8 @@
 //! `/v1/reconfigure`, `/healthz`, `/readyz`, `/metrics`. Handlers never touch consensus state: they send a request to the
 //! loop's inbox and wait for its answer. The contract is docs/api.md.
 
+use crate::inbox::{ClientRequest, Input, ReadValue, WriteKind};
 use crate::metrics::Metrics;
-use crate::replica::{ClientRequest, Input, ReadValue, WriteKind};
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};

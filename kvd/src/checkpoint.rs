@@ -1,7 +1,8 @@
 //! Streamed, checksummed checkpoints: the state-machine state (KV, dedup table, position)
 //! sent to a replica that must catch up past entries no peer still holds.
 //!
-//! Sender: a RocksDB snapshot read on its own thread, in chunks of at most `CHUNK_BYTES`.
+//! Sender: a RocksDB snapshot read in chunks of at most `CHUNK_BYTES` into a `ChunkSink`
+//! (kvd runs it on its own thread, the simulator inline).
 //! Receiver: chunks are staged in the `stage` column family (bounded memory); once the
 //! CRC and chunk count check out, a persisted `installing` marker is written and the staged
 //! state replaces the live one in bounded batches. A crash mid-switch resumes from the marker
@@ -11,10 +12,7 @@ use crate::codec::{decode, encode};
 use crate::frame::{crc_items, CheckpointItem, PeerFrame};
 use crate::state_machine::SmMeta;
 use crate::storage::{Db, StoreError, CF_DEDUP, CF_KV, CF_META, CF_STAGE};
-use crate::transport::PeerLink;
 use rocksdb::{IteratorMode, WriteBatch};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use tracing::{info, warn};
 
 /// Largest chunk payload, in bytes.
@@ -25,9 +23,21 @@ const STAGE_KV: u8 = 0;
 const KEYS_END: [u8; 1100] = [0xff; 1100];
 const STAGE_DEDUP: u8 = 1;
 
-/// Streams this replica's state to `link` as checkpoint `id`. Runs on its own thread and
-/// stops early once `current` no longer holds `id` (the peer asked for a newer stream).
-pub fn stream(db: Db, link: PeerLink, id: u64, current: Arc<AtomicU64>) {
+/// Where a checkpoint stream's frames go: a peer session (kvd) or the simulated network.
+pub trait ChunkSink {
+    /// Queues a frame, waiting for room if need be (bounded memory). False: the peer is
+    /// gone; the stream stops.
+    fn send_bulk(&self, frame: PeerFrame) -> bool;
+
+    /// False once the stream is no longer wanted (the peer asked for a newer one).
+    fn wanted(&self) -> bool {
+        true
+    }
+}
+
+/// Streams `db`'s state to peer `to` through `sink` as checkpoint `id`, in chunks of about
+/// `chunk_bytes` (at most `CHUNK_BYTES` for kvd's frames), from one RocksDB snapshot.
+pub fn stream(db: &Db, sink: &impl ChunkSink, to: u64, id: u64, chunk_bytes: usize) {
     let snap = db.raw().snapshot();
     let meta: SmMeta = match snap.get_cf(db.cf(CF_META), b"sm") {
         Ok(Some(b)) => match decode(&b) {
@@ -48,7 +58,7 @@ pub fn stream(db: Db, link: PeerLink, id: u64, current: Arc<AtomicU64>) {
         if items.is_empty() {
             return true;
         }
-        if current.load(Ordering::Relaxed) != id {
+        if !sink.wanted() {
             return false;
         }
         crc_items(&mut crc, items);
@@ -59,7 +69,7 @@ pub fn stream(db: Db, link: PeerLink, id: u64, current: Arc<AtomicU64>) {
         };
         *seq += 1;
         *size = 0;
-        link.send_bulk_blocking(chunk)
+        sink.send_bulk(chunk)
     };
     for (cf, is_kv) in [(CF_KV, true), (CF_DEDUP, false)] {
         for item in snap.iterator_cf(db.cf(cf), IteratorMode::Start) {
@@ -73,9 +83,9 @@ pub fn stream(db: Db, link: PeerLink, id: u64, current: Arc<AtomicU64>) {
             } else {
                 CheckpointItem::Dedup(k.to_vec(), v.to_vec())
             });
-            if size >= CHUNK_BYTES && !flush(&mut items, &mut size, &mut seq) {
+            if size >= chunk_bytes && !flush(&mut items, &mut size, &mut seq) {
                 warn!(
-                    peer = link.pid,
+                    peer = to,
                     "checkpoint stream stopped (link closed or superseded)"
                 );
                 return;
@@ -86,14 +96,14 @@ pub fn stream(db: Db, link: PeerLink, id: u64, current: Arc<AtomicU64>) {
         return;
     }
     let crc = crc.finalize();
-    link.send_bulk_blocking(PeerFrame::CheckpointDone {
+    sink.send_bulk(PeerFrame::CheckpointDone {
         id,
         chunks: seq,
         crc,
         meta,
     });
     info!(
-        peer = link.pid,
+        peer = to,
         chunks = seq,
         keys = meta.keys,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -13,6 +13,12 @@ pub struct OpLabel {
     pub op: String,
 }
 
+/// Which OmniPaxos 0.2.4 workaround acted (`omnipaxos_workarounds.rs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkaroundLabel {
+    pub workaround: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Client operations handed to consensus (each op of a batch counts).
@@ -40,6 +46,15 @@ pub struct Metrics {
     pub reconfigurations: Counter,
     /// Checkpoint (state transfer) bytes received.
     pub checkpoint_bytes_received: Counter,
+    /// Checkpoints received, verified and installed.
+    pub checkpoints_installed: Counter,
+    /// Times the apply cursor fell below the compacted index (catch-up started).
+    pub catchups: Counter,
+    /// Decided entries fetched from peers while catching up.
+    pub fetched_entries: Counter,
+    /// Times each OmniPaxos 0.2.4 workaround acted: `stale_own_ballot`, `stopsign_stall`,
+    /// `stopsign_resync` (a re-sync corrected or dropped).
+    pub workarounds: Family<WorkaroundLabel, Counter>,
     /// Request latency by op (put, delete, get_linearizable, get_local), seconds.
     pub request_seconds: Family<OpLabel, Histogram>,
 }
@@ -68,6 +83,10 @@ impl Metrics {
             nospace: Gauge::default(),
             reconfigurations: Counter::default(),
             checkpoint_bytes_received: Counter::default(),
+            checkpoints_installed: Counter::default(),
+            catchups: Counter::default(),
+            fetched_entries: Counter::default(),
+            workarounds: Family::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
@@ -134,11 +153,49 @@ impl Metrics {
             m.checkpoint_bytes_received.clone(),
         );
         m.registry.register(
+            "checkpoints_installed",
+            "Checkpoints received, verified and installed",
+            m.checkpoints_installed.clone(),
+        );
+        m.registry.register(
+            "catchups",
+            "Times the apply cursor fell below the compacted index",
+            m.catchups.clone(),
+        );
+        m.registry.register(
+            "fetched_entries",
+            "Decided entries fetched from peers while catching up",
+            m.fetched_entries.clone(),
+        );
+        m.registry.register(
+            "omnipaxos_workarounds",
+            "Times each OmniPaxos 0.2.4 workaround acted",
+            m.workarounds.clone(),
+        );
+        m.registry.register(
             "request_duration_seconds",
             "Client request latency",
             m.request_seconds.clone(),
         );
         m
+    }
+
+    /// Counts one action of the OmniPaxos workaround `name`.
+    pub fn workaround(&self, name: &str) {
+        self.workarounds
+            .get_or_create(&WorkaroundLabel {
+                workaround: name.to_string(),
+            })
+            .inc();
+    }
+
+    /// How often the OmniPaxos workaround `name` acted.
+    pub fn workaround_count(&self, name: &str) -> u64 {
+        self.workarounds
+            .get_or_create(&WorkaroundLabel {
+                workaround: name.to_string(),
+            })
+            .get()
     }
 
     pub fn observe(&self, op: &str, seconds: f64) {

@@ -3,20 +3,23 @@
 
 use crate::api::{router, ApiState};
 use crate::config::Config;
+use crate::inbox::Input;
 use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
-use crate::replica::{Input, LoopConfig, Replica};
+use crate::replica::{LoopConfig, Replica, Timers};
 use crate::state_machine::DedupLimits;
 use crate::storage::{Db, StoreError};
-use crate::transport::{self, Identity, Links, TransportCtx};
+use crate::transport::{self, Identity, Links, TcpPeers, TransportCtx};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 /// Inbox capacity of the consensus loop.
 const INBOX: usize = 64 * 1024;
+/// Most entries applied per iteration (and served per FetchEntries).
+const MAX_APPLY: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -134,6 +137,44 @@ fn spawn_watchdog(
     Ok(())
 }
 
+/// The consensus loop's settings from kvd's configuration. `started` and `started_unix_ms`
+/// are the loop's clock and the wall clock at start; `seed` seeds its RNG.
+pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u64) -> LoopConfig {
+    let (peers, template) = (cfg.peers.0.clone(), cfg.peer_template.clone());
+    LoopConfig {
+        pid: cfg.pid,
+        cluster_token: cfg.cluster_token.clone(),
+        // Env (explicit map, then template) names a member's address; else what was announced.
+        peer_address: Arc::new(move |pid| {
+            peers
+                .get(&pid)
+                .cloned()
+                .or_else(|| crate::config::from_template(template.as_deref()?, pid))
+        }),
+        timers: Timers {
+            tick: cfg.tick(),
+            retry: Duration::from_millis(cfg.retry_ms),
+            ..Timers::default()
+        },
+        election_ticks: cfg.election_ticks,
+        resend_ticks: cfg.resend_ticks,
+        snapshot_interval: cfg.snapshot_interval,
+        snapshot_keep: cfg.snapshot_keep,
+        max_inflight: cfg.max_inflight,
+        max_apply: MAX_APPLY,
+        data_dir: cfg.data_dir.clone(),
+        min_free_bytes: cfg.min_free_bytes,
+        started,
+        started_unix_ms,
+        seed,
+        defect: None,
+        dedup: DedupLimits {
+            ttl_ms: cfg.dedup_ttl_secs * 1000,
+            max_records: cfg.dedup_max_records,
+        },
+    }
+}
+
 /// Runs a replica on already-bound listeners until `shutdown` resolves.
 pub async fn serve(
     cfg: Config,
@@ -162,43 +203,31 @@ pub async fn serve(
     let peer_addr = peer_listener.local_addr()?;
     tokio::spawn(transport::serve_inbound(peer_listener, ctx.clone()));
 
-    let (peers, template) = (cfg.peers.0.clone(), cfg.peer_template.clone());
     let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     if cfg.loop_stall_secs > 0 {
         spawn_watchdog(heartbeat.clone(), started, cfg.loop_stall_secs)?;
     }
-    let loop_cfg = LoopConfig {
-        pid: cfg.pid,
-        cluster_token: cfg.cluster_token.clone(),
-        // Env (explicit map, then template) names a member's address; else what was announced.
-        peer_address: Arc::new(move |pid| {
-            peers
-                .get(&pid)
-                .cloned()
-                .or_else(|| crate::config::from_template(template.as_deref()?, pid))
-        }),
-        tick: cfg.tick(),
-        election_ticks: cfg.election_ticks,
-        resend_ticks: cfg.resend_ticks,
-        snapshot_interval: cfg.snapshot_interval,
-        snapshot_keep: cfg.snapshot_keep,
-        max_inflight: cfg.max_inflight,
-        data_dir: cfg.data_dir.clone(),
-        min_free_bytes: cfg.min_free_bytes,
-        heartbeat: heartbeat.clone(),
+    let loop_cfg = loop_config(
+        &cfg,
         started,
-        retry: Duration::from_millis(cfg.retry_ms),
-        dedup: DedupLimits {
-            ttl_ms: cfg.dedup_ttl_secs * 1000,
-            max_records: cfg.dedup_max_records,
-        },
-    };
-    let replica = Replica::new(loop_cfg, meta, db.clone(), links, metrics.clone())
-        .map_err(NodeError::Config)?;
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        rand::random(),
+    );
+    let replica = Replica::new(
+        loop_cfg,
+        meta,
+        db.clone(),
+        TcpPeers::new(links),
+        metrics.clone(),
+        started,
+    )
+    .map_err(NodeError::Config)?;
     let loop_thread = std::thread::Builder::new()
         .name("consensus".into())
-        .spawn(move || replica.run(inbox_rx))?;
+        .spawn(move || crate::consensus_thread::run(replica, inbox_rx, heartbeat, started))?;
 
     let state = ApiState {
         inbox: inbox_tx.clone(),

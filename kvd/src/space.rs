@@ -29,12 +29,13 @@ pub fn free_bytes(dir: &Path) -> std::io::Result<u64> {
 }
 
 impl SpaceGuard {
-    pub fn new(dir: PathBuf, min_free: u64) -> SpaceGuard {
+    /// A guard of `dir` keeping `min_free` bytes (0: none), first measured at `now`.
+    pub fn new(dir: PathBuf, min_free: u64, now: Instant) -> SpaceGuard {
         SpaceGuard {
             dir,
             min_free,
             free: None,
-            next_check: Instant::now(),
+            next_check: now,
         }
     }
 
@@ -77,13 +78,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let free = free_bytes(dir.path()).unwrap();
         assert!(free > 0);
-        let mut ok = SpaceGuard::new(dir.path().to_path_buf(), 1);
+        let mut ok = SpaceGuard::new(dir.path().to_path_buf(), 1, Instant::now());
         assert_eq!(ok.refresh(Instant::now()), None, "never low: no change");
         assert!(!ok.is_low());
-        let mut low = SpaceGuard::new(dir.path().to_path_buf(), u64::MAX);
+        let mut low = SpaceGuard::new(dir.path().to_path_buf(), u64::MAX, Instant::now());
         assert_eq!(low.refresh(Instant::now()), Some(true));
         assert!(low.message().starts_with("no space: "), "{}", low.message());
-        let mut off = SpaceGuard::new(dir.path().to_path_buf(), 0);
+        let mut off = SpaceGuard::new(dir.path().to_path_buf(), 0, Instant::now());
         assert_eq!(off.refresh(Instant::now()), None);
         assert!(!off.is_low());
     }

@@ -65,6 +65,8 @@ pub struct StateMachine {
     records: HashMap<(u64, u64), DedupRecord>,
     /// Eviction order: oldest timestamp first, ties by (client, seq): deterministic.
     by_age: BTreeSet<(u64, u64, u64)>,
+    /// Test-only defect (`replica::Defect::ApplyIgnoresDedup`): duplicates apply again.
+    ignore_dedup: bool,
 }
 
 pub fn dedup_key(client: u64, seq: u64) -> [u8; 16] {
@@ -90,6 +92,7 @@ impl StateMachine {
             limits,
             records: HashMap::new(),
             by_age: BTreeSet::new(),
+            ignore_dedup: false,
         };
         sm.reload_dedup()?;
         Ok(sm)
@@ -121,7 +124,9 @@ impl StateMachine {
 
     /// Re-reads everything from disk (after a checkpoint was switched in).
     pub fn reload(&mut self) -> Result<(), StoreError> {
+        let ignore_dedup = self.ignore_dedup;
         *self = StateMachine::load(self.db.clone(), self.limits)?;
+        self.ignore_dedup = ignore_dedup;
         Ok(())
     }
 
@@ -242,10 +247,18 @@ impl StateMachine {
         Ok(results)
     }
 
+    /// Test-only: switches on the `ApplyIgnoresDedup` defect (the simulator's mutation
+    /// tests show it is caught). kvd never calls it with true.
+    pub fn set_ignore_dedup(&mut self, on: bool) {
+        self.ignore_dedup = on;
+    }
+
     /// `Ok(Some)` for a duplicate (its remembered outcome), `Ok(None)` to apply, `Err` to refuse.
     fn check_dedup(&self, req: &ReqId) -> Result<Option<Outcome>, Refusal> {
         if let Some(rec) = self.records.get(&(req.client, req.seq)) {
-            return Ok(Some(rec.outcome));
+            if !self.ignore_dedup {
+                return Ok(Some(rec.outcome));
+            }
         }
         let too_old = req.ts_ms.saturating_add(self.limits.ttl_ms / 2) < self.meta.clock_ms
             || (self.meta.horizon_ms > 0 && req.ts_ms <= self.meta.horizon_ms);

@@ -1,15 +1,18 @@
 //! Peer transport over TCP. Each replica dials every peer (an outbound, send-only session)
 //! and accepts their dials (inbound, receive-only). Sessions start with a `Hello` checked
-//! against our cluster identity; frames then go to the consensus loop's inbox.
+//! against our cluster identity; frames then go to the consensus loop's inbox. `TcpPeers`
+//! is the loop's `Peers` over these sessions.
 //!
 //! Limits: the Hello frame is at most `HELLO_MAX_BYTES`; later frames at most the configured
 //! peer-frame limit; a frame that is too large or does not decode closes the connection.
 //! Inbound frames are never allowed to block: when the inbox is full they are dropped
 //! (consensus tolerates loss; OmniPaxos resends).
 
+use crate::checkpoint::{self, ChunkSink};
 use crate::frame::{Hello, PeerFrame, HELLO_ACK, HELLO_MAX_BYTES, MAGIC, PROTOCOL_VERSION};
+use crate::inbox::Input;
 use crate::metrics::Metrics;
-use crate::replica::Input;
+use crate::peers::Peers;
 use crate::storage::{Db, CF_META};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -382,5 +385,81 @@ impl Links {
     /// A joiner adopts the cluster id it verified.
     pub fn set_cluster_id(&self, id: u64) {
         self.ctx.set_cluster_id(id);
+    }
+}
+
+/// The consensus loop's `Peers` over TCP sessions: one outbound session per peer, opened on
+/// demand, and checkpoint streams on their own threads (one per peer: a newer request
+/// supersedes a running stream).
+pub struct TcpPeers {
+    links: Links,
+    sessions: HashMap<u64, PeerLink>,
+    /// Id of the checkpoint stream each peer currently wants from us.
+    streams: HashMap<u64, Arc<AtomicU64>>,
+}
+
+impl TcpPeers {
+    pub fn new(links: Links) -> TcpPeers {
+        TcpPeers {
+            links,
+            sessions: HashMap::new(),
+            streams: HashMap::new(),
+        }
+    }
+}
+
+/// A checkpoint stream's sink: the bulk queue of one session, while the stream is current.
+struct StreamSink {
+    link: PeerLink,
+    id: u64,
+    current: Arc<AtomicU64>,
+}
+
+impl ChunkSink for StreamSink {
+    fn send_bulk(&self, frame: PeerFrame) -> bool {
+        self.link.send_bulk_blocking(frame)
+    }
+
+    fn wanted(&self) -> bool {
+        self.current.load(Ordering::Relaxed) == self.id
+    }
+}
+
+impl Peers for TcpPeers {
+    fn connect(&mut self, pid: u64, addr: &str) {
+        if !self.sessions.contains_key(&pid) {
+            let link = self.links.connect(pid, addr.to_string());
+            self.sessions.insert(pid, link);
+        }
+    }
+
+    fn has_link(&self, pid: u64) -> bool {
+        self.sessions.contains_key(&pid)
+    }
+
+    fn is_connected(&self, pid: u64) -> bool {
+        self.sessions.get(&pid).is_some_and(PeerLink::is_connected)
+    }
+
+    fn send(&mut self, to: u64, frame: PeerFrame) -> bool {
+        self.sessions.get(&to).is_some_and(|l| l.send(frame))
+    }
+
+    fn stream_checkpoint(&mut self, to: u64, id: u64, db: &Db) {
+        let Some(link) = self.sessions.get(&to).cloned() else {
+            return;
+        };
+        let current = self.streams.entry(to).or_default().clone();
+        current.store(id, Ordering::Relaxed);
+        let db = db.clone();
+        let sink = StreamSink { link, id, current };
+        std::thread::Builder::new()
+            .name("checkpoint-send".into())
+            .spawn(move || checkpoint::stream(&db, &sink, to, id, checkpoint::CHUNK_BYTES))
+            .expect("spawn checkpoint thread");
+    }
+
+    fn set_cluster_id(&mut self, cluster_id: u64) {
+        self.links.set_cluster_id(cluster_id);
     }
 }

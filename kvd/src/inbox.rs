@@ -1,0 +1,69 @@
+//! The consensus loop's inbox vocabulary: everything the loop reacts to (`Input`) and the
+//! client requests it answers through one-shot replies. The API, the transport and the
+//! simulator speak it; none of them needs the loop itself.
+
+use crate::frame::PeerFrame;
+use omnikv_common::api::{
+    ApiError, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView, WriteResult,
+};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Everything the consensus loop reacts to.
+pub enum Input {
+    /// A frame from peer `from` (its session authenticated it as `from`).
+    Peer {
+        from: u64,
+        frame: PeerFrame,
+    },
+    /// Our outbound session to this peer came (back) up.
+    PeerUp(u64),
+    Client(ClientRequest),
+    Shutdown,
+}
+
+pub enum WriteKind {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+/// A value read, and the applied position it was read at.
+#[derive(Debug)]
+pub struct ReadValue {
+    pub value: Option<Vec<u8>>,
+    pub index: u64,
+}
+
+/// Where the loop answers a request: exactly once, possibly with an error.
+pub type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+pub enum ClientRequest {
+    Write {
+        kind: WriteKind,
+        /// (client id, seq) from the caller; None = kvd picks a fresh one.
+        id: Option<(u64, u64)>,
+        deadline: Instant,
+        reply: Reply<WriteResult>,
+    },
+    Read {
+        key: Vec<u8>,
+        linearizable: bool,
+        deadline: Instant,
+        reply: Reply<ReadValue>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusView>,
+    },
+    Log {
+        limit: usize,
+        reply: oneshot::Sender<LogView>,
+    },
+    Reconfigure {
+        request: ReconfigureRequest,
+        deadline: Instant,
+        reply: Reply<ReconfigureResult>,
+    },
+    Members {
+        reply: oneshot::Sender<MembersView>,
+    },
+}

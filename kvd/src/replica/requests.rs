@@ -1,0 +1,439 @@
+//! Client requests in the loop: writes (deduplicated by (client, seq), retried until decided
+//! or past their deadline), linearizable reads through read barriers, local reads, and the
+//! answers once entries are applied.
+//!
+//! Read barrier rule: a read is only answered by a barrier proposed after the read arrived;
+//! reads queued before a proposal share one barrier, later ones wait for the next.
+
+use super::{unavailable, AppendError, Defect, Replica, MAX_ENTRY_BYTES};
+use crate::command::{LogCmd, Op, ReqId};
+use crate::inbox::{ClientRequest, ReadValue, Reply, WriteKind};
+use crate::membership::Lifecycle;
+use crate::peers::Peers;
+use crate::state_machine::{Applied, Refusal};
+use omnikv_common::api::{ApiError, ErrorCode, WriteResult};
+use rand::Rng;
+use std::time::Instant;
+use tracing::debug;
+
+pub(super) struct PendingWrite {
+    op: Op,
+    replies: Vec<Reply<WriteResult>>,
+    deadline: Instant,
+    next_retry: Instant,
+    /// Proposals so far: retries back off (waits of 1x, 2x, 4x, then 8x the retry period) so
+    /// a long stall does not fill the log with copies (they would be applied once, but still
+    /// logged).
+    proposals: u32,
+    /// Handed to OmniPaxos at least once: a timeout is then indeterminate, not unavailable.
+    handed: bool,
+}
+
+pub(super) struct PendingRead {
+    key: Vec<u8>,
+    deadline: Instant,
+    reply: Reply<ReadValue>,
+}
+
+pub(super) struct BarrierWait {
+    reads: Vec<PendingRead>,
+    next_retry: Instant,
+}
+
+impl<P: Peers> Replica<P> {
+    pub(super) fn handle_client(&mut self, req: ClientRequest) {
+        match req {
+            ClientRequest::Write {
+                kind,
+                id,
+                deadline,
+                reply,
+            } => {
+                if self.meta.lifecycle != Lifecycle::Serving {
+                    self.metrics.requests_refused.inc();
+                    let _ = reply.send(Err(unavailable(self.not_serving_message())));
+                    return;
+                }
+                self.handle_write(kind, id, deadline, reply)
+            }
+            ClientRequest::Read {
+                key,
+                linearizable,
+                deadline,
+                reply,
+            } => {
+                let may_read = match self.meta.lifecycle {
+                    Lifecycle::Serving => true,
+                    // A leaving replica still holds the state: local reads only.
+                    Lifecycle::Leaving => !linearizable,
+                    Lifecycle::Joining | Lifecycle::Removed => false,
+                };
+                if !may_read {
+                    self.metrics.requests_refused.inc();
+                    let _ = reply.send(Err(unavailable(self.not_serving_message())));
+                } else if !linearizable {
+                    let r = self.read_local(&key);
+                    let _ = reply.send(r);
+                } else if self.current_leader().is_none() {
+                    self.metrics.requests_refused.inc();
+                    let _ = reply.send(Err(unavailable(self.no_leader_message())));
+                } else {
+                    self.reads_waiting.push(PendingRead {
+                        key,
+                        deadline,
+                        reply,
+                    });
+                }
+            }
+            ClientRequest::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            ClientRequest::Log { limit, reply } => {
+                let _ = reply.send(self.log_view(limit));
+            }
+            ClientRequest::Reconfigure {
+                request,
+                deadline,
+                reply,
+            } => self.handle_reconfigure(request, deadline, reply),
+            ClientRequest::Members { reply } => {
+                let _ = reply.send(self.members_view());
+            }
+        }
+    }
+
+    pub(super) fn read_local(&self, key: &[u8]) -> Result<ReadValue, ApiError> {
+        if self.installing_checkpoint() {
+            return Err(unavailable("replica is installing a checkpoint"));
+        }
+        let value = self
+            .sm
+            .get(key)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        Ok(ReadValue {
+            value,
+            index: self.sm.applied().index,
+        })
+    }
+
+    fn handle_write(
+        &mut self,
+        kind: WriteKind,
+        id: Option<(u64, u64)>,
+        deadline: Instant,
+        reply: Reply<WriteResult>,
+    ) {
+        let (client, seq) = id.unwrap_or_else(|| (self.rng.random::<u64>() | 1, 1));
+        if let Some(p) = self.pending_writes.get_mut(&(client, seq)) {
+            p.replies.push(reply);
+            return;
+        }
+        if self.space.is_low() {
+            self.metrics.requests_refused.inc();
+            let _ = reply.send(Err(unavailable(self.space.message())));
+            return;
+        }
+        if self.current_leader().is_none() {
+            self.metrics.requests_refused.inc();
+            let _ = reply.send(Err(unavailable(self.no_leader_message())));
+            return;
+        }
+        if self.pending_writes.len() >= self.cfg.max_inflight {
+            self.metrics.requests_refused.inc();
+            let _ = reply.send(Err(unavailable(format!(
+                "overloaded: {} writes in flight on replica {}",
+                self.pending_writes.len(),
+                self.cfg.pid
+            ))));
+            return;
+        }
+        let req = ReqId {
+            client,
+            seq,
+            ts_ms: self.unix_ms(),
+        };
+        let op = match kind {
+            WriteKind::Put { key, value } => Op::Put { req, key, value },
+            WriteKind::Delete { key } => Op::Delete { req, key },
+        };
+        self.to_propose.push(op.clone());
+        self.pending_writes.insert(
+            (client, seq),
+            PendingWrite {
+                op,
+                replies: vec![reply],
+                deadline,
+                next_retry: self.now + self.cfg.timers.retry,
+                proposals: 1,
+                handed: false,
+            },
+        );
+    }
+
+    /// Proposes the writes queued this iteration, plus one read barrier for the reads that
+    /// arrived before it (a read is only answered by a barrier proposed after it arrived).
+    pub(super) fn propose_queued(&mut self) {
+        if !self.reads_waiting.is_empty() {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.to_propose.push(Op::Barrier {
+                origin: self.cfg.pid,
+                id,
+            });
+            let reads = std::mem::take(&mut self.reads_waiting);
+            if self.cfg.defect == Some(Defect::ReadBeforeBarrier) {
+                // The defect: answer from the local state without waiting for the barrier.
+                for r in reads {
+                    let answer = self.read_local(&r.key);
+                    self.read_replies.push((r.reply, answer));
+                }
+            } else {
+                self.barriers.insert(
+                    id,
+                    BarrierWait {
+                        reads,
+                        next_retry: self.now + self.cfg.timers.retry,
+                    },
+                );
+            }
+        }
+        if self.to_propose.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.to_propose);
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for op in ops {
+            if size + op.size() > MAX_ENTRY_BYTES && !batch.is_empty() {
+                self.propose_batch(std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += op.size();
+            batch.push(op);
+        }
+        if !batch.is_empty() {
+            self.propose_batch(batch);
+        }
+    }
+
+    fn propose_batch(&mut self, ops: Vec<Op>) {
+        let n = ops.len() as u64;
+        let ids: Vec<(u64, u64)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Put { req, .. } | Op::Delete { req, .. } => Some((req.client, req.seq)),
+                Op::Barrier { .. } => None,
+            })
+            .collect();
+        match self.append(LogCmd { ops }) {
+            Ok(()) => {
+                self.metrics.proposals.inc_by(n);
+                for id in ids {
+                    if let Some(p) = self.pending_writes.get_mut(&id) {
+                        p.handed = true;
+                    }
+                }
+            }
+            Err(AppendError::Reconfiguring) => {
+                // The configuration is closing: these go again in the next one (same ids, so
+                // never applied twice). Barriers are simply proposed again by their retry.
+                debug!(
+                    "proposal refused: a StopSign is stored; retrying in the next configuration"
+                );
+            }
+            Err(AppendError::Other(e)) => {
+                debug!(error = %e, "proposal refused by the log");
+                for id in ids {
+                    if let Some(p) = self.pending_writes.get(&id) {
+                        if !p.handed {
+                            let p = self.pending_writes.remove(&id).expect("present");
+                            for r in p.replies {
+                                self.write_replies
+                                    .push((r, Err(unavailable(format!("not proposed: {e}")))));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries writes and barriers that were not decided in time (a lost forward is never
+    /// resent by OmniPaxos) and answers those past their deadline.
+    pub(super) fn scan_timeouts(&mut self) {
+        let now = self.now;
+        let leader_known = self.current_leader().is_some();
+        let mut expired = Vec::new();
+        for (id, p) in self.pending_writes.iter_mut() {
+            if now >= p.deadline {
+                expired.push(*id);
+            } else if now >= p.next_retry && leader_known {
+                p.next_retry = now + self.cfg.timers.retry * (1 << p.proposals.min(3));
+                p.proposals += 1;
+                self.to_propose.push(p.op.clone());
+            }
+        }
+        for id in expired {
+            let p = self.pending_writes.remove(&id).expect("present");
+            let err = if p.handed {
+                ApiError::new(
+                    ErrorCode::Indeterminate,
+                    format!("write proposed but not confirmed before the deadline (replica {}): it may still be applied", self.cfg.pid),
+                )
+            } else {
+                unavailable(self.no_leader_message())
+            };
+            for r in p.replies {
+                self.write_replies.push((r, Err(err.clone())));
+            }
+        }
+        let mut retry = Vec::new();
+        let mut gone = Vec::new();
+        for (id, b) in self.barriers.iter_mut() {
+            let (late, live): (Vec<_>, Vec<_>) = b.reads.drain(..).partition(|r| now >= r.deadline);
+            b.reads = live;
+            for r in late {
+                self.read_replies.push((
+                    r.reply,
+                    Err(unavailable(
+                        "linearizable read not confirmed before the deadline (no quorum?)",
+                    )),
+                ));
+            }
+            if b.reads.is_empty() {
+                gone.push(*id);
+            } else if now >= b.next_retry && leader_known {
+                retry.push(*id);
+            }
+        }
+        for id in gone {
+            self.barriers.remove(&id);
+        }
+        for id in retry {
+            // Re-propose under a fresh barrier; the old one answers nobody if it shows up.
+            let b = self.barriers.remove(&id).expect("present");
+            self.reads_waiting.extend(b.reads);
+        }
+    }
+
+    /// Answers the writes and barrier reads that `results` (just applied) complete.
+    pub(super) fn answer_applied(&mut self, results: Vec<Applied>) {
+        for r in results {
+            match r {
+                Applied::Write { req, result } => {
+                    if let Some(p) = self.pending_writes.remove(&(req.client, req.seq)) {
+                        let answer = match result {
+                            Ok(o) => Ok(WriteResult {
+                                config_id: o.config_id,
+                                index: o.index,
+                                existed: o.existed,
+                            }),
+                            Err(Refusal::TooOld) => Err(ApiError::new(
+                                ErrorCode::Rejected,
+                                "request too old for the dedup window: refused so it cannot apply twice",
+                            )),
+                        };
+                        for reply in p.replies {
+                            self.write_replies.push((reply, answer.clone()));
+                        }
+                    }
+                }
+                Applied::Barrier { origin, id } => {
+                    if origin != self.cfg.pid {
+                        continue;
+                    }
+                    if let Some(b) = self.barriers.remove(&id) {
+                        for r in b.reads {
+                            let answer = self.read_local(&r.key);
+                            self.read_replies.push((r.reply, answer));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes and reads caught in the StopSign window go again in the new configuration
+    /// (same ids: never applied twice).
+    pub(super) fn retry_in_new_configuration(&mut self) {
+        let now = self.now;
+        for p in self.pending_writes.values_mut() {
+            p.next_retry = now;
+        }
+        let waiting: Vec<PendingRead> = std::mem::take(&mut self.barriers)
+            .into_values()
+            .flat_map(|b| b.reads)
+            .collect();
+        self.reads_waiting.extend(waiting);
+    }
+
+    /// Answers every waiting client: this replica will not apply their requests. `seen_all`:
+    /// every entry of the old configuration was applied, so a write not applied never will be.
+    pub(super) fn fail_all_requests(&mut self, seen_all: bool) {
+        let msg = self.not_serving_message();
+        for p in std::mem::take(&mut self.pending_writes).into_values() {
+            let err = if p.handed && !seen_all {
+                ApiError::new(
+                    ErrorCode::Indeterminate,
+                    format!("{msg}: the write may have been applied"),
+                )
+            } else {
+                unavailable(msg.clone())
+            };
+            for r in p.replies {
+                self.write_replies.push((r, Err(err.clone())));
+            }
+        }
+        self.to_propose.clear();
+        let reads: Vec<PendingRead> = std::mem::take(&mut self.barriers)
+            .into_values()
+            .flat_map(|b| b.reads)
+            .chain(self.reads_waiting.drain(..))
+            .collect();
+        for r in reads {
+            self.read_replies
+                .push((r.reply, Err(unavailable(msg.clone()))));
+        }
+    }
+
+    pub(super) fn not_serving_message(&self) -> String {
+        let pid = self.cfg.pid;
+        match (self.meta.lifecycle, &self.meta.last_transition) {
+            (Lifecycle::Joining, _) if self.meta.config_id == 0 => format!(
+                "replica {pid} is a new replica waiting to be added (kvctl reconfigure) and holds no state"
+            ),
+            (Lifecycle::Joining, _) => format!(
+                "replica {pid} is joining configuration {} and receiving the state",
+                self.meta.config_id
+            ),
+            (Lifecycle::Leaving | Lifecycle::Removed, Some(t)) => format!(
+                "replica {pid} was removed from the cluster (configuration {}: members {:?})",
+                t.config_id, t.members
+            ),
+            (Lifecycle::Leaving | Lifecycle::Removed, None) => {
+                format!("replica {pid} was removed from the cluster")
+            }
+            (Lifecycle::Serving, _) => format!("replica {pid} is serving"),
+        }
+    }
+
+    pub(super) fn no_leader_message(&self) -> String {
+        let others: Vec<u64> = self
+            .meta
+            .members
+            .iter()
+            .copied()
+            .filter(|&p| p != self.cfg.pid)
+            .collect();
+        let connected = others
+            .iter()
+            .filter(|&&p| self.peers.is_connected(p))
+            .count();
+        format!(
+            "no leader known (replica {} reaches {} of {} peers)",
+            self.cfg.pid,
+            connected,
+            others.len()
+        )
+    }
+}

@@ -1,0 +1,467 @@
+//! Unit tests of the loop, driven by hand: a fake clock (an `Instant` advanced by the test),
+//! an in-memory network the test delivers (or drops) frame by frame, and real RocksDB in
+//! temporary directories. No processes, no sockets, no sleeps.
+
+use super::{Defect, LoopConfig, Replica, Timers};
+use crate::frame::PeerFrame;
+use crate::inbox::{ClientRequest, Input, ReadValue, WriteKind};
+use crate::membership::{ClusterMeta, Lifecycle};
+use crate::metrics::Metrics;
+use crate::peers::Peers;
+use crate::state_machine::DedupLimits;
+use crate::storage::Db;
+use omnikv_common::api::{ApiError, ErrorCode, ReconfigureRequest, ReconfigureResult, WriteResult};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+const TICK: Duration = Duration::from_millis(10);
+
+/// Frames in flight, in send order: (from, to, frame).
+type Wire = Rc<RefCell<VecDeque<(u64, u64, PeerFrame)>>>;
+
+struct TestPeers {
+    pid: u64,
+    wire: Wire,
+    links: BTreeSet<u64>,
+    /// Peers this one reaches (the test cuts and heals).
+    reachable: Rc<RefCell<BTreeSet<(u64, u64)>>>,
+}
+
+impl Peers for TestPeers {
+    fn connect(&mut self, pid: u64, _addr: &str) {
+        self.links.insert(pid);
+    }
+    fn has_link(&self, pid: u64) -> bool {
+        self.links.contains(&pid)
+    }
+    fn is_connected(&self, pid: u64) -> bool {
+        self.reachable.borrow().contains(&(self.pid, pid))
+    }
+    fn send(&mut self, to: u64, frame: PeerFrame) -> bool {
+        self.wire.borrow_mut().push_back((self.pid, to, frame));
+        true
+    }
+    fn stream_checkpoint(&mut self, _to: u64, _id: u64, _db: &Db) {}
+    fn set_cluster_id(&mut self, _cluster_id: u64) {}
+}
+
+/// Replicas of one configuration, stepped together by the test.
+struct Cluster {
+    now: Instant,
+    members: Vec<u64>,
+    replicas: BTreeMap<u64, Replica<TestPeers>>,
+    metrics: BTreeMap<u64, Arc<Metrics>>,
+    dirs: BTreeMap<u64, tempfile::TempDir>,
+    wire: Wire,
+    reachable: Rc<RefCell<BTreeSet<(u64, u64)>>>,
+}
+
+fn loop_config(
+    pid: u64,
+    now: Instant,
+    defect: Option<Defect>,
+    dir: &std::path::Path,
+) -> LoopConfig {
+    LoopConfig {
+        pid,
+        cluster_token: "test".into(),
+        peer_address: Arc::new(|pid| Some(format!("peer-{pid}"))),
+        timers: Timers {
+            tick: TICK,
+            retry: TICK * 30,
+            ..Timers::default()
+        },
+        election_ticks: 5,
+        resend_ticks: 20,
+        snapshot_interval: 1000,
+        snapshot_keep: 100,
+        max_inflight: 100,
+        max_apply: 64,
+        dedup: DedupLimits {
+            ttl_ms: 1 << 40,
+            max_records: 1000,
+        },
+        data_dir: dir.to_path_buf(),
+        min_free_bytes: 0,
+        started: now,
+        started_unix_ms: 1_700_000_000_000,
+        seed: pid,
+        defect,
+    }
+}
+
+impl Cluster {
+    fn new(members: &[u64]) -> Cluster {
+        Cluster::with_defect(members, None)
+    }
+
+    fn with_defect(members: &[u64], defect: Option<Defect>) -> Cluster {
+        let now = Instant::now();
+        let mut c = Cluster {
+            now,
+            members: members.to_vec(),
+            replicas: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            wire: Rc::default(),
+            reachable: Rc::default(),
+        };
+        for &a in members {
+            for &b in members {
+                if a != b {
+                    c.reachable.borrow_mut().insert((a, b));
+                }
+            }
+        }
+        for &pid in members {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Db::open(dir.path()).unwrap();
+            let meta = ClusterMeta {
+                cluster_id: 7,
+                storage_id: pid,
+                pid,
+                genesis_config_id: 1,
+                genesis_members: members.to_vec(),
+                config_id: 1,
+                members: members.to_vec(),
+                addrs: members.iter().map(|&p| (p, format!("peer-{p}"))).collect(),
+                lifecycle: Lifecycle::Serving,
+                last_transition: None,
+            };
+            meta.save_synced(&db).unwrap();
+            drop(db);
+            c.dirs.insert(pid, dir);
+            c.start_replica(pid, defect);
+        }
+        c
+    }
+
+    fn start_replica(&mut self, pid: u64, defect: Option<Defect>) {
+        let dir = self.dirs[&pid].path();
+        let db = Db::open(dir).unwrap();
+        let meta = ClusterMeta::load(&db).unwrap().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let peers = TestPeers {
+            pid,
+            wire: self.wire.clone(),
+            links: BTreeSet::new(),
+            reachable: self.reachable.clone(),
+        };
+        let cfg = loop_config(pid, self.now, defect, dir);
+        let r = Replica::new(cfg, meta, db, peers, metrics.clone(), self.now).unwrap();
+        self.replicas.insert(pid, r);
+        self.metrics.insert(pid, metrics);
+    }
+
+    fn crash(&mut self, pid: u64) {
+        self.replicas.remove(&pid);
+        self.wire
+            .borrow_mut()
+            .retain(|(from, to, _)| *from != pid && *to != pid);
+    }
+
+    fn isolate(&mut self, pid: u64) {
+        self.reachable
+            .borrow_mut()
+            .retain(|&(a, b)| a != pid && b != pid);
+    }
+
+    /// One step: the clock moves one tick, every frame sent so far is delivered (unless its
+    /// link is cut), every replica ends an iteration.
+    fn step(&mut self) {
+        self.now += TICK;
+        let frames: Vec<_> = self.wire.borrow_mut().drain(..).collect();
+        for (from, to, frame) in frames {
+            if !self.reachable.borrow().contains(&(from, to)) {
+                continue;
+            }
+            if let Some(r) = self.replicas.get_mut(&to) {
+                r.handle(self.now, Input::Peer { from, frame });
+            }
+        }
+        for r in self.replicas.values_mut() {
+            r.finish_iteration(self.now);
+        }
+    }
+
+    fn steps(&mut self, n: usize) {
+        for _ in 0..n {
+            self.step();
+        }
+    }
+
+    fn leader(&mut self) -> u64 {
+        for _ in 0..300 {
+            self.step();
+            let leaders: BTreeSet<Option<u64>> =
+                self.replicas.values().map(|r| r.current_leader()).collect();
+            if let [Some(l)] = leaders.iter().copied().collect::<Vec<_>>()[..] {
+                return l;
+            }
+        }
+        panic!("no leader elected");
+    }
+
+    fn client(&mut self, pid: u64, req: ClientRequest) {
+        let now = self.now;
+        self.replicas
+            .get_mut(&pid)
+            .unwrap()
+            .handle(now, Input::Client(req));
+    }
+
+    fn put(&mut self, pid: u64, key: &str, id: (u64, u64)) -> Rx<WriteResult> {
+        let (reply, rx) = oneshot::channel();
+        let deadline = self.now + TICK * 100;
+        self.client(
+            pid,
+            ClientRequest::Write {
+                kind: WriteKind::Put {
+                    key: key.into(),
+                    value: b"v".to_vec(),
+                },
+                id: Some(id),
+                deadline,
+                reply,
+            },
+        );
+        rx
+    }
+
+    fn read(&mut self, pid: u64, key: &str) -> Rx<ReadValue> {
+        let (reply, rx) = oneshot::channel();
+        let deadline = self.now + TICK * 100;
+        self.client(
+            pid,
+            ClientRequest::Read {
+                key: key.into(),
+                linearizable: true,
+                deadline,
+                reply,
+            },
+        );
+        rx
+    }
+
+    fn reconfigure(
+        &mut self,
+        pid: u64,
+        nodes: &[u64],
+        config_id: Option<u32>,
+    ) -> Rx<ReconfigureResult> {
+        let (reply, rx) = oneshot::channel();
+        // Longer than the quorum wait (3 s), as kvctl's reconfigure deadline is.
+        let deadline = self.now + TICK * 500;
+        let request = ReconfigureRequest {
+            nodes: nodes.to_vec(),
+            config_id,
+            force: false,
+            peers: BTreeMap::new(),
+        };
+        self.client(
+            pid,
+            ClientRequest::Reconfigure {
+                request,
+                deadline,
+                reply,
+            },
+        );
+        rx
+    }
+}
+
+type Rx<T> = oneshot::Receiver<Result<T, ApiError>>;
+
+/// The answer, if one came.
+fn answer<T>(rx: &mut Rx<T>) -> Option<Result<T, ApiError>> {
+    rx.try_recv().ok()
+}
+
+fn code<T: std::fmt::Debug>(r: Option<Result<T, ApiError>>) -> ErrorCode {
+    match r {
+        Some(Err(e)) => e.error.code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// The decided index of the current configuration on `pid`.
+fn decided(c: &Cluster, pid: u64) -> u64 {
+    c.replicas[&pid].decided_idx()
+}
+
+#[test]
+fn reads_queued_before_a_proposal_share_one_barrier() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    let before = decided(&c, l);
+    // Three reads in one iteration: one barrier, one entry.
+    let mut rs: Vec<_> = (0..3).map(|_| c.read(l, "k")).collect();
+    c.step();
+    // A read that arrives after that barrier was proposed waits for the next one.
+    let mut late = c.read(l, "k");
+    for _ in 0..20 {
+        c.step();
+    }
+    for r in &mut rs {
+        assert!(matches!(answer(r), Some(Ok(ReadValue { value: None, .. }))));
+    }
+    assert!(matches!(answer(&mut late), Some(Ok(_))));
+    assert_eq!(
+        decided(&c, l) - before,
+        2,
+        "two barriers: one for the three early reads, one for the late read"
+    );
+}
+
+#[test]
+fn a_read_is_not_answered_before_its_barrier_is_decided() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    // The followers hear nothing: the barrier cannot be decided.
+    c.isolate(l);
+    let mut r = c.read(l, "k");
+    for _ in 0..50 {
+        c.step();
+        assert!(answer(&mut r).is_none(), "answered without a quorum");
+    }
+    // Past its deadline it fails, saying why.
+    c.steps(60);
+    assert_eq!(code(answer(&mut r)), ErrorCode::Unavailable);
+}
+
+#[test]
+fn a_proposed_write_that_times_out_is_indeterminate() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    c.isolate(l);
+    let mut w = c.put(l, "k", (9, 1));
+    c.steps(120);
+    assert_eq!(
+        code(answer(&mut w)),
+        ErrorCode::Indeterminate,
+        "handed to consensus: it may still be applied"
+    );
+}
+
+#[test]
+fn a_write_without_a_leader_is_unavailable_at_once() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    // Before any election: no leader known, nothing handed over.
+    let mut w = c.put(1, "k", (9, 1));
+    c.step();
+    assert_eq!(code(answer(&mut w)), ErrorCode::Unavailable);
+}
+
+#[test]
+fn a_retried_write_is_applied_once() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    let f = *c.members.iter().find(|&&p| p != l).unwrap();
+    let mut a = c.put(l, "k", (5, 1));
+    c.steps(10);
+    let first = answer(&mut a).unwrap().unwrap();
+    // The same (client, seq) again, through a follower: the remembered outcome.
+    let mut b = c.put(f, "k", (5, 1));
+    c.steps(10);
+    let again = answer(&mut b).unwrap().unwrap();
+    assert_eq!(first.index, again.index);
+    assert_eq!(first.config_id, again.config_id);
+}
+
+#[test]
+fn reconfiguration_guards() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    let f = *c.members.iter().find(|&&p| p != l).unwrap();
+    c.steps(5);
+    let mut cases = vec![
+        // Not the next configuration id.
+        (
+            c.reconfigure(l, &[1, 2, 3, 4], Some(7)),
+            ErrorCode::Rejected,
+        ),
+        // Replaces a majority at once.
+        (c.reconfigure(l, &[1, 5, 6], None), ErrorCode::Rejected),
+        // Fewer than two members.
+        (c.reconfigure(l, &[1], None), ErrorCode::Rejected),
+        // Proposed by a follower.
+        (
+            c.reconfigure(f, &[1, 2, 3, 4], None),
+            ErrorCode::Unavailable,
+        ),
+    ];
+    c.step();
+    for (rx, want) in &mut cases {
+        assert_eq!(code(answer(rx)), *want);
+    }
+    // The current configuration again, with its id: a retry of what happened: success.
+    let mut same = c.reconfigure(l, &[3, 2, 1], Some(1));
+    c.step();
+    assert_eq!(answer(&mut same).unwrap().unwrap().config_id, 1);
+    // With a follower cut off, a new member nobody reaches leaves only 2 of the 4 new
+    // members reachable: refused once the quorum wait is over (no --force), though the old
+    // configuration still has its quorum.
+    c.isolate(f);
+    let mut unreachable = c.reconfigure(l, &[1, 2, 3, 4], None);
+    c.steps(20);
+    assert!(
+        answer(&mut unreachable).is_none(),
+        "waits for the new members"
+    );
+    c.steps(400);
+    let Some(Err(e)) = answer(&mut unreachable) else {
+        panic!("not refused")
+    };
+    assert_eq!(e.error.code, ErrorCode::Rejected);
+    assert!(e.error.message.contains("reachable"), "{}", e.error.message);
+}
+
+#[test]
+fn a_standalone_replica_refuses_to_grow() {
+    let mut c = Cluster::new(&[1]);
+    c.step();
+    let mut r = c.reconfigure(1, &[1, 2, 3], None);
+    c.step();
+    assert_eq!(code(answer(&mut r)), ErrorCode::Rejected);
+    // It serves writes and reads on its own.
+    let mut w = c.put(1, "k", (1, 1));
+    c.step();
+    assert!(matches!(answer(&mut w), Some(Ok(_))));
+}
+
+/// A leader restarted alone: its recovered promise is its own ballot, which nobody leads any
+/// more. After the grace rounds it runs for a higher ballot (`StaleOwnBallot`), once.
+#[test]
+fn a_restart_behind_its_own_ballot_runs_for_a_higher_one() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    c.crash(l);
+    c.isolate(l);
+    c.start_replica(l, None);
+    // Within the grace rounds (3 election rounds of 5 ticks) it waits.
+    c.steps(10);
+    assert_eq!(c.metrics[&l].workaround_count("stale_own_ballot"), 0);
+    c.steps(10);
+    assert_eq!(
+        c.metrics[&l].workaround_count("stale_own_ballot"),
+        1,
+        "runs for a higher ballot once"
+    );
+    // A restart that hears a higher ballot within the grace rounds does not.
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.crash(l);
+    c.steps(40); // the others elect a leader with a higher ballot
+    c.start_replica(l, None);
+    c.steps(40);
+    assert_eq!(c.metrics[&l].workaround_count("stale_own_ballot"), 0);
+    assert_ne!(c.replicas[&l].current_leader(), Some(l));
+}

@@ -1,0 +1,195 @@
+//! Simulated clients: a few client processes, each with at most one operation in flight,
+//! talking to replicas through the loop's own inbox types (`ClientRequest` with one-shot
+//! replies). Writes keep their (client, seq) across retries, as kvctl's do, so a retried write
+//! is applied once. Every operation is recorded for the linearizability checker shared with
+//! the integration tests (`kvd/tests/it/linearizability.rs`).
+
+use crate::linearizability::{KvInput, KvOutput, Operation, Outcome};
+use kvd::inbox::{ClientRequest, ReadValue, WriteKind};
+use omnikv_common::api::{ApiError, ErrorCode, WriteResult};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// What a client asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientOp {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    Get { key: Vec<u8>, linearizable: bool },
+}
+
+impl ClientOp {
+    pub fn key(&self) -> &[u8] {
+        match self {
+            ClientOp::Put { key, .. } | ClientOp::Delete { key } | ClientOp::Get { key, .. } => key,
+        }
+    }
+}
+
+/// A reply on its way back.
+pub enum Waiting {
+    Write(oneshot::Receiver<Result<WriteResult, ApiError>>),
+    Read(oneshot::Receiver<Result<ReadValue, ApiError>>),
+}
+
+/// How one attempt ended, once it has.
+pub enum Answer {
+    Written,
+    Read(Option<Vec<u8>>),
+    Failed(ApiError),
+    /// The replica went away (crash) with the request.
+    Lost,
+}
+
+impl Waiting {
+    /// The answer, if it has come.
+    pub fn poll(&mut self) -> Option<Answer> {
+        use oneshot::error::TryRecvError;
+        match self {
+            Waiting::Write(rx) => match rx.try_recv() {
+                Ok(Ok(_)) => Some(Answer::Written),
+                Ok(Err(e)) => Some(Answer::Failed(e)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Closed) => Some(Answer::Lost),
+            },
+            Waiting::Read(rx) => match rx.try_recv() {
+                Ok(Ok(v)) => Some(Answer::Read(v.value)),
+                Ok(Err(e)) => Some(Answer::Failed(e)),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Closed) => Some(Answer::Lost),
+            },
+        }
+    }
+}
+
+/// The request for one attempt of `op` as client `client`, with its reply channel.
+pub fn request(op: &ClientOp, id: (u64, u64), deadline: Instant) -> (ClientRequest, Waiting) {
+    match op {
+        ClientOp::Put { key, value } => {
+            let (reply, rx) = oneshot::channel();
+            let kind = WriteKind::Put {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            let r = ClientRequest::Write {
+                kind,
+                id: Some(id),
+                deadline,
+                reply,
+            };
+            (r, Waiting::Write(rx))
+        }
+        ClientOp::Delete { key } => {
+            let (reply, rx) = oneshot::channel();
+            let kind = WriteKind::Delete { key: key.clone() };
+            let r = ClientRequest::Write {
+                kind,
+                id: Some(id),
+                deadline,
+                reply,
+            };
+            (r, Waiting::Write(rx))
+        }
+        ClientOp::Get { key, linearizable } => {
+            let (reply, rx) = oneshot::channel();
+            let r = ClientRequest::Read {
+                key: key.clone(),
+                linearizable: *linearizable,
+                deadline,
+                reply,
+            };
+            (r, Waiting::Read(rx))
+        }
+    }
+}
+
+/// One operation in flight.
+pub struct InFlight {
+    pub op: ClientOp,
+    pub seq: u64,
+    /// Event time of the call (`2 * step`).
+    pub call: u64,
+    /// The step after which the client gives up (the outcome is then unknown).
+    pub give_up: u64,
+    /// The attempt under way: the replica asked and the reply channel.
+    pub attempt: Option<(u64, Waiting)>,
+    /// When to try (again) when no attempt is under way.
+    pub next_try: u64,
+    pub attempts: u32,
+}
+
+pub struct Client {
+    pub id: u64,
+    pub next_seq: u64,
+    pub op: Option<InFlight>,
+}
+
+/// What the clients saw, for the checks.
+#[derive(Default)]
+pub struct History {
+    /// Puts, deletes and linearizable gets, for the linearizability checker.
+    pub ops: Vec<Operation<KvInput, KvOutput>>,
+    /// Acknowledged puts of keys written once: present on every replica at the end.
+    pub acked_unique: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Every value ever written per key (local reads must return one of them, or nothing).
+    pub written: BTreeMap<Vec<u8>, Vec<Vec<u8>>>,
+    pub local_reads: u64,
+    pub lin_reads: u64,
+    pub writes_acked: u64,
+    pub unknown: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+impl History {
+    pub fn record(&mut self, client: u64, f: &InFlight, outcome: Option<(u64, Answer)>) {
+        let input = match &f.op {
+            ClientOp::Put { key, value } => KvInput::Put {
+                key: key.clone(),
+                value: value.clone(),
+            },
+            ClientOp::Delete { key } => KvInput::Delete { key: key.clone() },
+            ClientOp::Get {
+                key,
+                linearizable: true,
+            } => KvInput::Get { key: key.clone() },
+            ClientOp::Get { .. } => return,
+        };
+        let outcome = match outcome {
+            Some((ret, Answer::Written)) => {
+                self.writes_acked += 1;
+                Outcome::Returned {
+                    ret,
+                    output: KvOutput::Written,
+                }
+            }
+            Some((ret, Answer::Read(v))) => {
+                self.lin_reads += 1;
+                Outcome::Returned {
+                    ret,
+                    output: KvOutput::Read(v),
+                }
+            }
+            _ => {
+                self.unknown += 1;
+                Outcome::Unknown
+            }
+        };
+        self.ops.push(Operation {
+            client,
+            call: f.call,
+            input,
+            outcome,
+        });
+    }
+
+    pub fn count_error(&mut self, e: &ApiError) {
+        let name = match e.error.code {
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Indeterminate => "indeterminate",
+            ErrorCode::Rejected => "rejected",
+            _ => "other",
+        };
+        *self.errors.entry(name).or_default() += 1;
+    }
+}
