@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod keys;
+pub mod membership;
 
 pub use api::{
     ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, ReconfigView,
