@@ -3,6 +3,7 @@
 pub use crate::commands::bench::BenchArgs;
 use crate::exit::EXIT_CODES_HELP;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use omnikv_common::membership::{parse_nodes, parse_peer, Nodes};
 use omnikv_common::Consistency;
 use std::ffi::OsString;
 use std::time::Duration;
@@ -120,9 +121,9 @@ pub enum Command {
     /// configuration without a reachable majority, or while another change is in flight.
     /// Exit 4: proposed but not confirmed in time; retry with the same --config-id.
     Reconfigure {
-        /// The complete new member list, e.g. `1,2,3,4` or `[1, 2, 3, 4]`.
-        #[arg(long, value_name = "PIDS", value_parser = crate::commands::reconfigure::parse_node_list)]
-        nodes: crate::commands::reconfigure::NodeList,
+        /// The complete new member list, e.g. `1,2,3,4`, `[1, 2, 3, 4]` or `1 2 3 4`.
+        #[arg(long, value_name = "PIDS", value_parser = parse_nodes)]
+        nodes: Nodes,
         /// The id the new configuration gets; must be the current id + 1 (the default).
         #[arg(long, value_name = "N")]
         config_id: Option<u32>,
@@ -131,7 +132,7 @@ pub enum Command {
         force: bool,
         /// Peer address of a new member, `PID=HOST:PORT` (repeatable); others use the
         /// addresses the cluster knows or the replicas' peer template.
-        #[arg(long = "peer", value_name = "PID=HOST:PORT", value_parser = crate::commands::reconfigure::parse_peer)]
+        #[arg(long = "peer", value_name = "PID=HOST:PORT", value_parser = parse_peer)]
         peers: Vec<(u64, String)>,
     },
     /// Interactive prompt: `put KEY VALUE [PORT]`, `get KEY [PORT]`, ... (`help` inside).
@@ -279,6 +280,33 @@ mod tests {
     }
 
     #[test]
+    fn reconfigure_takes_member_lists_and_peers() {
+        let cli = parse(&[
+            "reconfigure",
+            "--nodes",
+            "[4, 1, 2]",
+            "--peer",
+            "4=10.0.0.4:7000",
+        ])
+        .unwrap();
+        let Command::Reconfigure { nodes, peers, .. } = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(nodes.0, [1, 2, 4]);
+        assert_eq!(peers, [(4, "10.0.0.4:7000".to_string())]);
+        assert_eq!(
+            parse(&["reconfigure", "--nodes", "1 2 3"])
+                .map(|c| c.command)
+                .ok()
+                .and_then(|c| match c {
+                    Command::Reconfigure { nodes, .. } => Some(nodes.0),
+                    _ => None,
+                }),
+            Some(vec![1, 2, 3])
+        );
+    }
+
+    #[test]
     fn bad_flags_are_usage_errors() {
         for args in [
             &["get"][..],
@@ -287,6 +315,11 @@ mod tests {
             &["-o", "yaml", "get", "k"],
             &["--timeout", "soon", "get", "k"],
             &["--node", "x", "get", "k"],
+            &["reconfigure", "--nodes", "1,1"],
+            &["reconfigure", "--nodes", "0,1"],
+            &["reconfigure", "--nodes", "[]"],
+            &["reconfigure", "--nodes", "1,2", "--peer", "4=host"],
+            &["reconfigure", "--nodes", "1,2", "--peer", "x=h:1"],
             &["frobnicate"],
         ] {
             let err = parse(args).unwrap_err();
