@@ -82,21 +82,41 @@ fn leader(l: Option<u64>) -> String {
     l.map_or_else(|| "none".into(), |l| l.to_string())
 }
 
+/// The status fields shown, in text order; [`status_values`] renders them.
+const STATUS_FIELDS: [&str; 11] = [
+    "pid",
+    "role",
+    "leader",
+    "config_id",
+    "members",
+    "decided_idx",
+    "applied_idx",
+    "compacted_idx",
+    "keys",
+    "state_hash",
+    "connected_peers",
+];
+
+/// The values of [`STATUS_FIELDS`], rendered.
+fn status_values(s: &StatusView) -> [String; 11] {
+    [
+        s.pid.to_string(),
+        s.role.to_string(),
+        leader(s.leader),
+        s.config_id.to_string(),
+        list(&s.members),
+        s.decided_idx.to_string(),
+        s.applied_idx.to_string(),
+        s.compacted_idx.to_string(),
+        s.keys.to_string(),
+        s.state_hash.clone(),
+        list(&s.connected_peers),
+    ]
+}
+
 /// The status fields in text order, as (name, rendered value).
 fn status_fields(s: &StatusView) -> Vec<(&'static str, String)> {
-    vec![
-        ("pid", s.pid.to_string()),
-        ("role", s.role.clone()),
-        ("leader", leader(s.leader)),
-        ("config_id", s.config_id.to_string()),
-        ("members", list(&s.members)),
-        ("decided_idx", s.decided_idx.to_string()),
-        ("applied_idx", s.applied_idx.to_string()),
-        ("compacted_idx", s.compacted_idx.to_string()),
-        ("keys", s.keys.to_string()),
-        ("state_hash", s.state_hash.clone()),
-        ("connected_peers", list(&s.connected_peers)),
-    ]
+    STATUS_FIELDS.into_iter().zip(status_values(s)).collect()
 }
 
 /// Aligned `field: value` lines, one per status field.
@@ -188,33 +208,15 @@ pub type EndpointStatus = (String, Result<StatusView, Error>);
 /// `status --all` as a table: a header, then one row per endpoint; an endpoint without an
 /// answer shows `unreachable: <reason>` after its name.
 pub fn status_table(rows: &[EndpointStatus]) -> String {
-    let mut header = vec!["ENDPOINT"];
-    header.extend(
-        status_fields(&StatusView {
-            pid: 0,
-            role: String::new(),
-            leader: None,
-            config_id: 0,
-            members: vec![],
-            decided_idx: 0,
-            applied_idx: 0,
-            compacted_idx: 0,
-            keys: 0,
-            state_hash: String::new(),
-            cluster_id: String::new(),
-            connected_peers: vec![],
-            reconfiguration: None,
-            transfer: None,
-        })
-        .into_iter()
-        .map(|(n, _)| n),
-    );
-    let header: Vec<String> = header.into_iter().map(str::to_uppercase).collect();
+    let header: Vec<String> = std::iter::once("ENDPOINT")
+        .chain(STATUS_FIELDS)
+        .map(str::to_uppercase)
+        .collect();
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|(ep, r)| match r {
             Ok(s) => std::iter::once(ep.clone())
-                .chain(status_fields(s).into_iter().map(|(_, v)| v))
+                .chain(status_values(s))
                 .collect(),
             Err(Error::Client(ClientError::Unavailable(m))) => {
                 vec![ep.clone(), format!("unreachable: {m}")]
@@ -397,6 +399,7 @@ pub fn write_error(err: &mut dyn Write, format: OutputFormat, e: &Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omnikv_common::Role;
 
     fn text<F: FnOnce(&mut Vec<u8>) -> io::Result<()>>(f: F) -> String {
         let mut v = Vec::new();
@@ -407,7 +410,7 @@ mod tests {
     fn status() -> StatusView {
         StatusView {
             pid: 2,
-            role: "follower".into(),
+            role: Role::Follower,
             leader: Some(1),
             config_id: 1,
             members: vec![1, 2, 3],

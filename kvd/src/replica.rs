@@ -1821,25 +1821,29 @@ impl Replica {
             return Some(ReconfigView {
                 config_id: t.config_id,
                 members: t.members.clone(),
-                phase: "leaving".into(),
+                phase: omnikv_common::Phase::Leaving,
             });
         }
         if let Some(r) = &self.reconfig {
             return Some(ReconfigView {
                 config_id: self.meta.config_id + 1,
                 members: r.nodes.clone(),
-                phase: "proposed".into(),
+                phase: omnikv_common::Phase::Proposed,
             });
         }
         if let Log::Paxos(op) = &self.log {
             let decided = op.get_decided_idx() as u64;
             // One read: decided = stored and the decided index past it (decided_stopsign).
             if let Ok(Some((ss, end))) = stored_stopsign(&self.db, self.meta.config_id) {
-                let phase = if decided > end { "decided" } else { "proposed" };
+                let phase = if decided > end {
+                    omnikv_common::Phase::Decided
+                } else {
+                    omnikv_common::Phase::Proposed
+                };
                 return Some(ReconfigView {
                     config_id: ss.next_config.configuration_id,
                     members: ss.next_config.nodes.clone(),
-                    phase: phase.into(),
+                    phase,
                 });
             }
         }
@@ -2318,22 +2322,23 @@ impl Replica {
         }
     }
 
-    fn role(&self) -> &'static str {
+    fn role(&self) -> omnikv_common::Role {
+        use omnikv_common::Role;
         match self.meta.lifecycle {
-            Lifecycle::Joining => return "joining",
-            Lifecycle::Leaving => return "leaving",
-            Lifecycle::Removed => return "removed",
+            Lifecycle::Joining => return Role::Joining,
+            Lifecycle::Leaving => return Role::Leaving,
+            Lifecycle::Removed => return Role::Removed,
             Lifecycle::Serving => {}
         }
         if self.catchup.is_some() {
-            return "catching-up";
+            return Role::CatchingUp;
         }
         match (&self.log, self.current_leader()) {
-            (Log::Local(_), _) => "standalone",
-            (Log::None, _) => "removed",
-            (_, Some(l)) if l == self.cfg.pid => "leader",
-            (_, Some(_)) => "follower",
-            (_, None) => "candidate",
+            (Log::Local(_), _) => Role::Standalone,
+            (Log::None, _) => Role::Removed,
+            (_, Some(l)) if l == self.cfg.pid => Role::Leader,
+            (_, Some(_)) => Role::Follower,
+            (_, None) => Role::Candidate,
         }
     }
 
@@ -2341,7 +2346,7 @@ impl Replica {
         let meta = self.sm.meta();
         StatusView {
             pid: self.cfg.pid,
-            role: self.role().to_string(),
+            role: self.role(),
             leader: self.current_leader(),
             config_id: self.meta.config_id,
             members: self.meta.members.clone(),

@@ -20,7 +20,7 @@
 //!    is scaled down after.
 
 use omnikv_common::membership::{check_change, majority, parse_nodes};
-use omnikv_common::StatusView;
+use omnikv_common::{Role, StatusView};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Key of the ConfigMap entry with the desired members (`[1, 2, 3]` or `1,2,3`).
@@ -122,7 +122,7 @@ pub fn plan(input: &Input) -> Plan {
     let Some(status) = &input.status else {
         return Plan::Wait("the local kvd does not answer /v1/status".into());
     };
-    if status.role != "leader" || status.leader != Some(status.pid) {
+    if status.role != Role::Leader || status.leader != Some(status.pid) {
         return Plan::NotLeader {
             leader: status.leader.filter(|&l| l != status.pid),
         };
@@ -267,17 +267,16 @@ pub fn plan(input: &Input) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omnikv_common::api::ReconfigView;
+    use omnikv_common::api::{Phase, ReconfigView};
 
     fn status(pid: u64, leader: Option<u64>, config_id: u32, members: &[u64]) -> StatusView {
         StatusView {
             pid,
             role: if leader == Some(pid) {
-                "leader"
+                Role::Leader
             } else {
-                "follower"
-            }
-            .into(),
+                Role::Follower
+            },
             leader,
             config_id,
             members: members.to_vec(),
@@ -493,7 +492,7 @@ mod tests {
         ));
         let mut removed = input(2, &[2, 3, 4], &[2, 3, 4], 2);
         let mut s = status(1, Some(1), 2, &[2, 3, 4]);
-        s.role = "removed".into();
+        s.role = Role::Removed;
         removed.status = Some(s);
         cases.push((
             "a removed ex-leader is not a leader",
@@ -518,7 +517,7 @@ mod tests {
         in_flight.status.as_mut().unwrap().reconfiguration = Some(ReconfigView {
             config_id: 2,
             members: vec![1, 2, 3, 4],
-            phase: "proposed".into(),
+            phase: Phase::Proposed,
         });
         cases.push((
             "a change already in flight (duplicate event)",
