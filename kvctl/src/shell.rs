@@ -20,8 +20,9 @@
 use crate::cli::DEFAULT_LOG_LIMIT;
 use crate::commands::reconfigure::{Change, Members};
 use crate::commands::{self, Request};
+use crate::context::Context;
 use crate::exit::Error;
-use crate::{output, Context};
+use crate::output;
 use omnikv_common::membership::parse_nodes;
 use omnikv_common::Client;
 use std::collections::HashMap;
@@ -383,7 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn shell_keeps_going_after_errors() {
-        let cli = <crate::Cli as clap::Parser>::try_parse_from([
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
             "kvctl",
             "--endpoints",
             "127.0.0.1:1",
