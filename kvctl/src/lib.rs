@@ -1,6 +1,11 @@
-//! kvctl: omnikv's scriptable client (etcdctl-like) and the seed's interactive shell.
-//! `main.rs` only parses and exits with the code [`run`] returns.
+//! kvctl: omnikv's scriptable client (etcdctl-like), the seed's interactive shell, and a load
+//! generator. `main.rs` only parses and exits with the code [`run`] returns.
+//!
+//! Each module uses only modules listed before it here: `exit` (the error type and exit
+//! codes), `cli` (the clap definition), `context` (the settings from the global flags),
+//! `output` (the printers), `commands` (one per request), `shell`, `bench`.
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod context;
@@ -48,7 +53,7 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
             let endpoints = ctx.selected_endpoints()?;
             return commands::status::run_all(&endpoints, ctx.timeout, ctx.output, out).await;
         }
-        Command::Bench(args) => return commands::bench::run(ctx, &args, out).await,
+        Command::Bench(args) => return bench::run(ctx, &args, out).await,
         Command::Put { key, value } => {
             // Check the flags before consuming stdin.
             ctx.selected_endpoints()?;

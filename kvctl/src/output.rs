@@ -1,7 +1,6 @@
 //! Printers: every result in text and in JSON, and errors (always for stderr).
 
 use crate::cli::OutputFormat;
-use crate::commands::bench::BenchReport;
 use crate::exit::Error;
 use omnikv_common::{
     ClientError, LogEntryView, LogView, MembersView, ReconfigureResult, StatusView, WriteResult,
@@ -19,7 +18,8 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn json_line<T: Serialize + ?Sized>(out: &mut dyn Write, v: &T) -> io::Result<()> {
+/// `v` as one line of JSON.
+pub fn json_line<T: Serialize + ?Sized>(out: &mut dyn Write, v: &T) -> io::Result<()> {
     serde_json::to_writer(&mut *out, v).map_err(io::Error::other)?;
     out.write_all(b"\n")
 }
@@ -303,77 +303,6 @@ pub fn write_log(out: &mut dyn Write, format: OutputFormat, log: &LogView) -> io
     match format {
         OutputFormat::Json => json_line(out, log),
         OutputFormat::Text => out.write_all(log_text(log).as_bytes()),
-    }
-}
-
-/// `bench`'s report as text: aligned `label: value` lines.
-pub fn bench_text(r: &BenchReport) -> String {
-    let e = &r.errors;
-    let l = &r.latency_ms;
-    let mut rows = vec![
-        (
-            "clients:".to_string(),
-            format!(
-                "{} over {} connection(s), {} thread(s)",
-                r.clients, r.connections, r.threads
-            ),
-        ),
-        (
-            "workload:".into(),
-            format!(
-                "read ratio {:.2} ({}), {} keys, {}-byte values",
-                r.read_ratio, r.consistency, r.keys, r.value_size
-            ),
-        ),
-        (
-            "duration:".into(),
-            format!("{:.2} s (after {:.2} s warmup)", r.duration_s, r.warmup_s),
-        ),
-        (
-            "ops:".into(),
-            format!("{} (ok {}, get misses {})", r.ops, r.ok, r.misses),
-        ),
-        ("throughput:".into(), format!("{:.1} ops/s", r.ops_per_sec)),
-        (
-            "latency ms:".into(),
-            format!(
-                "p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}",
-                l.p50, l.p90, l.p99, l.max, l.mean
-            ),
-        ),
-        (
-            "errors:".into(),
-            format!(
-                "unavailable {}, indeterminate {}, rejected {}",
-                e.unavailable, e.indeterminate, e.rejected
-            ),
-        ),
-        (
-            "client CPU:".into(),
-            format!("{:.2} cores", r.client_cpu_cores),
-        ),
-    ];
-    // The error samples (long labels) do not widen the block.
-    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    for (class, message) in &r.first_errors {
-        rows.push((format!("first {class} error:"), message.clone()));
-    }
-    let mut out = String::new();
-    for (name, value) in rows {
-        out.push_str(&format!("{name:<width$} {value}\n"));
-    }
-    out
-}
-
-/// Result of `bench`: text see [`bench_text`], JSON the `BenchReport`.
-pub fn write_bench_report(
-    out: &mut dyn Write,
-    format: OutputFormat,
-    r: &BenchReport,
-) -> io::Result<()> {
-    match format {
-        OutputFormat::Json => json_line(out, r),
-        OutputFormat::Text => out.write_all(bench_text(r).as_bytes()),
     }
 }
 

@@ -1,7 +1,6 @@
 //! One module per command; each calls the client and prints through `output`. The one-shot
 //! commands and the shell share these functions.
 
-pub mod bench;
 pub mod delete;
 pub mod get;
 pub mod log;
