@@ -90,11 +90,10 @@ pub struct WriteResult {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StatusView {
     pub pid: u64,
-    /// leader | follower | candidate | catching-up | joining | leaving | removed | standalone
-    pub role: String,
+    pub role: Role,
     /// Leader of the current configuration as this replica believes, `null` when none known.
     pub leader: Option<u64>,
     pub config_id: u32,
@@ -127,9 +126,81 @@ pub struct ReconfigView {
     /// The configuration being installed.
     pub config_id: u32,
     pub members: Vec<u64>,
-    /// proposed (the leader is getting the StopSign decided) | decided (the old configuration
-    /// is sealed; replicas are switching) | leaving (this replica was removed and hands over)
-    pub phase: String,
+    pub phase: Phase,
+}
+
+/// What a replica is doing, as `GET /v1/status` reports it (`"catching-up"` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Leads the current configuration.
+    Leader,
+    /// A member that knows the leader.
+    Follower,
+    /// A member that knows no leader (an election is under way).
+    Candidate,
+    /// The single-server mode: one member, no consensus.
+    Standalone,
+    /// A member fetching entries or a checkpoint; applies nothing from its own log meanwhile.
+    CatchingUp,
+    /// A new member without state: waiting to be added (`config_id` 0), or receiving a
+    /// checkpoint.
+    Joining,
+    /// Removed by a decided change, handing over.
+    Leaving,
+    /// Retired: answers nothing but status.
+    Removed,
+}
+
+impl Role {
+    /// The wire name (`catching-up`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Standalone => "standalone",
+            Role::CatchingUp => "catching-up",
+            Role::Joining => "joining",
+            Role::Leaving => "leaving",
+            Role::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How far a membership change has come, as this replica sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// The leader is getting the StopSign decided.
+    Proposed,
+    /// The old configuration is sealed; replicas are switching.
+    Decided,
+    /// This replica was removed and hands over.
+    Leaving,
+}
+
+impl Phase {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Proposed => "proposed",
+            Phase::Decided => "decided",
+            Phase::Leaving => "leaving",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Progress of a checkpoint being received.
@@ -214,6 +285,55 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
             r#"{"error":{"code":"indeterminate","message":"x"}}"#
+        );
+    }
+
+    /// The JSON of roles and phases is the strings kvd sent before they were enums.
+    #[test]
+    fn roles_and_phases_keep_their_wire_names() {
+        let roles = [
+            (Role::Leader, "leader"),
+            (Role::Follower, "follower"),
+            (Role::Candidate, "candidate"),
+            (Role::Standalone, "standalone"),
+            (Role::CatchingUp, "catching-up"),
+            (Role::Joining, "joining"),
+            (Role::Leaving, "leaving"),
+            (Role::Removed, "removed"),
+        ];
+        for (role, name) in roles {
+            assert_eq!(serde_json::to_string(&role).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<Role>(&format!("\"{name}\"")).unwrap(),
+                role
+            );
+            assert_eq!(role.to_string(), name);
+        }
+        let phases = [
+            (Phase::Proposed, "proposed"),
+            (Phase::Decided, "decided"),
+            (Phase::Leaving, "leaving"),
+        ];
+        for (phase, name) in phases {
+            assert_eq!(
+                serde_json::to_string(&phase).unwrap(),
+                format!("\"{name}\"")
+            );
+            assert_eq!(
+                serde_json::from_str::<Phase>(&format!("\"{name}\"")).unwrap(),
+                phase
+            );
+            assert_eq!(phase.to_string(), name);
+        }
+        assert!(serde_json::from_str::<Role>("\"catching_up\"").is_err());
+        let r = ReconfigView {
+            config_id: 2,
+            members: vec![1, 2, 3, 4],
+            phase: Phase::Decided,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"config_id":2,"members":[1,2,3,4],"phase":"decided"}"#
         );
     }
 

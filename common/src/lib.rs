@@ -4,9 +4,10 @@
 pub mod api;
 pub mod client;
 pub mod keys;
+pub mod membership;
 
 pub use api::{
-    ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, ReconfigView,
-    ReconfigureRequest, ReconfigureResult, StatusView, TransferView, WriteResult,
+    ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, Phase, ReconfigView,
+    ReconfigureRequest, ReconfigureResult, Role, StatusView, TransferView, WriteResult,
 };
 pub use client::{Client, ClientError, Consistency};

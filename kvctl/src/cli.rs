@@ -1,8 +1,10 @@
-//! Command-line interface: global flags (each with a `KVCTL_*` env var) and subcommands.
+//! The command line: global flags (each with a `KVCTL_*` env var), the subcommands with their
+//! flags, and the parsers of the values they take. The definition only: running a command is
+//! `commands`' and `bench`'s business.
 
-pub use crate::commands::bench::BenchArgs;
 use crate::exit::EXIT_CODES_HELP;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use omnikv_common::membership::{parse_nodes, parse_peer, Nodes};
 use omnikv_common::Consistency;
 use std::ffi::OsString;
 use std::time::Duration;
@@ -120,9 +122,9 @@ pub enum Command {
     /// configuration without a reachable majority, or while another change is in flight.
     /// Exit 4: proposed but not confirmed in time; retry with the same --config-id.
     Reconfigure {
-        /// The complete new member list, e.g. `1,2,3,4` or `[1, 2, 3, 4]`.
-        #[arg(long, value_name = "PIDS", value_parser = crate::commands::reconfigure::parse_node_list)]
-        nodes: crate::commands::reconfigure::NodeList,
+        /// The complete new member list, e.g. `1,2,3,4`, `[1, 2, 3, 4]` or `1 2 3 4`.
+        #[arg(long, value_name = "PIDS", value_parser = parse_nodes)]
+        nodes: Nodes,
         /// The id the new configuration gets; must be the current id + 1 (the default).
         #[arg(long, value_name = "N")]
         config_id: Option<u32>,
@@ -131,7 +133,7 @@ pub enum Command {
         force: bool,
         /// Peer address of a new member, `PID=HOST:PORT` (repeatable); others use the
         /// addresses the cluster knows or the replicas' peer template.
-        #[arg(long = "peer", value_name = "PID=HOST:PORT", value_parser = crate::commands::reconfigure::parse_peer)]
+        #[arg(long = "peer", value_name = "PID=HOST:PORT", value_parser = parse_peer)]
         peers: Vec<(u64, String)>,
     },
     /// Interactive prompt: `put KEY VALUE [PORT]`, `get KEY [PORT]`, ... (`help` inside).
@@ -140,6 +142,116 @@ pub enum Command {
     /// percentiles, errors by class and the load generator's own CPU use. Exit 3 if no
     /// operation succeeded.
     Bench(BenchArgs),
+}
+
+/// `kvctl bench` flags.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Concurrent logical clients, each with one operation in flight at a time.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub clients: u32,
+
+    /// Distinct HTTP clients (connection pools, each with its own client id), shared
+    /// round-robin by the logical clients; at most --clients [default: --clients]. Client
+    /// number j starts on endpoint j (mod the number of endpoints) to spread the load.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: Option<u32>,
+
+    /// How long to measure, after the warmup: `10s`, `500ms`, `2m` or a bare number of
+    /// seconds [default: 10s, unless --ops is given]. With --ops too, the run stops at
+    /// whichever limit is reached first.
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub duration: Option<Duration>,
+
+    /// Number of measured operations (warmup excluded) after which the run stops.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: Option<u64>,
+
+    /// Time to run before measuring; its operations are not counted. Same formats as
+    /// --duration; `0` for none.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "1s",
+        value_parser = parse_duration_or_zero
+    )]
+    pub warmup: Duration,
+
+    /// Fraction of operations that are gets (0.0 to 1.0); the rest are puts. Gets use the
+    /// global --consistency.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.0, value_parser = parse_ratio)]
+    pub read_ratio: f64,
+
+    /// Key space: keys `bench-0` .. `bench-<N-1>`, picked uniformly at random.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub keys: u64,
+
+    /// Key order: `random` (uniform over --keys) or `sequential` (bench-0, bench-1, ... shared
+    /// by all clients, wrapping at --keys): `--ops N --keys N --key-order sequential --warmup 0`
+    /// writes every key exactly once (to load a data set).
+    #[arg(long, value_enum, default_value_t = KeyOrder::Random)]
+    pub key_order: KeyOrder,
+
+    /// Size of each put's value, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    pub value_size: usize,
+
+    /// Worker threads of the load generator's async runtime [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// The system under load: omnikv (kvd's /v1/kv API) or etcd (its v3 JSON gateway on the
+    /// client port; --endpoints are then etcd client URLs; linearizable gets are etcd's
+    /// default range, local gets are `serializable` ranges).
+    #[arg(long, value_enum, default_value_t = Target::Omnikv)]
+    pub target: Target,
+}
+
+/// How `kvctl bench` picks keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyOrder {
+    /// Uniformly at random.
+    Random,
+    /// One after the other, across all clients.
+    Sequential,
+}
+
+/// The system `kvctl bench` drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// kvd replicas (`PUT/GET /v1/kv/{key}`).
+    Omnikv,
+    /// etcd v3 members, through the gRPC-gateway (`POST /v3/kv/put`, `/v3/kv/range`).
+    Etcd,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Omnikv => "omnikv",
+            Target::Etcd => "etcd",
+        }
+    }
+}
+
+/// Parses a ratio in 0.0..=1.0.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "invalid ratio {s:?} (expected a number from 0.0 to 1.0)"
+        )),
+    }
 }
 
 /// Parses a duration: `500ms`, `5s`, `2m`, or a bare number of seconds (`1.5`). Must be
@@ -279,6 +391,33 @@ mod tests {
     }
 
     #[test]
+    fn reconfigure_takes_member_lists_and_peers() {
+        let cli = parse(&[
+            "reconfigure",
+            "--nodes",
+            "[4, 1, 2]",
+            "--peer",
+            "4=10.0.0.4:7000",
+        ])
+        .unwrap();
+        let Command::Reconfigure { nodes, peers, .. } = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(nodes.0, [1, 2, 4]);
+        assert_eq!(peers, [(4, "10.0.0.4:7000".to_string())]);
+        assert_eq!(
+            parse(&["reconfigure", "--nodes", "1 2 3"])
+                .map(|c| c.command)
+                .ok()
+                .and_then(|c| match c {
+                    Command::Reconfigure { nodes, .. } => Some(nodes.0),
+                    _ => None,
+                }),
+            Some(vec![1, 2, 3])
+        );
+    }
+
+    #[test]
     fn bad_flags_are_usage_errors() {
         for args in [
             &["get"][..],
@@ -287,6 +426,11 @@ mod tests {
             &["-o", "yaml", "get", "k"],
             &["--timeout", "soon", "get", "k"],
             &["--node", "x", "get", "k"],
+            &["reconfigure", "--nodes", "1,1"],
+            &["reconfigure", "--nodes", "0,1"],
+            &["reconfigure", "--nodes", "[]"],
+            &["reconfigure", "--nodes", "1,2", "--peer", "4=host"],
+            &["reconfigure", "--nodes", "1,2", "--peer", "x=h:1"],
             &["frobnicate"],
         ] {
             let err = parse(args).unwrap_err();

@@ -1,7 +1,6 @@
 //! Printers: every result in text and in JSON, and errors (always for stderr).
 
 use crate::cli::OutputFormat;
-use crate::commands::bench::BenchReport;
 use crate::exit::Error;
 use omnikv_common::{
     ClientError, LogEntryView, LogView, MembersView, ReconfigureResult, StatusView, WriteResult,
@@ -19,7 +18,8 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn json_line<T: Serialize + ?Sized>(out: &mut dyn Write, v: &T) -> io::Result<()> {
+/// `v` as one line of JSON.
+pub fn json_line<T: Serialize + ?Sized>(out: &mut dyn Write, v: &T) -> io::Result<()> {
     serde_json::to_writer(&mut *out, v).map_err(io::Error::other)?;
     out.write_all(b"\n")
 }
@@ -82,21 +82,41 @@ fn leader(l: Option<u64>) -> String {
     l.map_or_else(|| "none".into(), |l| l.to_string())
 }
 
+/// The status fields shown, in text order; [`status_values`] renders them.
+const STATUS_FIELDS: [&str; 11] = [
+    "pid",
+    "role",
+    "leader",
+    "config_id",
+    "members",
+    "decided_idx",
+    "applied_idx",
+    "compacted_idx",
+    "keys",
+    "state_hash",
+    "connected_peers",
+];
+
+/// The values of [`STATUS_FIELDS`], rendered.
+fn status_values(s: &StatusView) -> [String; 11] {
+    [
+        s.pid.to_string(),
+        s.role.to_string(),
+        leader(s.leader),
+        s.config_id.to_string(),
+        list(&s.members),
+        s.decided_idx.to_string(),
+        s.applied_idx.to_string(),
+        s.compacted_idx.to_string(),
+        s.keys.to_string(),
+        s.state_hash.clone(),
+        list(&s.connected_peers),
+    ]
+}
+
 /// The status fields in text order, as (name, rendered value).
 fn status_fields(s: &StatusView) -> Vec<(&'static str, String)> {
-    vec![
-        ("pid", s.pid.to_string()),
-        ("role", s.role.clone()),
-        ("leader", leader(s.leader)),
-        ("config_id", s.config_id.to_string()),
-        ("members", list(&s.members)),
-        ("decided_idx", s.decided_idx.to_string()),
-        ("applied_idx", s.applied_idx.to_string()),
-        ("compacted_idx", s.compacted_idx.to_string()),
-        ("keys", s.keys.to_string()),
-        ("state_hash", s.state_hash.clone()),
-        ("connected_peers", list(&s.connected_peers)),
-    ]
+    STATUS_FIELDS.into_iter().zip(status_values(s)).collect()
 }
 
 /// Aligned `field: value` lines, one per status field.
@@ -188,33 +208,15 @@ pub type EndpointStatus = (String, Result<StatusView, Error>);
 /// `status --all` as a table: a header, then one row per endpoint; an endpoint without an
 /// answer shows `unreachable: <reason>` after its name.
 pub fn status_table(rows: &[EndpointStatus]) -> String {
-    let mut header = vec!["ENDPOINT"];
-    header.extend(
-        status_fields(&StatusView {
-            pid: 0,
-            role: String::new(),
-            leader: None,
-            config_id: 0,
-            members: vec![],
-            decided_idx: 0,
-            applied_idx: 0,
-            compacted_idx: 0,
-            keys: 0,
-            state_hash: String::new(),
-            cluster_id: String::new(),
-            connected_peers: vec![],
-            reconfiguration: None,
-            transfer: None,
-        })
-        .into_iter()
-        .map(|(n, _)| n),
-    );
-    let header: Vec<String> = header.into_iter().map(str::to_uppercase).collect();
+    let header: Vec<String> = std::iter::once("ENDPOINT")
+        .chain(STATUS_FIELDS)
+        .map(str::to_uppercase)
+        .collect();
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|(ep, r)| match r {
             Ok(s) => std::iter::once(ep.clone())
-                .chain(status_fields(s).into_iter().map(|(_, v)| v))
+                .chain(status_values(s))
                 .collect(),
             Err(Error::Client(ClientError::Unavailable(m))) => {
                 vec![ep.clone(), format!("unreachable: {m}")]
@@ -304,77 +306,6 @@ pub fn write_log(out: &mut dyn Write, format: OutputFormat, log: &LogView) -> io
     }
 }
 
-/// `bench`'s report as text: aligned `label: value` lines.
-pub fn bench_text(r: &BenchReport) -> String {
-    let e = &r.errors;
-    let l = &r.latency_ms;
-    let mut rows = vec![
-        (
-            "clients:".to_string(),
-            format!(
-                "{} over {} connection(s), {} thread(s)",
-                r.clients, r.connections, r.threads
-            ),
-        ),
-        (
-            "workload:".into(),
-            format!(
-                "read ratio {:.2} ({}), {} keys, {}-byte values",
-                r.read_ratio, r.consistency, r.keys, r.value_size
-            ),
-        ),
-        (
-            "duration:".into(),
-            format!("{:.2} s (after {:.2} s warmup)", r.duration_s, r.warmup_s),
-        ),
-        (
-            "ops:".into(),
-            format!("{} (ok {}, get misses {})", r.ops, r.ok, r.misses),
-        ),
-        ("throughput:".into(), format!("{:.1} ops/s", r.ops_per_sec)),
-        (
-            "latency ms:".into(),
-            format!(
-                "p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}",
-                l.p50, l.p90, l.p99, l.max, l.mean
-            ),
-        ),
-        (
-            "errors:".into(),
-            format!(
-                "unavailable {}, indeterminate {}, rejected {}",
-                e.unavailable, e.indeterminate, e.rejected
-            ),
-        ),
-        (
-            "client CPU:".into(),
-            format!("{:.2} cores", r.client_cpu_cores),
-        ),
-    ];
-    // The error samples (long labels) do not widen the block.
-    let width = rows.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-    for (class, message) in &r.first_errors {
-        rows.push((format!("first {class} error:"), message.clone()));
-    }
-    let mut out = String::new();
-    for (name, value) in rows {
-        out.push_str(&format!("{name:<width$} {value}\n"));
-    }
-    out
-}
-
-/// Result of `bench`: text see [`bench_text`], JSON the `BenchReport`.
-pub fn write_bench_report(
-    out: &mut dyn Write,
-    format: OutputFormat,
-    r: &BenchReport,
-) -> io::Result<()> {
-    match format {
-        OutputFormat::Json => json_line(out, r),
-        OutputFormat::Text => out.write_all(bench_text(r).as_bytes()),
-    }
-}
-
 fn error_body(e: &Error) -> serde_json::Value {
     serde_json::json!({ "code": e.code(), "message": e.to_string() })
 }
@@ -397,6 +328,7 @@ pub fn write_error(err: &mut dyn Write, format: OutputFormat, e: &Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omnikv_common::Role;
 
     fn text<F: FnOnce(&mut Vec<u8>) -> io::Result<()>>(f: F) -> String {
         let mut v = Vec::new();
@@ -407,7 +339,7 @@ mod tests {
     fn status() -> StatusView {
         StatusView {
             pid: 2,
-            role: "follower".into(),
+            role: Role::Follower,
             leader: Some(1),
             config_id: 1,
             members: vec![1, 2, 3],

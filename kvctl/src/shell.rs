@@ -18,10 +18,12 @@
 //! it, to the first endpoint's host at that port.
 
 use crate::cli::DEFAULT_LOG_LIMIT;
-use crate::commands::reconfigure::{parse_nodes, Change, Members};
+use crate::commands::reconfigure::{Change, Members};
 use crate::commands::{self, Request};
+use crate::context::Context;
 use crate::exit::Error;
-use crate::{output, Context};
+use crate::output;
+use omnikv_common::membership::parse_nodes;
 use omnikv_common::Client;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -135,7 +137,7 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
             };
             let text = std::str::from_utf8(arg).map_err(|_| usage())?;
             let members = if text.contains(',') {
-                Members::Exactly(parse_nodes(text)?)
+                Members::Exactly(parse_nodes(text).map_err(|e| e.to_string())?.0)
             } else {
                 match text.parse::<u64>() {
                     Ok(pid) if pid >= 1 => Members::Add(pid),
@@ -382,7 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn shell_keeps_going_after_errors() {
-        let cli = <crate::Cli as clap::Parser>::try_parse_from([
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
             "kvctl",
             "--endpoints",
             "127.0.0.1:1",

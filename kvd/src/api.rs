@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use omnikv_common::api::{
-    ApiError, ErrorCode, ReconfigureRequest, HEADER_CLIENT_ID, HEADER_IDEMPOTENCY_KEY,
+    ApiError, ErrorCode, ReconfigureRequest, Role, HEADER_CLIENT_ID, HEADER_IDEMPOTENCY_KEY,
     HEADER_INDEX, HEADER_SEQ, HEADER_TIMEOUT_MS, MAX_KEY_BYTES,
 };
 use omnikv_common::keys::decode_key;
@@ -365,7 +365,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     let until = Instant::now() + Duration::from_secs(2);
     match ask(&state, |reply| ClientRequest::Status { reply }, until).await {
         Ok(s)
-            if matches!(s.role.as_str(), "leader" | "follower" | "standalone")
+            if matches!(s.role, Role::Leader | Role::Follower | Role::Standalone)
                 && s.leader.is_some() =>
         {
             (StatusCode::OK, "ready").into_response()

@@ -1,10 +1,12 @@
-//! kvd's configuration: clap flags, each with an env fallback, plus the parsers for the
-//! forms operators type (`NODES=[1, 2, 3]`, peer maps, peer templates).
+//! kvd's configuration: clap flags, each with an env fallback. The forms operators type
+//! (`NODES=[1, 2, 3]`, peer maps, peer templates) are parsed by `omnikv_common::membership`.
 
 use clap::Parser;
-use std::collections::BTreeMap;
+use omnikv_common::membership::{parse_nodes, parse_peer_map, parse_template, Nodes, PeerMap};
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub use omnikv_common::membership::from_template;
 
 /// kvd: one omnikv replica (OmniPaxos log + RocksDB state).
 #[derive(Parser, Debug, Clone)]
@@ -14,8 +16,8 @@ pub struct Config {
     #[arg(long, env = "PID", value_parser = clap::value_parser!(u64).range(1..))]
     pub pid: u64,
 
-    /// Members of the initial configuration: `[1, 2, 3]` (as the seed's ConfigMap writes it)
-    /// or `1,2,3`. One member runs the standalone single-server mode. Only bootstraps an
+    /// Members of the initial configuration: `[1, 2, 3]` (as the seed's ConfigMap writes it),
+    /// `1,2,3` or `1 2 3`. One member runs the standalone single-server mode. Only bootstraps an
     /// empty data dir: afterwards the persisted configuration wins.
     #[arg(long, env = "NODES", value_parser = parse_nodes)]
     pub nodes: Nodes,
@@ -41,8 +43,8 @@ pub struct Config {
     pub peers: PeerMap,
 
     /// Peer address template for pids not in --peers, e.g. `kv-store-{ordinal}.kv-store:7000`
-    /// ({ordinal} = pid - 1, as in a StatefulSet; {pid} = pid).
-    #[arg(long, env = "KVD_PEER_TEMPLATE")]
+    /// ({ordinal} = pid - 1, as in a StatefulSet; {pid} = pid; no other braces).
+    #[arg(long, env = "KVD_PEER_TEMPLATE", value_parser = parse_template)]
     pub peer_template: Option<String>,
 
     /// Token mixed into the cluster identity (like etcd's --initial-cluster-token): replicas
@@ -133,87 +135,28 @@ impl Config {
     }
 }
 
-/// A peer address from a template: `{ordinal}` is pid - 1 (a StatefulSet pod's ordinal),
-/// `{pid}` the pid.
-pub fn from_template(template: &str, pid: u64) -> Option<String> {
-    Some(
-        template
-            .replace("{ordinal}", &pid.saturating_sub(1).to_string())
-            .replace("{pid}", &pid.to_string()),
-    )
-}
-
-/// Configuration members.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Nodes(pub Vec<u64>);
-
-/// Parses `[1, 2, 3]`, `1,2,3` or `1 2 3` into sorted, distinct pids >= 1.
-pub fn parse_nodes(s: &str) -> Result<Nodes, String> {
-    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
-    let mut nodes = Vec::new();
-    for part in inner.split(|c: char| c == ',' || c.is_whitespace()) {
-        if part.is_empty() {
-            continue;
-        }
-        let pid: u64 = part
-            .parse()
-            .map_err(|_| format!("bad node id {part:?} in NODES {s:?}"))?;
-        if pid == 0 {
-            return Err("node ids start at 1".into());
-        }
-        nodes.push(pid);
-    }
-    nodes.sort_unstable();
-    let before = nodes.len();
-    nodes.dedup();
-    if nodes.len() != before {
-        return Err(format!("duplicate node id in NODES {s:?}"));
-    }
-    if nodes.is_empty() {
-        return Err("NODES is empty".into());
-    }
-    Ok(Nodes(nodes))
-}
-
-/// Explicit pid -> address map.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerMap(pub BTreeMap<u64, String>);
-
-/// Parses `1=host:port,2=host:port` (empty string = empty map).
-pub fn parse_peer_map(s: &str) -> Result<PeerMap, String> {
-    let mut map = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (pid, addr) = part
-            .split_once('=')
-            .ok_or_else(|| format!("bad peer {part:?}: expected pid=host:port"))?;
-        let pid: u64 = pid
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad peer id in {part:?}"))?;
-        let addr = addr.trim();
-        if pid == 0 || addr.is_empty() || !addr.contains(':') {
-            return Err(format!(
-                "bad peer {part:?}: expected pid=host:port with pid >= 1"
-            ));
-        }
-        map.insert(pid, addr.to_string());
-    }
-    Ok(PeerMap(map))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn nodes_accepts_seed_and_plain_forms() {
-        assert_eq!(parse_nodes("[1, 2, 3]").unwrap().0, vec![1, 2, 3]);
-        assert_eq!(parse_nodes("3,1,2").unwrap().0, vec![1, 2, 3]);
-        assert_eq!(parse_nodes("[1]").unwrap().0, vec![1]);
-        assert!(parse_nodes("[]").is_err());
-        assert!(parse_nodes("1,1").is_err());
-        assert!(parse_nodes("0,1").is_err());
-        assert!(parse_nodes("a").is_err());
+    fn flags_take_every_nodes_form_and_refuse_bad_ones() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["kvd", "--pid", "1"], args].concat());
+        let c = parse(&["--nodes", "[3, 1, 2]"]).unwrap();
+        assert_eq!(c.nodes.0, vec![1, 2, 3]);
+        assert_eq!(c.peers, PeerMap::default());
+        assert_eq!(c.peer_template, None);
+        assert_eq!(parse(&["--nodes", "1 2"]).unwrap().nodes.0, vec![1, 2]);
+        for bad in [
+            &["--nodes", "1,1"][..],
+            &["--nodes", "[]"],
+            &["--nodes", "0,1"],
+            &["--nodes", "1", "--peers", "2=host"],
+            &["--nodes", "1", "--peer-template", "kv-store:7000"],
+            &["--nodes", "1", "--peer-template", "kv-{id}:7000"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -223,8 +166,7 @@ mod tests {
         c.peer_template = Some("kv-store-{ordinal}.kv-store:7000".into());
         assert_eq!(c.peer_address(2).unwrap(), "10.0.0.2:7000");
         assert_eq!(c.peer_address(3).unwrap(), "kv-store-2.kv-store:7000");
-        assert!(parse_peer_map("x").is_err());
-        assert!(parse_peer_map("0=a:1").is_err());
-        assert!(parse_peer_map("").unwrap().0.is_empty());
+        c.peer_template = None;
+        assert_eq!(c.peer_address(3), None);
     }
 }

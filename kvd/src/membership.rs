@@ -102,69 +102,12 @@ pub fn stored_stopsign(db: &Db, config_id: u32) -> Result<Option<(StopSign, u64)
     Ok(m.stopsign.map(|ss| (ss, m.log_end as u64)))
 }
 
-fn majority(n: usize) -> usize {
-    n / 2 + 1
-}
-
-/// Guards on a requested member list, checked before anything is proposed.
-pub fn check_change(current: &[u64], next: &[u64]) -> Result<(), String> {
-    if next.contains(&0) {
-        return Err("pid 0 is not a valid node id (pids start at 1)".into());
-    }
-    let mut sorted = next.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.len() != next.len() {
-        return Err(format!("duplicate node ids in {next:?}"));
-    }
-    if next.len() < 2 {
-        return Err(format!(
-            "a configuration needs at least two members (asked for {next:?}); one-node \
-             clusters run only as standalone replicas from the start"
-        ));
-    }
-    if sorted == current {
-        return Err(format!("{next:?} are already the members"));
-    }
-    let kept = next.iter().filter(|p| current.contains(p)).count();
-    if kept < majority(current.len()) || kept < majority(next.len()) {
-        return Err(format!(
-            "{current:?} -> {next:?} replaces a majority at once ({kept} members kept): the \
-             members that hold the state must stay a majority of both configurations; do it \
-             in steps (add, then remove)"
-        ));
-    }
-    Ok(())
-}
-
-/// True when `acked` (members of `members` that hold the state) are a majority.
-pub fn majority_holds(members: &[u64], acked: usize) -> bool {
-    acked >= majority(members.len())
-}
+// The guards a configuration change must pass: one copy, which the watcher's planner shares.
+pub use omnikv_common::membership::{check_change, majority_holds};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn guards_refuse_what_the_design_forbids() {
-        assert!(check_change(&[1, 2, 3], &[1, 2, 3, 4]).is_ok());
-        assert!(check_change(&[1, 2, 3, 4], &[1, 2, 3]).is_ok());
-        assert!(check_change(&[1, 2, 3], &[1, 2, 4]).is_ok());
-        let e = check_change(&[1, 2, 3], &[1, 4, 5]).unwrap_err();
-        assert!(e.contains("replaces a majority"), "{e}");
-        assert!(check_change(&[1, 2, 3], &[4, 5, 6]).is_err());
-        // Adding more new members than the old ones can outvote.
-        assert!(check_change(&[1, 2], &[1, 2, 3, 4, 5]).is_err());
-        assert!(check_change(&[1, 2, 3], &[1]).unwrap_err().contains("two"));
-        assert!(check_change(&[1, 2, 3], &[1, 2, 3])
-            .unwrap_err()
-            .contains("already"));
-        assert!(check_change(&[1, 2, 3], &[1, 2, 2])
-            .unwrap_err()
-            .contains("duplicate"));
-        assert!(check_change(&[1, 2, 3], &[0, 1, 2]).is_err());
-    }
 
     #[test]
     fn stopsign_meta_survives_garbage() {

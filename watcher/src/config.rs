@@ -2,6 +2,7 @@
 //! are the `--help`), and the pid <-> pod name / URL mappings derived from it.
 
 use clap::Parser;
+use omnikv_common::membership::{from_template, parse_template, ParseError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,17 +38,23 @@ pub struct Config {
     pub kvd_url: String,
 
     /// Client URL of replica `pid`, for its /healthz and as a kvctl endpoint: `{ordinal}` is
-    /// pid - 1 (the pod's ordinal), `{pid}` is the pid.
+    /// pid - 1 (the pod's ordinal), `{pid}` is the pid (no other braces).
     #[arg(
         long,
         env = "WATCHER_PEER_URL_TEMPLATE",
-        default_value = "http://kv-store-{ordinal}.kv-store:8000"
+        default_value = "http://kv-store-{ordinal}.kv-store:8000",
+        value_parser = parse_template
     )]
     pub peer_url_template: String,
 
     /// Peer (consensus) address of an added replica, passed as `kvctl reconfigure --peer`
     /// (`{ordinal}`, `{pid}` as above). Empty: not passed, kvd uses its own peer template.
-    #[arg(long, env = "WATCHER_PEER_ADDR_TEMPLATE", default_value = "")]
+    #[arg(
+        long,
+        env = "WATCHER_PEER_ADDR_TEMPLATE",
+        default_value = "",
+        value_parser = parse_optional_template
+    )]
     pub peer_addr_template: String,
 
     /// The kvctl binary (a path, or a name looked up in PATH).
@@ -125,10 +132,18 @@ impl Config {
     }
 }
 
+/// The empty string (no template), or a template `parse_template` accepts.
+fn parse_optional_template(s: &str) -> Result<String, ParseError> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    parse_template(s)
+}
+
+/// `template` for `pid`. The flags' parsers have checked the templates; one set in code
+/// without that check and malformed is used as it stands, so a request fails naming it.
 fn expand(template: &str, pid: u64) -> String {
-    template
-        .replace("{ordinal}", &pid.saturating_sub(1).to_string())
-        .replace("{pid}", &pid.to_string())
+    from_template(template, pid).unwrap_or_else(|| template.to_string())
 }
 
 #[cfg(test)]
@@ -162,5 +177,15 @@ mod tests {
             c.peer_addrs(&[4]),
             BTreeMap::from([(4, "127.0.0.1:1704".to_string())])
         );
+        for (flag, bad) in [
+            ("--peer-url-template", "http://kv-store:8000"),
+            ("--peer-url-template", ""),
+            ("--peer-addr-template", "kv-store-{n}:7000"),
+        ] {
+            assert!(
+                Config::try_parse_from(["watcher", flag, bad]).is_err(),
+                "{flag} {bad:?}"
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use omnikv_common::Client as KvClient;
+use omnikv_common::Role;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -257,7 +258,7 @@ impl Controller {
         let mut healthy = BTreeMap::new();
         if let (Some(s), Some(Ok(d))) = (&status, &desired) {
             self.metrics.cluster_config_id.set(i64::from(s.config_id));
-            let leads = s.role == "leader" && s.leader == Some(s.pid);
+            let leads = s.role == Role::Leader && s.leader == Some(s.pid);
             self.metrics.leader.set(i64::from(leads));
             if leads {
                 // Only the added nodes: the members' health is in the status

@@ -10,15 +10,17 @@
 //! 3. CONFIG_ID is the id the new configuration gets: current + 1. Equal to the current id it
 //!    must name the current members (in sync: only the annotation may need recording);
 //!    behind the cluster, or skipping ahead, it is refused with the id to use.
-//! 4. The change must keep a quorum: the members kept must be a majority of the old and of
-//!    the new configuration (kvd's guard) (a change that replaces a majority at once is refused: do it in steps),
-//!    the new configuration needs at least two members, and a majority of it must be up now.
+//! 4. The change must pass kvd's own guard (`omnikv_common::membership::check_change`: at
+//!    least two members, and the members kept a majority of the old and of the new
+//!    configuration, so a change that replaces a majority at once is refused: do it in
+//!    steps), and a majority of the new configuration must be up now.
 //! 5. Every added node's pod must be Running (not terminating) with its kvd answering
 //!    /healthz. Not Ready: a joiner is Ready only once it holds state, which it only gets
 //!    after this change. Removed nodes need nothing: the change comes first, the StatefulSet
 //!    is scaled down after.
 
-use omnikv_common::StatusView;
+use omnikv_common::membership::{check_change, majority, parse_nodes};
+use omnikv_common::{Role, StatusView};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Key of the ConfigMap entry with the desired members (`[1, 2, 3]` or `1,2,3`).
@@ -39,7 +41,9 @@ pub fn parse_desired(data: &BTreeMap<String, String>) -> Result<Desired, String>
     let nodes = data
         .get(KEY_NODES)
         .ok_or_else(|| format!("the ConfigMap has no {KEY_NODES}"))?;
-    let nodes = parse_nodes(nodes)?;
+    let nodes = parse_nodes(nodes)
+        .map_err(|e| format!("{KEY_NODES} {nodes:?}: {e}"))?
+        .0;
     let config_id = data
         .get(KEY_CONFIG_ID)
         .ok_or_else(|| format!("the ConfigMap has no {KEY_CONFIG_ID}"))?;
@@ -50,31 +54,6 @@ pub fn parse_desired(data: &BTreeMap<String, String>) -> Result<Desired, String>
         .filter(|&id| id >= 1)
         .ok_or_else(|| format!("{KEY_CONFIG_ID} {config_id:?} is not an integer >= 1"))?;
     Ok(Desired { nodes, config_id })
-}
-
-/// Parses `[1, 2, 3]`, `1,2,3` or `1 2 3` (the forms kvd's NODES accepts) into sorted pids.
-pub fn parse_nodes(s: &str) -> Result<Vec<u64>, String> {
-    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
-    let mut nodes = Vec::new();
-    for part in inner.split(|c: char| c == ',' || c.is_whitespace()) {
-        if part.is_empty() {
-            continue;
-        }
-        match part.parse::<u64>() {
-            Ok(pid) if pid >= 1 => nodes.push(pid),
-            _ => return Err(format!("{KEY_NODES} {s:?}: {part:?} is not a node id >= 1")),
-        }
-    }
-    nodes.sort_unstable();
-    let n = nodes.len();
-    nodes.dedup();
-    if nodes.len() != n {
-        return Err(format!("{KEY_NODES} {s:?} names a node twice"));
-    }
-    if nodes.is_empty() {
-        return Err(format!("{KEY_NODES} is empty"));
-    }
-    Ok(nodes)
 }
 
 /// What the watcher knows of one StatefulSet pod.
@@ -133,10 +112,6 @@ pub enum Plan {
     Reconfigure(Change),
 }
 
-fn majority(n: usize) -> usize {
-    n / 2 + 1
-}
-
 fn list(pids: &[u64]) -> String {
     let v: Vec<String> = pids.iter().map(u64::to_string).collect();
     format!("[{}]", v.join(","))
@@ -147,7 +122,7 @@ pub fn plan(input: &Input) -> Plan {
     let Some(status) = &input.status else {
         return Plan::Wait("the local kvd does not answer /v1/status".into());
     };
-    if status.role != "leader" || status.leader != Some(status.pid) {
+    if status.role != Role::Leader || status.leader != Some(status.pid) {
         return Plan::NotLeader {
             leader: status.leader.filter(|&l| l != status.pid),
         };
@@ -229,28 +204,11 @@ pub fn plan(input: &Input) -> Plan {
         ));
     }
 
+    if let Err(e) = check_change(&status.members, &desired.nodes) {
+        return Plan::Refuse(e);
+    }
     let added: Vec<u64> = wanted.difference(&current).copied().collect();
     let removed: Vec<u64> = current.difference(&wanted).copied().collect();
-    let kept = wanted.intersection(&current).count();
-
-    if wanted.len() < 2 {
-        return Plan::Refuse(format!(
-            "NODES {} has fewer than 2 members: a replicated configuration needs at least 2",
-            list(&desired.nodes)
-        ));
-    }
-    // kvd's own guard (kvd/src/membership.rs): the members kept must be a majority of both
-    // configurations.
-    if kept < majority(wanted.len()) || kept < majority(current.len()) {
-        return Plan::Refuse(format!(
-            "going from {} to {} replaces a majority at once: {kept} members kept, need a \
-             majority of both configurations ({} and {}); change the members in steps",
-            list(&status.members),
-            list(&desired.nodes),
-            majority(current.len()),
-            majority(wanted.len())
-        ));
-    }
 
     // Who is up now: this leader, the members it has a live connection to, and the added
     // nodes whose kvd answers /healthz.
@@ -309,17 +267,16 @@ pub fn plan(input: &Input) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omnikv_common::api::ReconfigView;
+    use omnikv_common::api::{Phase, ReconfigView};
 
     fn status(pid: u64, leader: Option<u64>, config_id: u32, members: &[u64]) -> StatusView {
         StatusView {
             pid,
             role: if leader == Some(pid) {
-                "leader"
+                Role::Leader
             } else {
-                "follower"
-            }
-            .into(),
+                Role::Follower
+            },
             leader,
             config_id,
             members: members.to_vec(),
@@ -524,7 +481,7 @@ mod tests {
         cases.push((
             "down to one member",
             input(2, &[1, 2], &[1], 3),
-            Box::new(refused_with("fewer than 2 members")),
+            Box::new(refused_with("needs at least two members")),
         ));
         let mut follower = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
         follower.status = Some(status(2, Some(1), 1, &[1, 2, 3]));
@@ -535,7 +492,7 @@ mod tests {
         ));
         let mut removed = input(2, &[2, 3, 4], &[2, 3, 4], 2);
         let mut s = status(1, Some(1), 2, &[2, 3, 4]);
-        s.role = "removed".into();
+        s.role = Role::Removed;
         removed.status = Some(s);
         cases.push((
             "a removed ex-leader is not a leader",
@@ -560,7 +517,7 @@ mod tests {
         in_flight.status.as_mut().unwrap().reconfiguration = Some(ReconfigView {
             config_id: 2,
             members: vec![1, 2, 3, 4],
-            phase: "proposed".into(),
+            phase: Phase::Proposed,
         });
         cases.push((
             "a change already in flight (duplicate event)",

@@ -1,7 +1,6 @@
 //! One module per command; each calls the client and prints through `output`. The one-shot
 //! commands and the shell share these functions.
 
-pub mod bench;
 pub mod delete;
 pub mod get;
 pub mod log;
@@ -10,7 +9,10 @@ pub mod put;
 pub mod reconfigure;
 pub mod status;
 
+use crate::context::Context;
 use crate::exit::Error;
+use omnikv_common::Client;
+use std::io::Write;
 
 /// Refuses the empty key before anything is sent (kvd refuses it too).
 pub fn check_key(key: &[u8]) -> Result<(), Error> {
@@ -19,10 +21,6 @@ pub fn check_key(key: &[u8]) -> Result<(), Error> {
     }
     Ok(())
 }
-
-use crate::Context;
-use omnikv_common::Client;
-use std::io::Write;
 
 /// A single-endpoint-list request, as the one-shot commands and the shell issue them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,60 +26,6 @@ pub struct Change {
     pub peers: BTreeMap<u64, String>,
 }
 
-/// A member list as one flag value (clap would take a bare `Vec` as repeated values).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeList(pub Vec<u64>);
-
-pub fn parse_node_list(s: &str) -> Result<NodeList, String> {
-    parse_nodes(s).map(NodeList)
-}
-
-/// Parses `1,2,3`, `[1, 2, 3]` or `1 2 3` into pids (>= 1, order kept, duplicates refused).
-pub fn parse_nodes(s: &str) -> Result<Vec<u64>, String> {
-    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
-    let mut out = Vec::new();
-    for word in inner
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|w| !w.is_empty())
-    {
-        let pid: u64 = word
-            .parse()
-            .map_err(|_| format!("{word:?} is not a node id (want e.g. 1,2,3,4)"))?;
-        if pid == 0 {
-            return Err("node ids start at 1".into());
-        }
-        if out.contains(&pid) {
-            return Err(format!("node {pid} is listed twice"));
-        }
-        out.push(pid);
-    }
-    if out.is_empty() {
-        return Err("no node ids given (want e.g. 1,2,3,4)".into());
-    }
-    Ok(out)
-}
-
-/// Parses `PID=HOST:PORT`.
-pub fn parse_peer(s: &str) -> Result<(u64, String), String> {
-    let (pid, addr) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: want PID=HOST:PORT"))?;
-    let pid: u64 = pid
-        .trim()
-        .parse()
-        .ok()
-        .filter(|&p| p >= 1)
-        .ok_or_else(|| format!("{s:?}: {pid:?} is not a node id"))?;
-    let addr = addr.trim();
-    if addr
-        .rsplit_once(':')
-        .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
-    {
-        return Err(format!("{s:?}: {addr:?} is not HOST:PORT"));
-    }
-    Ok((pid, addr.to_string()))
-}
-
 /// Asks the leader among `client`'s endpoints for the change and prints the configuration
 /// now in force.
 pub async fn run(
@@ -111,36 +57,4 @@ pub async fn run(
     };
     let result = client.reconfigure(&request).await?;
     output::write_reconfigured(out, format, &result).map_err(Error::stdout)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_lists_in_every_form() {
-        assert_eq!(parse_nodes("1,2,3,4").unwrap(), [1, 2, 3, 4]);
-        assert_eq!(parse_nodes("[1, 2, 4]").unwrap(), [1, 2, 4]);
-        assert_eq!(parse_nodes(" 3 1 ").unwrap(), [3, 1]);
-        assert!(parse_nodes("1,1").unwrap_err().contains("twice"));
-        assert!(parse_nodes("0,1").is_err());
-        assert!(parse_nodes("a,b").is_err());
-        assert!(parse_nodes("[]").is_err());
-    }
-
-    #[test]
-    fn peers_need_pid_host_and_port() {
-        assert_eq!(
-            parse_peer("4=127.0.0.1:7004").unwrap(),
-            (4, "127.0.0.1:7004".to_string())
-        );
-        assert_eq!(
-            parse_peer("4=kv-store-3.kv-store:7000").unwrap().1,
-            "kv-store-3.kv-store:7000"
-        );
-        assert!(parse_peer("4").is_err());
-        assert!(parse_peer("x=h:1").is_err());
-        assert!(parse_peer("4=host").is_err());
-        assert!(parse_peer("4=:7000").is_err());
-    }
 }

@@ -4,7 +4,7 @@
 //! Special keys: `toolarge` answers 413 too_large, `maybe` answers 504 indeterminate.
 
 use omnikv_common::keys::decode_key;
-use omnikv_common::{ApiError, ErrorCode, LogEntryView, LogView, StatusView, WriteResult};
+use omnikv_common::{ApiError, ErrorCode, LogEntryView, LogView, Role, StatusView, WriteResult};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,7 +24,7 @@ impl MockKvd {
 pub fn status_view(pid: u64, keys: u64) -> StatusView {
     StatusView {
         pid,
-        role: "leader".into(),
+        role: Role::Leader,
         leader: Some(pid),
         config_id: 1,
         members: vec![1, 2, 3],

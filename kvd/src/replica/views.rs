@@ -8,7 +8,8 @@ use crate::membership::{stored_stopsign, Lifecycle};
 use crate::peers::Peers;
 use crate::storage::read_log_range;
 use omnikv_common::api::{
-    LogEntryView, LogView, MemberView, MembersView, ReconfigView, StatusView, TransferView,
+    LogEntryView, LogView, MemberView, MembersView, Phase, ReconfigView, Role, StatusView,
+    TransferView,
 };
 
 impl<P: Peers> Replica<P> {
@@ -34,47 +35,51 @@ impl<P: Peers> Replica<P> {
             return Some(ReconfigView {
                 config_id: t.config_id,
                 members: t.members.clone(),
-                phase: "leaving".into(),
+                phase: Phase::Leaving,
             });
         }
         if let Some(r) = &self.reconfig {
             return Some(ReconfigView {
                 config_id: self.meta.config_id + 1,
                 members: r.nodes.clone(),
-                phase: "proposed".into(),
+                phase: Phase::Proposed,
             });
         }
         if let Log::Paxos(op) = &self.log {
             let decided = op.get_decided_idx() as u64;
             // One read: decided = stored and the decided index past it (decided_stopsign).
             if let Ok(Some((ss, end))) = stored_stopsign(&self.db, self.meta.config_id) {
-                let phase = if decided > end { "decided" } else { "proposed" };
+                let phase = if decided > end {
+                    Phase::Decided
+                } else {
+                    Phase::Proposed
+                };
                 return Some(ReconfigView {
                     config_id: ss.next_config.configuration_id,
                     members: ss.next_config.nodes.clone(),
-                    phase: phase.into(),
+                    phase,
                 });
             }
         }
         None
     }
 
-    fn role(&self) -> &'static str {
+    fn role(&self) -> Role {
         match self.meta.lifecycle {
-            Lifecycle::Joining => return "joining",
-            Lifecycle::Leaving => return "leaving",
-            Lifecycle::Removed => return "removed",
+            Lifecycle::Joining => return Role::Joining,
+            Lifecycle::Leaving => return Role::Leaving,
+            Lifecycle::Removed => return Role::Removed,
             Lifecycle::Serving => {}
         }
         if self.catchup.is_some() {
-            return "catching-up";
+            return Role::CatchingUp;
         }
         match (&self.log, self.current_leader()) {
-            (Log::Local(_), _) => "standalone",
-            (Log::None, _) => "removed",
-            (_, Some(l)) if l == self.cfg.pid => "leader",
-            (_, Some(_)) => "follower",
-            (_, None) => "candidate",
+            (Log::Local(_), _) => Role::Standalone,
+            (Log::None, _) => Role::Removed,
+            (_, Some(l)) if l == self.cfg.pid => Role::Leader,
+            (_, Some(_)) => Role::Follower,
+            (_, None) => Role::Candidate,
         }
     }
 
@@ -82,7 +87,7 @@ impl<P: Peers> Replica<P> {
         let meta = self.sm.meta();
         StatusView {
             pid: self.cfg.pid,
-            role: self.role().to_string(),
+            role: self.role(),
             leader: self.current_leader(),
             config_id: self.meta.config_id,
             members: self.meta.members.clone(),

@@ -23,7 +23,7 @@ use crate::linearizability::{
     check_with_budget, KvInput, KvModel, KvOutput, Operation, Outcome, Verdict,
 };
 use crate::nemesis::{Cut, Link, Net, Pid};
-use omnikv_common::{Client, ClientError, Consistency};
+use omnikv_common::{Client, ClientError, Consistency, Role};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -649,7 +649,7 @@ impl Run {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(s) = self.c.status(p).await {
-                if s.role == "removed" {
+                if s.role == Role::Removed {
                     break;
                 }
             }
@@ -666,7 +666,7 @@ impl Run {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(s) = self.c.status(pid).await {
-                if (s.role == "follower" || s.role == "leader") && s.members.contains(&pid) {
+                if matches!(s.role, Role::Follower | Role::Leader) && s.members.contains(&pid) {
                     self.note(format!("  node {pid} serves (config {})", s.config_id));
                     return;
                 }

@@ -1,7 +1,7 @@
 //! Test harness: real kvd processes on loopback, each with its own data dir and log file,
 //! plus helpers to kill, restart and query them. Everything polls with deadlines.
 
-use omnikv_common::{Client, ClientError, Consistency, StatusView};
+use omnikv_common::{Client, ClientError, Consistency, Role, StatusView};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -313,10 +313,10 @@ impl Cluster {
             let mut seen = Vec::new();
             for pid in self.nodes.keys().copied().filter(|p| self.is_running(*p)) {
                 if let Ok(s) = self.status(pid).await {
-                    seen.push((pid, s.role.clone(), s.leader));
+                    seen.push((pid, s.role, s.leader));
                 }
             }
-            if let Some((l, _, _)) = seen.iter().find(|(_, role, _)| role == "leader") {
+            if let Some((l, _, _)) = seen.iter().find(|(_, role, _)| *role == Role::Leader) {
                 let agreeing = seen
                     .iter()
                     .filter(|(_, _, leader)| *leader == Some(*l))
@@ -338,7 +338,7 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             if let Ok(s) = self.status(pid).await {
-                if s.leader.is_some() && s.role != "catching-up" {
+                if s.leader.is_some() && s.role != Role::CatchingUp {
                     return;
                 }
             }
@@ -361,7 +361,7 @@ impl Cluster {
             let mut running = 0;
             for pid in self.nodes.keys().copied().filter(|p| self.is_running(*p)) {
                 match self.status(pid).await {
-                    Ok(s) if s.role == "removed" => {}
+                    Ok(s) if s.role == Role::Removed => {}
                     Ok(s) => {
                         st.push(s);
                         running += 1;
@@ -392,7 +392,7 @@ impl Cluster {
                         s.decided_idx,
                         s.keys,
                         s.state_hash.clone(),
-                        s.role.clone()
+                        s.role
                     ))
                     .collect::<Vec<_>>(),
                 self.dump_logs()

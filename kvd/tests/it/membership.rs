@@ -3,7 +3,7 @@
 //! changes, a leader killed around a change, and restarts after a change.
 
 use crate::harness::{stdout_ok, Cluster, Opts};
-use omnikv_common::{Client, ClientError, Consistency, StatusView};
+use omnikv_common::{Client, ClientError, Consistency, Phase, Role, StatusView};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,7 +113,7 @@ async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
     eprintln!("loaded {n} keys in {:?}", t.elapsed());
     c.add_node(4);
     let s = wait_status(&c, 4, Duration::from_secs(10), "a waiting joiner", |s| {
-        s.role == "joining"
+        s.role == Role::Joining
     })
     .await;
     assert_eq!(
@@ -144,8 +144,7 @@ async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
         "receiving a checkpoint",
         |s| {
             s.transfer.as_ref().is_some_and(|t| t.bytes > 0)
-                || s.role == "follower"
-                || s.role == "leader"
+                || matches!(s.role, Role::Follower | Role::Leader)
         },
     )
     .await;
@@ -158,7 +157,7 @@ async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
     c.spawn(4);
     let t4 = Instant::now();
     let s = wait_status(&c, 4, Duration::from_secs(120), "serving", |s| {
-        (s.role == "follower" || s.role == "leader") && s.keys as usize >= n
+        matches!(s.role, Role::Follower | Role::Leader) && s.keys as usize >= n
     })
     .await;
     eprintln!(
@@ -263,7 +262,7 @@ async fn writers_through_changes_and_removing_the_leader() {
     let mut c = Cluster::start(3, Opts::default()).await;
     c.add_node(4);
     wait_status(&c, 4, Duration::from_secs(10), "a waiting joiner", |s| {
-        s.role == "joining"
+        s.role == Role::Joining
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -285,7 +284,7 @@ async fn writers_through_changes_and_removing_the_leader() {
     ));
     assert!(out.contains("configuration 2"), "{out}");
     wait_status(&c, 4, Duration::from_secs(30), "serving", |s| {
-        s.role == "follower" || s.role == "leader"
+        matches!(s.role, Role::Follower | Role::Leader)
     })
     .await;
     c.members = vec![1, 2, 3, 4];
@@ -304,7 +303,7 @@ async fn writers_through_changes_and_removing_the_leader() {
     assert!(out.contains("configuration 3"), "{out}");
     eprintln!("removed the leader ({leader}) in {:?}", t.elapsed());
     let s = wait_status(&c, leader, Duration::from_secs(30), "removed", |s| {
-        s.role == "removed"
+        s.role == Role::Removed
     })
     .await;
     assert_eq!(s.leader, None, "a removed replica reports no leader");
@@ -356,7 +355,7 @@ async fn writers_through_changes_and_removing_the_leader() {
         leader,
         Duration::from_secs(10),
         "removed after restart",
-        |s| s.role == "removed",
+        |s| s.role == Role::Removed,
     )
     .await;
 }
@@ -367,7 +366,7 @@ async fn replace_a_member_then_compact_and_restart_everyone_with_old_env() {
     load(&c, 200).await;
     c.add_node(4);
     wait_status(&c, 4, Duration::from_secs(10), "a waiting joiner", |s| {
-        s.role == "joining"
+        s.role == Role::Joining
     })
     .await;
     // Guards first: a majority replaced at once, an id other than current + 1.
@@ -392,11 +391,11 @@ async fn replace_a_member_then_compact_and_restart_everyone_with_old_env() {
     ));
     assert_eq!(out.trim(), "OK: configuration 2, members 1,2,4");
     wait_status(&c, 3, Duration::from_secs(30), "removed", |s| {
-        s.role == "removed"
+        s.role == Role::Removed
     })
     .await;
     wait_status(&c, 4, Duration::from_secs(30), "serving", |s| {
-        s.role == "follower" || s.role == "leader"
+        matches!(s.role, Role::Follower | Role::Leader)
     })
     .await;
     c.members = vec![1, 2, 4];
@@ -436,12 +435,12 @@ async fn replace_a_member_then_compact_and_restart_everyone_with_old_env() {
     c.wait_leader(Duration::from_secs(20)).await;
     for p in [1, 2, 4] {
         let s = wait_status(&c, p, Duration::from_secs(20), "back in config 2", |s| {
-            s.config_id == 2 && s.role != "catching-up"
+            s.config_id == 2 && s.role != Role::CatchingUp
         })
         .await;
         assert_eq!(s.members, [1, 2, 4]);
     }
-    assert_eq!(c.status(3).await.unwrap().role, "removed");
+    assert_eq!(c.status(3).await.unwrap().role, Role::Removed);
     check_all(client, 200, Consistency::Linearizable).await;
 }
 
@@ -451,7 +450,7 @@ async fn leader_killed_around_a_change_ends_in_one_configuration() {
     load(&c, 100).await;
     c.add_node(4);
     wait_status(&c, 4, Duration::from_secs(10), "a waiting joiner", |s| {
-        s.role == "joining"
+        s.role == Role::Joining
     })
     .await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
@@ -481,7 +480,7 @@ async fn leader_killed_around_a_change_ends_in_one_configuration() {
     wait_status(&c, leader, Duration::from_secs(5), "proposing", |s| {
         s.reconfiguration
             .as_ref()
-            .is_some_and(|r| r.phase == "proposed")
+            .is_some_and(|r| r.phase == Phase::Proposed)
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -527,7 +526,7 @@ async fn leader_killed_around_a_change_ends_in_one_configuration() {
     c.members = vec![1, 2, 3, 4];
     for p in 1..=4 {
         wait_status(&c, p, Duration::from_secs(30), "in config 2", |s| {
-            s.config_id == 2 && (s.role == "follower" || s.role == "leader")
+            s.config_id == 2 && matches!(s.role, Role::Follower | Role::Leader)
         })
         .await;
     }
@@ -546,12 +545,12 @@ async fn leader_killed_around_a_change_ends_in_one_configuration() {
         wait_status(&c, p, Duration::from_secs(30), "in config 3", |s| {
             s.config_id == 3
                 && s.members == [1, 2, 3]
-                && (s.role == "follower" || s.role == "leader")
+                && matches!(s.role, Role::Follower | Role::Leader)
         })
         .await;
     }
     wait_status(&c, 4, Duration::from_secs(30), "removed", |s| {
-        s.role == "removed"
+        s.role == Role::Removed
     })
     .await;
     c.wait_converged(Duration::from_secs(30)).await;
