@@ -116,6 +116,17 @@ pub struct Transition {
     pub addrs: std::collections::BTreeMap<u64, String>,
 }
 
+impl Transition {
+    /// The applied position where the old configuration ends: the state the new one starts
+    /// from.
+    pub fn ends_at(&self) -> crate::state::Position {
+        crate::state::Position {
+            config_id: self.from_config,
+            index: self.end_idx,
+        }
+    }
+}
+
 impl PeerFrame {
     pub fn encode(&self) -> Vec<u8> {
         codec::encode(self)

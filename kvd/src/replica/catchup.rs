@@ -9,7 +9,7 @@ use crate::command::{LogCmd, Op};
 use crate::frame::PeerFrame;
 use crate::membership::{stored_stopsign, Lifecycle};
 use crate::peers::Peers;
-use crate::state_machine::SmMeta;
+use crate::state_machine::{Position, SmMeta};
 use crate::storage::read_log_range;
 use rand::Rng;
 use std::collections::BTreeMap;
@@ -148,11 +148,21 @@ impl<P: Peers> Replica<P> {
         }
     }
 
-    /// A joiner asks the next connected member for a checkpoint.
+    /// A joiner asks the next connected member for a checkpoint, or a replica that
+    /// announced the change to it: one that left the old configuration holds exactly the
+    /// state the new one starts from, and may be the only one (every member of the new
+    /// configuration joined without state).
     fn joining_catchup_tick(&mut self) {
         let now = self.now;
         let timeout = self.cfg.timers.catchup;
-        let peers: Vec<u64> = self.connected_peers();
+        let mut peers: Vec<u64> = self.connected_peers();
+        let holders: Vec<u64> = self
+            .announcers
+            .iter()
+            .copied()
+            .filter(|&p| !peers.contains(&p) && self.peers.is_connected(p))
+            .collect();
+        peers.extend(holders);
         match &mut self.catchup {
             Some(CatchUp::Fetching { next_ask, .. }) if now >= *next_ask => {
                 if peers.is_empty() {
@@ -281,12 +291,27 @@ impl<P: Peers> Replica<P> {
         self.catchup_tick();
     }
 
+    /// The position this replica's state is at, as the start of configuration `config_id`:
+    /// its state is that configuration's, or (removed, leaving) exactly the state it
+    /// started from.
+    fn holds_state_of(&self, config_id: u32) -> bool {
+        match self.meta.lifecycle {
+            Lifecycle::Serving => {
+                self.catchup.is_none()
+                    && self.meta.config_id == config_id
+                    && self.sm.applied().config_id == config_id
+            }
+            Lifecycle::Leaving => self
+                .meta
+                .last_transition
+                .as_ref()
+                .is_some_and(|t| t.config_id == config_id && self.sm.applied() == t.ends_at()),
+            Lifecycle::Joining | Lifecycle::Removed => false,
+        }
+    }
+
     pub(super) fn on_checkpoint_request(&mut self, from: u64, id: u64, config_id: u32) {
-        let holds = self.meta.lifecycle == Lifecycle::Serving
-            && self.catchup.is_none()
-            && self.meta.config_id == config_id
-            && self.sm.applied().config_id == config_id;
-        if !holds {
+        if !self.holds_state_of(config_id) {
             let reason = format!(
                 "replica {} holds no state of configuration {config_id}",
                 self.cfg.pid
@@ -346,7 +371,15 @@ impl<P: Peers> Replica<P> {
         let Some(CatchUp::Checkpoint { rx, .. }) = self.catchup.take() else {
             unreachable!()
         };
-        if meta.applied.config_id != self.meta.config_id {
+        // The state of this configuration, or the state it started from (from a replica that
+        // left the configuration before).
+        let start = self
+            .meta
+            .last_transition
+            .as_ref()
+            .filter(|t| t.config_id == self.meta.config_id)
+            .map(|t| t.ends_at());
+        if meta.applied.config_id != self.meta.config_id && Some(meta.applied) != start {
             warn!("checkpoint from another configuration; ignoring");
             self.restart_catchup();
             return;
@@ -356,6 +389,16 @@ impl<P: Peers> Replica<P> {
                 self.sm
                     .reload()
                     .unwrap_or_else(|e| panic!("reloading state after checkpoint: {e}"));
+                if self.sm.applied().config_id != self.meta.config_id {
+                    // The end of the previous configuration is this one's start.
+                    let start = Position {
+                        config_id: self.meta.config_id,
+                        index: 0,
+                    };
+                    self.sm
+                        .set_applied(start)
+                        .unwrap_or_else(|e| panic!("setting the applied position: {e}"));
+                }
                 self.metrics.checkpoints_installed.inc();
                 info!(
                     index = m.applied.index,

@@ -45,7 +45,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reconfig::{Announcing, ReconfigInFlight};
 use requests::{BarrierWait, PendingRead, PendingWrite};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -175,6 +175,8 @@ pub struct Replica<P: Peers> {
     /// A change we were told of but cannot bridge yet (our log has not decided its StopSign).
     straggling: Option<(Transition, Instant)>,
     stragglers_told: BTreeMap<u64, Instant>,
+    /// Replicas that told us of the change we are joining: they hold its starting state.
+    announcers: BTreeSet<u64>,
     db: Db,
     log: Log,
     sm: StateMachine,
@@ -263,13 +265,10 @@ impl<P: Peers> Replica<P> {
         let mut sm = StateMachine::load(db.clone(), cfg.dedup).map_err(|e| e.to_string())?;
         sm.set_ignore_dedup(cfg.defect == Some(Defect::ApplyIgnoresDedup));
         if meta.lifecycle == Lifecycle::Serving && sm.applied().config_id != meta.config_id {
-            let from_last_config = meta.last_transition.as_ref().is_some_and(|t| {
-                sm.applied()
-                    == Position {
-                        config_id: t.from_config,
-                        index: t.end_idx,
-                    }
-            });
+            let from_last_config = meta
+                .last_transition
+                .as_ref()
+                .is_some_and(|t| sm.applied() == t.ends_at());
             if sm.applied() == Position::default() || from_last_config {
                 // A fresh store, or the end of the configuration we switched from.
                 sm.set_applied(Position {
@@ -311,6 +310,7 @@ impl<P: Peers> Replica<P> {
             announcing: None,
             straggling: None,
             stragglers_told: BTreeMap::new(),
+            announcers: BTreeSet::new(),
             db,
             log,
             sm,

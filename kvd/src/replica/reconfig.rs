@@ -575,6 +575,8 @@ impl<P: Peers> Replica<P> {
             }
         }
         self.join_as_new(t);
+        self.announcers.insert(from);
+        self.ensure_links(&[from]);
         ack(self, false);
     }
 
@@ -583,6 +585,7 @@ impl<P: Peers> Replica<P> {
     fn join_as_new(&mut self, t: Transition) {
         info!(config_id = t.config_id, members = ?t.members, "joining configuration");
         self.straggling = None;
+        self.announcers.clear();
         self.retire_outgoing(self.meta.config_id);
         self.meta.config_id = t.config_id;
         self.meta.members = t.members.clone();

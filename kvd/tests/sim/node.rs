@@ -64,6 +64,8 @@ pub struct SimNode {
     /// A crash due in its next iteration, at this persistence step (`kvd::failpoint`), and
     /// whether it is a power cut.
     pub crash_at: Option<(&'static str, bool)>,
+    /// Its lifecycle when last observed (joins and retirements are counted as it changes).
+    pub lifecycle_seen: Option<Lifecycle>,
 }
 
 impl SimNode {
@@ -90,6 +92,7 @@ impl SimNode {
             paused_until: 0,
             leader: None,
             crash_at: None,
+            lifecycle_seen: None,
         }
     }
 

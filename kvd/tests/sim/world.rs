@@ -173,10 +173,15 @@ pub struct Stats {
     pub reconfigs_requested: u64,
     pub reconfigs_done: u64,
     pub switches: u64,
+    /// Replicas seen going from joining to serving (new members, and old ones that joined
+    /// a configuration without state).
     pub joins_completed: u64,
+    /// Removed replicas seen retiring.
     pub removals_retired: u64,
     pub checkpoints_installed: u64,
     pub checkpoint_streams: u64,
+    /// Checkpoints whose last frame came from a replica leaving its configuration.
+    pub checkpoints_from_leaving: u64,
     pub catchups: u64,
     pub fetched_entries: u64,
     pub leader_changes: u64,
@@ -214,6 +219,7 @@ impl Stats {
             removals_retired,
             checkpoints_installed,
             checkpoint_streams,
+            checkpoints_from_leaving,
             catchups,
             fetched_entries,
             leader_changes,
@@ -679,7 +685,8 @@ impl World {
             .unwrap_or((1, self.settings.initial_members.clone()))
     }
 
-    fn fresh_pid(&mut self) -> Option<u64> {
+    /// Starts a new replica with an empty data dir, as a joiner; its pid.
+    pub fn fresh_pid(&mut self) -> Option<u64> {
         let pid = self.next_pid;
         if pid as usize >= self.net.borrow().up.len() {
             return None;
@@ -695,7 +702,7 @@ impl World {
     /// Asks for a membership change: add a new replica, remove one, or replace one, as the
     /// guards allow. A new replica is started (empty, as a joiner) before the request.
     pub fn request_change(&mut self, kind: Option<u32>) {
-        let (config, members) = self.current_config();
+        let (_, members) = self.current_config();
         let kind = kind.unwrap_or_else(|| self.rng.random_range(0..3));
         let mut nodes = members.clone();
         match kind {
@@ -714,6 +721,12 @@ impl World {
                 nodes.push(p);
             }
         }
+        self.request_nodes(nodes);
+    }
+
+    /// Asks for the change to exactly `nodes` (a new pid must have been started as a joiner).
+    pub fn request_nodes(&mut self, mut nodes: Vec<u64>) {
+        let (config, members) = self.current_config();
         nodes.sort_unstable();
         if check_change(&members, &nodes).is_err() {
             return;
@@ -896,6 +909,13 @@ impl World {
             (due, peer_up)
         };
         let verbose = self.verbose;
+        for m in &due {
+            if matches!(m.frame, kvd::frame::PeerFrame::CheckpointDone { .. })
+                && self.nodes[&m.from].lifecycle() == Some(Lifecycle::Leaving)
+            {
+                self.stats.checkpoints_from_leaving += 1;
+            }
+        }
         let pids: Vec<u64> = self.nodes.keys().copied().collect();
         for pid in pids {
             let node = self.nodes.get_mut(&pid).expect("known");
@@ -1030,6 +1050,14 @@ impl World {
         let node = self.nodes.get_mut(&pid).expect("known");
         node.observed = observed;
         node.leader = leader;
+        let before = node.lifecycle_seen.replace(lifecycle);
+        match (before, lifecycle) {
+            (Some(Lifecycle::Joining), Lifecycle::Serving) => self.stats.joins_completed += 1,
+            (Some(b), Lifecycle::Removed) if b != Lifecycle::Removed => {
+                self.stats.removals_retired += 1
+            }
+            _ => {}
+        }
     }
 
     fn check_entry(&mut self, pid: u64, config: u32, idx: u64, e: &LogCmd) {
@@ -1220,16 +1248,6 @@ impl World {
                         got.map(|g| String::from_utf8_lossy(&g).into_owned())
                     ));
                 }
-            }
-        }
-        // Retirement: replicas of earlier configurations that are not members now.
-        for n in self.nodes.values() {
-            let m = n.replica().meta();
-            if !members.contains(&n.pid) && m.lifecycle == Lifecycle::Removed {
-                self.stats.removals_retired += 1;
-            }
-            if members.contains(&n.pid) && n.pid > self.p.n as u64 {
-                self.stats.joins_completed += 1;
             }
         }
         // The client history is linearizable per key.
