@@ -65,32 +65,22 @@ impl Waiting {
 
 /// The request for one attempt of `op` as client `client`, with its reply channel.
 pub fn request(op: &ClientOp, id: (u64, u64), deadline: Instant) -> (ClientRequest, Waiting) {
+    let write = |kind| {
+        let (reply, rx) = oneshot::channel();
+        let r = ClientRequest::Write {
+            kind,
+            id: Some(id),
+            deadline,
+            reply,
+        };
+        (r, Waiting::Write(rx))
+    };
     match op {
-        ClientOp::Put { key, value } => {
-            let (reply, rx) = oneshot::channel();
-            let kind = WriteKind::Put {
-                key: key.clone(),
-                value: value.clone(),
-            };
-            let r = ClientRequest::Write {
-                kind,
-                id: Some(id),
-                deadline,
-                reply,
-            };
-            (r, Waiting::Write(rx))
-        }
-        ClientOp::Delete { key } => {
-            let (reply, rx) = oneshot::channel();
-            let kind = WriteKind::Delete { key: key.clone() };
-            let r = ClientRequest::Write {
-                kind,
-                id: Some(id),
-                deadline,
-                reply,
-            };
-            (r, Waiting::Write(rx))
-        }
+        ClientOp::Put { key, value } => write(WriteKind::Put {
+            key: key.clone(),
+            value: value.clone(),
+        }),
+        ClientOp::Delete { key } => write(WriteKind::Delete { key: key.clone() }),
         ClientOp::Get { key, linearizable } => {
             let (reply, rx) = oneshot::channel();
             let r = ClientRequest::Read {
@@ -117,6 +107,8 @@ pub struct InFlight {
     /// When to try (again) when no attempt is under way.
     pub next_try: u64,
     pub attempts: u32,
+    /// The replica the first attempt goes to (scripted scenarios); else one drawn.
+    pub first_to: Option<u64>,
 }
 
 pub struct Client {

@@ -1,58 +1,84 @@
 //! Proof that the simulator catches real bugs: each test switches on one deliberate defect
-//! in the shipped loop (`kvd::replica::Defect`) and runs the random schedule from seed 0 up
-//! until a seed fails, within CI's seed budget. The seed that catches each defect is named
-//! in the test (the first seed the search finds); if the search ever needs more, the test
-//! says so and still passes as long as it is within the budget.
+//! in the shipped loop (`kvd::replica::Defect`) and runs the random schedule of the seed that
+//! catches it, which must fail with the defect and pass without it. The seeds are the first
+//! ones (from 0) a search over the random schedules found, within CI's budget of 3000 seeds;
+//! one defect no random seed catches within it has a scripted schedule instead.
+//! `OMNIKV_SIM_MUTATION_SEARCH=1 cargo test -p kvd --test sim mutation_search -- --nocapture`
+//! searches again (after a change to the simulator or the loop moves the seeds).
 
-use crate::world::Params;
 use crate::{params_for, run_world, Failure};
 use kvd::replica::Defect;
 
 /// CI runs this many random seeds; a defect must be caught within them.
 const BUDGET: u64 = 3000;
 
-/// The first seed (from 0) on which `defect` makes the run fail, with the failure.
-fn first_failing_seed(defect: Defect, tweak: impl Fn(&mut Params)) -> Option<Failure> {
-    (0..BUDGET).find_map(|seed| {
-        let mut p = params_for(seed);
-        p.defect = Some(defect);
-        tweak(&mut p);
-        run_world(seed, p, false, |w| w.run_random()).err()
-    })
+/// Seed `seed`'s random schedule with `defect` switched on.
+fn run_with(defect: Defect, seed: u64) -> Result<(), Failure> {
+    let mut p = params_for(seed);
+    p.defect = Some(defect);
+    run_world(seed, p, false, |w| w.run_random()).map(|_| ())
 }
 
-fn caught(defect: Defect, named_seed: u64, tweak: impl Fn(&mut Params)) {
-    let f = first_failing_seed(defect, tweak)
-        .unwrap_or_else(|| panic!("{defect:?} went unnoticed over {BUDGET} seeds"));
-    eprintln!(
-        "{defect:?}: caught by seed {} (named: {named_seed}): {}",
-        f.seed, f.error
-    );
-    assert_eq!(
-        f.seed, named_seed,
-        "{defect:?} is now first caught by seed {}, not {named_seed}: update the name",
-        f.seed
-    );
-    // The same seed passes without the defect (it is one of the random seeds CI runs).
-    crate::run_seed(f.seed, false).unwrap_or_else(|f| panic!("without the defect: {f}"));
+/// `seed` catches `defect`: its run fails with the defect and passes without it.
+fn caught(defect: Defect, seed: u64) {
+    let failure = run_with(defect, seed).err().unwrap_or_else(|| {
+        panic!(
+            "{defect:?} is no longer caught by seed {seed}: search again \
+             (OMNIKV_SIM_MUTATION_SEARCH=1 ... mutation_search)"
+        )
+    });
+    eprintln!("{defect:?}: seed {seed} fails: {}", failure.error);
+    crate::run_seed(seed, false).unwrap_or_else(|f| panic!("without the defect: {f}"));
 }
 
 #[test]
 fn apply_ignoring_dedup_is_caught() {
-    caught(Defect::ApplyIgnoresDedup, 0, |_| {});
+    caught(Defect::ApplyIgnoresDedup, 1371);
 }
 
+/// No random seed within the budget catches this one (losing an acknowledged write needs a
+/// follower to lose power between its Accepted and its sync, the leader to fall before the
+/// entry spreads, and the third replica to have missed it): its scenario builds that
+/// schedule, and catches it.
 #[test]
-fn acknowledging_before_the_sync_is_caught() {
-    caught(Defect::SendBeforeSync, 0, |_| {});
+fn acknowledging_before_the_sync_is_caught_by_its_scenario() {
+    let failure = crate::scenarios::follower_power_cut_at_its_sync(Some(Defect::SendBeforeSync))
+        .expect_err("the defect went unnoticed");
+    eprintln!("SendBeforeSync, scripted: {}", failure.error);
+    assert!(
+        failure.error.contains("missing") || failure.error.contains("differs"),
+        "{}",
+        failure.error
+    );
 }
 
 #[test]
 fn an_apply_cursor_trusting_the_library_compaction_is_caught() {
-    caught(Defect::TrustLibraryCompaction, 0, |_| {});
+    caught(Defect::TrustLibraryCompaction, 1);
 }
 
 #[test]
 fn answering_a_read_before_its_barrier_is_caught() {
-    caught(Defect::ReadBeforeBarrier, 0, |_| {});
+    caught(Defect::ReadBeforeBarrier, 1);
+}
+
+/// `OMNIKV_SIM_MUTATION_SEARCH=1`: for each defect, the first seed whose run it makes fail
+/// (a tool for moving the seeds above, not part of the suite: without the variable it does
+/// nothing).
+#[test]
+fn mutation_search() {
+    if std::env::var("OMNIKV_SIM_MUTATION_SEARCH").is_err() {
+        return;
+    }
+    for defect in [
+        Defect::ApplyIgnoresDedup,
+        Defect::SendBeforeSync,
+        Defect::TrustLibraryCompaction,
+        Defect::ReadBeforeBarrier,
+    ] {
+        match (0..BUDGET).find_map(|seed| run_with(defect, seed).err()) {
+            Some(f) => eprintln!("{defect:?}: first caught by seed {}: {}", f.seed, f.error),
+            None => eprintln!("{defect:?}: NOT caught within {BUDGET} seeds"),
+        }
+    }
 }

@@ -220,7 +220,8 @@ impl Net {
 
     /// Takes the frames due by `step`, in delivery order, except those to a paused replica
     /// (they wait in its socket). A frame whose link was cut (or whose receiver went down)
-    /// while it was in flight is lost.
+    /// while it was in flight is lost; one whose sender went down after sending it still
+    /// arrives (it had left: the receiver reads a dead session's frames before its end).
     pub fn due(&mut self, step: u64, paused: &BTreeSet<u64>) -> Vec<Msg> {
         let (mut due, later): (Vec<Msg>, Vec<Msg>) = self
             .queue
@@ -228,8 +229,9 @@ impl Net {
             .partition(|m| m.at <= step && !paused.contains(&m.to));
         self.queue = later;
         due.sort_by_key(|m| (m.at, m.seq));
-        let (live, lost): (Vec<Msg>, Vec<Msg>) =
-            due.into_iter().partition(|m| self.connected(m.from, m.to));
+        let (live, lost): (Vec<Msg>, Vec<Msg>) = due
+            .into_iter()
+            .partition(|m| self.up[m.to as usize] && self.link_ok(m.from, m.to));
         self.stats.dropped += lost.len() as u64;
         self.stats.delivered += live.len() as u64;
         live
@@ -245,9 +247,10 @@ impl Net {
         }
     }
 
-    /// Frames to or from a replica that went down are lost with its sessions.
+    /// Frames to a replica that went down are lost with its sessions (frames it sent before
+    /// are already on their way).
     pub fn forget(&mut self, pid: u64) {
-        self.queue.retain(|m| m.from != pid && m.to != pid);
+        self.queue.retain(|m| m.to != pid);
         self.peer_up.retain(|&(a, b)| a != pid && b != pid);
     }
 }

@@ -434,22 +434,28 @@ impl World {
         net.forget(pid);
     }
 
+    /// The process of `pid` dies (what RocksDB wrote survives).
     pub fn crash(&mut self, pid: u64) {
-        if !self.node(pid).is_up() {
-            return;
-        }
-        self.log(format!("crash {pid}"));
-        self.stats.crashes += 1;
-        self.take_down(pid, false);
+        self.take_down_counted(pid, false);
     }
 
+    /// `pid` loses power (only what was synced survives).
     pub fn power_cut(&mut self, pid: u64) {
+        self.take_down_counted(pid, true);
+    }
+
+    fn take_down_counted(&mut self, pid: u64, power: bool) {
         if !self.node(pid).is_up() {
             return;
         }
-        self.log(format!("power cut {pid}"));
-        self.stats.power_cuts += 1;
-        self.take_down(pid, true);
+        let (what, count) = if power {
+            ("power cut", &mut self.stats.power_cuts)
+        } else {
+            ("crash", &mut self.stats.crashes)
+        };
+        *count += 1;
+        self.log(format!("{what} {pid}"));
+        self.take_down(pid, power);
     }
 
     fn crash_now(&mut self, pid: u64, power: bool) {
@@ -542,10 +548,12 @@ impl World {
             attempt: None,
             next_try: self.step,
             attempts: 0,
+            first_to: None,
         });
     }
 
-    /// Picks a live replica for an attempt: the one a client last heard is leader, or any.
+    /// A live replica, drawn from the seed (clients and the operator try them in turn, as
+    /// kvctl tries its endpoints).
     fn pick_replica(&mut self) -> Option<u64> {
         let up: Vec<u64> = self
             .nodes
@@ -567,7 +575,8 @@ impl World {
         if !due {
             return;
         }
-        let Some(pid) = self.pick_replica() else {
+        let first_to = self.clients[c].op.as_mut().and_then(|f| f.first_to.take());
+        let Some(pid) = first_to.or_else(|| self.pick_replica()) else {
             return;
         };
         let now = self.now();
@@ -778,25 +787,18 @@ impl World {
         if step < ch.next_try {
             return;
         }
-        let up: Vec<u64> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.is_up())
-            .map(|(&p, _)| p)
-            .collect();
-        if up.is_empty() {
-            return;
-        }
-        let pid = up[self.rng.random_range(0..up.len())];
-        let (reply, rx) = oneshot::channel();
         let request = ReconfigureRequest {
             nodes: ch.nodes.clone(),
             config_id: Some(ch.target),
             force: false,
             peers: BTreeMap::new(),
         };
-        let now = self.start + TICK * step as u32;
-        ch.attempt = Some((pid, rx));
+        let Some(pid) = self.pick_replica() else {
+            return;
+        };
+        let (reply, rx) = oneshot::channel();
+        let now = self.now();
+        self.change.as_mut().expect("driven").attempt = Some((pid, rx));
         let req = ClientRequest::Reconfigure {
             request,
             deadline: now + TICK * 200,
@@ -1179,6 +1181,15 @@ impl World {
 
     /// A unique-key write by client 1 (the settle phase's traffic).
     fn probe(&mut self) {
+        self.put_unique(None);
+    }
+
+    /// A unique-key write by client 1 (if it is idle), sent in the next step, first to `via`
+    /// when given, then retried as every write is.
+    pub fn put_unique(&mut self, via: Option<u64>) {
+        if self.clients[0].op.is_some() {
+            return;
+        }
         let client = self.clients[0].id;
         let seq = self.clients[0].next_seq;
         self.clients[0].next_seq += 1;
@@ -1197,6 +1208,7 @@ impl World {
             attempt: None,
             next_try: self.step + 1,
             attempts: 0,
+            first_to: via,
         });
     }
 
