@@ -108,6 +108,9 @@ pub enum Defect {
     TrustLibraryCompaction,
     /// A linearizable read is answered when its barrier is proposed, not once it is applied.
     ReadBeforeBarrier,
+    /// OmniPaxos's outgoing messages are taken once per iteration instead of after each
+    /// handled message (the loop before the fix for simulator seed 3: a stale AcceptDecide).
+    OutgoingOncePerIteration,
 }
 
 /// Static settings of the loop.
@@ -643,6 +646,9 @@ impl<P: Peers> Replica<P> {
             Err(e) => panic!("reading the log metadata: {e}"),
         }
         op.handle_incoming(msg);
+        if self.cfg.defect == Some(Defect::OutgoingOncePerIteration) {
+            return;
+        }
         // Take what it queued at once (sent after the sync as ever). OmniPaxos 0.2.4 appends
         // later entries to a queued AcceptDecide; after a Promise handled in the same batch
         // (AcceptSync queued, that AcceptDecide not forgotten), the follower stores them one

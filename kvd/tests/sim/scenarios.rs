@@ -217,6 +217,10 @@ fn stopsign_resync_followers_miss_the_decide() {
         Ok(l)
     });
     assert!(stats.switches >= 1, "{stats:?}");
+    assert!(
+        stats.stopsign_resyncs_fixed > 0,
+        "no re-sync over a stored StopSign was corrected: {stats:?}"
+    );
 }
 
 /// A StopSign whose `Accepted` replies are all lost is decided anyway (simulator seed 488):
