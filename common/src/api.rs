@@ -150,6 +150,9 @@ pub enum Role {
     Leaving,
     /// Retired: answers nothing but status.
     Removed,
+    /// A role this client does not know (from a newer kvd): read as "not serving".
+    #[serde(other)]
+    Unknown,
 }
 
 impl Role {
@@ -164,6 +167,7 @@ impl Role {
             Role::Joining => "joining",
             Role::Leaving => "leaving",
             Role::Removed => "removed",
+            Role::Unknown => "unknown",
         }
     }
 }
@@ -184,6 +188,9 @@ pub enum Phase {
     Decided,
     /// This replica was removed and hands over.
     Leaving,
+    /// A phase this client does not know (from a newer kvd).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Phase {
@@ -193,6 +200,7 @@ impl Phase {
             Phase::Proposed => "proposed",
             Phase::Decided => "decided",
             Phase::Leaving => "leaving",
+            Phase::Unknown => "unknown",
         }
     }
 }
@@ -325,7 +333,15 @@ mod tests {
             );
             assert_eq!(phase.to_string(), name);
         }
-        assert!(serde_json::from_str::<Role>("\"catching_up\"").is_err());
+        // A role or phase from a newer kvd reads as unknown rather than failing the status.
+        assert_eq!(
+            serde_json::from_str::<Role>("\"catching_up\"").unwrap(),
+            Role::Unknown
+        );
+        assert_eq!(
+            serde_json::from_str::<Phase>("\"withdrawn\"").unwrap(),
+            Phase::Unknown
+        );
         let r = ReconfigView {
             config_id: 2,
             members: vec![1, 2, 3, 4],
