@@ -12,7 +12,7 @@
 //!
 //! Two more rules live in the loop itself because they are about when messages leave, not
 //! about a message: outgoing messages are taken after every handled Paxos message (a stale
-//! AcceptDecide, seed 3: `Replica::handle_peer`), and a leader's early AcceptDecide/Decide
+//! AcceptDecide, seed 3: `Replica::handle_paxos`), and a leader's early AcceptDecide/Decide
 //! never overtakes a held message to the same peer (`Replica::send_outgoing`).
 
 use crate::command::LogCmd;

@@ -301,11 +301,12 @@ impl<P: Peers> Replica<P> {
                     && self.meta.config_id == config_id
                     && self.sm.applied().config_id == config_id
             }
-            Lifecycle::Leaving => self
-                .meta
-                .last_transition
-                .as_ref()
-                .is_some_and(|t| t.config_id == config_id && self.sm.applied() == t.ends_at()),
+            Lifecycle::Leaving => {
+                self.catchup.is_none()
+                    && self.meta.last_transition.as_ref().is_some_and(|t| {
+                        t.config_id == config_id && self.sm.applied() == t.ends_at()
+                    })
+            }
             Lifecycle::Joining | Lifecycle::Removed => false,
         }
     }

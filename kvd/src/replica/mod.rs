@@ -178,7 +178,9 @@ pub struct Replica<P: Peers> {
     /// A change we were told of but cannot bridge yet (our log has not decided its StopSign).
     straggling: Option<(Transition, Instant)>,
     stragglers_told: BTreeMap<u64, Instant>,
-    /// Replicas that told us of the change we are joining: they hold its starting state.
+    /// Replicas that announced the change we are joining (re-announced every
+    /// `announce_every` until we hold the state, so a restart loses nothing here): they hold
+    /// its starting state.
     announcers: BTreeSet<u64>,
     db: Db,
     log: Log,

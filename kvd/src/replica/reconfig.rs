@@ -514,6 +514,13 @@ impl<P: Peers> Replica<P> {
             && matches!(self.meta.lifecycle, Lifecycle::Serving | Lifecycle::Joining)
         {
             let holds = self.meta.lifecycle == Lifecycle::Serving && !self.installing_checkpoint();
+            if !holds {
+                // A joiner (however it came to join: told of the change, after the straggle
+                // grace, or restarted) learns every replica that announces the change: one
+                // that left the old configuration may be the only holder of the state.
+                self.announcers.insert(from);
+                self.ensure_links(&[from]);
+            }
             ack(self, holds);
             return;
         }

@@ -465,3 +465,96 @@ fn a_restart_behind_its_own_ballot_runs_for_a_higher_one() {
     assert_eq!(c.metrics[&l].workaround_count("stale_own_ballot"), 0);
     assert_ne!(c.replicas[&l].current_leader(), Some(l));
 }
+
+/// A replica joining configuration 2 without state, restarted (so it remembers no announcer),
+/// whose members cannot give it the state: the replica that left the old configuration and
+/// re-announces the change is the one it must ask for a checkpoint.
+#[test]
+fn a_joiner_asks_the_replica_that_announces_the_change() {
+    use crate::frame::{Announcement, Transition};
+    let now = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let t = Transition {
+        from_config: 1,
+        end_idx: 5,
+        config_id: 2,
+        members: vec![1, 2, 4],
+        addrs: [1, 2, 3, 4]
+            .iter()
+            .map(|&p| (p, format!("peer-{p}")))
+            .collect(),
+    };
+    let meta = ClusterMeta {
+        cluster_id: 7,
+        storage_id: 4,
+        pid: 4,
+        genesis_config_id: 1,
+        genesis_members: vec![1, 2, 3],
+        config_id: 2,
+        members: vec![1, 2, 4],
+        addrs: t.addrs.clone(),
+        lifecycle: Lifecycle::Joining,
+        last_transition: Some(t.clone()),
+    };
+    meta.save_synced(&db).unwrap();
+    let wire: Wire = Rc::default();
+    // Only the replica that left (3) is reachable; the members are down.
+    let reachable: Rc<RefCell<BTreeSet<(u64, u64)>>> = Rc::default();
+    reachable.borrow_mut().insert((4, 3));
+    let peers = TestPeers {
+        pid: 4,
+        wire: wire.clone(),
+        links: BTreeSet::new(),
+        reachable,
+    };
+    let cfg = loop_config(4, now, None, dir.path());
+    let metrics = Arc::new(Metrics::new());
+    let mut r = Replica::new(cfg, meta, db, peers, metrics, now).unwrap();
+    let asked_3 = |wire: &Wire| {
+        wire.borrow().iter().any(|(_, to, f)| {
+            *to == 3 && matches!(f, PeerFrame::CheckpointRequest { config_id: 2, .. })
+        })
+    };
+    let mut at = now;
+    for _ in 0..10 {
+        at += TICK;
+        r.finish_iteration(at);
+    }
+    assert!(!asked_3(&wire), "nobody announced anything yet");
+    let announcement = PeerFrame::NewConfig(Announcement {
+        cluster_id: 7,
+        genesis_config_id: 1,
+        genesis_members: vec![1, 2, 3],
+        transition: t,
+    });
+    r.handle(
+        at,
+        Input::Peer {
+            from: 3,
+            frame: announcement,
+        },
+    );
+    for _ in 0..400 {
+        at += TICK;
+        r.finish_iteration(at);
+        if asked_3(&wire) {
+            break;
+        }
+    }
+    assert!(
+        asked_3(&wire),
+        "the joiner never asked the replica that announced the change"
+    );
+    let acked = wire.borrow().iter().any(|(_, to, f)| {
+        *to == 3
+            && matches!(
+                f,
+                PeerFrame::NewConfigAck {
+                    config_id: 2,
+                    holds_state: false
+                }
+            )
+    });
+    assert!(acked, "the announcement is acknowledged without state");
+}
