@@ -109,6 +109,9 @@ pub struct InFlight {
     pub attempts: u32,
     /// The replica the first attempt goes to (scripted scenarios); else one drawn.
     pub first_to: Option<u64>,
+    /// An attempt ended in something other than `unavailable` (which promises the write
+    /// was not applied): the write may have taken effect.
+    pub maybe_applied: bool,
 }
 
 pub struct Client {
@@ -122,6 +125,9 @@ pub struct Client {
 pub struct History {
     /// Puts, deletes and linearizable gets, for the linearizability checker.
     pub ops: Vec<Operation<KvInput, KvOutput>>,
+    /// Writes that failed with `unavailable` on every attempt: never applied, so they are
+    /// left out of the history (a read of their value is then a violation).
+    pub not_applied: u64,
     /// Acknowledged puts of keys written once: present on every replica at the end.
     pub acked_unique: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Every value ever written per key (local reads must return one of them, or nothing).
@@ -135,6 +141,11 @@ pub struct History {
 
 impl History {
     pub fn record(&mut self, client: u64, f: &InFlight, outcome: Option<(u64, Answer)>) {
+        let is_write = matches!(f.op, ClientOp::Put { .. } | ClientOp::Delete { .. });
+        if is_write && outcome.is_none() && !f.maybe_applied {
+            self.not_applied += 1;
+            return;
+        }
         let input = match &f.op {
             ClientOp::Put { key, value } => KvInput::Put {
                 key: key.clone(),

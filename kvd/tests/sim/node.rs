@@ -113,13 +113,21 @@ impl SimNode {
     }
 
     /// Starts (or restarts) the replica from what its directory holds, as kvd does.
-    pub fn start(&mut self, s: &NodeSettings, net: &SharedNet, now: Instant, seed: u64) {
+    /// `unix_ms` is the wall clock the process reads at start.
+    pub fn start(
+        &mut self,
+        s: &NodeSettings,
+        net: &SharedNet,
+        now: Instant,
+        unix_ms: u64,
+        seed: u64,
+    ) {
         let db = Db::open_simulated(self.dir.path()).expect("open rocksdb");
         let meta = kvd::membership::ClusterMeta::load(&db)
             .expect("load meta")
             .expect("bootstrapped");
         let cfg = config(self.pid, self.dir.path(), s, meta.config_id != 1);
-        let mut lc = kvd::node::loop_config(&cfg, now, 1_700_000_000_000, seed);
+        let mut lc = kvd::node::loop_config(&cfg, now, unix_ms, seed);
         lc.timers = sim_timers();
         lc.max_apply = s.max_apply;
         lc.defect = s.defect;
@@ -142,8 +150,10 @@ impl SimNode {
     }
 
     /// Power cut: only what was synced survives. The store keeps unsynced WAL writes in the
-    /// process (buffered WAL), so the directory as the disk holds it now is exactly the synced
-    /// state: it is copied, then the process dies, and the copy becomes the data dir.
+    /// process (buffered WAL), so the directory as the disk holds it now is the synced state:
+    /// it is copied, then the process dies, and the copy becomes the data dir. (RocksDB hands
+    /// its WAL buffer to the OS unsynced once it holds about 1 MiB; the simulator writes far
+    /// less between two syncs, so here that never happens.)
     pub fn power_cut(&mut self) {
         if let Some(db) = &self.db {
             // No flush or compaction may change the files while they are copied.

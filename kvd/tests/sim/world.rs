@@ -40,6 +40,9 @@ use tokio::sync::oneshot;
 /// Why a run failed: a safety or liveness violation (or a panic, caught by the runner).
 pub type Violation = String;
 
+/// The simulated wall clock's value at step 0, in ms since the Unix epoch.
+const SIM_EPOCH_MS: u64 = 1_700_000_000_000;
+
 /// The persistence steps a replica can crash at in the middle of an iteration
 /// (`kvd::failpoint`): within a log write, an apply batch, around the WAL sync (messages half
 /// sent), a compaction.
@@ -170,6 +173,9 @@ pub struct Stats {
     pub lin_reads_checked: u64,
     pub local_reads_checked: u64,
     pub unknown_outcomes: u64,
+    /// Writes every attempt of which was refused `unavailable`: left out of the history, as
+    /// never applied.
+    pub writes_not_applied: u64,
     pub reconfigs_requested: u64,
     pub reconfigs_done: u64,
     pub switches: u64,
@@ -212,6 +218,7 @@ impl Stats {
             lin_reads_checked,
             local_reads_checked,
             unknown_outcomes,
+            writes_not_applied,
             reconfigs_requested,
             reconfigs_done,
             switches,
@@ -387,8 +394,10 @@ impl World {
     fn start_node(&mut self, pid: u64) {
         let seed = self.rng.random();
         let now = self.now();
+        // The wall clock a replica reads at start moves on with the simulated time.
+        let unix_ms = SIM_EPOCH_MS + (now - self.start).as_millis() as u64;
         let node = self.nodes.get_mut(&pid).expect("known pid");
-        node.start(&self.settings, &self.net, now, seed);
+        node.start(&self.settings, &self.net, now, unix_ms, seed);
         let others: Vec<u64> = self.nodes.keys().copied().filter(|&q| q != pid).collect();
         let mut net = self.net.borrow_mut();
         net.up[pid as usize] = true;
@@ -549,6 +558,7 @@ impl World {
             next_try: self.step,
             attempts: 0,
             first_to: None,
+            maybe_applied: false,
         });
     }
 
@@ -626,6 +636,9 @@ impl World {
                 Some(Answer::Failed(e)) => {
                     self.history.count_error(&e);
                     f.attempt = None;
+                    // `unavailable` promises the write was not applied by this attempt; any
+                    // other failure may hide one that was (or will be).
+                    f.maybe_applied |= e.error.code != ErrorCode::Unavailable;
                     // Rejected (a stale retry refused): the client sees a definite error.
                     if e.error.code == ErrorCode::Rejected || self.step >= f.give_up {
                         Some(None)
@@ -636,6 +649,7 @@ impl World {
                 }
                 Some(Answer::Lost) => {
                     f.attempt = None;
+                    f.maybe_applied = true;
                     f.next_try = self.step + 5;
                     None
                 }
@@ -1209,6 +1223,7 @@ impl World {
             next_try: self.step + 1,
             attempts: 0,
             first_to: via,
+            maybe_applied: false,
         });
     }
 
@@ -1289,6 +1304,7 @@ impl World {
         self.stats.lin_reads_checked = self.history.lin_reads;
         self.stats.local_reads_checked = self.history.local_reads;
         self.stats.unknown_outcomes = self.history.unknown;
+        self.stats.writes_not_applied = self.history.not_applied;
         let net = self.net.borrow();
         self.stats.sent = net.stats.sent;
         self.stats.delivered = net.stats.delivered;
