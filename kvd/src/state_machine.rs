@@ -247,6 +247,12 @@ impl StateMachine {
         Ok(results)
     }
 
+    /// The remembered outcome of write (client, seq), if it was applied and its record is
+    /// still kept.
+    pub fn outcome_of(&self, client: u64, seq: u64) -> Option<Outcome> {
+        self.records.get(&(client, seq)).map(|r| r.outcome)
+    }
+
     /// Test-only: switches on the `ApplyIgnoresDedup` defect (the simulator's mutation
     /// tests show it is caught). kvd never calls it with true.
     pub fn set_ignore_dedup(&mut self, on: bool) {

@@ -401,6 +401,7 @@ impl<P: Peers> Replica<P> {
                         .unwrap_or_else(|e| panic!("setting the applied position: {e}"));
                 }
                 self.metrics.checkpoints_installed.inc();
+                self.answer_from_checkpoint();
                 info!(
                     index = m.applied.index,
                     keys = m.keys,

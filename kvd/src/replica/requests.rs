@@ -27,6 +27,10 @@ pub(super) struct PendingWrite {
     proposals: u32,
     /// Handed to OmniPaxos at least once: a timeout is then indeterminate, not unavailable.
     handed: bool,
+    /// A checkpoint was installed while it was pending, and its dedup table did not show it
+    /// applied: it may have been applied (its record evicted), so it is never answered as
+    /// certainly not applied.
+    unsure: bool,
 }
 
 pub(super) struct PendingRead {
@@ -166,6 +170,7 @@ impl<P: Peers> Replica<P> {
                 next_retry: self.now + self.cfg.timers.retry,
                 proposals: 1,
                 handed: false,
+                unsure: false,
             },
         );
     }
@@ -353,6 +358,28 @@ impl<P: Peers> Replica<P> {
         }
     }
 
+    /// After a checkpoint replaced the state: the pending writes it shows applied (the dedup
+    /// table came with it) are answered with their outcome; the others stay pending, marked
+    /// unsure (a record can have been evicted).
+    pub(super) fn answer_from_checkpoint(&mut self) {
+        let ids: Vec<(u64, u64)> = self.pending_writes.keys().copied().collect();
+        for id in ids {
+            let Some(o) = self.sm.outcome_of(id.0, id.1) else {
+                self.pending_writes.get_mut(&id).expect("listed").unsure = true;
+                continue;
+            };
+            let p = self.pending_writes.remove(&id).expect("listed");
+            let answer = Ok(WriteResult {
+                config_id: o.config_id,
+                index: o.index,
+                existed: o.existed,
+            });
+            for reply in p.replies {
+                self.write_replies.push((reply, answer.clone()));
+            }
+        }
+    }
+
     /// Writes and reads caught in the StopSign window go again in the new configuration
     /// (same ids: never applied twice).
     pub(super) fn retry_in_new_configuration(&mut self) {
@@ -372,7 +399,7 @@ impl<P: Peers> Replica<P> {
     pub(super) fn fail_all_requests(&mut self, seen_all: bool) {
         let msg = self.not_serving_message();
         for p in std::mem::take(&mut self.pending_writes).into_values() {
-            let err = if p.handed && !seen_all {
+            let err = if p.handed && (!seen_all || p.unsure) {
                 ApiError::new(
                     ErrorCode::Indeterminate,
                     format!("{msg}: the write may have been applied"),
