@@ -549,11 +549,18 @@ impl World {
                 .or_default()
                 .push(value.clone());
         }
+        // Some clients give up soon, as a kvctl with a short --timeout does; their failed
+        // writes are what the checker holds `unavailable` to.
+        let patience = if self.rng.random_bool(0.3) {
+            self.rng.random_range(10..60)
+        } else {
+            400
+        };
         self.clients[c].op = Some(InFlight {
             op,
             seq,
             call: 2 * self.step,
-            give_up: self.step + 400,
+            give_up: self.step + patience,
             attempt: None,
             next_try: self.step,
             attempts: 0,
@@ -634,6 +641,14 @@ impl World {
                     }
                 }
                 Some(Answer::Failed(e)) => {
+                    if self.verbose {
+                        let via = f.attempt.as_ref().map_or(0, |(p, _)| *p);
+                        let line = format!(
+                            "client {client} seq {} via {via}: {:?}: {}",
+                            f.seq, e.error.code, e.error.message
+                        );
+                        self.net.borrow().log(line);
+                    }
                     self.history.count_error(&e);
                     f.attempt = None;
                     // `unavailable` promises the write was not applied by this attempt; any
@@ -1198,12 +1213,21 @@ impl World {
         self.put_unique(None);
     }
 
-    /// A unique-key write by client 1 (if it is idle), sent in the next step, first to `via`
+    /// A unique-key write by client 1 (once it is idle), sent in the next step, first to `via`
     /// when given, then retried as every write is.
     pub fn put_unique(&mut self, via: Option<u64>) {
-        if self.clients[0].op.is_some() {
-            return;
+        // Client 1 finishes what it is doing first.
+        for _ in 0..1000 {
+            if self.clients[0].op.is_none() {
+                break;
+            }
+            self.step(false);
         }
+        assert!(
+            self.clients[0].op.is_none(),
+            "client 1 stays busy: {}",
+            self.summary()
+        );
         let client = self.clients[0].id;
         let seq = self.clients[0].next_seq;
         self.clients[0].next_seq += 1;
