@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::replica::{LoopConfig, Replica, Timers};
 use crate::state_machine::DedupLimits;
 use crate::storage::{Db, StoreError};
-use crate::transport::{self, Identity, Links, TcpPeers, TransportCtx};
+use crate::transport::{self, Identity, TcpPeers, TransportCtx};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,7 +199,6 @@ pub async fn serve(
         metrics.clone(),
         db.clone(),
     );
-    let links = Links::new(tokio::runtime::Handle::current(), ctx.clone());
     let peer_addr = peer_listener.local_addr()?;
     tokio::spawn(transport::serve_inbound(peer_listener, ctx.clone()));
 
@@ -220,7 +219,7 @@ pub async fn serve(
         loop_cfg,
         meta,
         db.clone(),
-        TcpPeers::new(links),
+        TcpPeers::new(tokio::runtime::Handle::current(), ctx.clone()),
         metrics.clone(),
         started,
     )

@@ -25,6 +25,17 @@ pub struct Outcome {
     pub existed: bool,
 }
 
+impl From<Outcome> for omnikv_common::api::WriteResult {
+    /// What a client is answered for a write applied with this outcome.
+    fn from(o: Outcome) -> Self {
+        omnikv_common::api::WriteResult {
+            config_id: o.config_id,
+            index: o.index,
+            existed: o.existed,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupRecord {
     pub ts_ms: u64,

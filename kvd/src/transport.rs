@@ -366,42 +366,23 @@ async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), St
     Ok(())
 }
 
-/// Opens outbound sessions on demand: members appear with membership changes.
-#[derive(Clone)]
-pub struct Links {
-    rt: tokio::runtime::Handle,
-    ctx: Arc<TransportCtx>,
-}
-
-impl Links {
-    pub fn new(rt: tokio::runtime::Handle, ctx: Arc<TransportCtx>) -> Links {
-        Links { rt, ctx }
-    }
-
-    pub fn connect(&self, pid: u64, addr: String) -> PeerLink {
-        spawn_outbound(&self.rt, self.ctx.clone(), pid, addr)
-    }
-
-    /// A joiner adopts the cluster id it verified.
-    pub fn set_cluster_id(&self, id: u64) {
-        self.ctx.set_cluster_id(id);
-    }
-}
-
 /// The consensus loop's `Peers` over TCP sessions: one outbound session per peer, opened on
 /// demand, and checkpoint streams on their own threads (one per peer: a newer request
 /// supersedes a running stream).
 pub struct TcpPeers {
-    links: Links,
+    rt: tokio::runtime::Handle,
+    ctx: Arc<TransportCtx>,
     sessions: HashMap<u64, PeerLink>,
     /// Id of the checkpoint stream each peer currently wants from us.
     streams: HashMap<u64, Arc<AtomicU64>>,
 }
 
 impl TcpPeers {
-    pub fn new(links: Links) -> TcpPeers {
+    /// Sessions opened on `rt`, on demand: members appear with membership changes.
+    pub fn new(rt: tokio::runtime::Handle, ctx: Arc<TransportCtx>) -> TcpPeers {
         TcpPeers {
-            links,
+            rt,
+            ctx,
             sessions: HashMap::new(),
             streams: HashMap::new(),
         }
@@ -428,7 +409,7 @@ impl ChunkSink for StreamSink {
 impl Peers for TcpPeers {
     fn connect(&mut self, pid: u64, addr: &str) {
         if !self.sessions.contains_key(&pid) {
-            let link = self.links.connect(pid, addr.to_string());
+            let link = spawn_outbound(&self.rt, self.ctx.clone(), pid, addr.to_string());
             self.sessions.insert(pid, link);
         }
     }
@@ -460,6 +441,6 @@ impl Peers for TcpPeers {
     }
 
     fn set_cluster_id(&mut self, cluster_id: u64) {
-        self.links.set_cluster_id(cluster_id);
+        self.ctx.set_cluster_id(cluster_id);
     }
 }

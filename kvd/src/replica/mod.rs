@@ -509,11 +509,6 @@ impl<P: Peers> Replica<P> {
         self.catchup.is_some()
     }
 
-    /// The peer sessions (the simulator inspects its own implementation through this).
-    pub fn peers(&self) -> &P {
-        &self.peers
-    }
-
     // ---- log abstraction -------------------------------------------------------------
 
     pub fn decided_idx(&self) -> u64 {

@@ -328,11 +328,7 @@ impl<P: Peers> Replica<P> {
                 Applied::Write { req, result } => {
                     if let Some(p) = self.pending_writes.remove(&(req.client, req.seq)) {
                         let answer = match result {
-                            Ok(o) => Ok(WriteResult {
-                                config_id: o.config_id,
-                                index: o.index,
-                                existed: o.existed,
-                            }),
+                            Ok(o) => Ok(WriteResult::from(o)),
                             Err(Refusal::TooOld) => Err(ApiError::new(
                                 ErrorCode::Rejected,
                                 "request too old for the dedup window: refused so it cannot apply twice",
@@ -369,11 +365,7 @@ impl<P: Peers> Replica<P> {
                 continue;
             };
             let p = self.pending_writes.remove(&id).expect("listed");
-            let answer = Ok(WriteResult {
-                config_id: o.config_id,
-                index: o.index,
-                existed: o.existed,
-            });
+            let answer = Ok(WriteResult::from(o));
             for reply in p.replies {
                 self.write_replies.push((reply, answer.clone()));
             }
@@ -445,22 +437,15 @@ impl<P: Peers> Replica<P> {
     }
 
     pub(super) fn no_leader_message(&self) -> String {
-        let others: Vec<u64> = self
-            .meta
-            .members
-            .iter()
-            .copied()
-            .filter(|&p| p != self.cfg.pid)
-            .collect();
-        let connected = others
-            .iter()
-            .filter(|&&p| self.peers.is_connected(p))
-            .count();
         format!(
             "no leader known (replica {} reaches {} of {} peers)",
             self.cfg.pid,
-            connected,
-            others.len()
+            self.connected_peers().len(),
+            self.meta
+                .members
+                .iter()
+                .filter(|&&p| p != self.cfg.pid)
+                .count()
         )
     }
 }

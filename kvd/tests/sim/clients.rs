@@ -6,7 +6,7 @@
 
 use crate::linearizability::{KvInput, KvOutput, Operation, Outcome};
 use kvd::inbox::{ClientRequest, ReadValue, WriteKind};
-use omnikv_common::api::{ApiError, ErrorCode, WriteResult};
+use omnikv_common::api::{ApiError, WriteResult};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -17,14 +17,6 @@ pub enum ClientOp {
     Put { key: Vec<u8>, value: Vec<u8> },
     Delete { key: Vec<u8> },
     Get { key: Vec<u8>, linearizable: bool },
-}
-
-impl ClientOp {
-    pub fn key(&self) -> &[u8] {
-        match self {
-            ClientOp::Put { key, .. } | ClientOp::Delete { key } | ClientOp::Get { key, .. } => key,
-        }
-    }
 }
 
 /// A reply on its way back.
@@ -136,7 +128,6 @@ pub struct History {
     pub lin_reads: u64,
     pub writes_acked: u64,
     pub unknown: u64,
-    pub errors: BTreeMap<&'static str, u64>,
 }
 
 impl History {
@@ -184,15 +175,5 @@ impl History {
             input,
             outcome,
         });
-    }
-
-    pub fn count_error(&mut self, e: &ApiError) {
-        let name = match e.error.code {
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Indeterminate => "indeterminate",
-            ErrorCode::Rejected => "rejected",
-            _ => "other",
-        };
-        *self.errors.entry(name).or_default() += 1;
     }
 }

@@ -257,8 +257,8 @@ impl Net {
 
 /// One replica's `Peers` over the simulated network.
 pub struct SimPeers {
-    pub pid: u64,
-    pub net: SharedNet,
+    pid: u64,
+    net: SharedNet,
     links: BTreeSet<u64>,
 }
 

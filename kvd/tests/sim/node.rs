@@ -56,7 +56,6 @@ pub struct SimNode {
     pub metrics: Arc<Metrics>,
     /// Decided entries already shown to the checker: (config, next index).
     pub observed: (u32, u64),
-    pub starts: u64,
     /// Steps this replica skips (a paused process), until this step.
     pub paused_until: u64,
     /// The leader it saw last (leader changes are counted).
@@ -88,7 +87,6 @@ impl SimNode {
             db: None,
             metrics: Arc::new(Metrics::new()),
             observed: (0, 0),
-            starts: 0,
             paused_until: 0,
             leader: None,
             crash_at: None,
@@ -138,7 +136,6 @@ impl SimNode {
         self.replica = Some(replica);
         self.db = Some(db);
         self.observed = (0, 0);
-        self.starts += 1;
         self.leader = None;
     }
 

@@ -93,6 +93,19 @@ fn quiet(keep: u64, interval: u64) -> Params {
     p
 }
 
+/// `OMNIKV_SIM_TRACE=1`: scenarios record every frame and print their trace.
+fn traced() -> bool {
+    std::env::var("OMNIKV_SIM_TRACE").is_ok()
+}
+
+fn print_trace(w: &World) {
+    if w.verbose {
+        for l in w.trace.borrow().iter() {
+            eprintln!("{l}");
+        }
+    }
+}
+
 /// Runs `body` on seed `seed` and returns the run's stats and follower `f`'s (the pid `body`
 /// returns).
 fn scenario(
@@ -103,17 +116,11 @@ fn scenario(
     let mut pid = 0;
     let mut out = NodeStats::default();
     let (o, id) = (&mut out, &mut pid);
-    // OMNIKV_SIM_TRACE=1 prints the scenario's trace (every frame).
-    let verbose = std::env::var("OMNIKV_SIM_TRACE").is_ok();
-    let (stats, _) = ok(run_world(seed, p, verbose, |w| {
+    let (stats, _) = ok(run_world(seed, p, traced(), |w| {
         *id = body(w)?;
         w.settle()?;
         *o = w.node_stats.get(id).cloned().unwrap_or_default();
-        if verbose {
-            for l in w.trace.borrow().iter() {
-                eprintln!("{l}");
-            }
-        }
+        print_trace(w);
         Ok(())
     }));
     (stats, out)
@@ -312,8 +319,7 @@ pub fn follower_power_cut_at_its_sync(
     let mut p = quiet(20, 5);
     p.max_delay = 0;
     p.defect = defect;
-    let verbose = std::env::var("OMNIKV_SIM_TRACE").is_ok();
-    run_world(23, p, verbose, |w| {
+    run_world(23, p, traced(), |w| {
         let l = wait_leader(w)?;
         write_n(w, 3);
         let (f, g) = others(w, l);
@@ -333,11 +339,7 @@ pub fn follower_power_cut_at_its_sync(
         write_n(w, 3);
         w.restart(l);
         let r = w.settle();
-        if verbose {
-            for l in w.trace.borrow().iter() {
-                eprintln!("{l}");
-            }
-        }
+        print_trace(w);
         r
     })
     .map(|(s, _)| s)

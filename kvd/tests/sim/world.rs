@@ -17,7 +17,7 @@
 
 use crate::clients::{self, Answer, Client, ClientOp, History, InFlight};
 use crate::linearizability::{check_with_budget, KvModel, Verdict};
-use crate::net::{Filter, Net, SharedNet};
+use crate::net::{Filter, Msg, Net, SharedNet};
 use crate::node::{NodeSettings, SimNode, TICK};
 use kvd::command::{LogCmd, Op};
 use kvd::inbox::{ClientRequest, Input};
@@ -238,18 +238,12 @@ impl Stats {
     }
 }
 
-/// Per-replica counters summed over its restarts (scenarios assert on them).
+/// Per-replica catch-up counters summed over its restarts (scenarios assert on them).
 #[derive(Clone, Debug, Default)]
 pub struct NodeStats {
     pub fetched_entries: u64,
     pub checkpoints_installed: u64,
     pub catchups: u64,
-    pub switches: u64,
-    pub leader_while_behind: u64,
-    pub stale_own_ballot: u64,
-    pub stopsign_stalls: u64,
-    pub stopsign_resyncs_fixed: u64,
-    pub stopsign_from_storage: u64,
 }
 
 /// A membership change the operator is driving: retried on replicas until it is answered.
@@ -414,12 +408,7 @@ impl World {
         s.fetched_entries += m.fetched_entries.get();
         s.checkpoints_installed += m.checkpoints_installed.get();
         s.catchups += m.catchups.get();
-        s.switches += m.reconfigurations.get();
         let w = |name| m.workaround_count(name);
-        s.stale_own_ballot += w("stale_own_ballot");
-        s.stopsign_stalls += w("stopsign_stall");
-        s.stopsign_resyncs_fixed += w("stopsign_resync");
-        s.stopsign_from_storage += w("stopsign_from_storage");
         self.stats.stale_own_ballot += w("stale_own_ballot");
         self.stats.stopsign_stalls += w("stopsign_stall");
         self.stats.stopsign_resyncs_fixed += w("stopsign_resync");
@@ -542,13 +531,6 @@ impl World {
             let value = format!("v{client}.{seq}@{}", self.step).into_bytes();
             ClientOp::Put { key, value }
         };
-        if let ClientOp::Put { key, value } = &op {
-            self.history
-                .written
-                .entry(key.clone())
-                .or_default()
-                .push(value.clone());
-        }
         // Some clients give up soon, as a kvctl with a short --timeout does; their failed
         // writes are what the checker holds `unavailable` to.
         let patience = if self.rng.random_bool(0.3) {
@@ -556,15 +538,36 @@ impl World {
         } else {
             400
         };
+        self.begin_op(c, seq, op, self.step, self.step + patience, None);
+    }
+
+    /// Client `c` starts `op` (its `seq`): first tried in step `start` (on `first_to` when
+    /// given), given up after step `give_up`. A put's value joins the values ever written.
+    fn begin_op(
+        &mut self,
+        c: usize,
+        seq: u64,
+        op: ClientOp,
+        start: u64,
+        give_up: u64,
+        first_to: Option<u64>,
+    ) {
+        if let ClientOp::Put { key, value } = &op {
+            self.history
+                .written
+                .entry(key.clone())
+                .or_default()
+                .push(value.clone());
+        }
         self.clients[c].op = Some(InFlight {
             op,
             seq,
-            call: 2 * self.step,
-            give_up: self.step + patience,
+            call: 2 * start,
+            give_up,
             attempt: None,
-            next_try: self.step,
+            next_try: start,
             attempts: 0,
-            first_to: None,
+            first_to,
             maybe_applied: false,
         });
     }
@@ -649,7 +652,6 @@ impl World {
                         );
                         self.net.borrow().log(line);
                     }
-                    self.history.count_error(&e);
                     f.attempt = None;
                     // `unavailable` promises the write was not applied by this attempt; any
                     // other failure may hide one that was (or will be).
@@ -786,6 +788,9 @@ impl World {
 
     /// Sends the change to a replica (kvctl tries them in turn) until it is answered.
     fn drive_change(&mut self) {
+        if self.change.is_none() {
+            return;
+        }
         let step = self.step;
         let (config, _) = self.current_config();
         let Some(ch) = &mut self.change else {
@@ -940,12 +945,15 @@ impl World {
             (due, peer_up)
         };
         let verbose = self.verbose;
-        for m in &due {
+        // Each replica's frames, in delivery order.
+        let mut inbound: BTreeMap<u64, Vec<Msg>> = BTreeMap::new();
+        for m in due {
             if matches!(m.frame, kvd::frame::PeerFrame::CheckpointDone { .. })
                 && self.nodes[&m.from].lifecycle() == Some(Lifecycle::Leaving)
             {
                 self.stats.checkpoints_from_leaving += 1;
             }
+            inbound.entry(m.to).or_default().push(m);
         }
         let pids: Vec<u64> = self.nodes.keys().copied().collect();
         for pid in pids {
@@ -954,6 +962,7 @@ impl World {
                 continue;
             }
             let crash_at = node.crash_at.take();
+            let frames = inbound.remove(&pid).unwrap_or_default();
             let r = node.replica.as_mut().expect("up");
             kvd::failpoint::unwind_at(crash_at.map(|(at, _)| at));
             let iteration = catch_unwind(AssertUnwindSafe(|| {
@@ -962,7 +971,7 @@ impl World {
                         r.handle(now, Input::PeerUp(peer));
                     }
                 }
-                for m in due.iter().filter(|m| m.to == pid) {
+                for m in frames {
                     if verbose {
                         self.net.borrow().log(format!("deliver {}", m.describe()));
                     }
@@ -970,7 +979,7 @@ impl World {
                         now,
                         Input::Peer {
                             from: m.from,
-                            frame: m.frame.clone(),
+                            frame: m.frame,
                         },
                     );
                 }
@@ -1063,16 +1072,6 @@ impl World {
         }
         if leader != prev_leader && leader == Some(pid) {
             self.stats.leader_changes += 1;
-            let best = self
-                .nodes
-                .values()
-                .filter_map(|n| n.replica.as_ref())
-                .map(|r| r.state().applied)
-                .max()
-                .unwrap_or_default();
-            if state.applied < best {
-                self.node_stats.entry(pid).or_default().leader_while_behind += 1;
-            }
             self.log(format!(
                 "replica {pid}: leader of c{config} (applied {:?})",
                 state.applied
@@ -1231,24 +1230,11 @@ impl World {
         let client = self.clients[0].id;
         let seq = self.clients[0].next_seq;
         self.clients[0].next_seq += 1;
-        let key = format!("u{client}-{seq}").into_bytes();
-        let value = format!("probe{seq}").into_bytes();
-        self.history
-            .written
-            .entry(key.clone())
-            .or_default()
-            .push(value.clone());
-        self.clients[0].op = Some(InFlight {
-            op: ClientOp::Put { key, value },
-            seq,
-            call: 2 * (self.step + 1),
-            give_up: self.step + 400,
-            attempt: None,
-            next_try: self.step + 1,
-            attempts: 0,
-            first_to: via,
-            maybe_applied: false,
-        });
+        let op = ClientOp::Put {
+            key: format!("u{client}-{seq}").into_bytes(),
+            value: format!("probe{seq}").into_bytes(),
+        };
+        self.begin_op(0, seq, op, self.step + 1, self.step + 400, via);
     }
 
     /// Converged: no client operation or change open; the members of the newest
@@ -1311,9 +1297,7 @@ impl World {
                     .map(|&i| format!("{:?}", self.history.ops[i]))
                     .collect();
                 return Err(format!(
-                    "not linearizable: {v}
-  sub-history:
-  {}",
+                    "not linearizable: {v}\n  sub-history:\n  {}",
                     ops.join("\n  ")
                 ));
             }
