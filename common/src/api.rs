@@ -78,15 +78,26 @@ impl ApiError {
     }
 }
 
-/// Answer to a successful PUT or DELETE.
+/// Answer to a successful PUT or DELETE of one key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WriteResult {
     /// Configuration the write was decided in.
     pub config_id: u32,
     /// Log index (within that configuration) of the entry that carried the write.
     pub index: u64,
-    /// DELETE only: whether the key existed. Always true for PUT.
+    /// Whether the key existed before the write.
     pub existed: bool,
+    /// The store revision after the write (the write's own revision when it changed
+    /// something: every put, a delete of a key that existed).
+    #[serde(default)]
+    pub revision: u64,
+    /// The key before the write, when asked (`?prev=true`) and it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<crate::kv::KeyValue>,
+    /// Answered from the remembered outcome of a retry (the first application's `existed`
+    /// and `revision`; `prev` is not kept).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// `GET /v1/status`.
@@ -108,6 +119,9 @@ pub struct StatusView {
     pub keys: u64,
     /// Hex digest of the state machine (keys and values); equal on replicas at equal applied_idx.
     pub state_hash: String,
+    /// The store revision this replica has applied; equal on replicas at equal applied_idx.
+    #[serde(default)]
+    pub revision: u64,
     /// Cluster identity (hex).
     pub cluster_id: String,
     /// Peers with a live outbound connection.

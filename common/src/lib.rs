@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod keys;
+pub mod kv;
 pub mod membership;
 
 pub use api::{

@@ -1,7 +1,9 @@
 //! The seed corpus: representative valid inputs for every target, so mutation starts from
 //! deep inside each format. `fuzz --gen-seeds` writes them to `fuzz/corpus/TARGET/seed-*`.
 
-use omnikv_wire::command::{LogCmd, Op, ReqId};
+use omnikv_wire::command::{
+    Compare, CompareOp, CompareTarget, KeyRange, LogCmd, Op, ReadOpts, ReqId, Txn, TxnOp,
+};
 use omnikv_wire::frame::{
     Announcement, CheckpointItem, Hello, PeerFrame, Transition, MAGIC, PROTOCOL_VERSION,
 };
@@ -40,6 +42,33 @@ fn ops() -> Vec<Op> {
             key: b"\xff/odd key".to_vec(),
         },
         Op::Barrier { origin: 2, id: 99 },
+        Op::Txn {
+            req,
+            txn: Txn {
+                compares: vec![Compare {
+                    key: b"lock".to_vec(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::CreateRevision(0),
+                }],
+                success: vec![
+                    TxnOp::Put {
+                        key: b"lock".to_vec(),
+                        value: b"me".to_vec(),
+                    },
+                    TxnOp::Delete {
+                        range: KeyRange::prefix(b"tmp/"),
+                    },
+                ],
+                failure: vec![TxnOp::Get {
+                    range: KeyRange::Key(b"lock".to_vec()),
+                    opts: ReadOpts {
+                        limit: 1,
+                        keys_only: false,
+                        count_only: false,
+                    },
+                }],
+            },
+        },
     ]
 }
 
@@ -145,6 +174,7 @@ pub fn peer_frames() -> Vec<Vec<u8>> {
                 horizon_ms: 5,
                 keys: 3,
                 hash: 0xfeed,
+                revision: 41,
             },
         },
         PeerFrame::CheckpointRefused {

@@ -348,6 +348,7 @@ mod tests {
             compacted_idx: 5,
             keys: 4,
             state_hash: "abcd".into(),
+            revision: 0,
             cluster_id: "c1".into(),
             connected_peers: vec![1, 3],
             reconfiguration: None,
@@ -406,6 +407,9 @@ mod tests {
             config_id: 1,
             index: 7,
             existed: false,
+            revision: 3,
+            prev: None,
+            replayed: false,
         };
         assert_eq!(
             text(|o| write_write_result(o, OutputFormat::Text, &w, false)),
@@ -415,14 +419,17 @@ mod tests {
             text(|o| write_write_result(o, OutputFormat::Text, &w, true)),
             "OK (key did not exist)\n"
         );
-        let w2 = WriteResult { existed: true, ..w };
+        let w2 = WriteResult {
+            existed: true,
+            ..w.clone()
+        };
         assert_eq!(
             text(|o| write_write_result(o, OutputFormat::Text, &w2, true)),
             "OK\n"
         );
         assert_eq!(
             text(|o| write_write_result(o, OutputFormat::Json, &w, true)),
-            "{\"config_id\":1,\"index\":7,\"existed\":false}\n"
+            "{\"config_id\":1,\"index\":7,\"existed\":false,\"revision\":3}\n"
         );
     }
 

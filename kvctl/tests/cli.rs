@@ -197,8 +197,12 @@ fn put_get_delete_against_a_fake_replica() {
     let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
     assert_eq!(v["error"]["code"], "not_found");
 
+    // `existed` says whether the key was there before the put.
     let o = go(&["-o", "json", "put", "b", "2"]);
     assert_eq!(code(&o), 0);
+    let w: omnikv_common::WriteResult = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(!w.existed);
+    let o = go(&["-o", "json", "put", "b", "3"]);
     let w: omnikv_common::WriteResult = serde_json::from_slice(&o.stdout).unwrap();
     assert!(w.existed);
 

@@ -1,4 +1,5 @@
-//! Streamed, checksummed checkpoints: the state-machine state (KV, dedup table, position)
+//! Streamed, checksummed checkpoints: the state-machine state (KV records, dedup table,
+//! position and revision; not the change history, which starts again after the checkpoint)
 //! sent to a replica that must catch up past entries no peer still holds.
 //!
 //! Sender: a RocksDB snapshot read in chunks of at most `CHUNK_BYTES` into a `ChunkSink`
@@ -236,6 +237,8 @@ fn switch_in(db: &Db, meta: SmMeta) -> Result<(), StoreError> {
     db.write(batch)?;
     let mut batch = WriteBatch::default();
     batch.put_cf(db.cf(CF_META), b"sm", encode(&meta));
+    // The history before the checkpoint's revision is not ours: it starts after it.
+    crate::state_machine::history::reset(db, meta.revision, &mut batch);
     batch.delete_cf(db.cf(CF_META), META_INSTALLING);
     db.write(batch)?;
     clear_stage(db)?;

@@ -109,6 +109,24 @@ pub struct Config {
     #[arg(long, env = "KVD_MIN_FREE_BYTES", default_value_t = 128 * 1024 * 1024)]
     pub min_free_bytes: u64,
 
+    /// Change events kept for watch (the oldest whole revisions go first); a watch from an
+    /// older revision is answered `compacted`.
+    #[arg(long, env = "KVD_HISTORY_EVENTS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_events: u64,
+
+    /// Bytes of change events kept for watch (keys, values and previous values).
+    #[arg(long, env = "KVD_HISTORY_BYTES", default_value_t = 256 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_bytes: u64,
+
+    /// Applied batches of events held for live watchers: one further behind ends its stream
+    /// with `lagged` (it resumes from its revision).
+    #[arg(long, env = "KVD_WATCH_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub watch_buffer: u64,
+
+    /// Watch streams served at once; more are refused (unavailable).
+    #[arg(long, env = "KVD_MAX_WATCHERS", default_value_t = 1024)]
+    pub max_watchers: usize,
+
     /// A consensus loop stuck this long in one iteration (storage not answering: a full or
     /// failing disk) ends the process, so that a restart recovers, in seconds. 0: never.
     #[arg(long, env = "KVD_LOOP_STALL_SECS", default_value_t = 60)]

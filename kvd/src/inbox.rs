@@ -2,9 +2,11 @@
 //! client requests it answers through one-shot replies. The API, the transport and the
 //! simulator speak it; none of them needs the loop itself.
 
+use crate::command::{KeyRange, ReadOpts, Txn};
 use crate::frame::PeerFrame;
+use crate::state_machine::{OpResult, Outcome, RangeResult};
 use omnikv_common::api::{
-    ApiError, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView, WriteResult,
+    ApiError, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView,
 };
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -25,13 +27,24 @@ pub enum Input {
 pub enum WriteKind {
     Put { key: Vec<u8>, value: Vec<u8> },
     Delete { key: Vec<u8> },
+    Txn(Txn),
 }
 
-/// A value read, and the applied position it was read at.
+/// How a write was applied.
+#[derive(Clone, Debug)]
+pub struct WriteAnswer {
+    pub outcome: Outcome,
+    /// What each operation did; `None` when the write had been applied before (a retry
+    /// answered from the remembered outcome, which keeps no values).
+    pub results: Option<Vec<OpResult>>,
+}
+
+/// A read's answer, and the applied position and revision it was read at.
 #[derive(Debug)]
-pub struct ReadValue {
-    pub value: Option<Vec<u8>>,
+pub struct ReadAnswer {
+    pub result: RangeResult,
     pub index: u64,
+    pub revision: u64,
 }
 
 /// Where the loop answers a request: exactly once, possibly with an error.
@@ -43,13 +56,15 @@ pub enum ClientRequest {
         /// (client id, seq) from the caller; None = kvd picks a fresh one.
         id: Option<(u64, u64)>,
         deadline: Instant,
-        reply: Reply<WriteResult>,
+        reply: Reply<WriteAnswer>,
     },
+    /// A read of one key (`KeyRange::Key`) or a range.
     Read {
-        key: Vec<u8>,
+        range: KeyRange,
+        opts: ReadOpts,
         linearizable: bool,
         deadline: Instant,
-        reply: Reply<ReadValue>,
+        reply: Reply<ReadAnswer>,
     },
     Status {
         reply: oneshot::Sender<StatusView>,

@@ -19,6 +19,7 @@ pub mod space;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
+pub mod watch;
 
 pub use config::Config;
 pub use node::serve;

@@ -7,9 +7,10 @@ use crate::inbox::Input;
 use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::replica::{LoopConfig, Replica, Timers};
-use crate::state_machine::DedupLimits;
+use crate::state_machine::{DedupLimits, HistoryLimits};
 use crate::storage::{Db, StoreError};
 use crate::transport::{self, Identity, TcpPeers, TransportCtx};
+use crate::watch::Hub;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,6 +173,11 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
             ttl_ms: cfg.dedup_ttl_secs * 1000,
             max_records: cfg.dedup_max_records,
         },
+        history: HistoryLimits {
+            max_events: cfg.history_events,
+            max_bytes: cfg.history_bytes,
+        },
+        watch_hub: Hub::new(cfg.watch_buffer as usize, cfg.max_watchers),
     }
 }
 
@@ -215,6 +221,7 @@ pub async fn serve(
             .map_or(0, |d| d.as_millis() as u64),
         rand::random(),
     );
+    let watch_hub = loop_cfg.watch_hub.clone();
     let replica = Replica::new(
         loop_cfg,
         meta,
@@ -231,6 +238,8 @@ pub async fn serve(
     let state = ApiState {
         inbox: inbox_tx.clone(),
         metrics,
+        db: db.clone(),
+        watch_hub,
         max_value_bytes: cfg.max_value_bytes,
         default_timeout: Duration::from_millis(cfg.request_timeout_ms),
     };

@@ -8,6 +8,7 @@
 //! - `dedup`: `client (u64 BE) ++ seq (u64 BE)` -> dedup record
 //! - `meta`:  replica metadata (identity, storage id, configuration, applied position...)
 //! - `stage`: a checkpoint being received, switched in once complete and verified
+//! - `history`: `revision (u64 BE) ++ n (u32 BE)` -> encoded change event (watch)
 //!
 //! Every write goes to the WAL unsynced; the consensus loop makes them durable with one
 //! `flush_wal(true)` per iteration (group commit) before a client is answered or a message
@@ -28,7 +29,10 @@ pub const CF_KV: &str = "kv";
 pub const CF_DEDUP: &str = "dedup";
 pub const CF_META: &str = "meta";
 pub const CF_STAGE: &str = "stage";
-const ALL_CFS: [&str; 6] = [CF_LOG, CF_PAXOS, CF_KV, CF_DEDUP, CF_META, CF_STAGE];
+pub const CF_HISTORY: &str = "history";
+const ALL_CFS: [&str; 7] = [
+    CF_LOG, CF_PAXOS, CF_KV, CF_DEDUP, CF_META, CF_STAGE, CF_HISTORY,
+];
 
 /// Storage failures. The library panics on any error we return to it (upstream #124), which
 /// ends the process (kvd installs an aborting panic hook): never a zombie replica.

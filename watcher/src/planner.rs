@@ -285,6 +285,7 @@ mod tests {
             compacted_idx: 0,
             keys: 0,
             state_hash: String::new(),
+            revision: 0,
             cluster_id: String::new(),
             connected_peers: members.iter().copied().filter(|&p| p != pid).collect(),
             reconfiguration: None,

@@ -32,6 +32,147 @@ pub enum Op {
         origin: u64,
         id: u64,
     },
+    /// A transaction: compares, then one branch of puts, deletes and reads, applied
+    /// atomically under one revision. Conditional writes and range deletes are transactions.
+    Txn {
+        req: ReqId,
+        txn: Txn,
+    },
+}
+
+/// A range of keys: one key, `[start, end)`, or `[start, ∞)`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyRange {
+    Key(Vec<u8>),
+    /// `end: None` is the end of the key space.
+    Span {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+    },
+}
+
+impl KeyRange {
+    /// Every key that starts with `prefix` (all keys for the empty prefix).
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        KeyRange::Span {
+            start: prefix.to_vec(),
+            end: prefix_end(prefix),
+        }
+    }
+
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeyRange::Key(k) => k == key,
+            KeyRange::Span { start, end } => {
+                key >= start.as_slice() && end.as_ref().is_none_or(|e| key < e.as_slice())
+            }
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            KeyRange::Key(k) => k.len(),
+            KeyRange::Span { start, end } => start.len() + end.as_ref().map_or(0, Vec::len),
+        }
+    }
+
+    fn describe(&self) -> String {
+        use omnikv_common::keys::display_bytes;
+        match self {
+            KeyRange::Key(k) => display_bytes(k),
+            KeyRange::Span { start, end: None } => format!("[{}, end)", display_bytes(start)),
+            KeyRange::Span {
+                start,
+                end: Some(e),
+            } => format!("[{}, {})", display_bytes(start), display_bytes(e)),
+        }
+    }
+}
+
+/// The smallest key above every key that starts with `prefix`; `None` when there is none
+/// (the empty prefix, or one of only 0xff bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// What a compare looks at, and the operand it compares with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    /// The value; an absent key compares unequal to every value (and neither greater nor less).
+    Value(Vec<u8>),
+    /// Puts since the key was created (0: absent).
+    Version(u64),
+    /// Revision of the key's last put (0: absent).
+    ModRevision(u64),
+    /// Revision that created the key (0: absent).
+    CreateRevision(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareOp {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub op: CompareOp,
+    pub target: CompareTarget,
+}
+
+/// Options of a read, in a transaction or on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOpts {
+    /// At most this many keys (0: no limit).
+    pub limit: u64,
+    pub keys_only: bool,
+    pub count_only: bool,
+}
+
+/// One operation of a transaction's branch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxnOp {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { range: KeyRange },
+    Get { range: KeyRange, opts: ReadOpts },
+}
+
+/// etcd's transaction: if every compare holds, `success` applies, else `failure`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Txn {
+    pub compares: Vec<Compare>,
+    pub success: Vec<TxnOp>,
+    pub failure: Vec<TxnOp>,
+}
+
+impl Txn {
+    fn size(&self) -> usize {
+        let op_size = |op: &TxnOp| match op {
+            TxnOp::Put { key, value } => 16 + key.len() + value.len(),
+            TxnOp::Delete { range } | TxnOp::Get { range, .. } => 16 + range.size(),
+        };
+        let cmp_size = |c: &Compare| {
+            16 + c.key.len()
+                + match &c.target {
+                    CompareTarget::Value(v) => v.len(),
+                    _ => 8,
+                }
+        };
+        self.compares.iter().map(cmp_size).sum::<usize>()
+            + self.success.iter().map(op_size).sum::<usize>()
+            + self.failure.iter().map(op_size).sum::<usize>()
+    }
 }
 
 impl Op {
@@ -41,6 +182,7 @@ impl Op {
             Op::Put { key, value, .. } => 32 + key.len() + value.len(),
             Op::Delete { key, .. } => 32 + key.len(),
             Op::Barrier { .. } => 16,
+            Op::Txn { txn, .. } => 32 + txn.size(),
         }
     }
 
@@ -53,6 +195,35 @@ impl Op {
             }
             Op::Delete { key, .. } => format!("delete {}", display_bytes(key)),
             Op::Barrier { .. } => "read-barrier".to_string(),
+            Op::Txn { txn, .. } => {
+                let branch = |ops: &[TxnOp]| -> String {
+                    let parts: Vec<String> = ops
+                        .iter()
+                        .map(|op| match op {
+                            TxnOp::Put { key, value } => {
+                                format!("put {} {}", display_bytes(key), display_bytes(value))
+                            }
+                            TxnOp::Delete { range } => format!("delete {}", range.describe()),
+                            TxnOp::Get { range, .. } => format!("get {}", range.describe()),
+                        })
+                        .collect();
+                    parts.join("; ")
+                };
+                format!(
+                    "txn if {} compares then {{{}}} else {{{}}}",
+                    txn.compares.len(),
+                    branch(&txn.success),
+                    branch(&txn.failure)
+                )
+            }
+        }
+    }
+
+    /// The write identity of a client write (`None` for a barrier).
+    pub fn req(&self) -> Option<&ReqId> {
+        match self {
+            Op::Put { req, .. } | Op::Delete { req, .. } | Op::Txn { req, .. } => Some(req),
+            Op::Barrier { .. } => None,
         }
     }
 }

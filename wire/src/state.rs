@@ -22,6 +22,10 @@ pub struct SmMeta {
     pub keys: u64,
     /// XOR of a 64-bit hash of every (key, value): equal states have equal hashes.
     pub hash: u64,
+    /// The cluster-wide revision: raised by one for every applied write that changed
+    /// something (a put, a delete that removed a key, a transaction with such writes). 0 for a
+    /// store never written.
+    pub revision: u64,
 }
 
 /// Stable 64-bit hash of a (key, value) pair (FNV-1a over length-prefixed fields).

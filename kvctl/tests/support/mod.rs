@@ -33,6 +33,7 @@ pub fn status_view(pid: u64, keys: u64) -> StatusView {
         compacted_idx: 5,
         keys,
         state_hash: "00ff".into(),
+        revision: 0,
         cluster_id: "c0ffee".into(),
         connected_peers: vec![2, 3],
         reconfiguration: None,
@@ -138,11 +139,14 @@ fn serve(
                 None => error(&mut stream, ErrorCode::NotFound, "key not found"),
             },
             "PUT" => {
-                store.insert(key, body);
+                let existed = store.insert(key, body).is_some();
                 let w = WriteResult {
                     config_id: 1,
                     index,
-                    existed: true,
+                    existed,
+                    revision: index,
+                    prev: None,
+                    replayed: false,
                 };
                 respond(&mut stream, 200, &json(&w))
             }
@@ -152,6 +156,9 @@ fn serve(
                     config_id: 1,
                     index,
                     existed,
+                    revision: index,
+                    prev: None,
+                    replayed: false,
                 };
                 respond(&mut stream, 200, &json(&w))
             }

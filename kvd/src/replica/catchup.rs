@@ -401,6 +401,9 @@ impl<P: Peers> Replica<P> {
                         .unwrap_or_else(|e| panic!("setting the applied position: {e}"));
                 }
                 self.metrics.checkpoints_installed.inc();
+                self.cfg
+                    .watch_hub
+                    .reset(self.sm.history().first, self.sm.meta().revision);
                 self.answer_from_checkpoint();
                 info!(
                     index = m.applied.index,

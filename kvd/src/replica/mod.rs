@@ -25,7 +25,7 @@ mod views;
 
 use crate::command::{LogCmd, Op};
 use crate::frame::{PeerFrame, Transition};
-use crate::inbox::{Input, ReadValue, Reply};
+use crate::inbox::{Input, ReadAnswer, Reply, WriteAnswer};
 use crate::membership::{ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::omnipaxos_workarounds::{
@@ -33,10 +33,10 @@ use crate::omnipaxos_workarounds::{
 };
 use crate::peers::Peers;
 use crate::space::SpaceGuard;
-use crate::state_machine::{DedupLimits, Position, SmMeta, StateMachine};
+use crate::state_machine::{DedupLimits, HistoryLimits, Position, SmMeta, StateMachine};
 use crate::storage::{read_log_range, Db, LogStore};
 use catchup::CatchUp;
-use omnikv_common::api::{ApiError, ErrorCode, ReconfigureResult, WriteResult};
+use omnikv_common::api::{ApiError, ErrorCode, ReconfigureResult};
 use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
 use omnipaxos::storage::{Storage, StorageOp};
@@ -130,6 +130,10 @@ pub struct LoopConfig {
     /// short while catching up).
     pub max_apply: usize,
     pub dedup: DedupLimits,
+    /// How much change history (for watch) to keep.
+    pub history: HistoryLimits,
+    /// Where applied changes are published to live watchers.
+    pub watch_hub: crate::watch::Hub,
     /// The data dir and the free space to keep on it (0: no guard).
     pub data_dir: std::path::PathBuf,
     pub min_free_bytes: u64,
@@ -194,8 +198,8 @@ pub struct Replica<P: Peers> {
     barriers: BTreeMap<u64, BarrierWait>,
     next_id: u64,
     /// Replies held until the iteration's sync.
-    write_replies: Vec<(Reply<WriteResult>, Result<WriteResult, ApiError>)>,
-    read_replies: Vec<(Reply<ReadValue>, Result<ReadValue, ApiError>)>,
+    write_replies: Vec<(Reply<WriteAnswer>, Result<WriteAnswer, ApiError>)>,
+    read_replies: Vec<(Reply<ReadAnswer>, Result<ReadAnswer, ApiError>)>,
     catchup: Option<CatchUp>,
     /// Ticks spent leading with an undecided StopSign (`StopSignStall`).
     stopsign_stall: StopSignStall,
@@ -267,7 +271,8 @@ impl<P: Peers> Replica<P> {
         now: Instant,
     ) -> Result<Self, String> {
         crate::checkpoint::resume_interrupted_install(&db).map_err(|e| e.to_string())?;
-        let mut sm = StateMachine::load(db.clone(), cfg.dedup).map_err(|e| e.to_string())?;
+        let mut sm =
+            StateMachine::load(db.clone(), cfg.dedup, cfg.history).map_err(|e| e.to_string())?;
         sm.set_ignore_dedup(cfg.defect == Some(Defect::ApplyIgnoresDedup));
         if meta.lifecycle == Lifecycle::Serving && sm.applied().config_id != meta.config_id {
             let from_last_config = meta
@@ -733,12 +738,16 @@ impl<P: Peers> Replica<P> {
                 info!(idx = first + i as u64, "decided: {}", ops.join("; "));
             }
         }
+        let pending = &self.pending_writes;
+        let wanted = |req: &crate::command::ReqId| pending.contains_key(&(req.client, req.seq));
         let results = self
             .sm
-            .apply(self.meta.config_id, entries)
+            .apply(self.meta.config_id, entries, &wanted)
             .unwrap_or_else(|e| panic!("applying entries: {e}"));
         self.metrics.applied.inc_by(entries.len() as u64);
         self.metrics.applied_idx.set(self.sm.applied().index as i64);
+        let events = self.sm.take_events();
+        self.cfg.watch_hub.publish(events, self.sm.meta().revision);
         self.answer_applied(results);
     }
 

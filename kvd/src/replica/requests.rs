@@ -6,19 +6,19 @@
 //! reads queued before a proposal share one barrier, later ones wait for the next.
 
 use super::{unavailable, AppendError, Defect, Replica, MAX_ENTRY_BYTES};
-use crate::command::{LogCmd, Op, ReqId};
-use crate::inbox::{ClientRequest, ReadValue, Reply, WriteKind};
+use crate::command::{KeyRange, LogCmd, Op, ReadOpts, ReqId};
+use crate::inbox::{ClientRequest, ReadAnswer, Reply, WriteAnswer, WriteKind};
 use crate::membership::Lifecycle;
 use crate::peers::Peers;
 use crate::state_machine::{Applied, Refusal};
-use omnikv_common::api::{ApiError, ErrorCode, WriteResult};
+use omnikv_common::api::{ApiError, ErrorCode};
 use rand::Rng;
 use std::time::Instant;
 use tracing::debug;
 
 pub(super) struct PendingWrite {
     op: Op,
-    replies: Vec<Reply<WriteResult>>,
+    replies: Vec<Reply<WriteAnswer>>,
     deadline: Instant,
     next_retry: Instant,
     /// Proposals so far: retries back off (waits of 1x, 2x, 4x, then 8x the retry period) so
@@ -34,9 +34,10 @@ pub(super) struct PendingWrite {
 }
 
 pub(super) struct PendingRead {
-    key: Vec<u8>,
+    range: KeyRange,
+    opts: ReadOpts,
     deadline: Instant,
-    reply: Reply<ReadValue>,
+    reply: Reply<ReadAnswer>,
 }
 
 pub(super) struct BarrierWait {
@@ -61,7 +62,8 @@ impl<P: Peers> Replica<P> {
                 self.handle_write(kind, id, deadline, reply)
             }
             ClientRequest::Read {
-                key,
+                range,
+                opts,
                 linearizable,
                 deadline,
                 reply,
@@ -76,14 +78,15 @@ impl<P: Peers> Replica<P> {
                     self.metrics.requests_refused.inc();
                     let _ = reply.send(Err(unavailable(self.not_serving_message())));
                 } else if !linearizable {
-                    let r = self.read_local(&key);
+                    let r = self.read_local(&range, &opts);
                     let _ = reply.send(r);
                 } else if self.current_leader().is_none() {
                     self.metrics.requests_refused.inc();
                     let _ = reply.send(Err(unavailable(self.no_leader_message())));
                 } else {
                     self.reads_waiting.push(PendingRead {
-                        key,
+                        range,
+                        opts,
                         deadline,
                         reply,
                     });
@@ -106,17 +109,23 @@ impl<P: Peers> Replica<P> {
         }
     }
 
-    pub(super) fn read_local(&self, key: &[u8]) -> Result<ReadValue, ApiError> {
+    pub(super) fn read_local(
+        &self,
+        range: &KeyRange,
+        opts: &ReadOpts,
+    ) -> Result<ReadAnswer, ApiError> {
         if self.installing_checkpoint() {
             return Err(unavailable("replica is installing a checkpoint"));
         }
-        let value = self
+        let result = self
             .sm
-            .get(key)
+            .read(range, opts)
             .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-        Ok(ReadValue {
-            value,
-            index: self.sm.applied().index,
+        let meta = self.sm.meta();
+        Ok(ReadAnswer {
+            result,
+            index: meta.applied.index,
+            revision: meta.revision,
         })
     }
 
@@ -125,7 +134,7 @@ impl<P: Peers> Replica<P> {
         kind: WriteKind,
         id: Option<(u64, u64)>,
         deadline: Instant,
-        reply: Reply<WriteResult>,
+        reply: Reply<WriteAnswer>,
     ) {
         let (client, seq) = id.unwrap_or_else(|| (self.rng.random::<u64>() | 1, 1));
         if let Some(p) = self.pending_writes.get_mut(&(client, seq)) {
@@ -159,6 +168,7 @@ impl<P: Peers> Replica<P> {
         let op = match kind {
             WriteKind::Put { key, value } => Op::Put { req, key, value },
             WriteKind::Delete { key } => Op::Delete { req, key },
+            WriteKind::Txn(txn) => Op::Txn { req, txn },
         };
         self.to_propose.push(op.clone());
         self.pending_writes.insert(
@@ -189,7 +199,7 @@ impl<P: Peers> Replica<P> {
             if self.cfg.defect == Some(Defect::ReadBeforeBarrier) {
                 // The defect: answer from the local state without waiting for the barrier.
                 for r in reads {
-                    let answer = self.read_local(&r.key);
+                    let answer = self.read_local(&r.range, &r.opts);
                     self.read_replies.push((r.reply, answer));
                 }
             } else {
@@ -225,10 +235,7 @@ impl<P: Peers> Replica<P> {
         let n = ops.len() as u64;
         let ids: Vec<(u64, u64)> = ops
             .iter()
-            .filter_map(|op| match op {
-                Op::Put { req, .. } | Op::Delete { req, .. } => Some((req.client, req.seq)),
-                Op::Barrier { .. } => None,
-            })
+            .filter_map(|op| op.req().map(|req| (req.client, req.seq)))
             .collect();
         match self.append(LogCmd { ops }) {
             Ok(()) => {
@@ -325,10 +332,14 @@ impl<P: Peers> Replica<P> {
     pub(super) fn answer_applied(&mut self, results: Vec<Applied>) {
         for r in results {
             match r {
-                Applied::Write { req, result } => {
+                Applied::Write {
+                    req,
+                    result,
+                    results,
+                } => {
                     if let Some(p) = self.pending_writes.remove(&(req.client, req.seq)) {
                         let answer = match result {
-                            Ok(o) => Ok(WriteResult::from(o)),
+                            Ok(outcome) => Ok(WriteAnswer { outcome, results }),
                             Err(Refusal::TooOld) => Err(ApiError::new(
                                 ErrorCode::Rejected,
                                 "request too old for the dedup window: refused so it cannot apply twice",
@@ -345,7 +356,7 @@ impl<P: Peers> Replica<P> {
                     }
                     if let Some(b) = self.barriers.remove(&id) {
                         for r in b.reads {
-                            let answer = self.read_local(&r.key);
+                            let answer = self.read_local(&r.range, &r.opts);
                             self.read_replies.push((r.reply, answer));
                         }
                     }
@@ -365,7 +376,10 @@ impl<P: Peers> Replica<P> {
                 continue;
             };
             let p = self.pending_writes.remove(&id).expect("listed");
-            let answer = Ok(WriteResult::from(o));
+            let answer = Ok(WriteAnswer {
+                outcome: o,
+                results: None,
+            });
             for reply in p.replies {
                 self.write_replies.push((reply, answer.clone()));
             }

@@ -3,14 +3,15 @@
 //! temporary directories. No processes, no sockets, no sleeps.
 
 use super::{Defect, LoopConfig, Replica, Timers};
+use crate::command::{KeyRange, ReadOpts};
 use crate::frame::PeerFrame;
-use crate::inbox::{ClientRequest, Input, ReadValue, WriteKind};
+use crate::inbox::{ClientRequest, Input, ReadAnswer, WriteAnswer, WriteKind};
 use crate::membership::{ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
-use crate::state_machine::DedupLimits;
+use crate::state_machine::{DedupLimits, HistoryLimits};
 use crate::storage::Db;
-use omnikv_common::api::{ApiError, ErrorCode, ReconfigureRequest, ReconfigureResult, WriteResult};
+use omnikv_common::api::{ApiError, ErrorCode, ReconfigureRequest, ReconfigureResult};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
@@ -85,6 +86,8 @@ fn loop_config(
             ttl_ms: 1 << 40,
             max_records: 1000,
         },
+        history: HistoryLimits::default(),
+        watch_hub: crate::watch::Hub::new(16, 16),
         data_dir: dir.to_path_buf(),
         min_free_bytes: 0,
         started: now,
@@ -214,7 +217,7 @@ impl Cluster {
             .handle(now, Input::Client(req));
     }
 
-    fn put(&mut self, pid: u64, key: &str, id: (u64, u64)) -> Rx<WriteResult> {
+    fn put(&mut self, pid: u64, key: &str, id: (u64, u64)) -> Rx<WriteAnswer> {
         let (reply, rx) = oneshot::channel();
         let deadline = self.now + TICK * 100;
         self.client(
@@ -232,13 +235,14 @@ impl Cluster {
         rx
     }
 
-    fn read(&mut self, pid: u64, key: &str) -> Rx<ReadValue> {
+    fn read(&mut self, pid: u64, key: &str) -> Rx<ReadAnswer> {
         let (reply, rx) = oneshot::channel();
         let deadline = self.now + TICK * 100;
         self.client(
             pid,
             ClientRequest::Read {
-                key: key.into(),
+                range: KeyRange::Key(key.into()),
+                opts: ReadOpts::default(),
                 linearizable: true,
                 deadline,
                 reply,
@@ -308,7 +312,7 @@ fn reads_queued_before_a_proposal_share_one_barrier() {
         c.step();
     }
     for r in &mut rs {
-        assert!(matches!(answer(r), Some(Ok(ReadValue { value: None, .. }))));
+        assert!(matches!(answer(r), Some(Ok(ReadAnswer { result, .. })) if result.kvs.is_empty()));
     }
     assert!(matches!(answer(&mut late), Some(Ok(_))));
     assert_eq!(
@@ -371,8 +375,15 @@ fn a_retried_write_is_applied_once() {
     let mut b = c.put(f, "k", (5, 1));
     c.steps(10);
     let again = answer(&mut b).unwrap().unwrap();
-    assert_eq!(first.index, again.index);
-    assert_eq!(first.config_id, again.config_id);
+    assert_eq!(first.outcome, again.outcome);
+    assert!(
+        first.results.is_some(),
+        "the first answer carries what the put did"
+    );
+    assert!(
+        again.results.is_none(),
+        "the retry is answered from the remembered outcome"
+    );
 }
 
 #[test]

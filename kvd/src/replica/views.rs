@@ -96,6 +96,7 @@ impl<P: Peers> Replica<P> {
             compacted_idx: self.compacted_idx(),
             keys: meta.keys,
             state_hash: format!("{:016x}", meta.hash),
+            revision: meta.revision,
             cluster_id: format!("{:016x}", self.meta.cluster_id),
             connected_peers: self.connected_peers(),
             reconfiguration: self.reconfig_view(),

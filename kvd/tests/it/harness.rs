@@ -377,6 +377,7 @@ impl Cluster {
                     w[0].state_hash == w[1].state_hash
                         && w[0].applied_idx == w[1].applied_idx
                         && w[0].keys == w[1].keys
+                        && w[0].revision == w[1].revision
                 })
                 && st.iter().all(|s| s.applied_idx == s.decided_idx)
             {

@@ -5,8 +5,9 @@
 //! the integration tests (`kvd/tests/it/linearizability.rs`).
 
 use crate::linearizability::{KvInput, KvOutput, Operation, Outcome};
-use kvd::inbox::{ClientRequest, ReadValue, WriteKind};
-use omnikv_common::api::{ApiError, WriteResult};
+use kvd::command::{KeyRange, ReadOpts};
+use kvd::inbox::{ClientRequest, ReadAnswer, WriteAnswer, WriteKind};
+use omnikv_common::api::ApiError;
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -21,8 +22,8 @@ pub enum ClientOp {
 
 /// A reply on its way back.
 pub enum Waiting {
-    Write(oneshot::Receiver<Result<WriteResult, ApiError>>),
-    Read(oneshot::Receiver<Result<ReadValue, ApiError>>),
+    Write(oneshot::Receiver<Result<WriteAnswer, ApiError>>),
+    Read(oneshot::Receiver<Result<ReadAnswer, ApiError>>),
 }
 
 /// How one attempt ended, once it has.
@@ -46,7 +47,9 @@ impl Waiting {
                 Err(TryRecvError::Closed) => Some(Answer::Lost),
             },
             Waiting::Read(rx) => match rx.try_recv() {
-                Ok(Ok(v)) => Some(Answer::Read(v.value)),
+                Ok(Ok(v)) => Some(Answer::Read(
+                    v.result.kvs.into_iter().next().map(|kv| kv.value),
+                )),
                 Ok(Err(e)) => Some(Answer::Failed(e)),
                 Err(TryRecvError::Empty) => None,
                 Err(TryRecvError::Closed) => Some(Answer::Lost),
@@ -76,7 +79,8 @@ pub fn request(op: &ClientOp, id: (u64, u64), deadline: Instant) -> (ClientReque
         ClientOp::Get { key, linearizable } => {
             let (reply, rx) = oneshot::channel();
             let r = ClientRequest::Read {
-                key: key.clone(),
+                range: KeyRange::Key(key.clone()),
+                opts: ReadOpts::default(),
                 linearizable: *linearizable,
                 deadline,
                 reply,

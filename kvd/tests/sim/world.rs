@@ -275,8 +275,8 @@ pub struct World {
     next_pid: u64,
     /// (configuration, index) -> hash of the entry decided there.
     decided: BTreeMap<(u32, u64), u64>,
-    /// Applied position -> (state hash, keys).
-    hashes: BTreeMap<Position, (u64, u64)>,
+    /// Applied position -> (state hash, keys, revision).
+    hashes: BTreeMap<Position, (u64, u64, u64)>,
     pub violations: Vec<Violation>,
     pub stats: Stats,
     pub node_stats: BTreeMap<u64, NodeStats>,
@@ -1058,15 +1058,16 @@ impl World {
         }
         // The state at an applied position is the same everywhere.
         if !self.nodes[&pid].replica().is_catching_up() && lifecycle != Lifecycle::Joining {
+            let here = (state.hash, state.keys, state.revision);
             match self.hashes.get(&state.applied) {
-                Some(&(h, k)) if (h, k) != (state.hash, state.keys) => self.violation(format!(
-                    "replica {pid} at {:?} has state hash {:x} ({} keys), another replica had \
-                     {h:x} ({k} keys)",
-                    state.applied, state.hash, state.keys
+                Some(&(h, k, rev)) if (h, k, rev) != here => self.violation(format!(
+                    "replica {pid} at {:?} has state hash {:x} ({} keys, revision {}), another \
+                     replica had {h:x} ({k} keys, revision {rev})",
+                    state.applied, state.hash, state.keys, state.revision
                 )),
                 Some(_) => {}
                 None => {
-                    self.hashes.insert(state.applied, (state.hash, state.keys));
+                    self.hashes.insert(state.applied, here);
                 }
             }
         }
@@ -1259,8 +1260,8 @@ impl World {
                 }
                 let s = r.state();
                 match first {
-                    None => first = Some((s.applied, s.hash)),
-                    Some(f) if f != (s.applied, s.hash) => return false,
+                    None => first = Some((s.applied, s.hash, s.revision)),
+                    Some(f) if f != (s.applied, s.hash, s.revision) => return false,
                     Some(_) => {}
                 }
             } else if m.config_id != 0 && m.lifecycle != Lifecycle::Removed {

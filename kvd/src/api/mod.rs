@@ -1,8 +1,16 @@
-//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/status`, `/v1/log`, `/v1/members`,
-//! `/v1/reconfigure`, `/healthz`, `/readyz`, `/metrics`. Handlers never touch consensus state: they send a request to the
-//! loop's inbox and wait for its answer. The contract is docs/api.md.
+//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/kv?prefix=`, `/v1/txn`, `/v1/status`,
+//! `/v1/log`, `/v1/members`, `/v1/reconfigure`, `/healthz`, `/readyz`, `/metrics`. Handlers
+//! never touch consensus state: they send a request to the loop's inbox and wait for its
+//! answer. The contract is docs/api.md.
 
-use crate::inbox::{ClientRequest, Input, ReadValue, WriteKind};
+mod convert;
+mod kv;
+mod query;
+mod range;
+mod txn;
+mod watch;
+
+use crate::inbox::{ClientRequest, Input};
 use crate::metrics::Metrics;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -12,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use omnikv_common::api::{
     ApiError, ErrorCode, ReconfigureRequest, Role, HEADER_CLIENT_ID, HEADER_IDEMPOTENCY_KEY,
-    HEADER_INDEX, HEADER_SEQ, HEADER_TIMEOUT_MS, MAX_KEY_BYTES,
+    HEADER_SEQ, HEADER_TIMEOUT_MS, MAX_KEY_BYTES,
 };
 use omnikv_common::keys::decode_key;
 use std::collections::HashMap;
@@ -25,6 +33,9 @@ use tokio::sync::oneshot;
 pub struct ApiState {
     pub inbox: SyncSender<Input>,
     pub metrics: Arc<Metrics>,
+    /// The store, for watch streams reading the change history (never written here).
+    pub db: crate::storage::Db,
+    pub watch_hub: crate::watch::Hub,
     pub max_value_bytes: usize,
     pub default_timeout: Duration,
 }
@@ -34,9 +45,12 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route(
             "/v1/kv/{*key}",
-            get(get_key).put(put_key).delete(delete_key),
+            get(kv::get_key).put(kv::put_key).delete(kv::delete_key),
         )
         .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
+        .route("/v1/kv", get(range::get_range).delete(range::delete_range))
+        .route("/v1/txn", post(txn::txn))
+        .route("/v1/watch", get(watch::watch))
         .route("/v1/status", get(status))
         .route("/v1/log", get(log))
         .route("/v1/members", get(members))
@@ -48,7 +62,7 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-struct Error(ApiError);
+pub(crate) struct Error(ApiError);
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -58,7 +72,7 @@ impl IntoResponse for Error {
     }
 }
 
-fn err(code: ErrorCode, msg: impl Into<String>) -> Error {
+pub(crate) fn err(code: ErrorCode, msg: impl Into<String>) -> Error {
     Error(ApiError::new(code, msg))
 }
 
@@ -74,7 +88,7 @@ async fn empty_key() -> Error {
 }
 
 /// The key is the raw (percent-encoded) path after `/v1/kv/`, decoded to bytes.
-fn key_from(uri: &Uri) -> Result<Vec<u8>, Error> {
+pub(crate) fn key_from(uri: &Uri) -> Result<Vec<u8>, Error> {
     let raw = uri.path().strip_prefix("/v1/kv/").unwrap_or_default();
     let key = decode_key(raw).ok_or_else(|| {
         err(
@@ -85,6 +99,12 @@ fn key_from(uri: &Uri) -> Result<Vec<u8>, Error> {
     if key.is_empty() {
         return Err(err(ErrorCode::InvalidRequest, "empty key"));
     }
+    check_key_len(&key)?;
+    Ok(key)
+}
+
+/// Refuses a key over `MAX_KEY_BYTES`.
+pub(crate) fn check_key_len(key: &[u8]) -> Result<(), Error> {
     if key.len() > MAX_KEY_BYTES {
         return Err(err(
             ErrorCode::TooLarge,
@@ -94,7 +114,7 @@ fn key_from(uri: &Uri) -> Result<Vec<u8>, Error> {
             ),
         ));
     }
-    Ok(key)
+    Ok(())
 }
 
 fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Error> {
@@ -108,7 +128,7 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Result<Option<u64>, Error> {
     )
 }
 
-fn deadline(state: &ApiState, headers: &HeaderMap) -> Result<Instant, Error> {
+pub(crate) fn deadline(state: &ApiState, headers: &HeaderMap) -> Result<Instant, Error> {
     // Answer a little before the caller gives up, so it hears the verdict.
     let budget = omnikv_wire::request::time_budget(
         header_u64(headers, HEADER_TIMEOUT_MS)?,
@@ -118,7 +138,7 @@ fn deadline(state: &ApiState, headers: &HeaderMap) -> Result<Instant, Error> {
 }
 
 /// (client id, seq) from the headers, or from an Idempotency-Key.
-fn write_id(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
+pub(crate) fn write_id(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
     let client = header_u64(headers, HEADER_CLIENT_ID)?;
     let seq = header_u64(headers, HEADER_SEQ)?;
     let key = headers
@@ -132,7 +152,7 @@ fn write_id(headers: &HeaderMap) -> Result<Option<(u64, u64)>, Error> {
     })
 }
 
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     state: &ApiState,
     make: impl FnOnce(oneshot::Sender<T>) -> ClientRequest,
     until: Instant,
@@ -163,125 +183,6 @@ async fn ask<T>(
             ErrorCode::Indeterminate,
             "no answer from the consensus loop in time",
         )),
-    }
-}
-
-async fn put_key(
-    State(state): State<ApiState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, Error> {
-    let started = Instant::now();
-    let key = key_from(&uri)?;
-    let value = axum::body::to_bytes(body, state.max_value_bytes)
-        .await
-        .map_err(|_| {
-            err(
-                ErrorCode::TooLarge,
-                format!("value exceeds the {}-byte limit", state.max_value_bytes),
-            )
-        })?;
-    let kind = WriteKind::Put {
-        key,
-        value: value.to_vec(),
-    };
-    write(&state, &headers, kind, "put", started).await
-}
-
-/// Hands a write to the loop and answers with its outcome (shared by PUT and DELETE).
-async fn write(
-    state: &ApiState,
-    headers: &HeaderMap,
-    kind: WriteKind,
-    op: &str,
-    started: Instant,
-) -> Result<Response, Error> {
-    let id = write_id(headers)?;
-    let until = deadline(state, headers)?;
-    let r = ask(
-        state,
-        |reply| ClientRequest::Write {
-            kind,
-            id,
-            deadline: until,
-            reply,
-        },
-        until,
-    )
-    .await?;
-    state.metrics.observe(op, started.elapsed().as_secs_f64());
-    Ok(Json(r.map_err(Error)?).into_response())
-}
-
-async fn delete_key(
-    State(state): State<ApiState>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let started = Instant::now();
-    let key = key_from(&uri)?;
-    write(
-        &state,
-        &headers,
-        WriteKind::Delete { key },
-        "delete",
-        started,
-    )
-    .await
-}
-
-async fn get_key(
-    State(state): State<ApiState>,
-    uri: Uri,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Response, Error> {
-    let started = Instant::now();
-    let key = key_from(&uri)?;
-    let linearizable = match q.get("consistency").map(String::as_str) {
-        None | Some("linearizable") => true,
-        Some("local") => false,
-        Some(other) => {
-            return Err(err(
-                ErrorCode::InvalidRequest,
-                format!("unknown consistency {other:?} (linearizable or local)"),
-            ))
-        }
-    };
-    let until = deadline(&state, &headers)?;
-    let r: ReadValue = ask(
-        &state,
-        |reply| ClientRequest::Read {
-            key,
-            linearizable,
-            deadline: until,
-            reply,
-        },
-        until,
-    )
-    .await?
-    .map_err(Error)?;
-    state.metrics.observe(
-        if linearizable {
-            "get_linearizable"
-        } else {
-            "get_local"
-        },
-        started.elapsed().as_secs_f64(),
-    );
-    match r.value {
-        Some(v) => {
-            let mut resp = Response::new(Body::from(v));
-            resp.headers_mut().insert(
-                "content-type",
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            resp.headers_mut()
-                .insert(HEADER_INDEX, HeaderValue::from(r.index));
-            Ok(resp)
-        }
-        None => Err(err(ErrorCode::NotFound, "key not found")),
     }
 }
 

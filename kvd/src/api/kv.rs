@@ -1,0 +1,176 @@
+//! One key: `PUT`, `GET` and `DELETE /v1/kv/{key}`, and the write path every write shares.
+
+use super::convert::key_value;
+use super::query::QueryParams;
+use super::{ask, deadline, err, key_from, write_id, ApiState, Error};
+use crate::command::{KeyRange, ReadOpts};
+use crate::inbox::{ClientRequest, ReadAnswer, WriteAnswer, WriteKind};
+use crate::state_machine::OpResult;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use omnikv_common::api::{ErrorCode, WriteResult, HEADER_INDEX};
+use omnikv_common::kv::{
+    HEADER_CREATE_REVISION, HEADER_MOD_REVISION, HEADER_REVISION, HEADER_VERSION,
+};
+use std::time::Instant;
+
+/// Hands a write to the loop and waits for how it was applied (every write comes here).
+pub(crate) async fn submit_write(
+    state: &ApiState,
+    headers: &HeaderMap,
+    kind: WriteKind,
+    op: &str,
+    started: Instant,
+) -> Result<WriteAnswer, Error> {
+    let id = write_id(headers)?;
+    let until = deadline(state, headers)?;
+    let r = ask(
+        state,
+        |reply| ClientRequest::Write {
+            kind,
+            id,
+            deadline: until,
+            reply,
+        },
+        until,
+    )
+    .await?;
+    state.metrics.observe(op, started.elapsed().as_secs_f64());
+    r.map_err(Error)
+}
+
+/// The answer to a single-key put or delete; the previous key when `prev` was asked.
+fn write_result(answer: WriteAnswer, prev: bool) -> WriteResult {
+    let o = answer.outcome;
+    let prev_kv = match answer.results.as_deref() {
+        Some([OpResult::Put { prev: Some(kv) }]) => Some(kv.clone()),
+        Some([OpResult::Delete { prev: kvs }]) => kvs.first().cloned(),
+        _ => None,
+    };
+    WriteResult {
+        config_id: o.config_id,
+        index: o.index,
+        existed: o.existed,
+        revision: o.revision,
+        prev: prev_kv.filter(|_| prev).map(|kv| key_value(kv, false)),
+        replayed: answer.results.is_none(),
+    }
+}
+
+pub(crate) async fn put_key(
+    State(state): State<ApiState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Error> {
+    let started = Instant::now();
+    let key = key_from(&uri)?;
+    let prev = QueryParams::parse(uri.query(), &["prev"])?.flag("prev")?;
+    let value = axum::body::to_bytes(body, state.max_value_bytes)
+        .await
+        .map_err(|_| {
+            err(
+                ErrorCode::TooLarge,
+                format!("value exceeds the {}-byte limit", state.max_value_bytes),
+            )
+        })?;
+    let kind = WriteKind::Put {
+        key,
+        value: value.to_vec(),
+    };
+    let answer = submit_write(&state, &headers, kind, "put", started).await?;
+    Ok(Json(write_result(answer, prev)).into_response())
+}
+
+pub(crate) async fn delete_key(
+    State(state): State<ApiState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let started = Instant::now();
+    let key = key_from(&uri)?;
+    let prev = QueryParams::parse(uri.query(), &["prev"])?.flag("prev")?;
+    let answer = submit_write(
+        &state,
+        &headers,
+        WriteKind::Delete { key },
+        "delete",
+        started,
+    )
+    .await?;
+    Ok(Json(write_result(answer, prev)).into_response())
+}
+
+/// Reads `range` through the loop (linearizable or local) and times it.
+pub(crate) async fn read(
+    state: &ApiState,
+    headers: &HeaderMap,
+    range: KeyRange,
+    opts: ReadOpts,
+    linearizable: bool,
+    started: Instant,
+) -> Result<ReadAnswer, Error> {
+    let until = deadline(state, headers)?;
+    let r = ask(
+        state,
+        |reply| ClientRequest::Read {
+            range,
+            opts,
+            linearizable,
+            deadline: until,
+            reply,
+        },
+        until,
+    )
+    .await?
+    .map_err(Error)?;
+    state.metrics.observe(
+        if linearizable {
+            "get_linearizable"
+        } else {
+            "get_local"
+        },
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(r)
+}
+
+pub(crate) async fn get_key(
+    State(state): State<ApiState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let started = Instant::now();
+    let key = key_from(&uri)?;
+    let linearizable = QueryParams::parse(uri.query(), &["consistency"])?.linearizable()?;
+    let r = read(
+        &state,
+        &headers,
+        KeyRange::Key(key),
+        ReadOpts::default(),
+        linearizable,
+        started,
+    )
+    .await?;
+    let Some(kv) = r.result.kvs.into_iter().next() else {
+        return Err(err(ErrorCode::NotFound, "key not found"));
+    };
+    let mut resp = Response::new(Body::from(kv.value));
+    let h = resp.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(HEADER_INDEX, HeaderValue::from(r.index));
+    h.insert(HEADER_REVISION, HeaderValue::from(r.revision));
+    h.insert(
+        HEADER_CREATE_REVISION,
+        HeaderValue::from(kv.create_revision),
+    );
+    h.insert(HEADER_MOD_REVISION, HeaderValue::from(kv.mod_revision));
+    h.insert(HEADER_VERSION, HeaderValue::from(kv.version));
+    Ok(resp)
+}

@@ -1,0 +1,241 @@
+//! The change history behind watch: every applied put and delete as an event, stored in the
+//! `history` column family under `revision (u64 BE) ++ n (u32 BE)`, written in the same batch
+//! as the data it describes, and trimmed (whole revisions, oldest first) to this replica's
+//! limits. History is local, not replicated state: each replica keeps what it applied,
+//! from `first` on. A replica that installed a checkpoint holds history from the
+//! checkpoint's revision + 1 on.
+
+use crate::codec::{decode, encode};
+use crate::storage::{Db, StoreError, CF_HISTORY, CF_META};
+use rocksdb::{IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+const META_HISTORY: &[u8] = b"history";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change to one key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub key: Vec<u8>,
+    /// The new value (empty for a delete).
+    pub value: Vec<u8>,
+    /// The revision of the write (the key's mod revision after a put).
+    pub revision: u64,
+    /// The key's create revision after a put (0 for a delete).
+    pub create_revision: u64,
+    /// The key's version after a put (0 for a delete).
+    pub version: u64,
+    /// The value before the change, if the key existed.
+    pub prev_value: Option<Vec<u8>>,
+}
+
+impl Event {
+    fn size(&self) -> u64 {
+        (48 + self.key.len() + self.value.len() + self.prev_value.as_ref().map_or(0, Vec::len))
+            as u64
+    }
+}
+
+/// How much history a replica keeps (kvd `--history-events`, `--history-bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub max_events: u64,
+    pub max_bytes: u64,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_events: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What the history holds: revisions `[first, ...)`, and its size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMeta {
+    /// The oldest revision whose events are all kept; a watch from below is `compacted`.
+    pub first: u64,
+    pub events: u64,
+    pub bytes: u64,
+}
+
+fn event_key(revision: u64, n: u32) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&revision.to_be_bytes());
+    k[8..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// The stored history meta, or a history starting after `revision` when there is none.
+pub fn load_meta(db: &Db, revision: u64) -> Result<HistoryMeta, StoreError> {
+    match db.get(CF_META, META_HISTORY)? {
+        Some(b) => decode(&b).map_err(|e| corrupt("history meta", e)),
+        None => Ok(HistoryMeta {
+            first: revision + 1,
+            ..HistoryMeta::default()
+        }),
+    }
+}
+
+/// Adds `events` (one applied batch, in order) to `batch`, then trims the stored history to
+/// `limits` (never the events of this batch). Updates `meta` and writes it in `batch`.
+pub fn append(
+    db: &Db,
+    meta: &mut HistoryMeta,
+    limits: HistoryLimits,
+    events: &[Event],
+    batch: &mut WriteBatch,
+) -> Result<(), StoreError> {
+    let cf = db.cf(CF_HISTORY);
+    let mut n = 0u32;
+    let mut last = None;
+    for e in events {
+        if last != Some(e.revision) {
+            n = 0;
+            last = Some(e.revision);
+        }
+        batch.put_cf(cf, event_key(e.revision, n), encode(e));
+        n += 1;
+        meta.events += 1;
+        meta.bytes += e.size();
+    }
+    if meta.events > limits.max_events || meta.bytes > limits.max_bytes {
+        trim(db, meta, limits, events, batch)?;
+    }
+    batch.put_cf(db.cf(CF_META), META_HISTORY, encode(meta));
+    Ok(())
+}
+
+/// Drops the oldest stored revisions until the history is within 90% of its limits (so a
+/// trim is not needed after every batch).
+fn trim(
+    db: &Db,
+    meta: &mut HistoryMeta,
+    limits: HistoryLimits,
+    events: &[Event],
+    batch: &mut WriteBatch,
+) -> Result<(), StoreError> {
+    let target_events = limits.max_events / 10 * 9;
+    let target_bytes = limits.max_bytes / 10 * 9;
+    let protected = events.first().map_or(u64::MAX, |e| e.revision);
+    let mut cut = meta.first;
+    let mut pending: Option<(u64, u64, u64)> = None; // (revision, events, bytes) of one revision
+    for item in db.raw().iterator_cf(db.cf(CF_HISTORY), IteratorMode::Start) {
+        let (_, v) = item?;
+        let e: Event = decode(&v).map_err(|e| corrupt("history event", e))?;
+        if e.revision >= protected {
+            break;
+        }
+        match &mut pending {
+            Some((rev, n, b)) if *rev == e.revision => {
+                *n += 1;
+                *b += e.size();
+            }
+            _ => {
+                if let Some((rev, n, b)) = pending.take() {
+                    meta.events = meta.events.saturating_sub(n);
+                    meta.bytes = meta.bytes.saturating_sub(b);
+                    cut = rev + 1;
+                    if meta.events <= target_events && meta.bytes <= target_bytes {
+                        break;
+                    }
+                }
+                pending = Some((e.revision, 1, e.size()));
+            }
+        }
+    }
+    if let Some((rev, n, b)) = pending {
+        if meta.events > target_events || meta.bytes > target_bytes {
+            meta.events = meta.events.saturating_sub(n);
+            meta.bytes = meta.bytes.saturating_sub(b);
+            cut = rev + 1;
+        }
+    }
+    if cut > meta.first {
+        batch.delete_range_cf(db.cf(CF_HISTORY), event_key(0, 0), event_key(cut, 0));
+        meta.first = cut;
+    }
+    Ok(())
+}
+
+/// Empties the history: it starts again after `revision` (a checkpoint was installed).
+pub fn reset(db: &Db, revision: u64, batch: &mut WriteBatch) -> HistoryMeta {
+    batch.delete_range_cf(
+        db.cf(CF_HISTORY),
+        event_key(0, 0),
+        event_key(u64::MAX, u32::MAX),
+    );
+    let meta = HistoryMeta {
+        first: revision + 1,
+        ..HistoryMeta::default()
+    };
+    batch.put_cf(db.cf(CF_META), META_HISTORY, encode(&meta));
+    meta
+}
+
+/// What a read of the history found.
+pub enum HistoryRead {
+    /// Events from the asked revision on (whole revisions, at least `max` events unless the
+    /// history ended), and the last revision the read covered (the store's revision then).
+    Events { events: Vec<Event>, through: u64 },
+    /// The asked revision is older than the oldest kept: `first` is the oldest there is.
+    Compacted { first: u64 },
+}
+
+/// Reads events of revisions `from..` from one consistent snapshot of the store.
+pub fn read(db: &Db, from: u64, max: usize) -> Result<HistoryRead, StoreError> {
+    let snap = db.raw().snapshot();
+    let meta: HistoryMeta = match snap.get_cf(db.cf(CF_META), META_HISTORY)? {
+        Some(b) => decode(&b).map_err(|e| corrupt("history meta", e))?,
+        None => HistoryMeta {
+            first: 1,
+            ..HistoryMeta::default()
+        },
+    };
+    let revision = match snap.get_cf(db.cf(CF_META), super::record::META_SM)? {
+        Some(b) => {
+            decode::<omnikv_wire::state::SmMeta>(&b)
+                .map_err(|e| corrupt("state machine meta", e))?
+                .revision
+        }
+        None => 0,
+    };
+    if from < meta.first {
+        return Ok(HistoryRead::Compacted { first: meta.first });
+    }
+    let mut events: Vec<Event> = Vec::new();
+    let start = event_key(from, 0);
+    let it = snap.iterator_cf(
+        db.cf(CF_HISTORY),
+        IteratorMode::From(&start, rocksdb::Direction::Forward),
+    );
+    for item in it {
+        let (_, v) = item?;
+        let e: Event = decode(&v).map_err(|e| corrupt("history event", e))?;
+        if events.len() >= max && events.last().is_some_and(|l| l.revision != e.revision) {
+            // Stop at a revision boundary: the read covers every revision before this one.
+            let through = events.last().map_or(revision, |l| l.revision);
+            return Ok(HistoryRead::Events { events, through });
+        }
+        events.push(e);
+    }
+    Ok(HistoryRead::Events {
+        events,
+        through: revision,
+    })
+}

@@ -1,0 +1,742 @@
+//! The replicated state machine: applies decided entries to the `kv` column family, with
+//! (client, seq) deduplication as replicated state. Everything here is a pure function of
+//! the log content (no wall clock): every replica applying the same entries ends in the same
+//! state, revision, dedup table and eviction included.
+//!
+//! Invariant: the applied position, the revision, the dedup changes and the KV mutations of a
+//! batch of entries are written in ONE RocksDB batch.
+
+pub mod history;
+mod record;
+mod txn;
+mod view;
+
+use crate::codec::{decode, encode};
+use crate::command::{KeyRange, LogCmd, Op, ReadOpts, ReqId};
+use crate::storage::{Db, StoreError, CF_DEDUP, CF_META};
+use record::META_SM;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+pub use history::{Event, EventKind, HistoryLimits, HistoryMeta};
+pub use omnikv_wire::state::{pair_hash, Position, SmMeta};
+pub use record::{KeyValue, KvRecord, UPGRADE_REVISION};
+pub use txn::OpResult;
+pub use view::{Overlay, RangeResult, PAGE_BYTES};
+
+/// What a write did, as remembered for duplicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub config_id: u32,
+    pub index: u64,
+    /// The store's revision once the write was applied (the write's own revision when it
+    /// changed something).
+    pub revision: u64,
+    /// Plain put and delete: whether the key existed before the write. False for transactions.
+    pub existed: bool,
+    /// Transactions: whether the compares held (true for plain writes).
+    pub succeeded: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupRecord {
+    pub ts_ms: u64,
+    pub outcome: Outcome,
+}
+
+/// Why a write was not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is older than the dedup window: a retry of it could run twice.
+    TooOld,
+}
+
+/// The result of one applied operation, for the loop to answer waiting clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Write {
+        req: ReqId,
+        result: Result<Outcome, Refusal>,
+        /// What each operation did, for a write applied now (not for a duplicate, which is
+        /// answered from its remembered outcome alone).
+        results: Option<Vec<OpResult>>,
+    },
+    Barrier {
+        origin: u64,
+        id: u64,
+    },
+}
+
+/// Dedup limits.
+#[derive(Clone, Copy, Debug)]
+pub struct DedupLimits {
+    pub ttl_ms: u64,
+    pub max_records: usize,
+}
+
+pub struct StateMachine {
+    db: Db,
+    meta: SmMeta,
+    limits: DedupLimits,
+    history_limits: HistoryLimits,
+    /// What the change history holds (local to this replica).
+    history: HistoryMeta,
+    /// The changes the last `apply` made, for live watchers (`take_events`).
+    events: Vec<Event>,
+    records: HashMap<(u64, u64), DedupRecord>,
+    /// Eviction order: oldest timestamp first, ties by (client, seq): deterministic.
+    by_age: BTreeSet<(u64, u64, u64)>,
+    /// Test-only defect (`replica::Defect::ApplyIgnoresDedup`): duplicates apply again.
+    ignore_dedup: bool,
+}
+
+pub fn dedup_key(client: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&client.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl StateMachine {
+    /// Loads the state machine's metadata and dedup table from `db`.
+    /// A store written before revisions existed is upgraded first (`record`).
+    pub fn load(
+        db: Db,
+        limits: DedupLimits,
+        history_limits: HistoryLimits,
+    ) -> Result<StateMachine, StoreError> {
+        let meta = record::load_meta(&db)?;
+        let history = history::load_meta(&db, meta.revision)?;
+        let mut sm = StateMachine {
+            db,
+            meta,
+            limits,
+            history_limits,
+            history,
+            events: Vec::new(),
+            records: HashMap::new(),
+            by_age: BTreeSet::new(),
+            ignore_dedup: false,
+        };
+        sm.reload_dedup()?;
+        Ok(sm)
+    }
+
+    fn reload_dedup(&mut self) -> Result<(), StoreError> {
+        self.records.clear();
+        self.by_age.clear();
+        for item in self
+            .db
+            .raw()
+            .iterator_cf(self.db.cf(CF_DEDUP), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            if k.len() != 16 {
+                continue;
+            }
+            let client = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            let seq = u64::from_be_bytes(k[8..].try_into().expect("8 bytes"));
+            let rec: DedupRecord = decode(&v).map_err(|e| StoreError::Corrupt {
+                what: "dedup record",
+                detail: e.to_string(),
+            })?;
+            self.records.insert((client, seq), rec);
+            self.by_age.insert((rec.ts_ms, client, seq));
+        }
+        Ok(())
+    }
+
+    /// Re-reads everything from disk (after a checkpoint was switched in).
+    pub fn reload(&mut self) -> Result<(), StoreError> {
+        let ignore_dedup = self.ignore_dedup;
+        *self = StateMachine::load(self.db.clone(), self.limits, self.history_limits)?;
+        self.ignore_dedup = ignore_dedup;
+        Ok(())
+    }
+
+    pub fn meta(&self) -> SmMeta {
+        self.meta
+    }
+
+    /// What the change history holds.
+    pub fn history(&self) -> HistoryMeta {
+        self.history
+    }
+
+    /// The changes the last `apply` made, in order (for live watchers).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn applied(&self) -> Position {
+        self.meta.applied
+    }
+
+    pub fn dedup_len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Reads a key's value from the applied state.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(Overlay::default().get(&self.db, key)?.map(|r| r.value))
+    }
+
+    /// Reads a key or a range from the applied state.
+    pub fn read(&self, range: &KeyRange, opts: &ReadOpts) -> Result<RangeResult, StoreError> {
+        Overlay::default().read(&self.db, range, opts)
+    }
+
+    /// Moves the applied position without applying anything (a new configuration starts, or
+    /// a checkpoint positioned us). Written unsynced, like every apply.
+    pub fn set_applied(&mut self, applied: Position) -> Result<(), StoreError> {
+        self.meta.applied = applied;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.db.cf(CF_META), META_SM, encode(&self.meta));
+        self.db.write(batch)
+    }
+
+    /// Moves the applied position as part of the caller's `batch` (a configuration switch
+    /// writes it with the new configuration).
+    pub fn set_applied_in(&mut self, applied: Position, batch: &mut WriteBatch) {
+        self.meta.applied = applied;
+        batch.put_cf(self.db.cf(CF_META), META_SM, encode(&self.meta));
+    }
+
+    /// Applies `entries`, which are the decided entries starting exactly at the applied
+    /// position of configuration `config_id`. One RocksDB batch for all of them. `wanted`
+    /// says which writes someone waits for here: only they get their per-operation results.
+    pub fn apply(
+        &mut self,
+        config_id: u32,
+        entries: &[LogCmd],
+        wanted: &dyn Fn(&ReqId) -> bool,
+    ) -> Result<Vec<Applied>, StoreError> {
+        debug_assert_eq!(self.meta.applied.config_id, config_id);
+        let mut batch = WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut results = Vec::new();
+        let mut events = Vec::new();
+        let db = self.db.clone();
+        let cf_dedup = db.cf(CF_DEDUP);
+        for entry in entries {
+            let index = self.meta.applied.index;
+            for op in &entry.ops {
+                let Some(req) = op.req() else {
+                    if let Op::Barrier { origin, id } = op {
+                        results.push(Applied::Barrier {
+                            origin: *origin,
+                            id: *id,
+                        });
+                    }
+                    continue;
+                };
+                let (result, op_results) = match self.check_dedup(req) {
+                    Err(r) => (Err(r), None),
+                    Ok(Some(previous)) => (Ok(previous), None),
+                    Ok(None) => {
+                        let (outcome, op_results) = self.execute(
+                            op,
+                            config_id,
+                            index,
+                            &mut overlay,
+                            &mut batch,
+                            &mut events,
+                        )?;
+                        let rec = DedupRecord {
+                            ts_ms: req.ts_ms,
+                            outcome,
+                        };
+                        self.records.insert((req.client, req.seq), rec);
+                        self.by_age.insert((req.ts_ms, req.client, req.seq));
+                        batch.put_cf(cf_dedup, dedup_key(req.client, req.seq), encode(&rec));
+                        self.meta.clock_ms = self.meta.clock_ms.max(req.ts_ms);
+                        (Ok(outcome), wanted(req).then_some(op_results))
+                    }
+                };
+                results.push(Applied::Write {
+                    req: *req,
+                    result,
+                    results: op_results,
+                });
+            }
+            self.evict(&mut batch);
+            self.meta.applied.index += 1;
+        }
+        history::append(
+            &db,
+            &mut self.history,
+            self.history_limits,
+            &events,
+            &mut batch,
+        )?;
+        self.events = events;
+        batch.put_cf(self.db.cf(CF_META), META_SM, encode(&self.meta));
+        // Not synced on its own: the entries are durable in the log, so a crash that loses
+        // this batch only moves the applied position back (WAL order keeps a prefix), and the
+        // entries are applied again. The next required sync covers it.
+        crate::failpoint::hit("apply");
+        self.db.write_lazy(batch)?;
+        Ok(results)
+    }
+
+    /// Applies one client write (not a duplicate) under the next revision.
+    fn execute(
+        &mut self,
+        op: &Op,
+        config_id: u32,
+        index: u64,
+        overlay: &mut Overlay,
+        batch: &mut WriteBatch,
+        events: &mut Vec<Event>,
+    ) -> Result<(Outcome, Vec<OpResult>), StoreError> {
+        let db = self.db.clone();
+        let mut meta = self.meta;
+        let mut ex = txn::Executor {
+            db: &db,
+            overlay,
+            batch,
+            meta: &mut meta,
+            revision: self.meta.revision + 1,
+            wrote: false,
+            events,
+        };
+        let (existed, succeeded, results) = match op {
+            Op::Put { key, value, .. } => {
+                let prev = ex.put(key, value)?;
+                (prev.is_some(), true, vec![OpResult::Put { prev }])
+            }
+            Op::Delete { key, .. } => {
+                let prev = ex.delete(&KeyRange::Key(key.clone()))?;
+                (!prev.is_empty(), true, vec![OpResult::Delete { prev }])
+            }
+            Op::Txn { txn, .. } => {
+                let succeeded = ex.compares_hold(&txn.compares)?;
+                let branch = if succeeded {
+                    &txn.success
+                } else {
+                    &txn.failure
+                };
+                (false, succeeded, ex.run(branch)?)
+            }
+            // Never here (`apply` answers barriers itself); a barrier writes nothing.
+            Op::Barrier { .. } => (false, true, Vec::new()),
+        };
+        if ex.wrote {
+            meta.revision += 1;
+        }
+        self.meta = meta;
+        let outcome = Outcome {
+            config_id,
+            index,
+            revision: self.meta.revision,
+            existed,
+            succeeded,
+        };
+        Ok((outcome, results))
+    }
+
+    /// The remembered outcome of write (client, seq), if it was applied and its record is
+    /// still kept.
+    pub fn outcome_of(&self, client: u64, seq: u64) -> Option<Outcome> {
+        self.records.get(&(client, seq)).map(|r| r.outcome)
+    }
+
+    /// Test-only: switches on the `ApplyIgnoresDedup` defect (the simulator's mutation
+    /// tests show it is caught). kvd never calls it with true.
+    pub fn set_ignore_dedup(&mut self, on: bool) {
+        self.ignore_dedup = on;
+    }
+
+    /// `Ok(Some)` for a duplicate (its remembered outcome), `Ok(None)` to apply, `Err` to refuse.
+    fn check_dedup(&self, req: &ReqId) -> Result<Option<Outcome>, Refusal> {
+        if let Some(rec) = self.records.get(&(req.client, req.seq)) {
+            if !self.ignore_dedup {
+                return Ok(Some(rec.outcome));
+            }
+        }
+        let too_old = req.ts_ms.saturating_add(self.limits.ttl_ms / 2) < self.meta.clock_ms
+            || (self.meta.horizon_ms > 0 && req.ts_ms <= self.meta.horizon_ms);
+        if too_old {
+            Err(Refusal::TooOld)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Drops expired records (older than the TTL by the state machine's clock) and the oldest
+    /// beyond the cap. Deterministic: depends only on applied entries.
+    fn evict(&mut self, batch: &mut WriteBatch) {
+        let expire_before = self.meta.clock_ms.saturating_sub(self.limits.ttl_ms);
+        while let Some(&(ts, client, seq)) = self.by_age.first() {
+            if ts >= expire_before && self.records.len() <= self.limits.max_records {
+                break;
+            }
+            self.by_age.pop_first();
+            self.records.remove(&(client, seq));
+            batch.delete_cf(self.db.cf(CF_DEDUP), dedup_key(client, seq));
+            self.meta.horizon_ms = self.meta.horizon_ms.max(ts);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Compare, CompareOp, CompareTarget, Txn, TxnOp};
+
+    fn put(client: u64, seq: u64, ts: u64, k: &str, v: &str) -> Op {
+        Op::Put {
+            req: ReqId {
+                client,
+                seq,
+                ts_ms: ts,
+            },
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    fn apply_ops(sm: &mut StateMachine, ops: Vec<Op>) -> Result<Vec<Applied>, StoreError> {
+        sm.apply(1, &[LogCmd { ops }], &|_| true)
+    }
+
+    fn sm(dir: &std::path::Path, ttl_ms: u64, max_records: usize) -> StateMachine {
+        let db = Db::open(dir).unwrap();
+        let mut sm = StateMachine::load(
+            db,
+            DedupLimits {
+                ttl_ms,
+                max_records,
+            },
+            HistoryLimits::default(),
+        )
+        .unwrap();
+        sm.set_applied(Position {
+            config_id: 1,
+            index: 0,
+        })
+        .unwrap();
+        sm
+    }
+
+    #[test]
+    fn duplicate_applies_once_and_returns_first_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 60_000, 100);
+        let r1 = apply_ops(&mut sm, vec![put(7, 1, 1000, "a", "1")]).unwrap();
+        let r2 = apply_ops(
+            &mut sm,
+            vec![put(9, 1, 1001, "a", "2"), put(7, 1, 1000, "a", "1")],
+        )
+        .unwrap();
+        assert_eq!(sm.get(b"a").unwrap().unwrap(), b"2");
+        let Applied::Write {
+            result: Ok(first), ..
+        } = &r1[0]
+        else {
+            panic!()
+        };
+        let Applied::Write {
+            result: Ok(dup), ..
+        } = &r2[1]
+        else {
+            panic!()
+        };
+        assert_eq!(first, dup);
+        assert_eq!(sm.meta().keys, 1);
+        assert_eq!(sm.applied().index, 2);
+    }
+
+    #[test]
+    fn eviction_is_bounded_and_old_retries_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 10_000, 3);
+        for seq in 1..=5 {
+            apply_ops(&mut sm, vec![put(1, seq, 1000 + seq, "k", "v")]).unwrap();
+        }
+        assert_eq!(sm.dedup_len(), 3);
+        // seq 1 was evicted by the cap: its retry must be refused, not applied again.
+        let r = apply_ops(&mut sm, vec![put(1, 1, 1001, "k", "x")]).unwrap();
+        assert!(matches!(
+            &r[0],
+            Applied::Write {
+                result: Err(Refusal::TooOld),
+                ..
+            }
+        ));
+        assert_eq!(sm.get(b"k").unwrap().unwrap(), b"v");
+        // Time moves on (by log content): a request older than TTL/2 is refused.
+        apply_ops(&mut sm, vec![put(2, 1, 100_000, "t", "1")]).unwrap();
+        let r = apply_ops(&mut sm, vec![put(3, 1, 90_000, "t", "2")]).unwrap();
+        assert!(matches!(
+            &r[0],
+            Applied::Write {
+                result: Err(Refusal::TooOld),
+                ..
+            }
+        ));
+        // Everything older than the TTL is gone.
+        assert_eq!(sm.dedup_len(), 1);
+    }
+
+    #[test]
+    fn state_survives_reload_and_hash_tracks_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm1 = sm(dir.path(), 60_000, 100);
+        apply_ops(
+            &mut sm1,
+            vec![put(1, 1, 5, "a", "1"), put(1, 2, 5, "b", "2")],
+        )
+        .unwrap();
+        let h = sm1.meta().hash;
+        apply_ops(
+            &mut sm1,
+            vec![Op::Delete {
+                req: ReqId {
+                    client: 1,
+                    seq: 3,
+                    ts_ms: 6,
+                },
+                key: b"b".to_vec(),
+            }],
+        )
+        .unwrap();
+        assert_ne!(sm1.meta().hash, h);
+        assert_eq!(sm1.meta().hash, pair_hash(b"a", b"1"));
+        sm1.reload().unwrap();
+        assert_eq!(sm1.meta().keys, 1);
+        assert_eq!(sm1.dedup_len(), 3);
+    }
+
+    fn req(client: u64, seq: u64) -> ReqId {
+        ReqId {
+            client,
+            seq,
+            ts_ms: 10,
+        }
+    }
+
+    fn txn(seq: u64, compares: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Op {
+        Op::Txn {
+            req: req(50, seq),
+            txn: Txn {
+                compares,
+                success,
+                failure,
+            },
+        }
+    }
+
+    fn tput(k: &str, v: &str) -> TxnOp {
+        TxnOp::Put {
+            key: k.into(),
+            value: v.into(),
+        }
+    }
+
+    /// Applies one entry of `ops` and returns each write's outcome and results.
+    fn run(sm: &mut StateMachine, ops: Vec<Op>) -> Vec<(Outcome, Option<Vec<OpResult>>)> {
+        apply_ops(sm, ops)
+            .unwrap()
+            .into_iter()
+            .filter_map(|a| match a {
+                Applied::Write {
+                    result: Ok(o),
+                    results,
+                    ..
+                } => Some((o, results)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn record(sm: &StateMachine, k: &str) -> Option<(u64, u64, u64)> {
+        sm.read(&KeyRange::Key(k.into()), &ReadOpts::default())
+            .unwrap()
+            .kvs
+            .first()
+            .map(|kv| (kv.create_revision, kv.mod_revision, kv.version))
+    }
+
+    /// etcd's rule: one revision per write that changed something; a delete of nothing and a
+    /// failed compare change nothing; a key's counters follow its puts.
+    #[test]
+    fn revisions_follow_etcds_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 60_000, 100);
+        assert_eq!(sm.meta().revision, 0);
+        let r = run(
+            &mut sm,
+            vec![put(1, 1, 10, "a", "1"), put(1, 2, 10, "a", "2")],
+        );
+        assert_eq!((r[0].0.revision, r[0].0.existed), (1, false));
+        assert_eq!((r[1].0.revision, r[1].0.existed), (2, true));
+        assert_eq!(record(&sm, "a"), Some((1, 2, 2)));
+        // A delete of a missing key: no new revision.
+        let r = run(
+            &mut sm,
+            vec![Op::Delete {
+                req: req(1, 3),
+                key: b"zz".to_vec(),
+            }],
+        );
+        assert_eq!((r[0].0.revision, r[0].0.existed), (2, false));
+        // A failed compare: the failure branch (a read) runs, no new revision.
+        let cmp = Compare {
+            key: b"a".to_vec(),
+            op: CompareOp::Equal,
+            target: CompareTarget::Value(b"nope".to_vec()),
+        };
+        let get_a = TxnOp::Get {
+            range: KeyRange::Key(b"a".to_vec()),
+            opts: ReadOpts::default(),
+        };
+        let r = run(
+            &mut sm,
+            vec![txn(1, vec![cmp.clone()], vec![tput("a", "x")], vec![get_a])],
+        );
+        assert!(!r[0].0.succeeded);
+        assert_eq!(r[0].0.revision, 2);
+        let Some([OpResult::Get(g)]) = r[0].1.as_deref() else {
+            panic!("{:?}", r[0].1)
+        };
+        assert_eq!(g.kvs[0].value, b"2");
+        // A transaction's writes share one revision.
+        let r = run(
+            &mut sm,
+            vec![txn(2, vec![], vec![tput("b", "1"), tput("c", "1")], vec![])],
+        );
+        assert!(r[0].0.succeeded);
+        assert_eq!(r[0].0.revision, 3);
+        assert_eq!(record(&sm, "b"), Some((3, 3, 1)));
+        assert_eq!(record(&sm, "c"), Some((3, 3, 1)));
+        // Deleted and created again: a new life.
+        run(
+            &mut sm,
+            vec![
+                Op::Delete {
+                    req: req(1, 4),
+                    key: b"a".to_vec(),
+                },
+                put(1, 5, 10, "a", "again"),
+            ],
+        );
+        assert_eq!(record(&sm, "a"), Some((5, 5, 1)));
+        assert_eq!(sm.meta().revision, 5);
+        // Survives a reload.
+        sm.reload().unwrap();
+        assert_eq!(sm.meta().revision, 5);
+    }
+
+    /// Compare-and-swap: the compare sees what earlier writes in the same batch did, and a
+    /// duplicate of a transaction is answered with its first outcome, not run again.
+    #[test]
+    fn compare_and_swap_in_one_batch_and_its_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 60_000, 100);
+        let absent = |k: &str| Compare {
+            key: k.into(),
+            op: CompareOp::Equal,
+            target: CompareTarget::CreateRevision(0),
+        };
+        let r = run(
+            &mut sm,
+            vec![
+                txn(1, vec![absent("lock")], vec![tput("lock", "me")], vec![]),
+                txn(2, vec![absent("lock")], vec![tput("lock", "you")], vec![]),
+            ],
+        );
+        assert!(r[0].0.succeeded);
+        assert!(!r[1].0.succeeded, "the second sees the first's put");
+        assert_eq!(sm.get(b"lock").unwrap().unwrap(), b"me");
+        let again = run(
+            &mut sm,
+            vec![txn(
+                1,
+                vec![absent("lock")],
+                vec![tput("lock", "me")],
+                vec![],
+            )],
+        );
+        assert_eq!(again[0].0, r[0].0);
+        assert!(again[0].1.is_none(), "a duplicate carries no results");
+        let swap = Compare {
+            key: b"lock".to_vec(),
+            op: CompareOp::Equal,
+            target: CompareTarget::ModRevision(1),
+        };
+        let r = run(
+            &mut sm,
+            vec![txn(3, vec![swap], vec![tput("lock", "next")], vec![])],
+        );
+        assert!(r[0].0.succeeded);
+        assert_eq!(record(&sm, "lock"), Some((1, 2, 2)));
+    }
+
+    /// Ranges and prefix deletes, through the writes of the same batch (the overlay).
+    #[test]
+    fn ranges_see_pending_writes_and_prefix_deletes_are_one_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 60_000, 100);
+        let ops = ["app/a", "app/b", "app/c", "apq", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| put(1, i as u64 + 1, 10, k, "v"))
+            .collect();
+        run(&mut sm, ops);
+        let all = ReadOpts::default();
+        let r = sm.read(&KeyRange::prefix(b"app/"), &all).unwrap();
+        let keys: Vec<&[u8]> = r.kvs.iter().map(|kv| kv.key.as_slice()).collect();
+        assert_eq!(keys, [&b"app/a"[..], b"app/b", b"app/c"]);
+        assert_eq!((r.count, r.more), (3, false));
+        let page = ReadOpts {
+            limit: 2,
+            keys_only: true,
+            count_only: false,
+        };
+        let r = sm.read(&KeyRange::prefix(b"ap"), &page).unwrap();
+        assert_eq!((r.kvs.len(), r.count, r.more), (2, 4, true));
+        assert!(r.kvs[0].value.is_empty());
+        let r = sm
+            .read(
+                &KeyRange::prefix(b""),
+                &ReadOpts {
+                    count_only: true,
+                    ..all
+                },
+            )
+            .unwrap();
+        assert_eq!((r.kvs.len(), r.count, r.more), (0, 5, false));
+        // In one transaction: put app/d, delete the prefix app/a..app/c only, read app/.
+        let del = TxnOp::Delete {
+            range: KeyRange::Span {
+                start: b"app/a".to_vec(),
+                end: Some(b"app/d".to_vec()),
+            },
+        };
+        let get = TxnOp::Get {
+            range: KeyRange::prefix(b"app/"),
+            opts: all,
+        };
+        let r = run(
+            &mut sm,
+            vec![txn(9, vec![], vec![tput("app/d", "new"), del, get], vec![])],
+        );
+        let Some([OpResult::Put { prev: None }, OpResult::Delete { prev }, OpResult::Get(g)]) =
+            r[0].1.as_deref()
+        else {
+            panic!("{:?}", r[0].1)
+        };
+        assert_eq!(prev.len(), 3);
+        assert_eq!(g.kvs.len(), 1);
+        assert_eq!(g.kvs[0].key, b"app/d");
+        assert_eq!(r[0].0.revision, 6, "five puts, then one transaction");
+        assert_eq!(sm.meta().keys, 3);
+        let h = sm.meta().hash;
+        assert_eq!(
+            h,
+            pair_hash(b"app/d", b"new") ^ pair_hash(b"apq", b"v") ^ pair_hash(b"b", b"v")
+        );
+    }
+}

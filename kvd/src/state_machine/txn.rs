@@ -1,0 +1,159 @@
+//! Executing one client write against the state: plain puts and deletes, and transactions
+//! (compares, then one branch of puts, deletes and reads). Every write of one operation
+//! shares one revision, `revision`, which the caller makes current only if something was
+//! written (etcd's rule: a failed compare or a delete of nothing does not raise it).
+
+use super::history::{Event, EventKind};
+use super::record::{KeyValue, KvRecord};
+use super::view::{Overlay, RangeResult};
+use crate::codec::encode;
+use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, TxnOp};
+use crate::storage::{Db, StoreError, CF_KV};
+use omnikv_wire::state::{pair_hash, SmMeta};
+use rocksdb::WriteBatch;
+use std::cmp::Ordering;
+
+/// What one operation of a write did, for the client that sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpResult {
+    /// The key before the put (`None`: it was created).
+    Put {
+        prev: Option<KeyValue>,
+    },
+    /// The keys removed, with their last values.
+    Delete {
+        prev: Vec<KeyValue>,
+    },
+    Get(RangeResult),
+}
+
+/// Applies writes of one client operation to `overlay` and `batch` under `revision`.
+pub struct Executor<'a> {
+    pub db: &'a Db,
+    pub overlay: &'a mut Overlay,
+    pub batch: &'a mut WriteBatch,
+    pub meta: &'a mut SmMeta,
+    /// The revision these writes get.
+    pub revision: u64,
+    /// Whether anything was written (the revision is then raised).
+    pub wrote: bool,
+    /// The changes made, for the history.
+    pub events: &'a mut Vec<Event>,
+}
+
+impl Executor<'_> {
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        let old = self.overlay.get(self.db, key)?;
+        let record = match &old {
+            Some(o) => {
+                self.meta.hash ^= pair_hash(key, &o.value);
+                KvRecord {
+                    create_revision: o.create_revision,
+                    mod_revision: self.revision,
+                    version: o.version + 1,
+                    value: value.to_vec(),
+                }
+            }
+            None => {
+                self.meta.keys += 1;
+                KvRecord {
+                    create_revision: self.revision,
+                    mod_revision: self.revision,
+                    version: 1,
+                    value: value.to_vec(),
+                }
+            }
+        };
+        self.meta.hash ^= pair_hash(key, value);
+        self.batch.put_cf(self.db.cf(CF_KV), key, encode(&record));
+        self.events.push(Event {
+            kind: EventKind::Put,
+            key: key.to_vec(),
+            value: value.to_vec(),
+            revision: self.revision,
+            create_revision: record.create_revision,
+            version: record.version,
+            prev_value: old.as_ref().map(|o| o.value.clone()),
+        });
+        self.overlay.set(key.to_vec(), Some(record));
+        self.wrote = true;
+        Ok(old.map(|o| o.into_kv(key.to_vec())))
+    }
+
+    /// Deletes every key of `range`; returns what they held.
+    pub fn delete(&mut self, range: &KeyRange) -> Result<Vec<KeyValue>, StoreError> {
+        let mut gone = Vec::new();
+        self.overlay.scan(self.db, range, |k, r| {
+            gone.push(r.clone().into_kv(k.to_vec()));
+            true
+        })?;
+        for kv in &gone {
+            self.meta.hash ^= pair_hash(&kv.key, &kv.value);
+            self.meta.keys -= 1;
+            self.batch.delete_cf(self.db.cf(CF_KV), &kv.key);
+            self.overlay.set(kv.key.clone(), None);
+            self.events.push(Event {
+                kind: EventKind::Delete,
+                key: kv.key.clone(),
+                value: Vec::new(),
+                revision: self.revision,
+                create_revision: 0,
+                version: 0,
+                prev_value: Some(kv.value.clone()),
+            });
+        }
+        self.wrote |= !gone.is_empty();
+        Ok(gone)
+    }
+
+    pub fn read(&self, range: &KeyRange, opts: &ReadOpts) -> Result<RangeResult, StoreError> {
+        self.overlay.read(self.db, range, opts)
+    }
+
+    /// Whether every compare holds against the current state.
+    pub fn compares_hold(&self, compares: &[Compare]) -> Result<bool, StoreError> {
+        for c in compares {
+            if !self.holds(c)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn holds(&self, c: &Compare) -> Result<bool, StoreError> {
+        let current = self.overlay.get(self.db, &c.key)?;
+        let ordering = match (&c.target, &current) {
+            // An absent key has no value: only "not equal" holds against one.
+            (CompareTarget::Value(_), None) => return Ok(c.op == CompareOp::NotEqual),
+            (CompareTarget::Value(v), Some(r)) => r.value.as_slice().cmp(v.as_slice()),
+            (CompareTarget::Version(n), r) => r.as_ref().map_or(0, |r| r.version).cmp(n),
+            (CompareTarget::ModRevision(n), r) => r.as_ref().map_or(0, |r| r.mod_revision).cmp(n),
+            (CompareTarget::CreateRevision(n), r) => {
+                r.as_ref().map_or(0, |r| r.create_revision).cmp(n)
+            }
+        };
+        Ok(match c.op {
+            CompareOp::Equal => ordering == Ordering::Equal,
+            CompareOp::NotEqual => ordering != Ordering::Equal,
+            CompareOp::Greater => ordering == Ordering::Greater,
+            CompareOp::Less => ordering == Ordering::Less,
+        })
+    }
+
+    /// Runs one branch of a transaction in order (a read sees the writes before it).
+    pub fn run(&mut self, ops: &[TxnOp]) -> Result<Vec<OpResult>, StoreError> {
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                TxnOp::Put { key, value } => OpResult::Put {
+                    prev: self.put(key, value)?,
+                },
+                TxnOp::Delete { range } => OpResult::Delete {
+                    prev: self.delete(range)?,
+                },
+                TxnOp::Get { range, opts } => OpResult::Get(self.read(range, opts)?),
+            });
+        }
+        Ok(results)
+    }
+}
