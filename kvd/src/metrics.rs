@@ -55,7 +55,13 @@ pub struct Metrics {
     /// Times each OmniPaxos 0.2.4 workaround acted: `stale_own_ballot`, `stopsign_stall`,
     /// `stopsign_resync` (a re-sync corrected or dropped).
     pub workarounds: Family<WorkaroundLabel, Counter>,
-    /// Request latency by op (put, delete, get_linearizable, get_local), seconds.
+    /// The store revision applied here.
+    pub revision: Gauge,
+    /// The oldest revision the change history holds (a watch from below is `compacted`).
+    pub history_first_revision: Gauge,
+    /// Watch streams open (the watch hub counts them).
+    pub watchers: Gauge,
+    /// Request latency by op (put, delete, txn, get_linearizable, get_local), seconds.
     pub request_seconds: Family<OpLabel, Histogram>,
 }
 
@@ -87,6 +93,9 @@ impl Metrics {
             catchups: Counter::default(),
             fetched_entries: Counter::default(),
             workarounds: Family::default(),
+            revision: Gauge::default(),
+            history_first_revision: Gauge::default(),
+            watchers: Gauge::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
@@ -172,6 +181,15 @@ impl Metrics {
             "Times each OmniPaxos 0.2.4 workaround acted",
             m.workarounds.clone(),
         );
+        m.registry
+            .register("revision", "Store revision applied", m.revision.clone());
+        m.registry.register(
+            "history_first_revision",
+            "Oldest revision kept in the change history",
+            m.history_first_revision.clone(),
+        );
+        m.registry
+            .register("watchers", "Watch streams open", m.watchers.clone());
         m.registry.register(
             "request_duration_seconds",
             "Client request latency",

@@ -177,7 +177,11 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
             max_events: cfg.history_events,
             max_bytes: cfg.history_bytes,
         },
-        watch_hub: Hub::new(cfg.watch_buffer as usize, cfg.max_watchers),
+        watch_hub: Hub::new(
+            cfg.watch_buffer as usize,
+            cfg.max_watchers,
+            Default::default(),
+        ),
     }
 }
 
@@ -221,7 +225,16 @@ pub async fn serve(
             .map_or(0, |d| d.as_millis() as u64),
         rand::random(),
     );
-    let watch_hub = loop_cfg.watch_hub.clone();
+    // The hub counts its streams in the exported gauge.
+    let watch_hub = Hub::new(
+        cfg.watch_buffer as usize,
+        cfg.max_watchers,
+        metrics.watchers.clone(),
+    );
+    let loop_cfg = LoopConfig {
+        watch_hub: watch_hub.clone(),
+        ..loop_cfg
+    };
     let replica = Replica::new(
         loop_cfg,
         meta,

@@ -5,7 +5,7 @@
 //! than the ring behind is told it lagged (and ends its stream with `lagged`).
 
 use crate::state_machine::Event;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -25,7 +25,8 @@ pub enum Published {
 #[derive(Clone)]
 pub struct Hub {
     tx: broadcast::Sender<Published>,
-    watchers: Arc<AtomicUsize>,
+    /// Streams open (the `omnikv_watchers` gauge itself).
+    watchers: Gauge,
     max_watchers: usize,
 }
 
@@ -36,23 +37,23 @@ pub struct TooManyWatchers(pub usize);
 /// A live subscription; dropping it frees its watcher slot.
 pub struct Subscription {
     pub rx: broadcast::Receiver<Published>,
-    watchers: Arc<AtomicUsize>,
+    watchers: Gauge,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.watchers.fetch_sub(1, Ordering::AcqRel);
+        self.watchers.dec();
     }
 }
 
 impl Hub {
     /// A hub keeping the last `buffer` published batches for slow subscribers, and serving at
-    /// most `max_watchers` streams at once.
-    pub fn new(buffer: usize, max_watchers: usize) -> Hub {
+    /// most `max_watchers` streams at once, counted in `watchers`.
+    pub fn new(buffer: usize, max_watchers: usize, watchers: Gauge) -> Hub {
         let (tx, _) = broadcast::channel(buffer.max(1));
         Hub {
             tx,
-            watchers: Arc::new(AtomicUsize::new(0)),
+            watchers,
             max_watchers,
         }
     }
@@ -74,7 +75,7 @@ impl Hub {
     }
 
     pub fn subscribe(&self) -> Result<Subscription, TooManyWatchers> {
-        let n = self.watchers.fetch_add(1, Ordering::AcqRel);
+        let n = self.watchers.inc().max(0) as usize;
         let sub = Subscription {
             rx: self.tx.subscribe(),
             watchers: self.watchers.clone(),
@@ -87,6 +88,6 @@ impl Hub {
 
     /// Streams open now.
     pub fn watchers(&self) -> usize {
-        self.watchers.load(Ordering::Acquire)
+        self.watchers.get().max(0) as usize
     }
 }

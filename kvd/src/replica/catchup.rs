@@ -401,9 +401,10 @@ impl<P: Peers> Replica<P> {
                         .unwrap_or_else(|e| panic!("setting the applied position: {e}"));
                 }
                 self.metrics.checkpoints_installed.inc();
-                self.cfg
-                    .watch_hub
-                    .reset(self.sm.history().first, self.sm.meta().revision);
+                let (first, revision) = (self.sm.history().first, self.sm.meta().revision);
+                self.metrics.revision.set(revision as i64);
+                self.metrics.history_first_revision.set(first as i64);
+                self.cfg.watch_hub.reset(first, revision);
                 self.answer_from_checkpoint();
                 info!(
                     index = m.applied.index,

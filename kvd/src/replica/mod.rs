@@ -359,6 +359,10 @@ impl<P: Peers> Replica<P> {
         }
         r.last_decided = r.decided_idx();
         r.metrics.applied_idx.set(r.sm.applied().index as i64);
+        r.metrics.revision.set(r.sm.meta().revision as i64);
+        r.metrics
+            .history_first_revision
+            .set(r.sm.history().first as i64);
         r.db.sync().map_err(|e| e.to_string())?;
         Ok(r)
     }
@@ -747,7 +751,12 @@ impl<P: Peers> Replica<P> {
         self.metrics.applied.inc_by(entries.len() as u64);
         self.metrics.applied_idx.set(self.sm.applied().index as i64);
         let events = self.sm.take_events();
-        self.cfg.watch_hub.publish(events, self.sm.meta().revision);
+        let revision = self.sm.meta().revision;
+        self.metrics.revision.set(revision as i64);
+        self.metrics
+            .history_first_revision
+            .set(self.sm.history().first as i64);
+        self.cfg.watch_hub.publish(events, revision);
         self.answer_applied(results);
     }
 

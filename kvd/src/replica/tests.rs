@@ -87,7 +87,7 @@ fn loop_config(
             max_records: 1000,
         },
         history: HistoryLimits::default(),
-        watch_hub: crate::watch::Hub::new(16, 16),
+        watch_hub: crate::watch::Hub::new(16, 16, Default::default()),
         data_dir: dir.to_path_buf(),
         min_free_bytes: 0,
         started: now,
