@@ -239,3 +239,95 @@ pub fn read(db: &Db, from: u64, max: usize) -> Result<HistoryRead, StoreError> {
         through: revision,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(revision: u64, key: &str) -> Event {
+        Event {
+            kind: EventKind::Put,
+            key: key.into(),
+            value: b"v".to_vec(),
+            revision,
+            create_revision: revision,
+            version: 1,
+            prev_value: None,
+        }
+    }
+
+    fn commit(db: &Db, meta: &mut HistoryMeta, limits: HistoryLimits, events: &[Event]) {
+        let mut batch = WriteBatch::default();
+        append(db, meta, limits, events, &mut batch).unwrap();
+        db.write(batch).unwrap();
+    }
+
+    fn revisions(read: HistoryRead) -> Vec<u64> {
+        match read {
+            HistoryRead::Events { events, .. } => events.iter().map(|e| e.revision).collect(),
+            HistoryRead::Compacted { first } => panic!("compacted at {first}"),
+        }
+    }
+
+    /// Trimming drops whole revisions, oldest first, to 90% of the limit, and a read below
+    /// what is kept is `Compacted` with the oldest revision there is.
+    #[test]
+    fn trims_whole_revisions_and_reads_from_any_kept_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let limits = HistoryLimits {
+            max_events: 10,
+            max_bytes: u64::MAX,
+        };
+        let mut meta = load_meta(&db, 0).unwrap();
+        assert_eq!(meta.first, 1);
+        // Revisions 1..=8, each with one event, then revision 9 with three (a transaction).
+        for r in 1..=8 {
+            commit(&db, &mut meta, limits, &[put(r, "k")]);
+        }
+        commit(
+            &db,
+            &mut meta,
+            limits,
+            &[put(9, "a"), put(9, "b"), put(9, "c")],
+        );
+        // 11 events > 10: trimmed to at most 9, whole revisions: 1 and 2 go.
+        assert_eq!((meta.first, meta.events), (3, 9));
+        assert_eq!(
+            revisions(read(&db, 3, 100).unwrap()),
+            [3, 4, 5, 6, 7, 8, 9, 9, 9]
+        );
+        assert!(matches!(
+            read(&db, 2, 100).unwrap(),
+            HistoryRead::Compacted { first: 3 }
+        ));
+        // A chunk ends at a revision boundary: the three events of 9 stay together.
+        match read(&db, 8, 2).unwrap() {
+            HistoryRead::Events { events, through } => {
+                assert_eq!(events.len(), 4);
+                assert_eq!(
+                    through, 0,
+                    "no state-machine meta in this store: revision 0"
+                );
+            }
+            HistoryRead::Compacted { .. } => panic!(),
+        }
+        match read(&db, 5, 1).unwrap() {
+            HistoryRead::Events { events, through } => {
+                assert_eq!((events.len(), through), (1, 5));
+            }
+            HistoryRead::Compacted { .. } => panic!(),
+        }
+        // The meta survives a reopen; a reset starts after the checkpoint's revision.
+        assert_eq!(load_meta(&db, 0).unwrap(), meta);
+        let mut batch = WriteBatch::default();
+        let reset_meta = reset(&db, 40, &mut batch);
+        db.write(batch).unwrap();
+        assert_eq!(reset_meta.first, 41);
+        assert!(matches!(
+            read(&db, 9, 100).unwrap(),
+            HistoryRead::Compacted { first: 41 }
+        ));
+        assert!(revisions(read(&db, 41, 100).unwrap()).is_empty());
+    }
+}
