@@ -98,6 +98,7 @@ pub(crate) async fn watch(
         next,
         seen: next - 1,
         phase: Phase::History,
+        opening: true,
         progress_every: Duration::from_millis(progress_ms),
         last_sent: tokio::time::Instant::now(),
         sse,
@@ -136,6 +137,9 @@ struct WatchStream {
     /// Every change up to this revision has been sent (what progress events say).
     seen: u64,
     phase: Phase,
+    /// The first line is still to come: a progress event naming the revision the stream
+    /// starts after.
+    opening: bool,
     progress_every: Duration,
     last_sent: tokio::time::Instant,
     sse: bool,
@@ -144,6 +148,11 @@ struct WatchStream {
 impl WatchStream {
     /// The next piece of the body; `None` ends the stream.
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        if std::mem::take(&mut self.opening) {
+            return Some(Bytes::from(
+                self.line(&WatchEvent::Progress { revision: self.seen }),
+            ));
+        }
         loop {
             let lines = match self.phase {
                 Phase::Done => return None,
