@@ -184,7 +184,11 @@ fn put_get_delete_against_a_fake_replica() {
     assert_eq!((code(&o), stdout(&o).as_str()), (0, "hello world\n"));
     let o = go(&["-o", "json", "get", "a"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v, serde_json::json!({"key": "a", "value": "hello world"}));
+    assert_eq!(
+        v,
+        serde_json::json!({"key": "a", "value": "hello world", "revision": 9,
+            "create_revision": 2, "mod_revision": 8, "version": 3})
+    );
     let o = go(&["--consistency", "local", "get", "a"]);
     assert_eq!(stdout(&o), "hello world\n");
 

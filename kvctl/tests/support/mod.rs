@@ -81,10 +81,24 @@ pub fn start(pid: u64) -> MockKvd {
     MockKvd { port, store }
 }
 
+/// The revision headers every successful single-key read carries (fixed numbers: the
+/// tests check how kvctl renders them).
+pub const READ_HEADERS: &str = "omnikv-index: 12\r\nomnikv-revision: 9\r\n\
+    omnikv-create-revision: 2\r\nomnikv-mod-revision: 8\r\nomnikv-version: 3\r\n";
+
 fn respond(stream: &mut TcpStream, status: u16, body: &[u8]) -> std::io::Result<()> {
+    respond_with(stream, status, "", body)
+}
+
+fn respond_with(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     write!(
         stream,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\n{headers}connection: close\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;
@@ -135,7 +149,7 @@ fn serve(
         let index = store.len() as u64 + 5;
         return match method {
             "GET" => match store.get(&key) {
-                Some(v) => respond(&mut stream, 200, v),
+                Some(v) => respond_with(&mut stream, 200, READ_HEADERS, v),
                 None => error(&mut stream, ErrorCode::NotFound, "key not found"),
             },
             "PUT" => {
