@@ -373,3 +373,109 @@ fn piped_shell() {
     assert_eq!(lines[1], "error: key not found: zz");
     assert!(b.store.lock().unwrap().is_empty());
 }
+
+#[test]
+fn new_verbs_refuse_bad_flags_and_input_before_sending() {
+    for args in [
+        &["get", "k", "--prefix", "p"][..],
+        &["get", "--prefix", "p", "--from", "a"],
+        &["get", "--to", "b"],
+        &["get", "k", "--limit", "3"],
+        &["get", "--prefix", "p", "--keys-only", "--count-only"],
+        &["get", "--prefix", "p", "--limit", "0"],
+        &["delete", "--prefix", "p", "k"],
+        &["put", "k", "v", "--if-absent", "--if-mod-revision", "3"],
+        &["put", "k", "v", "--if-mod-revision", "x"],
+        &["watch"],
+        &["watch", "k", "--rev", "0"],
+        &["watch", "k", "--count", "0"],
+        &["txn", "/nonexistent/file"],
+        &["--endpoints", DEAD, "put", "", "v", "--if-absent"],
+    ] {
+        let o = run(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    let o = run_with_stdin(
+        &["--endpoints", DEAD, "txn"],
+        b"val(\"k\") = \"v\"\n\nput k\n",
+    );
+    assert_eq!(code(&o), 2);
+    assert_eq!(
+        stderr(&o),
+        "error: usage: stdin: line 3: usage: put KEY VALUE (quote a VALUE with spaces)\n"
+    );
+}
+
+#[test]
+fn a_watch_nothing_serves_exits_3_within_the_timeout() {
+    let start = Instant::now();
+    let o = run(&[
+        "--endpoints",
+        DEAD,
+        "--timeout",
+        "500ms",
+        "watch",
+        "k",
+        "--rev",
+        "1",
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: unavailable: "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn a_watch_compacted_everywhere_exits_5() {
+    let a = support::start(1);
+    let b = support::start(2);
+    let eps = format!("{},{}", a.endpoint(), b.endpoint());
+    let o = run(&[
+        "--endpoints",
+        &eps,
+        "--timeout",
+        "2s",
+        "watch",
+        "--prefix",
+        "cfg/",
+        "--rev",
+        "3",
+    ]);
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    // The first endpoint's answer moved the watch to the second, which said the same.
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("watch: resumed on "), "{err}");
+    assert!(
+        lines[1]
+            .starts_with("error: compacted: revision 3 is older than the history of every replica"),
+        "{err}"
+    );
+    assert!(err.contains("history of fake 1 starts at 40"), "{err}");
+    assert!(err.contains("history of fake 2 starts at 40"), "{err}");
+    let o = run(&[
+        "--endpoints",
+        &eps,
+        "-o",
+        "json",
+        "watch",
+        "k",
+        "--rev",
+        "3",
+    ]);
+    assert_eq!(code(&o), 5);
+    let err = stderr(&o);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(lines[0]["resumed"]["revision"], 3);
+    assert_eq!(lines[1]["error"]["code"], "compacted");
+}

@@ -1,5 +1,6 @@
 //! `watch KEY | --prefix P | --from A [--to B]`: one line per change, resuming by itself
-//! (the common client's `Watch`); notes about resumption go to stderr.
+//! (the common client's `Watch`); notes about resumption go to stderr (`watch: resumed on
+//! ...`, with `-o json` a `{"resumed": {...}}` line).
 
 use crate::cli::OutputFormat;
 use crate::exit::Error;
@@ -32,10 +33,18 @@ pub async fn run(
                 reason,
             }) => {
                 // Diagnostics only: failing to print them must not end the watch.
-                let _ = writeln!(
-                    err,
-                    "watch: resumed on {endpoint} at revision {revision} ({reason})"
-                );
+                let _ = match format {
+                    OutputFormat::Text => writeln!(
+                        err,
+                        "watch: resumed on {endpoint} at revision {revision} ({reason})"
+                    ),
+                    OutputFormat::Json => output::json_line(
+                        err,
+                        &serde_json::json!({"resumed": {
+                            "endpoint": endpoint, "revision": revision, "reason": reason
+                        }}),
+                    ),
+                };
             }
             Err(WatchError::Client(e)) => return Err(e.into()),
             Err(e @ WatchError::Compacted { .. }) => return Err(Error::Compacted(e.to_string())),

@@ -2,6 +2,7 @@
 //! connection) to answer the kv, status and log endpoints from an in-memory map.
 //!
 //! Special keys: `toolarge` answers 413 too_large, `maybe` answers 504 indeterminate.
+//! `/v1/watch` answers a stream whose one line says the revision is compacted.
 
 use omnikv_common::keys::decode_key;
 use omnikv_common::{ApiError, ErrorCode, LogEntryView, LogView, Role, StatusView, WriteResult};
@@ -185,6 +186,15 @@ fn serve(
             respond(&mut stream, 200, &json(&status_view(pid, keys)))
         }
         "/v1/log" => respond(&mut stream, 200, &json(&log_view())),
+        "/v1/watch" => {
+            let end = omnikv_common::kv::WatchEvent::Compacted {
+                oldest_revision: 40,
+                message: format!("history of fake {pid} starts at 40"),
+            };
+            let mut line = json(&end);
+            line.push(b'\n');
+            respond(&mut stream, 200, &line)
+        }
         _ => error(&mut stream, ErrorCode::NotFound, "no such path"),
     }
 }
