@@ -10,7 +10,8 @@ mod watch;
 
 pub use data::{KeySet, RangeOpts, ValueRead};
 pub use watch::{
-    Cursor, EventStream, Watch, WatchError, WatchItem, WatchRequest, MAX_WATCH_LINE_BYTES,
+    Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,
+    MAX_WATCH_LINE_BYTES,
 };
 
 use crate::api::{

@@ -479,3 +479,34 @@ fn a_watch_compacted_everywhere_exits_5() {
     assert_eq!(lines[0]["resumed"]["revision"], 3);
     assert_eq!(lines[1]["error"]["code"], "compacted");
 }
+
+#[test]
+fn a_watch_stream_that_sends_junk_or_a_huge_line_ends_instead_of_resuming() {
+    let kvd = support::start(1);
+    let ep = kvd.endpoint();
+    for (key, what) in [
+        ("junk", "not a watch event"),
+        ("huge", "over 4194304 bytes"),
+    ] {
+        let start = Instant::now();
+        let o = run(&[
+            "--endpoints",
+            &ep,
+            "--timeout",
+            "2s",
+            "watch",
+            key,
+            "--rev",
+            "1",
+        ]);
+        assert_eq!(code(&o), 5, "{key}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error: rejected (internal): the watch stream from ")
+                && err.contains(what),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "no resumption: {err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -94,8 +94,10 @@ pub struct EventStream {
 
 impl EventStream {
     /// The next event; `Ok(None)` when the replica ended the stream cleanly; `Err` when the
-    /// connection failed, nothing came for `idle`, or a line was too long or not an event.
-    pub async fn next_event(&mut self, idle: Duration) -> Result<Option<WatchEvent>, String> {
+    /// connection failed or nothing came for `idle` ([`StreamError::Broken`]: resume), or a
+    /// line was too long or not an event ([`StreamError::Invalid`]: resuming would read it
+    /// again).
+    pub async fn next_event(&mut self, idle: Duration) -> Result<Option<WatchEvent>, StreamError> {
         loop {
             if let Some(i) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + i;
@@ -105,25 +107,42 @@ impl EventStream {
                 if line.is_empty() {
                     continue;
                 }
-                return serde_json::from_slice(line)
-                    .map(Some)
-                    .map_err(|e| format!("a line that is not a watch event: {e}"));
+                return serde_json::from_slice(line).map(Some).map_err(|e| {
+                    StreamError::Invalid(format!("a line that is not a watch event: {e}"))
+                });
             }
             self.scanned = self.buf.len();
             if self.buf.len() > MAX_WATCH_LINE_BYTES {
-                return Err(format!(
-                    "a watch event over {MAX_WATCH_LINE_BYTES} bytes (kvctl's bound)"
-                ));
+                return Err(StreamError::Invalid(format!(
+                    "a watch event over {MAX_WATCH_LINE_BYTES} bytes (the client's bound)"
+                )));
             }
             match tokio::time::timeout(idle, self.resp.chunk()).await {
-                Err(_) => return Err(format!("nothing received for {idle:?}")),
-                Ok(Err(e)) => return Err(short(&e)),
+                Err(_) => {
+                    return Err(StreamError::Broken(format!(
+                        "nothing received for {idle:?}"
+                    )))
+                }
+                Ok(Err(e)) => return Err(StreamError::Broken(short(&e))),
                 Ok(Ok(None)) if self.buf.is_empty() => return Ok(None),
-                Ok(Ok(None)) => return Err("the stream ended inside a line".into()),
+                Ok(Ok(None)) => {
+                    return Err(StreamError::Broken("the stream ended inside a line".into()))
+                }
                 Ok(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk),
             }
         }
     }
+}
+
+/// Why [`EventStream::next_event`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// The connection broke or fell silent: another stream can go on.
+    #[error("{0}")]
+    Broken(String),
+    /// The replica sent what no resumption would read differently.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What [`Watch::next`] yields.
@@ -275,7 +294,13 @@ impl Watch<'_> {
                     }
                 },
                 Ok(None) => "the replica ended the stream".to_string(),
-                Err(e) => e,
+                Err(StreamError::Broken(e)) => e,
+                Err(StreamError::Invalid(e)) => {
+                    return Err(WatchError::Client(ClientError::Rejected {
+                        code: crate::api::ErrorCode::Internal,
+                        message: format!("the watch stream from {}: {e}", stream.endpoint),
+                    }))
+                }
             };
             let endpoint = stream.endpoint.clone();
             self.stream = None;

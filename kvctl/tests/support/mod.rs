@@ -2,7 +2,8 @@
 //! connection) to answer the kv, status and log endpoints from an in-memory map.
 //!
 //! Special keys: `toolarge` answers 413 too_large, `maybe` answers 504 indeterminate.
-//! `/v1/watch` answers a stream whose one line says the revision is compacted.
+//! `/v1/watch` answers a stream whose one line says the revision is compacted; for
+//! `key=junk` a line that is not an event, for `key=huge` a line over kvctl's 4 MiB bound.
 
 use omnikv_common::keys::decode_key;
 use omnikv_common::{ApiError, ErrorCode, LogEntryView, LogView, Role, StatusView, WriteResult};
@@ -186,6 +187,10 @@ fn serve(
             respond(&mut stream, 200, &json(&status_view(pid, keys)))
         }
         "/v1/log" => respond(&mut stream, 200, &json(&log_view())),
+        "/v1/watch" if target.contains("key=junk") => respond(&mut stream, 200, b"junk\n"),
+        "/v1/watch" if target.contains("key=huge") => {
+            respond(&mut stream, 200, &vec![b'x'; 4 * 1024 * 1024 + 10])
+        }
         "/v1/watch" => {
             let end = omnikv_common::kv::WatchEvent::Compacted {
                 oldest_revision: 40,
