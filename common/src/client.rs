@@ -1,6 +1,18 @@
 //! The async omnikv client: endpoints tried in turn, writes deduplicated by (client id, seq)
 //! so a retry on another endpoint can never apply twice, and honest failure classes:
 //! `Unavailable` only when no attempt could have been handed to consensus.
+//!
+//! The calls of the data model beyond one key (ranges, transactions) are in `client/data.rs`,
+//! the watch stream and its resumption in `client/watch.rs`.
+
+mod data;
+mod watch;
+
+pub use data::{KeySet, RangeOpts, ValueRead};
+pub use watch::{
+    Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,
+    MAX_WATCH_LINE_BYTES,
+};
 
 use crate::api::{
     ApiError, ErrorCode, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView,
@@ -142,42 +154,57 @@ impl Client {
 
     /// Writes `value` under `key`; answered once decided and applied.
     pub async fn put(&self, key: &[u8], value: Vec<u8>) -> Result<WriteResult, ClientError> {
-        self.write(reqwest::Method::PUT, key, Some(value)).await
+        self.put_with(key, value, false).await
+    }
+
+    /// Like [`Client::put`]; with `prev`, the answer carries the key as it was before.
+    pub async fn put_with(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        prev: bool,
+    ) -> Result<WriteResult, ClientError> {
+        let path = format!("/v1/kv/{}{}", encode_key(key), prev_query(prev));
+        self.send_write(reqwest::Method::PUT, &path, Some(Body::Raw(value.into())))
+            .await
     }
 
     /// Deletes `key`. Deleting a missing key succeeds with `existed: false`.
     pub async fn delete(&self, key: &[u8]) -> Result<WriteResult, ClientError> {
-        self.write(reqwest::Method::DELETE, key, None).await
+        self.delete_with(key, false).await
     }
 
-    async fn write(
+    /// Like [`Client::delete`]; with `prev`, the answer carries the deleted key.
+    pub async fn delete_with(&self, key: &[u8], prev: bool) -> Result<WriteResult, ClientError> {
+        let path = format!("/v1/kv/{}{}", encode_key(key), prev_query(prev));
+        self.send_write(reqwest::Method::DELETE, &path, None).await
+    }
+
+    /// Sends a request that changes state: one (client id, seq) for every attempt, on every
+    /// endpoint, so kvd applies it at most once however many replicas see it.
+    async fn send_write<T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
-        key: &[u8],
-        value: Option<Vec<u8>>,
-    ) -> Result<WriteResult, ClientError> {
+        path: &str,
+        body: Option<Body>,
+    ) -> Result<T, ClientError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let path = format!("/v1/kv/{}", encode_key(key));
-        let value = value.map(bytes::Bytes::from);
         self.each_endpoint(Some("write"), |endpoint, remaining| {
             let req = self
                 .http
                 .request(method.clone(), format!("{endpoint}{path}"))
                 .header(HEADER_CLIENT_ID, self.client_id)
                 .header(HEADER_SEQ, seq);
-            let req = match &value {
-                Some(v) => req.body(v.clone()),
+            let req = match &body {
+                Some(Body::Raw(b)) => req.body(b.clone()),
+                Some(Body::Json(b)) => req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone()),
                 None => req,
             };
             async move {
                 match send(req, remaining).await {
-                    Ok(resp) if resp.status().is_success() => {
-                        match resp.json::<WriteResult>().await {
-                            Ok(w) => Attempt::Done(Ok(w)),
-                            Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
-                        }
-                    }
-                    Ok(resp) => classify_error(resp).await,
+                    Ok(resp) => json_answer(resp).await,
                     Err(a) => a,
                 }
             }
@@ -187,25 +214,7 @@ impl Client {
 
     /// Reads `key`; `Ok(None)` never happens: a missing key is `Err(NotFound)`.
     pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<Vec<u8>, ClientError> {
-        let path = format!(
-            "/v1/kv/{}?consistency={}",
-            encode_key(key),
-            consistency.as_str()
-        );
-        self.each_endpoint(None, |endpoint, remaining| {
-            let req = self.http.get(format!("{endpoint}{path}"));
-            async move {
-                match send(req, remaining).await {
-                    Ok(resp) if resp.status().is_success() => match resp.bytes().await {
-                        Ok(b) => Attempt::Done(Ok(b.to_vec())),
-                        Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
-                    },
-                    Ok(resp) => classify_error(resp).await,
-                    Err(a) => a,
-                }
-            }
-        })
-        .await
+        Ok(self.get_kv(key, consistency).await?.value)
     }
 
     /// Status of the first endpoint that answers.
@@ -238,13 +247,7 @@ impl Client {
                 .json(request);
             async move {
                 match send(req, remaining).await {
-                    Ok(resp) if resp.status().is_success() => {
-                        match resp.json::<ReconfigureResult>().await {
-                            Ok(r) => Attempt::Done(Ok(r)),
-                            Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
-                        }
-                    }
-                    Ok(resp) => classify_error(resp).await,
+                    Ok(resp) => json_answer(resp).await,
                     Err(a) => a,
                 }
             }
@@ -257,11 +260,7 @@ impl Client {
             let req = self.http.get(format!("{endpoint}{path}"));
             async move {
                 match send(req, remaining).await {
-                    Ok(resp) if resp.status().is_success() => match resp.json::<T>().await {
-                        Ok(v) => Attempt::Done(Ok(v)),
-                        Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
-                    },
-                    Ok(resp) => classify_error(resp).await,
+                    Ok(resp) => json_answer(resp).await,
                     Err(a) => a,
                 }
             }
@@ -332,6 +331,33 @@ impl Client {
         } else {
             Err(ClientError::Unavailable(summary))
         }
+    }
+}
+
+/// A request body: raw bytes (a value) or JSON (a transaction).
+enum Body {
+    Raw(bytes::Bytes),
+    Json(bytes::Bytes),
+}
+
+/// `?prev=true` when asked, else nothing.
+fn prev_query(prev: bool) -> &'static str {
+    if prev {
+        "?prev=true"
+    } else {
+        ""
+    }
+}
+
+/// A success answer's JSON body, or the error it classifies as. A body that does not parse
+/// is `Unknown`: the request may have done its work.
+async fn json_answer<T: serde::de::DeserializeOwned>(resp: reqwest::Response) -> Attempt<T> {
+    if !resp.status().is_success() {
+        return classify_error(resp).await;
+    }
+    match resp.json::<T>().await {
+        Ok(v) => Attempt::Done(Ok(v)),
+        Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
     }
 }
 

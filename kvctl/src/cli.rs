@@ -15,8 +15,8 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:800
 /// Default `log --limit`.
 pub const DEFAULT_LOG_LIMIT: usize = 50;
 
-/// omnikv's scriptable client: put, get, delete, status, log, an interactive shell, and a
-/// load generator (bench).
+/// omnikv's scriptable client: put, get, delete (keys and ranges), conditional puts,
+/// transactions, watch, status, log, an interactive shell, and a load generator (bench).
 #[derive(Debug, Parser)]
 #[command(name = "kvctl", version, about, after_help = EXIT_CODES_HELP, args_override_self = true)]
 pub struct Cli {
@@ -84,23 +84,78 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write VALUE under KEY (`-` as VALUE reads all of stdin, byte for byte).
+    /// Write VALUE under KEY (`-` as VALUE reads all of stdin, byte for byte). With a
+    /// condition (--if-absent, --if-value, --if-mod-revision) it is a transaction: exit 6
+    /// when the condition does not hold (nothing written; the message says what KEY holds).
     Put {
         /// The key (any bytes but empty).
         key: OsString,
         /// The value, or `-` to read it from stdin.
         value: OsString,
+        #[command(flatten)]
+        condition: PutCondition,
     },
     /// Print the value of KEY (raw bytes, then a newline). Exit 1 if the key does not exist.
+    /// With --prefix or --from: every key of the range, one `KEY<TAB>VALUE` line each (keys
+    /// and values as text, or 0x-hex when not printable UTF-8), following pages to the end.
+    #[command(group(clap::ArgGroup::new("range").args(["prefix", "from"])))]
     Get {
-        /// The key.
-        key: OsString,
+        /// The key (leave out with --prefix or --from).
+        #[arg(required_unless_present_any = ["prefix", "from"], conflicts_with_all = ["prefix", "from"])]
+        key: Option<OsString>,
+        #[command(flatten)]
+        range: RangeArgs,
+        #[command(flatten)]
+        list: ListArgs,
     },
-    /// Delete KEY. Deleting a missing key succeeds.
-    #[command(alias = "del")]
+    /// Delete KEY. Deleting a missing key succeeds. With --prefix or --from: every key of the
+    /// range, as one write; prints `deleted N`.
+    #[command(alias = "del", group(clap::ArgGroup::new("range").args(["prefix", "from"])))]
     Delete {
-        /// The key.
-        key: OsString,
+        /// The key (leave out with --prefix or --from).
+        #[arg(required_unless_present_any = ["prefix", "from"], conflicts_with_all = ["prefix", "from"])]
+        key: Option<OsString>,
+        #[command(flatten)]
+        range: RangeArgs,
+    },
+    /// Run a transaction read from FILE (`-` or nothing: stdin): the JSON body of
+    /// `POST /v1/txn`, or etcdctl's text format (compares, a blank line, success operations,
+    /// a blank line, failure operations; see docs/api.md). Prints SUCCESS or FAILURE and each
+    /// operation's result; exit 6 when the compares failed (the failure branch ran).
+    Txn {
+        /// The transaction file; `-` or nothing reads stdin (at most 2 MiB).
+        file: Option<OsString>,
+    },
+    /// Print changes to KEY (or a range) as they happen, one line each: `PUT KEY VALUE
+    /// rev=N` or `DELETE KEY rev=N`. Resumes by itself after a disconnect on any endpoint,
+    /// without a gap or a duplicate; --timeout bounds each connection attempt, not the watch.
+    /// Exit 5 when no replica still holds the revision it needs (compacted).
+    #[command(group(clap::ArgGroup::new("range").args(["prefix", "from"])))]
+    Watch {
+        /// The key (leave out with --prefix or --from).
+        #[arg(required_unless_present_any = ["prefix", "from"], conflicts_with_all = ["prefix", "from"])]
+        key: Option<OsString>,
+        #[command(flatten)]
+        range: RangeArgs,
+        /// Start at revision N (changes from N on, from the replicas' history) instead of
+        /// after the writes acknowledged so far.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        rev: Option<u64>,
+        /// Show the value each change replaced (`prev=...`).
+        #[arg(long)]
+        prev_value: bool,
+        /// Exit 0 after N changes.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+        /// How often an idle stream reports progress (ms); three silent periods count as a
+        /// dead stream.
+        #[arg(
+            long,
+            hide = true,
+            default_value_t = 5000,
+            value_parser = clap::value_parser!(u64).range(100..=3_600_000)
+        )]
+        progress_ms: u64,
     },
     /// Print the status of the first replica that answers (or of every endpoint with --all).
     Status {
@@ -142,6 +197,58 @@ pub enum Command {
     /// percentiles, errors by class and the load generator's own CPU use. Exit 3 if no
     /// operation succeeded.
     Bench(BenchArgs),
+}
+
+/// The range a `get`, `delete` or `watch` names instead of one key.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RangeArgs {
+    /// Every key starting with P (`--prefix ''`: every key).
+    #[arg(long, value_name = "P", conflicts_with = "from")]
+    pub prefix: Option<OsString>,
+    /// The keys from A (inclusive) ...
+    #[arg(long, value_name = "A")]
+    pub from: Option<OsString>,
+    /// ... up to B (exclusive) [default: the end of the key space].
+    #[arg(long, value_name = "B", requires = "from")]
+    pub to: Option<OsString>,
+}
+
+/// How `get --prefix` / `get --from` lists.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListArgs {
+    /// At most N keys in all.
+    #[arg(long, value_name = "N", requires = "range", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    /// Print only the keys.
+    #[arg(long, requires = "range", conflicts_with = "count_only")]
+    pub keys_only: bool,
+    /// Print only the number of keys.
+    #[arg(long, requires = "range")]
+    pub count_only: bool,
+    /// Keys per request (kvd's maximum: 10000); for tests that need several pages.
+    #[arg(
+        long,
+        hide = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub page_size: Option<u64>,
+}
+
+/// The condition of a conditional `put` (at most one).
+#[derive(Debug, Clone, Default, Args)]
+#[group(multiple = false)]
+pub struct PutCondition {
+    /// Write only if KEY does not exist (create-if-absent: a lock, a leader claim).
+    #[arg(long)]
+    pub if_absent: bool,
+    /// Write only if KEY holds exactly OLD.
+    #[arg(long, value_name = "OLD")]
+    pub if_value: Option<OsString>,
+    /// Write only if KEY's mod_revision is N (compare-and-swap against a read; 0: only if
+    /// absent).
+    #[arg(long, value_name = "N")]
+    pub if_mod_revision: Option<u64>,
 }
 
 /// `kvctl bench` flags.

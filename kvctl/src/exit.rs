@@ -13,8 +13,13 @@ pub const USAGE: i32 = 2;
 pub const UNAVAILABLE: i32 = 3;
 /// A write was sent but not confirmed in time: it may have been applied.
 pub const INDETERMINATE: i32 = 4;
-/// Refused on its merits: invalid request, too large, refused change.
+/// Refused on its merits: invalid request, too large, refused change; a watch whose
+/// revision every replica has compacted.
 pub const REJECTED: i32 = 5;
+/// A conditional write or transaction whose compares did not hold: nothing was written.
+pub const COMPARE_FAILED: i32 = 6;
+/// Not authenticated or not permitted. Reserved for TLS and auth: nothing returns it yet.
+pub const NOT_PERMITTED: i32 = 7;
 
 /// The exit-code table shown at the end of `kvctl --help`.
 pub const EXIT_CODES_HELP: &str = "\
@@ -24,7 +29,9 @@ Exit codes:
   2  usage: bad flags or arguments (or a local I/O error, e.g. unreadable stdin)
   3  unavailable: definitely not applied (no leader or quorum, nothing reachable, replica removed)
   4  indeterminate: a write was sent but not confirmed in time; it may have been applied
-  5  rejected: invalid request, too large, refused change
+  5  rejected: invalid request, too large, refused change, a watch revision compacted everywhere
+  6  compare failed: a conditional put or transaction whose compares did not hold (nothing written)
+  7  not authenticated or not permitted (reserved for TLS and auth)
 
 Errors go to stderr: `error: <message>`, or with -o json
 {\"error\":{\"code\":\"<code>\",\"message\":\"...\"}}.";
@@ -41,6 +48,12 @@ pub enum Error {
     /// Bad arguments found after parsing (e.g. `--node` out of range, empty key).
     #[error("usage: {0}")]
     Usage(String),
+    /// A conditional write's or a transaction's compares did not hold.
+    #[error("compare failed: {0}")]
+    CompareFailed(String),
+    /// A watch needs a revision no replica that answered still holds.
+    #[error("{0}")]
+    Compacted(String),
     /// Reading stdin or writing stdout failed.
     #[error("{context}: {source}")]
     Io {
@@ -70,15 +83,19 @@ impl Error {
             Error::KeyNotFound(_) => NOT_FOUND,
             Error::Client(e) => client_exit_code(e),
             Error::Usage(_) | Error::Io { .. } => USAGE,
+            Error::CompareFailed(_) => COMPARE_FAILED,
+            Error::Compacted(_) => REJECTED,
         }
     }
 
     /// The machine-readable code of `-o json` errors: `usage` for usage (and local I/O)
-    /// errors, otherwise the snake_case `ErrorCode` name (a rejection's own inner code).
+    /// errors, `compare_failed`, `compacted`, otherwise the snake_case `ErrorCode` name (a rejection's own inner code).
     pub fn code(&self) -> String {
         match self {
             Error::KeyNotFound(_) => error_code_name(ErrorCode::NotFound),
             Error::Usage(_) | Error::Io { .. } => "usage".into(),
+            Error::CompareFailed(_) => "compare_failed".into(),
+            Error::Compacted(_) => "compacted".into(),
             Error::Client(e) => match e {
                 ClientError::NotFound => error_code_name(ErrorCode::NotFound),
                 ClientError::Unavailable(_) => error_code_name(ErrorCode::Unavailable),
@@ -144,6 +161,21 @@ mod tests {
             4
         );
         assert_eq!(rejected(ErrorCode::TooLarge).exit_code(), 5);
+        assert_eq!(Error::Compacted("c".into()).exit_code(), 5);
+        assert_eq!(Error::CompareFailed("c".into()).exit_code(), 6);
+        // The help table lists every code, and nothing returns 7 yet.
+        for code in [
+            OK,
+            NOT_FOUND,
+            USAGE,
+            UNAVAILABLE,
+            INDETERMINATE,
+            REJECTED,
+            COMPARE_FAILED,
+            NOT_PERMITTED,
+        ] {
+            assert!(EXIT_CODES_HELP.contains(&format!("\n  {code}  ")), "{code}");
+        }
     }
 
     #[test]
@@ -161,6 +193,10 @@ mod tests {
             "invalid_request"
         );
         assert_eq!(Error::usage("x").code(), "usage");
+        let cf = Error::CompareFailed("key a exists".into());
+        assert_eq!(cf.code(), "compare_failed");
+        assert_eq!(cf.to_string(), "compare failed: key a exists");
+        assert_eq!(Error::Compacted("c".into()).code(), "compacted");
         let nf = Error::KeyNotFound(b"a/b".to_vec());
         assert_eq!(nf.code(), "not_found");
         assert_eq!(nf.to_string(), "key not found: a/b");

@@ -1,5 +1,5 @@
-//! kvctl: omnikv's scriptable client (etcdctl-like), the seed's interactive shell, and a load
-//! generator. `main.rs` only parses and exits with the code [`run`] returns.
+//! kvctl: omnikv's scriptable client (etcdctl-like: keys, ranges, conditional puts,
+//! transactions, watch), the seed's interactive shell, and a load generator. `main.rs` only parses and exits with the code [`run`] returns.
 //!
 //! Each module uses only modules listed before it here: `exit` (the error type and exit
 //! codes), `cli` (the clap definition), `context` (the settings from the global flags),
@@ -18,6 +18,8 @@ pub use context::Context;
 pub use exit::Error;
 
 use commands::Request;
+use omnikv_common::client::{KeySet, WatchRequest};
+use output::ListMode;
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
 
@@ -54,21 +56,85 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
             return commands::status::run_all(&endpoints, ctx.timeout, ctx.output, out).await;
         }
         Command::Bench(args) => return bench::run(ctx, &args, out).await,
-        Command::Put { key, value } => {
+        Command::Put {
+            key,
+            value,
+            condition,
+        } => {
             // Check the flags before consuming stdin.
             ctx.selected_endpoints()?;
             let value = commands::put::value_from_arg(&value, io::stdin().lock())?;
-            Request::Put {
-                key: key.as_bytes().to_vec(),
-                value,
+            let key = key.as_bytes().to_vec();
+            match commands::put::Condition::from_flags(&condition) {
+                Some(condition) => Request::PutIf {
+                    key,
+                    value,
+                    condition,
+                },
+                None => Request::Put { key, value },
             }
         }
-        Command::Get { key } => Request::Get {
-            key: key.as_bytes().to_vec(),
-        },
-        Command::Delete { key } => Request::Delete {
-            key: key.as_bytes().to_vec(),
-        },
+        Command::Get { key, range, list } => {
+            let key = key.as_ref().map(|k| k.as_bytes());
+            match commands::range::key_set(key, &range)? {
+                KeySet::Key(key) => Request::Get { key },
+                keys => Request::Range {
+                    keys,
+                    list: commands::range::List {
+                        limit: list.limit,
+                        mode: if list.count_only {
+                            ListMode::CountOnly
+                        } else if list.keys_only {
+                            ListMode::KeysOnly
+                        } else {
+                            ListMode::Values
+                        },
+                        page_size: list.page_size,
+                    },
+                },
+            }
+        }
+        Command::Delete { key, range } => {
+            match commands::range::key_set(key.as_ref().map(|k| k.as_bytes()), &range)? {
+                KeySet::Key(key) => Request::Delete { key },
+                keys => Request::DeleteRange { keys },
+            }
+        }
+        Command::Txn { file } => {
+            ctx.selected_endpoints()?;
+            let txn = match file {
+                Some(f) if f != "-" => {
+                    let name = f.to_string_lossy().into_owned();
+                    let file = std::fs::File::open(&f).map_err(|source| Error::Io {
+                        context: "cannot open the transaction file",
+                        source,
+                    })?;
+                    commands::txn::read(file, &name)?
+                }
+                _ => commands::txn::read(io::stdin().lock(), "stdin")?,
+            };
+            Request::Txn(txn)
+        }
+        Command::Watch {
+            key,
+            range,
+            rev,
+            prev_value,
+            count,
+            progress_ms,
+        } => {
+            let keys = commands::range::key_set(key.as_ref().map(|k| k.as_bytes()), &range)?;
+            let req = WatchRequest {
+                keys,
+                start_revision: rev,
+                prev_value,
+                progress_ms,
+                consistency: ctx.consistency,
+            };
+            let client = ctx.client()?;
+            return commands::watch::run(&client, req, count, ctx.output, out, &mut io::stderr())
+                .await;
+        }
         Command::Status { all: false } => Request::Status,
         Command::Log { limit } => Request::Log { limit },
         Command::Members => Request::Members,

@@ -2,6 +2,11 @@
 
 use crate::cli::OutputFormat;
 use crate::exit::Error;
+use omnikv_common::client::ValueRead;
+use omnikv_common::keys::display_bytes;
+use omnikv_common::kv::{
+    DeleteRangeResult, KeyValue, TxnOp, TxnOpResult, TxnRequest, TxnResult, WatchEvent,
+};
 use omnikv_common::{
     ClientError, LogEntryView, LogView, MembersView, ReconfigureResult, StatusView, WriteResult,
 };
@@ -55,18 +60,226 @@ fn put_bytes(m: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: 
     };
 }
 
-/// Result of `get`: text the raw value bytes then a newline; JSON see [`value_json`].
+/// Result of `get`: text the raw value bytes then a newline; JSON see [`value_json`], plus
+/// the read's `revision` and the key's `create_revision`, `mod_revision` and `version`.
 pub fn write_value(
     out: &mut dyn Write,
     format: OutputFormat,
     key: &[u8],
-    value: &[u8],
+    read: &ValueRead,
 ) -> io::Result<()> {
     match format {
-        OutputFormat::Json => json_line(out, &value_json(key, value)),
+        OutputFormat::Json => {
+            let mut v = value_json(key, &read.value);
+            for (name, n) in [
+                ("revision", read.revision),
+                ("create_revision", read.create_revision),
+                ("mod_revision", read.mod_revision),
+                ("version", read.version),
+            ] {
+                v[name] = n.into();
+            }
+            json_line(out, &v)
+        }
         OutputFormat::Text => {
-            out.write_all(value)?;
+            out.write_all(&read.value)?;
             out.write_all(b"\n")
+        }
+    }
+}
+
+/// A key-value in JSON: `key` and `value` as [`value_json`] renders them (no value when read
+/// keys-only), and its counters.
+pub fn kv_json(kv: &KeyValue) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    put_bytes(&mut m, "key", &kv.key.0);
+    if let Some(v) = &kv.value {
+        put_bytes(&mut m, "value", &v.0);
+    }
+    m.insert("create_revision".into(), kv.create_revision.into());
+    m.insert("mod_revision".into(), kv.mod_revision.into());
+    m.insert("version".into(), kv.version.into());
+    serde_json::Value::Object(m)
+}
+
+/// A key-value as one text line: `KEY<TAB>VALUE`, or `KEY` when read keys-only; bytes as
+/// text, or 0x-hex when not printable UTF-8 (as in `kvctl log`).
+fn kv_line(kv: &KeyValue) -> String {
+    match &kv.value {
+        Some(v) => format!("{}\t{}\n", display_bytes(&kv.key.0), display_bytes(&v.0)),
+        None => format!("{}\n", display_bytes(&kv.key.0)),
+    }
+}
+
+/// What a range listing prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListMode {
+    Values,
+    KeysOnly,
+    CountOnly,
+}
+
+/// A range read to its end (or its limit), possibly over several pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The revision the first page was read at (each page is read at its own).
+    pub revision: u64,
+    /// Keys in the whole range, as the first page counted them.
+    pub count: u64,
+    /// Keys beyond the limit were left out.
+    pub more: bool,
+    pub kvs: Vec<KeyValue>,
+}
+
+/// Result of `get --prefix`: text one [`kv_line`] per key (only the count with count-only);
+/// JSON `{"revision", "count", "more", "kvs": [`kv_json`...]}`.
+pub fn write_listing(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    l: &Listing,
+    mode: ListMode,
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(
+            out,
+            &serde_json::json!({
+                "revision": l.revision,
+                "count": l.count,
+                "more": l.more,
+                "kvs": l.kvs.iter().map(kv_json).collect::<Vec<_>>(),
+            }),
+        ),
+        OutputFormat::Text if mode == ListMode::CountOnly => writeln!(out, "{}", l.count),
+        OutputFormat::Text => l
+            .kvs
+            .iter()
+            .try_for_each(|kv| out.write_all(kv_line(kv).as_bytes())),
+    }
+}
+
+/// `deleted N`, or for a retry answered from its first outcome (which keeps no count)
+/// `deleted ? (...)`.
+fn deleted_text(deleted: u64, replayed: bool) -> String {
+    if replayed {
+        "deleted ? (a retry answered from its first outcome, which keeps no count)".into()
+    } else {
+        format!("deleted {deleted}")
+    }
+}
+
+/// Result of `delete --prefix`: text `deleted N`; JSON the `DeleteRangeResult`.
+pub fn write_deleted(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    d: &DeleteRangeResult,
+) -> io::Result<()> {
+    match format {
+        OutputFormat::Json => json_line(out, d),
+        OutputFormat::Text => writeln!(out, "{}", deleted_text(d.deleted, d.replayed)),
+    }
+}
+
+/// Result of `txn`, like etcdctl's: `SUCCESS` or `FAILURE`, then per operation of the branch
+/// that ran a blank line and its result (`OK`; `deleted N`; a get's [`kv_line`]s, or its
+/// count when count-only). JSON: the API's `TxnResult` (keys and values base64).
+pub fn write_txn(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    request: &TxnRequest,
+    r: &TxnResult,
+) -> io::Result<()> {
+    if format == OutputFormat::Json {
+        return json_line(out, r);
+    }
+    let head = if r.succeeded { "SUCCESS" } else { "FAILURE" };
+    if r.replayed {
+        writeln!(
+            out,
+            "{head} (a retry answered from its first outcome, which keeps no results)"
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "{head}")?;
+    let branch = if r.succeeded {
+        &request.success
+    } else {
+        &request.failure
+    };
+    for (op, result) in branch.iter().zip(&r.responses) {
+        writeln!(out)?;
+        match (op, result) {
+            (_, TxnOpResult::Put { .. }) => writeln!(out, "OK")?,
+            (_, TxnOpResult::Delete { deleted, .. }) => {
+                writeln!(out, "{}", deleted_text(*deleted, false))?
+            }
+            (TxnOp::Get(g), TxnOpResult::Get(got)) if g.count_only => {
+                writeln!(out, "{}", got.count)?
+            }
+            (_, TxnOpResult::Get(got)) => got
+                .kvs
+                .iter()
+                .try_for_each(|kv| out.write_all(kv_line(kv).as_bytes()))?,
+        }
+    }
+    Ok(())
+}
+
+/// One change of `watch`: text `PUT KEY VALUE rev=N` or `DELETE KEY rev=N` (plus
+/// ` prev=VALUE` when it carries the previous value); JSON the event with `key`/`value`/
+/// `prev_value` rendered as [`value_json`] does. Other events print nothing.
+pub fn write_watch_event(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    e: &WatchEvent,
+) -> io::Result<()> {
+    let (kind, key, value, revision, prev) = match e {
+        WatchEvent::Put {
+            key,
+            value,
+            revision,
+            prev_value,
+            ..
+        } => ("put", key, Some(value), *revision, prev_value),
+        WatchEvent::Delete {
+            key,
+            revision,
+            prev_value,
+        } => ("delete", key, None, *revision, prev_value),
+        _ => return Ok(()),
+    };
+    match format {
+        OutputFormat::Json => {
+            let mut m = serde_json::Map::new();
+            m.insert("type".into(), kind.into());
+            put_bytes(&mut m, "key", &key.0);
+            if let Some(v) = value {
+                put_bytes(&mut m, "value", &v.0);
+            }
+            m.insert("revision".into(), revision.into());
+            if let WatchEvent::Put {
+                create_revision,
+                version,
+                ..
+            } = e
+            {
+                m.insert("create_revision".into(), (*create_revision).into());
+                m.insert("version".into(), (*version).into());
+            }
+            if let Some(p) = prev {
+                put_bytes(&mut m, "prev_value", &p.0);
+            }
+            json_line(out, &serde_json::Value::Object(m))
+        }
+        OutputFormat::Text => {
+            let mut line = format!("{} {}", kind.to_uppercase(), display_bytes(&key.0));
+            if let Some(v) = value {
+                line.push_str(&format!(" {}", display_bytes(&v.0)));
+            }
+            line.push_str(&format!(" rev={revision}"));
+            if let Some(p) = prev {
+                line.push_str(&format!(" prev={}", display_bytes(&p.0)));
+            }
+            writeln!(out, "{line}")
         }
     }
 }
@@ -83,7 +296,7 @@ fn leader(l: Option<u64>) -> String {
 }
 
 /// The status fields shown, in text order; [`status_values`] renders them.
-const STATUS_FIELDS: [&str; 11] = [
+const STATUS_FIELDS: [&str; 12] = [
     "pid",
     "role",
     "leader",
@@ -93,12 +306,13 @@ const STATUS_FIELDS: [&str; 11] = [
     "applied_idx",
     "compacted_idx",
     "keys",
+    "revision",
     "state_hash",
     "connected_peers",
 ];
 
 /// The values of [`STATUS_FIELDS`], rendered.
-fn status_values(s: &StatusView) -> [String; 11] {
+fn status_values(s: &StatusView) -> [String; 12] {
     [
         s.pid.to_string(),
         s.role.to_string(),
@@ -109,6 +323,7 @@ fn status_values(s: &StatusView) -> [String; 11] {
         s.applied_idx.to_string(),
         s.compacted_idx.to_string(),
         s.keys.to_string(),
+        s.revision.to_string(),
         s.state_hash.clone(),
         list(&s.connected_peers),
     ]
@@ -433,22 +648,108 @@ mod tests {
         );
     }
 
+    fn read(value: &[u8]) -> ValueRead {
+        ValueRead {
+            value: value.to_vec(),
+            index: 9,
+            revision: 7,
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+        }
+    }
+
+    fn kv(k: &[u8], v: Option<&[u8]>) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: v.map(Into::into),
+            create_revision: 2,
+            mod_revision: 5,
+            version: 3,
+        }
+    }
+
     #[test]
     fn values() {
         let mut v = Vec::new();
-        write_value(&mut v, OutputFormat::Text, b"k", b"\xff\x00x").unwrap();
+        write_value(&mut v, OutputFormat::Text, b"k", &read(b"\xff\x00x")).unwrap();
         assert_eq!(v, b"\xff\x00x\n");
+        let j = text(|o| write_value(o, OutputFormat::Json, b"k", &read(b"v 1")));
+        assert_eq!(j.lines().count(), 1);
         assert_eq!(
-            text(|o| write_value(o, OutputFormat::Json, b"k", b"v 1")),
-            "{\"key\":\"k\",\"value\":\"v 1\"}\n"
+            serde_json::from_str::<serde_json::Value>(&j).unwrap(),
+            serde_json::json!({"key": "k", "value": "v 1", "revision": 7, "create_revision": 2,
+                "mod_revision": 5, "version": 3})
         );
         let j: serde_json::Value = serde_json::from_str(&text(|o| {
-            write_value(o, OutputFormat::Json, b"k", b"\xff\x01")
+            write_value(o, OutputFormat::Json, b"k", &read(b"\xff\x01"))
         }))
         .unwrap();
-        assert_eq!(j, serde_json::json!({"key": "k", "value_hex": "ff01"}));
+        assert_eq!(j["value_hex"], "ff01");
+        assert_eq!(j["mod_revision"], 5);
         let j = value_json(b"\xfe", b"");
         assert_eq!(j, serde_json::json!({"key_hex": "fe", "value": ""}));
+    }
+
+    #[test]
+    fn listings() {
+        let l = Listing {
+            revision: 9,
+            count: 3,
+            more: true,
+            kvs: vec![kv(b"a", Some(b"1")), kv(b"b\xff", Some(b"x\ty"))],
+        };
+        let t = |mode| text(|o| write_listing(o, OutputFormat::Text, &l, mode));
+        assert_eq!(t(ListMode::Values), "a\t1\n0x62ff\t0x780979\n");
+        assert_eq!(t(ListMode::CountOnly), "3\n");
+        let keys = Listing {
+            kvs: vec![kv(b"a", None)],
+            ..l.clone()
+        };
+        assert_eq!(
+            text(|o| write_listing(o, OutputFormat::Text, &keys, ListMode::KeysOnly)),
+            "a\n"
+        );
+        let j: serde_json::Value = serde_json::from_str(&text(|o| {
+            write_listing(o, OutputFormat::Json, &l, ListMode::Values)
+        }))
+        .unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"revision": 9, "count": 3, "more": true, "kvs": [
+                {"key": "a", "value": "1", "create_revision": 2, "mod_revision": 5, "version": 3},
+                {"key_hex": "62ff", "value": "x\ty", "create_revision": 2, "mod_revision": 5, "version": 3},
+            ]})
+        );
+    }
+
+    #[test]
+    fn watch_events() {
+        let put = WatchEvent::Put {
+            key: "cfg/a".into(),
+            value: "1".into(),
+            revision: 12,
+            create_revision: 10,
+            version: 2,
+            prev_value: Some("0".into()),
+        };
+        let del = WatchEvent::Delete {
+            key: "cfg/a".into(),
+            revision: 13,
+            prev_value: None,
+        };
+        let t = |e| text(|o| write_watch_event(o, OutputFormat::Text, e));
+        assert_eq!(t(&put), "PUT cfg/a 1 rev=12 prev=0\n");
+        assert_eq!(t(&del), "DELETE cfg/a rev=13\n");
+        assert_eq!(t(&WatchEvent::Progress { revision: 13 }), "");
+        let j: serde_json::Value =
+            serde_json::from_str(&text(|o| write_watch_event(o, OutputFormat::Json, &put)))
+                .unwrap();
+        assert_eq!(
+            j,
+            serde_json::json!({"type": "put", "key": "cfg/a", "value": "1", "revision": 12,
+                "create_revision": 10, "version": 2, "prev_value": "0"})
+        );
     }
 
     #[test]
@@ -464,6 +765,7 @@ mod tests {
              applied_idx:     9\n\
              compacted_idx:   5\n\
              keys:            4\n\
+             revision:        0\n\
              state_hash:      abcd\n\
              connected_peers: 1,3\n"
         );

@@ -5,8 +5,12 @@
 //! whitespace runs):
 //! - `put KEY VALUE [PORT]`: the value is the rest of the line after KEY, minus a trailing
 //!   PORT, its words joined by single spaces.
+//! - `put KEY VALUE --if-absent [PORT]`, `--if-value OLD`, `--if-mod-revision N`: a
+//!   conditional put (so a value cannot contain these words).
 //! - `get KEY [PORT]`, `delete KEY [PORT]` (also `del`), `status [PORT]`, `log [PORT]`,
 //!   `members [PORT]`.
+//! - `get --prefix P [PORT]` lists the keys starting with P; `delete --prefix P [PORT]`
+//!   deletes them.
 //! - `reconfigure N [PORT]` adds node N to the members (the seed's `reconfigure 4`);
 //!   `reconfigure 1,2,4` sets them.
 //! - `help`, `exit` / `quit`. Blank lines are ignored; end of input leaves the shell (exit 0).
@@ -18,11 +22,14 @@
 //! it, to the first endpoint's host at that port.
 
 use crate::cli::DEFAULT_LOG_LIMIT;
+use crate::commands::put::Condition;
+use crate::commands::range::List;
 use crate::commands::reconfigure::{Change, Members};
 use crate::commands::{self, Request};
 use crate::context::Context;
 use crate::exit::Error;
-use crate::output;
+use crate::output::{self, ListMode};
+use omnikv_common::client::KeySet;
 use omnikv_common::membership::parse_nodes;
 use omnikv_common::Client;
 use std::collections::HashMap;
@@ -35,8 +42,13 @@ pub const PROMPT: &str = "Type a command here <put/delete/get> <args>: ";
 pub const HELP: &str = "\
 commands:
   put KEY VALUE [PORT]   write VALUE under KEY (VALUE: the rest of the line, words joined by single spaces)
+  put KEY VALUE --if-absent [PORT]         only if KEY does not exist
+  put KEY VALUE --if-value OLD [PORT]      only if KEY holds OLD
+  put KEY VALUE --if-mod-revision N [PORT] only if KEY's mod_revision is N
   get KEY [PORT]         print the value of KEY
+  get --prefix P [PORT]  print every key starting with P and its value
   delete KEY [PORT]      delete KEY (alias: del)
+  delete --prefix P [PORT]  delete every key starting with P
   status [PORT]          status of a replica
   log [PORT]             the replica's recent decided log
   members [PORT]         the current configuration
@@ -91,14 +103,27 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
     };
     let request = |req, port| Ok(Some(ShellCommand::Request { req, port }));
     match cmd {
-        b"put" => {
+        b"put" => put_line(args),
+        b"get" | b"delete" | b"del" if args.first() == Some(&&b"--prefix"[..]) => {
             let (args, port) = split_port(args, 2);
-            if args.len() < 2 {
-                return Err("usage: put KEY VALUE [PORT]".into());
-            }
-            let key = args[0].to_vec();
-            let value = args[1..].join(&b' ');
-            request(Request::Put { key, value }, port)
+            let [_, prefix] = args else {
+                let name = String::from_utf8_lossy(cmd);
+                return Err(format!("usage: {name} --prefix P [PORT]"));
+            };
+            let keys = KeySet::Prefix(prefix.to_vec());
+            let req = if cmd == b"get" {
+                Request::Range {
+                    keys,
+                    list: List {
+                        limit: None,
+                        mode: ListMode::Values,
+                        page_size: None,
+                    },
+                }
+            } else {
+                Request::DeleteRange { keys }
+            };
+            request(req, port)
         }
         b"get" | b"delete" | b"del" => {
             let (args, port) = split_port(args, 1);
@@ -159,6 +184,60 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
             String::from_utf8_lossy(other)
         )),
     }
+}
+
+/// The words of a condition flag of `put`.
+const CONDITIONS: [&[u8]; 3] = [b"--if-absent", b"--if-value", b"--if-mod-revision"];
+
+/// `put KEY VALUE [CONDITION] [PORT]`.
+fn put_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
+    let usage = "usage: put KEY VALUE [--if-absent | --if-value OLD | --if-mod-revision N] [PORT]";
+    let flag_at = args
+        .iter()
+        .skip(1)
+        .position(|w| CONDITIONS.contains(w))
+        .map(|p| p + 1);
+    let (words, condition, port) = match flag_at {
+        None => {
+            let (args, port) = split_port(args, 2);
+            (args, None, port)
+        }
+        Some(i) => {
+            let (flag, rest) = (args[i], &args[i + 1..]);
+            let (condition, after) = match (flag, rest) {
+                (b"--if-absent", after) => (Condition::Absent, after),
+                (b"--if-value", [old, after @ ..]) => (Condition::Value(old.to_vec()), after),
+                (b"--if-mod-revision", [n, after @ ..]) => {
+                    let n = std::str::from_utf8(n)
+                        .ok()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or("--if-mod-revision takes a number")?;
+                    (Condition::ModRevision(n), after)
+                }
+                _ => return Err(usage.into()),
+            };
+            let port = match after {
+                [] => None,
+                [p] => Some(as_port(p).ok_or(usage)?),
+                _ => return Err(usage.into()),
+            };
+            (&args[..i], Some(condition), port)
+        }
+    };
+    if words.len() < 2 {
+        return Err(usage.into());
+    }
+    let key = words[0].to_vec();
+    let value = words[1..].join(&b' ');
+    let req = match condition {
+        None => Request::Put { key, value },
+        Some(condition) => Request::PutIf {
+            key,
+            value,
+            condition,
+        },
+    };
+    Ok(Some(ShellCommand::Request { req, port }))
 }
 
 /// Splits an endpoint into (scheme with `://` or empty, host, port if written).
@@ -342,6 +421,63 @@ mod tests {
         assert!(parse_line(b"frob a")
             .unwrap_err()
             .contains("unknown command"));
+    }
+
+    #[test]
+    fn ranges_and_conditional_puts() {
+        let list = |p: &str| Request::Range {
+            keys: KeySet::Prefix(p.into()),
+            list: List {
+                limit: None,
+                mode: ListMode::Values,
+                page_size: None,
+            },
+        };
+        assert_eq!(req("get --prefix cfg/"), (list("cfg/"), None));
+        assert_eq!(req("get --prefix 8001"), (list("8001"), None));
+        assert_eq!(req("get --prefix cfg/ 8002"), (list("cfg/"), Some(8002)));
+        assert_eq!(
+            req("del --prefix cfg/ 8003"),
+            (
+                Request::DeleteRange {
+                    keys: KeySet::Prefix(b"cfg/".to_vec())
+                },
+                Some(8003)
+            )
+        );
+        assert!(parse_line(b"get --prefix").is_err());
+        assert!(parse_line(b"delete --prefix a b").is_err());
+        let put_if = |k: &str, v: &str, condition| Request::PutIf {
+            key: k.into(),
+            value: v.into(),
+            condition,
+        };
+        assert_eq!(
+            req("put lock me --if-absent"),
+            (put_if("lock", "me", Condition::Absent), None)
+        );
+        assert_eq!(
+            req("put k two words --if-value 8001 8002"),
+            (
+                put_if("k", "two words", Condition::Value(b"8001".to_vec())),
+                Some(8002)
+            )
+        );
+        assert_eq!(
+            req("put k v --if-mod-revision 7"),
+            (put_if("k", "v", Condition::ModRevision(7)), None)
+        );
+        for bad in [
+            "put k --if-absent",
+            "put k v --if-value",
+            "put k v --if-mod-revision x",
+            "put k v --if-absent x",
+            "put k v --if-absent 1 2",
+        ] {
+            assert!(parse_line(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // A flag word in KEY's place is a key, as before.
+        assert_eq!(req("put --if-absent v"), (put("--if-absent", "v"), None));
     }
 
     #[test]

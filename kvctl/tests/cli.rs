@@ -184,7 +184,11 @@ fn put_get_delete_against_a_fake_replica() {
     assert_eq!((code(&o), stdout(&o).as_str()), (0, "hello world\n"));
     let o = go(&["-o", "json", "get", "a"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v, serde_json::json!({"key": "a", "value": "hello world"}));
+    assert_eq!(
+        v,
+        serde_json::json!({"key": "a", "value": "hello world", "revision": 9,
+            "create_revision": 2, "mod_revision": 8, "version": 3})
+    );
     let o = go(&["--consistency", "local", "get", "a"]);
     assert_eq!(stdout(&o), "hello world\n");
 
@@ -368,4 +372,141 @@ fn piped_shell() {
     );
     assert_eq!(lines[1], "error: key not found: zz");
     assert!(b.store.lock().unwrap().is_empty());
+}
+
+#[test]
+fn new_verbs_refuse_bad_flags_and_input_before_sending() {
+    for args in [
+        &["get", "k", "--prefix", "p"][..],
+        &["get", "--prefix", "p", "--from", "a"],
+        &["get", "--to", "b"],
+        &["get", "k", "--limit", "3"],
+        &["get", "--prefix", "p", "--keys-only", "--count-only"],
+        &["get", "--prefix", "p", "--limit", "0"],
+        &["delete", "--prefix", "p", "k"],
+        &["put", "k", "v", "--if-absent", "--if-mod-revision", "3"],
+        &["put", "k", "v", "--if-mod-revision", "x"],
+        &["watch"],
+        &["watch", "k", "--rev", "0"],
+        &["watch", "k", "--count", "0"],
+        &["txn", "/nonexistent/file"],
+        &["--endpoints", DEAD, "put", "", "v", "--if-absent"],
+    ] {
+        let o = run(args);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    let o = run_with_stdin(
+        &["--endpoints", DEAD, "txn"],
+        b"val(\"k\") = \"v\"\n\nput k\n",
+    );
+    assert_eq!(code(&o), 2);
+    assert_eq!(
+        stderr(&o),
+        "error: usage: stdin: line 3: usage: put KEY VALUE (quote a VALUE with spaces)\n"
+    );
+}
+
+#[test]
+fn a_watch_nothing_serves_exits_3_within_the_timeout() {
+    let start = Instant::now();
+    let o = run(&[
+        "--endpoints",
+        DEAD,
+        "--timeout",
+        "500ms",
+        "watch",
+        "k",
+        "--rev",
+        "1",
+    ]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("error: unavailable: "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn a_watch_compacted_everywhere_exits_5() {
+    let a = support::start(1);
+    let b = support::start(2);
+    let eps = format!("{},{}", a.endpoint(), b.endpoint());
+    let o = run(&[
+        "--endpoints",
+        &eps,
+        "--timeout",
+        "2s",
+        "watch",
+        "--prefix",
+        "cfg/",
+        "--rev",
+        "3",
+    ]);
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    let err = stderr(&o);
+    // The first endpoint's answer moved the watch to the second, which said the same.
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].starts_with("watch: resumed on "), "{err}");
+    assert!(
+        lines[1]
+            .starts_with("error: compacted: revision 3 is older than the history of every replica"),
+        "{err}"
+    );
+    assert!(err.contains("history of fake 1 starts at 40"), "{err}");
+    assert!(err.contains("history of fake 2 starts at 40"), "{err}");
+    let o = run(&[
+        "--endpoints",
+        &eps,
+        "-o",
+        "json",
+        "watch",
+        "k",
+        "--rev",
+        "3",
+    ]);
+    assert_eq!(code(&o), 5);
+    let err = stderr(&o);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert_eq!(lines[0]["resumed"]["revision"], 3);
+    assert_eq!(lines[1]["error"]["code"], "compacted");
+}
+
+#[test]
+fn a_watch_stream_that_sends_junk_or_a_huge_line_ends_instead_of_resuming() {
+    let kvd = support::start(1);
+    let ep = kvd.endpoint();
+    for (key, what) in [
+        ("junk", "not a watch event"),
+        ("huge", "over 4194304 bytes"),
+    ] {
+        let start = Instant::now();
+        let o = run(&[
+            "--endpoints",
+            &ep,
+            "--timeout",
+            "2s",
+            "watch",
+            key,
+            "--rev",
+            "1",
+        ]);
+        assert_eq!(code(&o), 5, "{key}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error: rejected (internal): the watch stream from ")
+                && err.contains(what),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "no resumption: {err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
 }

@@ -1,4 +1,5 @@
-//! `get KEY`: prints a value; a missing key is an error (exit 1), unlike etcdctl.
+//! `get KEY`: prints a value (in JSON with its revisions); a missing key is an error
+//! (exit 1), unlike etcdctl. Ranges (`get --prefix`) are `range.rs`.
 
 use crate::cli::OutputFormat;
 use crate::exit::Error;
@@ -15,9 +16,9 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     super::check_key(key)?;
-    let value = client.get(key, consistency).await.map_err(|e| match e {
+    let read = client.get_kv(key, consistency).await.map_err(|e| match e {
         ClientError::NotFound => Error::KeyNotFound(key.to_vec()),
         e => Error::Client(e),
     })?;
-    output::write_value(out, format, key, &value).map_err(Error::stdout)
+    output::write_value(out, format, key, &read).map_err(Error::stdout)
 }

@@ -6,11 +6,17 @@ pub mod get;
 pub mod log;
 pub mod members;
 pub mod put;
+pub mod range;
 pub mod reconfigure;
 pub mod status;
+pub mod txn;
+pub mod txn_text;
+pub mod watch;
 
 use crate::context::Context;
 use crate::exit::Error;
+use omnikv_common::client::KeySet;
+use omnikv_common::kv::TxnRequest;
 use omnikv_common::Client;
 use std::io::Write;
 
@@ -25,11 +31,36 @@ pub fn check_key(key: &[u8]) -> Result<(), Error> {
 /// A single-endpoint-list request, as the one-shot commands and the shell issue them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// A put only if the condition holds (a transaction).
+    PutIf {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        condition: put::Condition,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    /// Every key of a range (or of a one-key set), page after page.
+    Range {
+        keys: KeySet,
+        list: range::List,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Every key of a range, as one write.
+    DeleteRange {
+        keys: KeySet,
+    },
+    Txn(TxnRequest),
     Status,
-    Log { limit: usize },
+    Log {
+        limit: usize,
+    },
     Members,
     Reconfigure(reconfigure::Change),
 }
@@ -43,8 +74,18 @@ pub async fn execute(
 ) -> Result<(), Error> {
     match req {
         Request::Put { key, value } => put::run(client, &key, value, ctx.output, out).await,
+        Request::PutIf {
+            key,
+            value,
+            condition,
+        } => put::run_if(client, &key, value, &condition, ctx.output, out).await,
         Request::Get { key } => get::run(client, &key, ctx.consistency, ctx.output, out).await,
+        Request::Range { keys, list } => {
+            range::get(client, &keys, &list, ctx.consistency, ctx.output, out).await
+        }
         Request::Delete { key } => delete::run(client, &key, ctx.output, out).await,
+        Request::DeleteRange { keys } => range::delete(client, &keys, ctx.output, out).await,
+        Request::Txn(t) => txn::run(client, &t, ctx.output, out).await,
         Request::Status => status::run(client, ctx.output, out).await,
         Request::Log { limit } => log::run(client, limit, ctx.output, out).await,
         Request::Members => members::run(client, ctx.output, out).await,

@@ -1,9 +1,16 @@
-//! `put KEY VALUE`: writes a value; `-` as VALUE reads it from stdin.
+//! `put KEY VALUE [--if-absent | --if-value OLD | --if-mod-revision N]`: writes a value
+//! (`-` as VALUE reads it from stdin); with a condition, as a transaction whose failure
+//! branch reads the key, so a failed compare says what the key holds.
 
-use crate::cli::OutputFormat;
+use crate::cli::{OutputFormat, PutCondition};
 use crate::exit::Error;
 use crate::output;
-use omnikv_common::Client;
+use omnikv_common::keys::display_bytes;
+use omnikv_common::kv::{
+    Compare, CompareOp, CompareTarget, GetOp, KeyValue, PutOp, RangeSpec, TxnOp, TxnOpResult,
+    TxnRequest,
+};
+use omnikv_common::{Client, WriteResult};
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -40,10 +47,165 @@ pub async fn run(
     output::write_write_result(out, format, &w, false).map_err(Error::stdout)
 }
 
+/// What a conditional put requires of the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The key does not exist.
+    Absent,
+    /// The key holds exactly these bytes.
+    Value(Vec<u8>),
+    /// The key's mod_revision is this (0: the key does not exist).
+    ModRevision(u64),
+}
+
+impl Condition {
+    /// The condition the flags ask for, if any (clap allows at most one).
+    pub fn from_flags(c: &PutCondition) -> Option<Condition> {
+        if c.if_absent {
+            Some(Condition::Absent)
+        } else if let Some(v) = &c.if_value {
+            Some(Condition::Value(v.as_bytes().to_vec()))
+        } else {
+            c.if_mod_revision.map(Condition::ModRevision)
+        }
+    }
+
+    fn compare(&self, key: &[u8]) -> Compare {
+        let target = match self {
+            Condition::Absent => CompareTarget::Exists(false),
+            Condition::Value(v) => CompareTarget::Value(v.as_slice().into()),
+            Condition::ModRevision(n) => CompareTarget::ModRevision(*n),
+        };
+        Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target,
+        }
+    }
+
+    /// Whether the key existed before a put this condition let through.
+    fn existed(&self) -> bool {
+        match self {
+            Condition::Absent => false,
+            Condition::Value(_) => true,
+            Condition::ModRevision(n) => *n > 0,
+        }
+    }
+
+    /// Why the compare failed, from what the key holds now (`None`: absent).
+    pub fn failure(&self, key: &[u8], now: Option<&KeyValue>) -> String {
+        let key = display_bytes(key);
+        let Some(kv) = now else {
+            return format!("key {key} does not exist");
+        };
+        let value = kv
+            .value
+            .as_ref()
+            .map_or_else(String::new, |v| display_bytes(&v.0));
+        let holds = format!(
+            "holds {value} (mod_revision {}, version {})",
+            kv.mod_revision, kv.version
+        );
+        match self {
+            Condition::Absent => format!("key {key} exists: it {holds}"),
+            Condition::Value(v) => format!("key {key} {holds}, not {}", display_bytes(v)),
+            Condition::ModRevision(n) => format!("key {key} {holds}, not mod_revision {n}"),
+        }
+    }
+
+    /// The transaction: if the compare holds put, else read the key.
+    pub fn txn(&self, key: &[u8], value: Vec<u8>) -> TxnRequest {
+        TxnRequest {
+            compare: vec![self.compare(key)],
+            success: vec![TxnOp::Put(PutOp {
+                key: key.into(),
+                value: omnikv_common::kv::Bytes64(value),
+                prev: false,
+            })],
+            failure: vec![TxnOp::Get(GetOp {
+                range: RangeSpec {
+                    key: key.into(),
+                    end: None,
+                    prefix: false,
+                },
+                limit: None,
+                keys_only: false,
+                count_only: false,
+            })],
+        }
+    }
+}
+
+/// Writes `value` under `key` if `condition` holds; prints `OK` (JSON: a put's result), or
+/// fails with exit 6 and what the key holds now.
+pub async fn run_if(
+    client: &Client,
+    key: &[u8],
+    value: Vec<u8>,
+    condition: &Condition,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    super::check_key(key)?;
+    let r = client.txn(&condition.txn(key, value)).await?;
+    if !r.succeeded {
+        let now = match r.responses.first() {
+            Some(TxnOpResult::Get(g)) => g.kvs.first(),
+            _ => None,
+        };
+        return Err(Error::CompareFailed(if r.replayed {
+            "the condition did not hold (a retry answered from its first outcome)".into()
+        } else {
+            condition.failure(key, now)
+        }));
+    }
+    let w = WriteResult {
+        config_id: r.config_id,
+        index: r.index,
+        existed: condition.existed(),
+        revision: r.revision,
+        prev: None,
+        replayed: r.replayed,
+    };
+    output::write_write_result(out, format, &w, false).map_err(Error::stdout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Cursor;
+
+    #[test]
+    fn conditions_compare_and_explain() {
+        let now = KeyValue {
+            key: "k".into(),
+            value: Some("x".into()),
+            create_revision: 3,
+            mod_revision: 8,
+            version: 2,
+        };
+        let t = Condition::Absent.txn(b"k", b"v".to_vec());
+        assert_eq!(t.compare[0].target, CompareTarget::Exists(false));
+        assert!(matches!(&t.success[..], [TxnOp::Put(p)] if p.value.0 == b"v"));
+        assert!(matches!(&t.failure[..], [TxnOp::Get(g)] if g.range.key.0 == b"k"));
+        assert_eq!(
+            Condition::Absent.failure(b"k", Some(&now)),
+            "key k exists: it holds x (mod_revision 8, version 2)"
+        );
+        assert_eq!(
+            Condition::Value(b"old".to_vec()).failure(b"k", Some(&now)),
+            "key k holds x (mod_revision 8, version 2), not old"
+        );
+        assert_eq!(
+            Condition::ModRevision(7).failure(b"k", None),
+            "key k does not exist"
+        );
+        assert_eq!(
+            Condition::ModRevision(7).compare(b"k").target,
+            CompareTarget::ModRevision(7)
+        );
+        assert!(!Condition::ModRevision(0).existed());
+    }
 
     #[test]
     fn reads_stdin_exactly() {

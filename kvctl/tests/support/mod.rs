@@ -2,6 +2,8 @@
 //! connection) to answer the kv, status and log endpoints from an in-memory map.
 //!
 //! Special keys: `toolarge` answers 413 too_large, `maybe` answers 504 indeterminate.
+//! `/v1/watch` answers a stream whose one line says the revision is compacted; for
+//! `key=junk` a line that is not an event, for `key=huge` a line over kvctl's 4 MiB bound.
 
 use omnikv_common::keys::decode_key;
 use omnikv_common::{ApiError, ErrorCode, LogEntryView, LogView, Role, StatusView, WriteResult};
@@ -81,10 +83,24 @@ pub fn start(pid: u64) -> MockKvd {
     MockKvd { port, store }
 }
 
+/// The revision headers every successful single-key read carries (fixed numbers: the
+/// tests check how kvctl renders them).
+pub const READ_HEADERS: &str = "omnikv-index: 12\r\nomnikv-revision: 9\r\n\
+    omnikv-create-revision: 2\r\nomnikv-mod-revision: 8\r\nomnikv-version: 3\r\n";
+
 fn respond(stream: &mut TcpStream, status: u16, body: &[u8]) -> std::io::Result<()> {
+    respond_with(stream, status, "", body)
+}
+
+fn respond_with(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     write!(
         stream,
-        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: application/json\r\n{headers}connection: close\r\n\r\n",
         body.len()
     )?;
     stream.write_all(body)?;
@@ -135,7 +151,7 @@ fn serve(
         let index = store.len() as u64 + 5;
         return match method {
             "GET" => match store.get(&key) {
-                Some(v) => respond(&mut stream, 200, v),
+                Some(v) => respond_with(&mut stream, 200, READ_HEADERS, v),
                 None => error(&mut stream, ErrorCode::NotFound, "key not found"),
             },
             "PUT" => {
@@ -171,6 +187,19 @@ fn serve(
             respond(&mut stream, 200, &json(&status_view(pid, keys)))
         }
         "/v1/log" => respond(&mut stream, 200, &json(&log_view())),
+        "/v1/watch" if target.contains("key=junk") => respond(&mut stream, 200, b"junk\n"),
+        "/v1/watch" if target.contains("key=huge") => {
+            respond(&mut stream, 200, &vec![b'x'; 4 * 1024 * 1024 + 10])
+        }
+        "/v1/watch" => {
+            let end = omnikv_common::kv::WatchEvent::Compacted {
+                oldest_revision: 40,
+                message: format!("history of fake {pid} starts at 40"),
+            };
+            let mut line = json(&end);
+            line.push(b'\n');
+            respond(&mut stream, 200, &line)
+        }
         _ => error(&mut stream, ErrorCode::NotFound, "no such path"),
     }
 }
