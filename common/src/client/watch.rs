@@ -205,16 +205,20 @@ impl Client {
         }
     }
 
-    /// Opens one stream on `endpoint` from revision `start`; `Err` as the failover loop
-    /// classifies it.
+    /// Opens one stream on `endpoint` from revision `start` (`None`: from now, read at the
+    /// request's consistency); `Err` as the failover loop classifies it.
     async fn open_stream(
         &self,
         endpoint: &str,
         req: &WatchRequest,
-        start: u64,
+        start: Option<u64>,
     ) -> Result<EventStream, Attempt<()>> {
+        let from = match start {
+            Some(r) => format!("&start_revision={r}"),
+            None => format!("&consistency={}", req.consistency.as_str()),
+        };
         let url = format!(
-            "{endpoint}/v1/watch?{}&start_revision={start}&progress_ms={}{}",
+            "{endpoint}/v1/watch?{}{from}&progress_ms={}{}",
             req.keys.watch_query(),
             req.progress_ms,
             if req.prev_value {
@@ -260,14 +264,22 @@ impl Watch<'_> {
                 }
                 continue;
             };
-            let cursor = self.cursor.as_mut().expect("a stream has a cursor");
             let client = self.client;
             let idle =
                 Duration::from_millis(self.req.progress_ms.saturating_mul(3)) + self.client.timeout;
             let ended = match stream.next_event(idle).await {
+                // A stream opened from now: its first line says where it starts.
+                Ok(Some(WatchEvent::Progress { revision })) if self.cursor.is_none() => {
+                    self.cursor = Some(Cursor::new(revision + 1));
+                    continue;
+                }
+                Ok(Some(_)) if self.cursor.is_none() => {
+                    "the stream did not open with a progress line".to_string()
+                }
                 Ok(Some(event)) => match &event {
                     WatchEvent::Put { key, revision, .. }
                     | WatchEvent::Delete { key, revision, .. } => {
+                        let cursor = self.cursor.as_mut().expect("set by the opening line");
                         if cursor.accept(*revision, &key.0) {
                             self.compacted.clear();
                             return Ok(WatchItem::Event(event));
@@ -275,6 +287,7 @@ impl Watch<'_> {
                         continue;
                     }
                     WatchEvent::Progress { revision } => {
+                        let cursor = self.cursor.as_mut().expect("set by the opening line");
                         cursor.complete_through(*revision);
                         continue;
                     }
@@ -282,6 +295,7 @@ impl Watch<'_> {
                         resume_revision,
                         message,
                     } => {
+                        let cursor = self.cursor.as_mut().expect("set by the opening line");
                         cursor.complete_through(resume_revision.saturating_sub(1));
                         // Slow reading, not a bad replica: the same endpoint again.
                         self.next_endpoint = endpoint_index(client, &stream.endpoint);
@@ -313,27 +327,13 @@ impl Watch<'_> {
     /// endpoint that answered has compacted the revision.
     async fn connect(&mut self) -> Result<Option<WatchItem>, WatchError> {
         let started = Instant::now();
-        if self.cursor.is_none() {
-            // From now: the revision every acknowledged write is at, then watch past it.
-            let page = self
-                .client
-                .range_page(
-                    &self.req.keys,
-                    &super::RangeOpts {
-                        count_only: true,
-                        ..Default::default()
-                    },
-                    None,
-                    self.req.consistency,
-                )
-                .await?;
-            self.cursor = Some(Cursor::new(page.revision + 1));
-        }
         let endpoints = self.client.endpoints().to_vec();
         let n = endpoints.len();
         let mut round = 0u32;
         loop {
-            let start = self.cursor.as_ref().map_or(1, Cursor::resume_revision);
+            // Without a cursor yet, the stream starts from now and its opening progress line
+            // says after which revision.
+            let start = self.cursor.as_ref().map(Cursor::resume_revision);
             let mut failures = Vec::new();
             for _ in 0..n {
                 let i = self.next_endpoint % n;
@@ -351,7 +351,7 @@ impl Watch<'_> {
                         self.stream = Some(stream);
                         return Ok(self.ended.take().map(|reason| WatchItem::Resumed {
                             endpoint: endpoints[i].clone(),
-                            revision: start,
+                            revision: start.unwrap_or_default(),
                             reason,
                         }));
                     }
@@ -371,7 +371,7 @@ impl Watch<'_> {
                     .collect::<Vec<_>>()
                     .join("; ");
                 return Err(WatchError::Compacted {
-                    revision: start,
+                    revision: start.unwrap_or_default(),
                     detail,
                 });
             }

@@ -149,9 +149,9 @@ impl WatchStream {
     /// The next piece of the body; `None` ends the stream.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if std::mem::take(&mut self.opening) {
-            return Some(Bytes::from(
-                self.line(&WatchEvent::Progress { revision: self.seen }),
-            ));
+            return Some(Bytes::from(self.line(&WatchEvent::Progress {
+                revision: self.seen,
+            })));
         }
         loop {
             let lines = match self.phase {
