@@ -248,9 +248,11 @@ def write_report(args, meta, cmp_runs, rev_runs):
           f"JSON with base64; etcd Range with a prefix, protobuf), decoded by the client, "
           f"{args.range_clients} clients; an answer with another key count is an error.")
         A("- cas: a transaction comparing the drawn key's mod revision with the last one any "
-          "client saw (0 at first), then put; else get the key to learn its mod revision "
-          "(omnikv `POST /v1/txn`, etcd Txn, same compare and branches). Both outcomes are "
-          "answered operations; *failed* is the share whose compare failed.")
+          "client saw (every key's is read before the run, as a client reads what it then "
+          "updates), then put; else get the key to learn its mod revision (omnikv "
+          "`POST /v1/txn`, etcd Txn, same compare and branches). Both outcomes are answered "
+          "operations; *failed* is the share whose compare failed (another client swapped "
+          "the key in between).")
         A("- CPU: server CPU-microseconds per operation, summed over the 3 members.\n")
         A("| workload | clients | omnikv ops/s | etcd ops/s | ratio | omnikv p50 / p99 ms | "
           "etcd p50 / p99 ms | p99 ratio | omnikv CPU us/op | etcd CPU us/op | errors o / e |")
@@ -329,7 +331,8 @@ def main():
     ap.add_argument("--work", help="data directory [default: a fresh temporary one, removed]")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS-data-model.md"))
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "data-model.json"))
-    ap.add_argument("--from-json", help="only rewrite the report from an earlier results file")
+    ap.add_argument("--from-json", help="only rewrite the report from an earlier results file "
+                    "(with the --rounds/--duration/... of that run)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     if args.from_json:
