@@ -71,7 +71,7 @@ test:
 # Formatting and lints, as CI checks them.
 lint:
     cargo fmt --all -- --check
-    {{rocksdb}} cargo clippy --all-targets -- -D warnings
+    {{rocksdb}} cargo clippy --workspace --all-targets -- -D warnings
 
 # Build the Docker image omnikv:dev (OMNIKV_IMAGE); without a registry it takes the offline path.
 image:

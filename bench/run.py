@@ -4,13 +4,14 @@
 Starts real clusters on loopback, every write fsynced (kvd's default; etcd's default):
   omnikv-3  three kvd replicas          etcd-3  three etcd members
   omnikv-1  kvd standalone (NODES=[1])  etcd-1  one etcd member
-and drives all of them with the same load generator, `kvctl bench` (`--target etcd` speaks
-etcd's v3 JSON gateway over the same HTTP connection pools). Each pair that is compared runs at
+and drives all of them with the same load generator, `omnikv-bench kv` (bench/driver: kvctl
+bench's loop and flags; omnikv over its HTTP API, etcd over its native gRPC API with the
+etcd-client crate, as each system's users run it). Each pair that is compared runs at
 the same time and the runs are interleaved point by point (omnikv, etcd, omnikv, etcd, ...) so
 that machine noise hits both; every figure is the median of --rounds runs.
 
-Measured per run: throughput, latency p50/p90/p99/max (kvctl), CPU of every server process
-(/proc/PID/stat) plus the client's own (kvctl's getrusage) per successful operation, fsync +
+Measured per run: throughput, latency p50/p90/p99/max (the load generator), CPU of every server
+process (/proc/PID/stat) plus the client's own (its getrusage) per successful operation, fsync +
 fdatasync syscalls of the server processes per operation (`perf stat` tracepoints; kvd's and
 etcd's own counters as a fallback), peak RSS of every server process (/proc/PID/status,
 sampled every 0.25 s). Also: leader failover (kill -9 the leader, time to the first successful
@@ -169,7 +170,7 @@ class Cluster:
         return [m.client for i, m in enumerate(self.members) if i != exclude]
 
     def endpoints_from(self, first):
-        """Every endpoint, starting at member index `first` (kvctl bench starts connection j
+        """Every endpoint, starting at member index `first` (the load generator starts connection j
         on endpoint j mod n, so connection 0, the only one at 1 client, talks to `first`)."""
         eps = self.endpoints()
         return eps[first:] + eps[:first]
@@ -229,13 +230,14 @@ class Cluster:
 
 def run_load(cluster, clients, read_ratio=0.0, consistency="linearizable", args=None,
              via="leader"):
-    """One `kvctl bench` run. Endpoints are ordered leader first (via="leader") or a follower
+    """One `omnikv-bench kv` run. Endpoints are ordered leader first (via="leader") or a follower
     first (via="follower"), the same way for both systems: with one client, all its
     operations go to that member; with more, connections spread over all members."""
     lead = cluster.leader() or 0
     first = lead if via == "leader" or cluster.size == 1 else (lead + 1) % cluster.size
-    cmd = [args.kvctl, "--endpoints", ",".join(cluster.endpoints_from(first)), "--consistency",
-           consistency, "-o", "json", "--timeout", "5s", "bench", "--target", cluster.kind,
+    cmd = [args.bench, "--target", cluster.kind, "--endpoints",
+           ",".join(cluster.endpoints_from(first)), "--consistency",
+           consistency, "-o", "json", "--timeout", "5s", "kv",
            "--clients", str(clients), "--duration", f"{args.duration}s",
            "--warmup", f"{args.warmup}s", "--value-size", str(args.value_size),
            "--keys", str(args.keys), "--read-ratio", str(read_ratio)]
@@ -274,7 +276,7 @@ def run_load(cluster, clients, read_ratio=0.0, consistency="linearizable", args=
     try:
         r = json.loads(out)
     except json.JSONDecodeError:
-        raise RuntimeError(f"kvctl bench failed ({p.returncode}): {err.decode()[-2000:]}")
+        raise RuntimeError(f"omnikv-bench failed ({p.returncode}): {err.decode()[-2000:]}")
     ok = max(r["ok"], 1)
     server_cpu = sum(cpu1[pid] - cpu0[pid] for pid in pids)
     client_cpu = r["client_cpu_cores"] * r["duration_s"]
@@ -356,8 +358,8 @@ def add_replica(args, work, port_base, kind):
         c.wait_ready()
         lead = c.leader() or 0
         load = subprocess.run(
-            [args.kvctl, "--endpoints", ",".join(c.endpoints_from(lead)), "-o", "json",
-             "--timeout", "10s", "bench", "--target", kind, "--clients", "64", "--ops", str(n),
+            [args.bench, "--target", kind, "--endpoints", ",".join(c.endpoints_from(lead)),
+             "-o", "json", "--timeout", "10s", "kv", "--clients", "64", "--ops", str(n),
              "--keys", str(n), "--key-order", "sequential", "--warmup", "0",
              "--value-size", str(args.value_size)], capture_output=True, text=True)
         loaded = json.loads(load.stdout)["ok"] if load.stdout else 0
@@ -545,6 +547,7 @@ def versions(args):
         "omnikv_tree": sh(f"git -C {ROOT} rev-parse --short HEAD") + (" (dirty)" if dirty else ""),
         "kvd": args.kvd_label or sh(f"{args.kvd} --version"),
         "kvctl": sh(f"{args.kvctl} --version"),
+        "bench_tool": sh(f"{args.bench} --version"),
         "etcd": sh(f"{args.etcd} --version | head -1"),
         "etcd_go": sh(f"{args.etcd} --version | grep -i 'go version'"),
         "rustc": sh("rustc --version"),
@@ -561,6 +564,9 @@ def fmt(x, d=0):
 
 def write_report(args, meta, med, failover, reads_systems, add_replica, plots_rel):
     xs = args.clients
+    # Results from before the benchmark tool (no etcd_client in meta) drove etcd through its
+    # JSON gateway (kvctl bench --target etcd).
+    native = meta.get("etcd_client") == "native-grpc"
     L = []
     A = L.append
     A("# omnikv benchmarks: omnikv vs etcd, same machine, same run\n")
@@ -572,10 +578,12 @@ def write_report(args, meta, med, failover, reads_systems, add_replica, plots_re
       "hits both. All servers and the load generator share this machine. Writes are `put`s of "
       f"{args.value_size}-byte values over {args.keys:,} keys, uniform; each run is "
       f"{args.duration} s after a {args.warmup} s warmup. Both systems fsync every commit "
-      "(their defaults; etcd 3-member and 1-member as shipped by Debian, default flags). "
-      "etcd is driven through its JSON gRPC-gateway on the client port, which costs etcd "
-      "some CPU (JSON decoding and a loopback gRPC hop inside etcd) that a native gRPC client "
-      "would not: etcd's CPU figures here are an upper bound for etcd.\n")
+      "(their defaults; etcd 3-member and 1-member as shipped by Debian, default flags). " +
+      ("etcd is driven through its native gRPC API (the etcd-client crate in the benchmark "
+       "tool, `omnikv-bench --target etcd`), as its users run it.\n" if native else
+       "etcd is driven through its JSON gRPC-gateway on the client port, which costs etcd "
+       "some CPU (JSON decoding and a loopback gRPC hop inside etcd) that a native gRPC client "
+       "would not: etcd's CPU figures here are an upper bound for etcd.\n"))
     A("Analysis of the misses and what to change in kvd: [bench/PROFILE.md](bench/PROFILE.md).\n")
     m = meta["machine"]
     v = meta["versions"]
@@ -584,8 +592,9 @@ def write_report(args, meta, med, failover, reads_systems, add_replica, plots_re
       f"{m['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end); memory "
       f"{m['memory']}; kernel {m['kernel']}; data on {m['work_fs']}")
     A(f"- omnikv tree {v['omnikv_tree']}; kvd: {v['kvd']}; {v['kvctl']}; {v['rustc']}")
-    A(f"- etcd: {v['etcd']} ({v['etcd_go']}), driven through its v3 JSON gRPC-gateway "
-      "(`kvctl bench --target etcd`)")
+    A(f"- etcd: {v['etcd']} ({v['etcd_go']}), driven through " +
+      ("its native gRPC API (`omnikv-bench --target etcd`, etcd-client crate)" if native else
+       "its v3 JSON gRPC-gateway (`kvctl bench --target etcd`)"))
     A(f"- fsyncs counted as {meta['fsync_source']}\n")
 
     def g(sys_, c, rr=0.0, cons="linearizable"):
@@ -647,8 +656,8 @@ def write_report(args, meta, med, failover, reads_systems, add_replica, plots_re
     A("## Writes vs concurrent clients\n")
     A(f"![throughput]({plots_rel}/throughput.svg) ![p99]({plots_rel}/p99.svg)\n")
     A("CPU is CPU-microseconds per successful put summed over every server process and the "
-      "client (kvctl); *client* is the load generator's own share of the machine in cores; "
-      "fsyncs are fsync + fdatasync calls of all server processes per put. kvctl's endpoint "
+      "client (the load generator); *client* is the load generator's own share of the machine in cores; "
+      "fsyncs are fsync + fdatasync calls of all server processes per put. The load generator's endpoint "
       "list starts at the leader for both systems, so the single client of the 1-client "
       "point talks to the leader; the *via follower* rows repeat that point through a "
       "follower (which forwards to the leader).\n")
@@ -755,21 +764,39 @@ def write_report(args, meta, med, failover, reads_systems, add_replica, plots_re
 # ---------------------------------------------------------------- main
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_args(ap):
+    """The flags bench/run.py and bench/data_model.py share: binaries and run lengths."""
     ap.add_argument("--bin", default=os.environ.get("OMNIKV_BIN_DIR",
                                                     os.path.join(ROOT, "target", "release")),
-                    help="directory holding kvd and kvctl (release build)")
+                    help="directory holding kvd, kvctl and omnikv-bench (release build)")
     ap.add_argument("--kvd", help="kvd binary [default: BIN/kvd]")
     ap.add_argument("--kvd-label", help="how to name the kvd build in the report")
     ap.add_argument("--kvctl", help="kvctl binary [default: BIN/kvctl]")
+    ap.add_argument("--bench", help="the benchmark tool, omnikv-bench (bench/driver) "
+                    "[default: BIN/omnikv-bench]")
     ap.add_argument("--etcd", default=shutil.which("etcd") or "etcd")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds measured per run")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
     ap.add_argument("--rounds", type=int, default=3, help="runs per point (median)")
-    ap.add_argument("--clients", default="1,4,16,64,256")
     ap.add_argument("--value-size", type=int, default=100)
     ap.add_argument("--keys", type=int, default=10_000)
+
+
+def resolve_binaries(args, extra=()):
+    """Fills in the binaries' default paths; exits when one is missing."""
+    args.kvd = args.kvd or os.path.join(args.bin, "kvd")
+    args.kvctl = args.kvctl or os.path.join(args.bin, "kvctl")
+    args.bench = args.bench or os.path.join(args.bin, "omnikv-bench")
+    for b in (args.kvd, args.kvctl, args.bench, args.etcd, *extra):
+        if not (os.path.isfile(b) and os.access(b, os.X_OK)) and not shutil.which(b):
+            sys.exit(f"bench: {b} not found (build with `cargo build --release -p kvd -p kvctl "
+                     "-p omnikv-bench`; etcd: bench/install-etcd.sh)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    common_args(ap)
+    ap.add_argument("--clients", default="1,4,16,64,256")
     ap.add_argument("--failover-trials", type=int, default=5)
     ap.add_argument("--add-keys", type=int, default=100_000,
                     help="keys held by the cluster a 4th member is added to")
@@ -784,20 +811,16 @@ def main():
                     "file of an earlier run (same --clients/--rounds/--duration as that run)")
     ap.add_argument("--no-perf", action="store_true", help="count fsyncs from server metrics")
     args = ap.parse_args()
-    args.kvd = args.kvd or os.path.join(args.bin, "kvd")
-    args.kvctl = args.kvctl or os.path.join(args.bin, "kvctl")
+    resolve_binaries(args)
     args.clients = [int(x) for x in args.clients.split(",")]
     skip = set(filter(None, args.skip.split(",")))
-    for b in (args.kvd, args.kvctl, args.etcd):
-        if not (os.path.isfile(b) and os.access(b, os.X_OK)) and not shutil.which(b):
-            sys.exit(f"bench: {b} not found (build with `cargo build --release --bins`; etcd: "
-                     "bench/install-etcd.sh)")
     args.perf = not args.no_perf and perf_usable()
     work = args.work or tempfile.mkdtemp(prefix="omnikv-bench-")
     started = time.time()
     meta = {"started": time.strftime("%Y-%m-%d %H:%M %Z"),
             "command": shlex.join(["bench/run.py"] + sys.argv[1:]),
             "machine": machine_info(work), "versions": versions(args),
+            "etcd_client": "native-grpc",
             "fsync_source": "fsync + fdatasync syscalls of the server processes "
                             "(perf stat tracepoints)" if args.perf else
                             "the servers' own counters (omnikv_fsyncs_total; etcd WAL fsyncs "

@@ -2,6 +2,8 @@
 # Installs what building and testing omnikv needs on a Debian/Ubuntu machine (Debian 12 is
 # the reference) that has the Rust toolchain and apt:
 #   - libclang-dev (RocksDB's bindings) and a C++ compiler (g++; RocksDB's C++), from apt
+#   - protoc (Debian's protobuf-compiler): the benchmark tool's etcd client (bench/driver,
+#     the etcd-client crate) compiles etcd's .proto files when it is built
 #   - just (the task runner), with cargo
 #   - python3 (apt), used by the offline manifest check (`just test-k8s`)
 #   - kubectl (Debian's kubernetes-client, for `kubectl kustomize`; any kubectl already on PATH
@@ -48,6 +50,7 @@ apt_install() { # packages...
 missing=()
 dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Debian's kubernetes-client provides kubectl (kustomize builds).
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
@@ -99,7 +102,7 @@ if [ "$(id -u)" -ne 0 ]; then
   warnings+=("not root: the disk-full test (kvd/tests/it/disk_full.rs) mounts a tmpfs and fails without root; run \`just test\` as root to pass it (CI does). The Docker image build (\`just image\`) uses sudo for debootstrap once.")
 fi
 
-echo "setup: ok ($(just --version), libclang-dev $(dpkg-query -W -f='${Version}' libclang-dev)," \
+echo "setup: ok ($(just --version), libclang-dev $(dpkg-query -W -f='${Version}' libclang-dev), $(protoc --version)," \
   "kubectl $(kubectl version --client -o json 2>/dev/null | python3 -c 'import json, sys; print(json.load(sys.stdin)["clientVersion"]["gitVersion"])' 2>/dev/null || echo '?')," \
   "kubernetes-validate $("$kv" --version 2>/dev/null)$([ "$kv" = kubernetes-validate ] || echo " in $venv"))"
 for w in ${warnings[@]+"${warnings[@]}"}; do echo "setup: warning: $w" >&2; done

@@ -316,12 +316,6 @@ pub struct BenchArgs {
     /// Worker threads of the load generator's async runtime [default: one per CPU].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
-
-    /// The system under load: omnikv (kvd's /v1/kv API) or etcd (its v3 JSON gateway on the
-    /// client port; --endpoints are then etcd client URLs; linearizable gets are etcd's
-    /// default range, local gets are `serializable` ranges).
-    #[arg(long, value_enum, default_value_t = Target::Omnikv)]
-    pub target: Target,
 }
 
 /// How `kvctl bench` picks keys.
@@ -331,24 +325,6 @@ pub enum KeyOrder {
     Random,
     /// One after the other, across all clients.
     Sequential,
-}
-
-/// The system `kvctl bench` drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Target {
-    /// kvd replicas (`PUT/GET /v1/kv/{key}`).
-    Omnikv,
-    /// etcd v3 members, through the gRPC-gateway (`POST /v3/kv/put`, `/v3/kv/range`).
-    Etcd,
-}
-
-impl Target {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Omnikv => "omnikv",
-            Target::Etcd => "etcd",
-        }
-    }
 }
 
 /// Parses a ratio in 0.0..=1.0.

@@ -168,138 +168,13 @@ fn bench_bad_flags_exit_2() {
     }
 }
 
-/// A tiny fake etcd v3 JSON gateway: `POST /v3/kv/put` and `/v3/kv/range` over an in-memory
-/// map of base64 keys to base64 values (one request per connection, like tests/support).
-struct FakeEtcd {
-    port: u16,
-    store: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-    ranges: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-fn fake_etcd() -> FakeEtcd {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::sync::atomic::Ordering;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let etcd = FakeEtcd {
-        port,
-        store: Default::default(),
-        ranges: Default::default(),
-    };
-    let (store, ranges) = (etcd.store.clone(), etcd.ranges.clone());
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let (store, ranges) = (store.clone(), ranges.clone());
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                let path = line.split(' ').nth(1).unwrap_or("").to_string();
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    r.read_line(&mut h).unwrap();
-                    if h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let key = req["key"].as_str().unwrap().to_string();
-                let header = r#""header":{"revision":"1"}"#;
-                let (status, answer) = match path.as_str() {
-                    "/v3/kv/put" => {
-                        let value = req["value"].as_str().unwrap().to_string();
-                        store.lock().unwrap().insert(key, value);
-                        ("200 OK", format!("{{{header}}}"))
-                    }
-                    "/v3/kv/range" => {
-                        ranges.fetch_add(1, Ordering::Relaxed);
-                        match store.lock().unwrap().get(&key) {
-                            Some(v) => (
-                                "200 OK",
-                                format!(
-                                    r#"{{{header},"kvs":[{{"key":"{key}","value":"{v}"}}],"count":"1"}}"#
-                                ),
-                            ),
-                            None => ("200 OK", format!("{{{header}}}")),
-                        }
-                    }
-                    _ => ("404 Not Found", r#"{"error":"Not Found","code":5}"#.into()),
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-            });
-        }
-    });
-    etcd
-}
-
-#[test]
-fn bench_drives_etcd_through_its_json_gateway() {
-    let etcd = fake_etcd();
-    let o = kvctl(&[
-        "--endpoints",
-        &format!("127.0.0.1:{}", etcd.port),
-        "bench",
-        "--target",
-        "etcd",
-        "--ops",
-        "300",
-        "--clients",
-        "4",
-        "--warmup",
-        "0",
-        "--keys",
-        "20",
-        "--read-ratio",
-        "0.5",
-        "-o",
-        "json",
-    ]);
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(0), "{stderr}");
-    let j = json(&o);
-    assert_eq!(j["target"], "etcd", "{j}");
-    assert_eq!(
-        (j["ops"].as_u64(), j["ok"].as_u64()),
-        (Some(300), Some(300)),
-        "{j}"
-    );
-    // Gets found most keys (20 keys, about 150 puts before and among them).
-    let ranges = etcd.ranges.load(std::sync::atomic::Ordering::Relaxed);
-    let misses = j["misses"].as_u64().unwrap();
-    assert!(
-        ranges > 0 && misses < ranges,
-        "{misses} misses of {ranges} gets"
-    );
-    // Keys and values arrived base64-encoded: `bench-N` keys, 100-byte values.
-    let store = etcd.store.lock().unwrap();
-    assert!(!store.is_empty() && store.len() <= 20);
-    for (k, v) in store.iter() {
-        assert!(k.starts_with("YmVuY2gt"), "{k}"); // base64("bench-")
-        assert_eq!(v.len(), 136, "{v}"); // base64 of 100 bytes
-    }
-}
-
 #[test]
 fn bench_sequential_keys_write_each_key_once() {
-    let etcd = fake_etcd();
+    let kvd = support::start(1);
     let o = kvctl(&[
         "--endpoints",
-        &format!("127.0.0.1:{}", etcd.port),
+        &kvd.endpoint(),
         "bench",
-        "--target",
-        "etcd",
         "--ops",
         "40",
         "--keys",
@@ -318,33 +193,7 @@ fn bench_sequential_keys_write_each_key_once() {
         String::from_utf8_lossy(&o.stderr)
     );
     // 40 puts over 40 keys in order: every key exactly once.
-    assert_eq!(etcd.store.lock().unwrap().len(), 40);
-}
-
-#[test]
-fn bench_etcd_with_nothing_reachable_exits_3() {
-    let o = kvctl(&[
-        "--endpoints",
-        DEAD,
-        "--timeout",
-        "200ms",
-        "bench",
-        "--target",
-        "etcd",
-        "--duration",
-        "300ms",
-        "--warmup",
-        "0",
-        "--clients",
-        "2",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(o.status.code(), Some(3));
-    let j = json(&o);
-    assert_eq!(
-        (j["ok"].as_u64(), j["target"].as_str()),
-        (Some(0), Some("etcd"))
-    );
-    assert!(j["errors"]["unavailable"].as_u64().unwrap() > 0, "{j}");
+    let store = kvd.store.lock().unwrap();
+    assert_eq!(store.len(), 40);
+    assert!((0..40).all(|k| store.contains_key(format!("bench-{k}").as_bytes())));
 }

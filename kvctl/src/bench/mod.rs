@@ -1,25 +1,27 @@
 //! `kvctl bench`: a load generator. `--clients` logical clients (tokio tasks) each run one
 //! operation at a time, in a closed loop (`workload`), over `--connections` shared drivers
-//! (`driver`: omnikv's client, or etcd's JSON gateway with `--target etcd`). Each task
-//! records its own counts and latency histogram (no locks, no allocation on the hot path
-//! beyond what the client does); they are merged into the `report` at the end.
+//! (`driver`: omnikv's client). Each task records its own counts and latency histogram (no
+//! locks, no allocation on the hot path beyond what the client does); they are merged into
+//! the `report` at the end. The benchmark tool (bench/driver) runs the same loop with its
+//! own drivers through [`connections`] and [`measure`].
 
 mod driver;
-mod etcd;
 mod histogram;
 mod plan;
 mod report;
 mod rng;
 mod workload;
 
+pub use driver::{Driver, Outcome};
+pub use histogram::Histogram;
 pub use plan::Plan;
 pub use report::BenchReport;
+pub use rng::Rng;
 
 use crate::cli::BenchArgs;
 use crate::context::Context;
 use crate::exit::Error;
-use driver::Driver;
-use omnikv_common::ClientError;
+use omnikv_common::{Client, Consistency};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,19 +31,42 @@ use workload::{client_loop, Shared, Stats};
 pub async fn run(ctx: &Context, args: &BenchArgs, out: &mut dyn Write) -> Result<(), Error> {
     let plan = Plan::from_args(args)?;
     let endpoints = ctx.selected_endpoints()?;
-    // Driver j starts on endpoint j (mod their number) to spread the load.
-    let drivers = (0..plan.connections)
+    let drivers = connections(&plan, &endpoints, |eps| Client::new(eps, ctx.timeout))?;
+    let report = measure("omnikv", &plan, ctx.consistency, drivers).await;
+    report.write(out, ctx.output).map_err(Error::stdout)?;
+    report.check()
+}
+
+/// The `plan.connections` drivers made by `new`: driver j gets the endpoints rotated to start
+/// on endpoint j (mod their number), to spread the load.
+pub fn connections<D, E>(
+    plan: &Plan,
+    endpoints: &[String],
+    new: impl Fn(&[String]) -> Result<D, E>,
+) -> Result<Vec<Arc<D>>, E> {
+    (0..plan.connections)
         .map(|j| {
-            let mut eps = endpoints.clone();
-            eps.rotate_left(j % endpoints.len());
-            Driver::new(plan.target, &eps, ctx.timeout)
+            let mut eps = endpoints.to_vec();
+            eps.rotate_left(j.checked_rem(endpoints.len()).unwrap_or(0));
+            new(&eps).map(Arc::new)
         })
-        .collect::<Result<Vec<_>, ClientError>>()?;
+        .collect()
+}
+
+/// Runs `plan`'s logical clients over `drivers` (client i on driver i mod their number), the
+/// warmup then the measured window, and reports on the system named `target`.
+pub async fn measure<D: Driver>(
+    target: &'static str,
+    plan: &Plan,
+    consistency: Consistency,
+    drivers: Vec<Arc<D>>,
+) -> BenchReport {
+    assert!(!drivers.is_empty(), "no driver");
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
 
     let measure_start = Instant::now() + plan.warmup;
     let deadline = plan.duration.map(|d| measure_start + d);
-    let shared = Arc::new(Shared::new(&plan, ctx.consistency, measure_start, deadline));
+    let shared = Arc::new(Shared::new(plan, consistency, measure_start, deadline));
     let base_seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -79,24 +104,19 @@ pub async fn run(ctx: &Context, args: &BenchArgs, out: &mut dyn Write) -> Result
     } else {
         0.0
     };
-
-    let report = BenchReport::new(&plan, threads, ctx.consistency, &stats, window, cpu_cores);
-    report.write(out, ctx.output).map_err(Error::stdout)?;
-    if report.ok == 0 {
-        let why = report
-            .first_errors
-            .values()
-            .next()
-            .map_or_else(String::new, |m| format!(" (first error: {m})"));
-        return Err(Error::Client(ClientError::Unavailable(format!(
-            "no operation succeeded{why}"
-        ))));
-    }
-    Ok(())
+    BenchReport::new(
+        target,
+        plan,
+        threads,
+        consistency,
+        &stats,
+        window,
+        cpu_cores,
+    )
 }
 
 /// User + system CPU time of this process (all threads) so far.
-fn process_cpu_time() -> Duration {
+pub fn process_cpu_time() -> Duration {
     // SAFETY: getrusage only writes the struct it is given; a zeroed rusage is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

@@ -1,6 +1,6 @@
 //! The validated settings of a `kvctl bench` run, from its flags.
 
-use crate::cli::{BenchArgs, KeyOrder, Target};
+use crate::cli::{BenchArgs, KeyOrder};
 use crate::exit::Error;
 use std::time::Duration;
 
@@ -20,7 +20,6 @@ pub struct Plan {
     pub keys: u64,
     pub value_size: usize,
     pub key_order: KeyOrder,
-    pub target: Target,
 }
 
 impl Plan {
@@ -47,7 +46,6 @@ impl Plan {
             keys: args.keys,
             value_size: args.value_size,
             key_order: args.key_order,
-            target: args.target,
         })
     }
 }
@@ -86,7 +84,6 @@ mod tests {
                 keys: 10_000,
                 value_size: 100,
                 key_order: KeyOrder::Random,
-                target: Target::Omnikv,
             }
         );
         assert_eq!(b.threads, None);
@@ -156,13 +153,5 @@ mod tests {
         }
         let e = plan(&["--clients", "2", "--connections", "3"]).unwrap_err();
         assert_eq!(e.exit_code(), crate::exit::USAGE);
-    }
-
-    #[test]
-    fn target_flag() {
-        assert_eq!(parse(&[]).unwrap().target, Target::Omnikv);
-        let p = plan(&["--target", "etcd"]).unwrap();
-        assert_eq!((p.target, p.target.as_str()), (Target::Etcd, "etcd"));
-        assert_eq!(parse(&["--target", "redis"]).unwrap_err().exit_code(), 2);
     }
 }

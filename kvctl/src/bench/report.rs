@@ -4,8 +4,9 @@
 use crate::bench::plan::Plan;
 use crate::bench::workload::{ErrorClass, Stats, CLASSES};
 use crate::cli::OutputFormat;
+use crate::exit::Error;
 use crate::output::json_line;
-use omnikv_common::Consistency;
+use omnikv_common::{ClientError, Consistency};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -31,7 +32,7 @@ pub struct ErrorCounts {
 /// The result of a run, as printed (`-o json`: this object).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BenchReport {
-    /// The system driven: `omnikv` or `etcd`.
+    /// The system driven: `omnikv` (kvctl), or what the benchmark tool names (`etcd`).
     pub target: &'static str,
     pub clients: usize,
     pub connections: usize,
@@ -44,7 +45,7 @@ pub struct BenchReport {
     pub ops: u64,
     /// Successful operations (gets of a missing key included).
     pub ok: u64,
-    /// Gets that found no key (counted in `ok`).
+    /// Successes that found nothing (counted in `ok`): gets of a missing key, failed compares.
     pub misses: u64,
     /// Successful operations per second over the measured window.
     pub ops_per_sec: f64,
@@ -71,9 +72,11 @@ fn ms(us: u64) -> f64 {
 }
 
 impl BenchReport {
-    /// The report of a run of `plan` on `threads` worker threads: `stats` merged from every
-    /// client, over a measured window of `window_s` seconds in which kvctl used `cpu_cores`.
+    /// The report of a run of `plan` against `target` on `threads` worker threads: `stats`
+    /// merged from every client, over a measured window of `window_s` seconds in which the
+    /// load generator used `cpu_cores`.
     pub fn new(
+        target: &'static str,
         plan: &Plan,
         threads: usize,
         consistency: Consistency,
@@ -83,7 +86,7 @@ impl BenchReport {
     ) -> Self {
         let h = &stats.latency;
         BenchReport {
-            target: plan.target.as_str(),
+            target,
             clients: plan.clients,
             connections: plan.connections,
             threads,
@@ -179,6 +182,21 @@ impl BenchReport {
             out.push_str(&format!("{name:<width$} {value}\n"));
         }
         out
+    }
+
+    /// Exit 3 (unavailable) when no operation succeeded, with the first error seen.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.ok > 0 {
+            return Ok(());
+        }
+        let why = self
+            .first_errors
+            .values()
+            .next()
+            .map_or_else(String::new, |m| format!(" (first error: {m})"));
+        Err(Error::Client(ClientError::Unavailable(format!(
+            "no operation succeeded{why}"
+        ))))
     }
 
     /// Prints the report: text see [`BenchReport::text`], JSON this object on one line.

@@ -46,7 +46,7 @@ pub struct Stats {
     pub latency: Histogram,
     /// Successful operations (gets of a missing key included).
     pub ok: u64,
-    /// Gets that found no key.
+    /// Successes that found nothing (gets of a missing key, failed compares).
     pub misses: u64,
     /// Errors by [`ErrorClass`].
     pub errors: [u64; 3],
@@ -121,7 +121,7 @@ impl Shared {
 }
 
 /// One logical client: a closed loop until the deadline or the operation budget.
-pub async fn client_loop(sh: Arc<Shared>, client: Driver, seed: u64) -> Stats {
+pub async fn client_loop<D: Driver>(sh: Arc<Shared>, client: Arc<D>, seed: u64) -> Stats {
     let mut stats = Stats::default();
     let mut rng = Rng::new(seed);
     let value: Vec<u8> = (0..sh.value_size)
@@ -150,9 +150,9 @@ pub async fn client_loop(sh: Arc<Shared>, client: Driver, seed: u64) -> Stats {
         let read = (rng.next_u64() >> 11) < sh.read_threshold;
         let op = async {
             if read {
-                client.get(&key, sh.consistency).await
+                client.read(&key, sh.consistency).await
             } else {
-                client.put(&key, &value).await
+                client.write(&key, &value).await
             }
         };
         let outcome = match sh.deadline {
