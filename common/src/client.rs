@@ -7,6 +7,7 @@ use crate::api::{
     WriteResult, HEADER_CLIENT_ID, HEADER_SEQ, HEADER_TIMEOUT_MS,
 };
 use crate::keys::encode_key;
+use crate::kv::{TxnRequest, TxnResult};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -169,18 +170,24 @@ impl Client {
                 Some(v) => req.body(v.clone()),
                 None => req,
             };
-            async move {
-                match send(req, remaining).await {
-                    Ok(resp) if resp.status().is_success() => {
-                        match resp.json::<WriteResult>().await {
-                            Ok(w) => Attempt::Done(Ok(w)),
-                            Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
-                        }
-                    }
-                    Ok(resp) => classify_error(resp).await,
-                    Err(a) => a,
-                }
-            }
+            async move { json_answer(send(req, remaining).await).await }
+        })
+        .await
+    }
+
+    /// Runs a transaction (compare-and-swap): answered once decided and applied, also when
+    /// its compares failed (`succeeded: false`). Deduplicated like a write, so a retry on
+    /// another endpoint applies it at most once and is answered with the first outcome.
+    pub async fn txn(&self, request: &TxnRequest) -> Result<TxnResult, ClientError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.each_endpoint(Some("transaction"), |endpoint, remaining| {
+            let req = self
+                .http
+                .post(format!("{endpoint}/v1/txn"))
+                .header(HEADER_CLIENT_ID, self.client_id)
+                .header(HEADER_SEQ, seq)
+                .json(request);
+            async move { json_answer(send(req, remaining).await).await }
         })
         .await
     }
@@ -236,18 +243,7 @@ impl Client {
                 .http
                 .post(format!("{endpoint}/v1/reconfigure"))
                 .json(request);
-            async move {
-                match send(req, remaining).await {
-                    Ok(resp) if resp.status().is_success() => {
-                        match resp.json::<ReconfigureResult>().await {
-                            Ok(r) => Attempt::Done(Ok(r)),
-                            Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
-                        }
-                    }
-                    Ok(resp) => classify_error(resp).await,
-                    Err(a) => a,
-                }
-            }
+            async move { json_answer(send(req, remaining).await).await }
         })
         .await
     }
@@ -255,16 +251,7 @@ impl Client {
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.each_endpoint(None, |endpoint, remaining| {
             let req = self.http.get(format!("{endpoint}{path}"));
-            async move {
-                match send(req, remaining).await {
-                    Ok(resp) if resp.status().is_success() => match resp.json::<T>().await {
-                        Ok(v) => Attempt::Done(Ok(v)),
-                        Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
-                    },
-                    Ok(resp) => classify_error(resp).await,
-                    Err(a) => a,
-                }
-            }
+            async move { json_answer(send(req, remaining).await).await }
         })
         .await
     }
@@ -364,6 +351,20 @@ async fn send<T>(
         Ok(resp) => Ok(resp),
         Err(e) if e.is_connect() || e.is_builder() => Err(Attempt::Unreachable(short(&e))),
         Err(e) => Err(Attempt::Unknown(short(&e))),
+    }
+}
+
+/// The attempt's outcome from what `send` got: a success's JSON body, or the error it names.
+async fn json_answer<T: serde::de::DeserializeOwned>(
+    sent: Result<reqwest::Response, Attempt<T>>,
+) -> Attempt<T> {
+    match sent {
+        Ok(resp) if resp.status().is_success() => match resp.json::<T>().await {
+            Ok(v) => Attempt::Done(Ok(v)),
+            Err(e) => Attempt::Unknown(format!("bad answer: {e}")),
+        },
+        Ok(resp) => classify_error(resp).await,
+        Err(a) => a,
     }
 }
 
