@@ -68,7 +68,17 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.0.error.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.0)).into_response()
+        // A body over its cap is refused before it is all read, and the connection is then
+        // closed: say so, or a keep-alive client sends its next request on it and loses it.
+        let close = self.0.error.code == ErrorCode::TooLarge;
+        let mut response = (status, Json(self.0)).into_response();
+        if close {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

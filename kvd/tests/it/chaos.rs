@@ -1,5 +1,6 @@
 //! Fault injection: real kvd processes behind the network nemesis (`nemesis.rs`), clients
-//! doing reads, writes and deletes with globally unique values on a small key set, and a
+//! doing reads, writes, deletes and compare-and-swaps (`POST /v1/txn`) with globally unique
+//! values on a small key set, a watcher on each replica (`chaos_watch.rs`), and a
 //! nemesis cycling through kill -9 + restart, SIGSTOP/SIGCONT past the election timeout,
 //! partitions (leader isolated while clients still reach it, majority/minority, one link,
 //! one direction), slow and lossy links, flapping links, and membership changes (add a
@@ -7,22 +8,28 @@
 //!
 //! Checked once the faults are healed:
 //! - every key's history is linearizable (the WGL checker; an indeterminate write counts as
-//!   maybe applied, an `unavailable` one as not applied);
+//!   maybe applied, an `unavailable` one as not applied; a swap answered 200 gives whether
+//!   its compare held);
 //! - no read returned a value that was never written (or whose write failed for sure);
 //! - unique-key writes: every acknowledged one is present on every replica, no `unavailable`
 //!   one is;
 //! - the replicas are identical (applied index, key count, state hash), and the key count
-//!   is exactly what the clients' writes explain.
+//!   is exactly what the clients' writes explain;
+//! - the watchers saw every revision from their start (or from a state they read after a
+//!   `compacted`) once, in order, agreeing with each other and with the acknowledged writes,
+//!   and replaying what they saw gives the final state (`chaos_watch.rs`).
 //!
 //! The schedule is a pure function of the seed (`OMNIKV_CHAOS_SEED`, random when unset); the
 //! fault phase lasts `OMNIKV_CHAOS_SECS`. A failure prints the seed, the schedule as it ran
 //! and the offending sub-history; the harness keeps the data dirs and logs.
 
+use crate::chaos_watch::{self, Change, Endpoints, Watchers};
 use crate::harness::{kvctl_run, Cluster, Opts};
 use crate::linearizability::{
     check_with_budget, KvInput, KvModel, KvOutput, Operation, Outcome, Verdict,
 };
 use crate::nemesis::{Cut, Link, Net, Pid};
+use omnikv_common::kv::{Compare, CompareOp, CompareTarget, PutOp, TxnOp, TxnRequest};
 use omnikv_common::{Client, ClientError, Consistency, Role};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -32,6 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Every key the test writes starts with this (the watchers watch it).
+pub const KEY_PREFIX: &str = "chaos/";
 /// Keys of the linearizability workload.
 const KEYS: usize = 6;
 /// Concurrent clients.
@@ -225,12 +234,18 @@ struct History {
     unique: BTreeMap<Vec<u8>, UniqueOutcome>,
     counts: BTreeMap<&'static str, Counts>,
     rejected: Vec<String>,
+    /// Acknowledged writes that changed a key, at the revision they were answered with.
+    changes: Vec<Change>,
+    /// Compare-and-swaps answered, and how many swapped.
+    cas_answered: u64,
+    cas_swapped: u64,
 }
 
 struct Shared {
     clock: AtomicU64,
     history: Mutex<History>,
-    endpoints: RwLock<(u64, Vec<String>)>,
+    /// The members' client endpoints, by pid, and how often they changed.
+    endpoints: Arc<Endpoints>,
     stop: AtomicBool,
 }
 
@@ -241,13 +256,38 @@ impl Shared {
 }
 
 fn key(i: usize) -> Vec<u8> {
-    format!("k{i}").into_bytes()
+    format!("{KEY_PREFIX}k{i}").into_bytes()
 }
 
-/// One client: a random mix of puts (unique values), deletes, linearizable gets, and writes
-/// of unique keys, until `stop`.
+/// A transaction that puts `value` if `key` holds `expect` (`None`: if it is absent, said as
+/// `exists: false` or as create revision 0).
+fn cas_request(key: &[u8], expect: Option<&[u8]>, value: &[u8], by_exists: bool) -> TxnRequest {
+    let target = match expect {
+        Some(v) => CompareTarget::Value(v.into()),
+        None if by_exists => CompareTarget::Exists(false),
+        None => CompareTarget::CreateRevision(0),
+    };
+    TxnRequest {
+        compare: vec![Compare {
+            key: key.into(),
+            op: CompareOp::Equal,
+            target,
+        }],
+        success: vec![TxnOp::Put(PutOp {
+            key: key.into(),
+            value: value.into(),
+            prev: false,
+        })],
+        failure: vec![],
+    }
+}
+
+/// One client: a random mix of puts (unique values), compare-and-swaps, deletes,
+/// linearizable gets, and writes of unique keys, until `stop`.
 async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
+    // What this client last saw in each key (a swap mostly expects it).
+    let mut last_seen: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
     let mut version = u64::MAX;
     // [every member, starting at a different one per client] + one pinned to each member:
     // a pinned client keeps asking a replica that may be isolated, paused or removed.
@@ -258,11 +298,11 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
             let eps = shared.endpoints.read().unwrap();
             if eps.0 != version {
                 version = eps.0;
-                let mut all = eps.1.clone();
+                let mut all: Vec<String> = eps.1.iter().map(|(_, e)| e.clone()).collect();
                 let shift = w % all.len();
                 all.rotate_left(shift);
                 clients = vec![Client::new(&all, CLIENT_TIMEOUT).unwrap()];
-                for e in &eps.1 {
+                for (_, e) in &eps.1 {
                     clients.push(Client::new(std::slice::from_ref(e), CLIENT_TIMEOUT).unwrap());
                 }
             }
@@ -277,7 +317,7 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
         let k = key(rng.random_range(0..KEYS));
         if roll < 15 {
             // A unique key: written once.
-            let key = format!("u{w}-{n}").into_bytes();
+            let key = format!("{KEY_PREFIX}u{w}-{n}").into_bytes();
             let r = client.put(&key, b"u".to_vec()).await;
             let outcome = match &r {
                 Ok(_) => UniqueOutcome::Acked,
@@ -286,10 +326,13 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
             };
             let mut h = shared.history.lock().unwrap();
             count(&mut h, "put-unique", &r);
+            if let Ok(a) = &r {
+                h.changes.push(Change::put(a.revision, &key, b"u"));
+            }
             h.unique.insert(key, outcome);
             continue;
         }
-        if roll < 50 {
+        if roll < 45 {
             let call = shared.tick();
             let r = client.get(&k, Consistency::Linearizable).await;
             let ret = shared.tick();
@@ -298,6 +341,9 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
                 Err(ClientError::NotFound) => Some(KvOutput::Read(None)),
                 Err(_) => None,
             };
+            if let Some(KvOutput::Read(v)) = &output {
+                last_seen.insert(k.clone(), v.clone());
+            }
             let mut h = shared.history.lock().unwrap();
             count(&mut h, "get", &r);
             if let Some(output) = output {
@@ -310,27 +356,72 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
             }
             continue;
         }
-        let (input, r, name) = if roll < 88 {
-            let value = format!("c{w}-{n}").into_bytes();
+        let value = format!("c{w}-{n}").into_bytes();
+        // (revision answered, whether it changed the key, whether a swap swapped).
+        let (input, r, name) = if roll < 70 {
             let call = shared.tick();
             let r = client.put(&k, value.clone()).await;
-            ((call, KvInput::Put { key: k, value }), r.map(|_| ()), "put")
+            let r = r.map(|a| (a.revision, true, None));
+            ((call, KvInput::Put { key: k, value }), r, "put")
+        } else if roll < 88 {
+            let expect = match rng.random_range(0..5) {
+                0 => None,
+                _ => last_seen.get(&k).cloned().flatten(),
+            };
+            let request = cas_request(&k, expect.as_deref(), &value, rng.random_bool(0.5));
+            let call = shared.tick();
+            let r = client.txn(&request).await;
+            let r = r.map(|a| (a.revision, a.succeeded, Some(a.succeeded)));
+            let input = KvInput::Cas {
+                key: k,
+                expect,
+                value,
+            };
+            ((call, input), r, "cas")
         } else {
             let call = shared.tick();
             let r = client.delete(&k).await;
-            ((call, KvInput::Delete { key: k }), r.map(|_| ()), "delete")
+            let r = r.map(|a| (a.revision, a.existed, None));
+            ((call, KvInput::Delete { key: k }), r, "delete")
         };
         let ret = shared.tick();
         let (call, input) = input;
+        // What the key holds right after this write, when the answer says.
+        match (&input, &r) {
+            (KvInput::Put { key, value }, Ok(_))
+            | (KvInput::Cas { key, value, .. }, Ok((_, _, Some(true)))) => {
+                last_seen.insert(key.clone(), Some(value.clone()));
+            }
+            (KvInput::Delete { key }, Ok(_)) => {
+                last_seen.insert(key.clone(), None);
+            }
+            _ => {}
+        }
         let mut h = shared.history.lock().unwrap();
         count(&mut h, name, &r);
         let outcome = match &r {
-            Ok(()) => Outcome::Returned {
-                ret,
-                output: KvOutput::Written,
-            },
+            Ok((revision, changed, swapped)) => {
+                if *changed {
+                    h.changes.push(match &input {
+                        KvInput::Put { key, value } | KvInput::Cas { key, value, .. } => {
+                            Change::put(*revision, key, value)
+                        }
+                        KvInput::Delete { key } => Change::delete(*revision, key),
+                        KvInput::Get { .. } => unreachable!("a write"),
+                    });
+                }
+                let output = match swapped {
+                    Some(s) => {
+                        h.cas_answered += 1;
+                        h.cas_swapped += u64::from(*s);
+                        KvOutput::Swapped(*s)
+                    }
+                    None => KvOutput::Written,
+                };
+                Outcome::Returned { ret, output }
+            }
             Err(ClientError::Unavailable(_)) => {
-                if let KvInput::Put { value, .. } = &input {
+                if let KvInput::Put { value, .. } | KvInput::Cas { value, .. } = &input {
                     h.failed_values.insert(value.clone());
                 }
                 continue;
@@ -374,6 +465,7 @@ struct Run {
     started: Instant,
     next_pid: Pid,
     shared: Arc<Shared>,
+    watchers: Watchers,
 }
 
 impl Run {
@@ -438,7 +530,12 @@ impl Run {
     fn publish_endpoints(&self) {
         let mut eps = self.shared.endpoints.write().unwrap();
         eps.0 += 1;
-        eps.1 = self.c.members.iter().map(|&p| self.c.endpoint(p)).collect();
+        eps.1 = self
+            .c
+            .members
+            .iter()
+            .map(|&p| (p, self.c.endpoint(p)))
+            .collect();
     }
 
     async fn run_fault(&mut self, fault: Fault) {
@@ -701,12 +798,14 @@ pub async fn chaos(n: u64, secs: u64) {
         c.spawn(pid);
     }
     c.wait_leader(Duration::from_secs(30)).await;
+    let endpoints: Vec<(Pid, String)> = c.members.iter().map(|&p| (p, c.endpoint(p))).collect();
     let shared = Arc::new(Shared {
         clock: AtomicU64::new(0),
         history: Mutex::new(History::default()),
-        endpoints: RwLock::new((0, c.endpoints())),
+        endpoints: Arc::new(RwLock::new((0, endpoints))),
         stop: AtomicBool::new(false),
     });
+    let watchers = Watchers::start(&c.members, KEY_PREFIX.as_bytes(), shared.endpoints.clone());
     let mut run = Run {
         seed,
         c,
@@ -715,6 +814,7 @@ pub async fn chaos(n: u64, secs: u64) {
         started: Instant::now(),
         next_pid: n + 1,
         shared: shared.clone(),
+        watchers,
     };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|w| {
@@ -820,7 +920,7 @@ async fn verify(run: &mut Run) {
         .ops
         .iter()
         .filter_map(|o| match &o.input {
-            KvInput::Put { value, .. } => Some(value),
+            KvInput::Put { value, .. } | KvInput::Cas { value, .. } => Some(value),
             _ => None,
         })
         .collect();
@@ -926,10 +1026,28 @@ async fn verify(run: &mut Run) {
         }
     }
     run.note(format!(
-        "verified: {} unique keys present of {} attempted",
+        "verified: {} unique keys present of {} attempted; {} compare-and-swaps answered, {} swapped",
         present_unique,
-        h.unique.len()
+        h.unique.len(),
+        h.cas_answered,
+        h.cas_swapped
     ));
+    // 5. The watchers saw every change.
+    let http = reqwest::Client::new();
+    let (revision, state) =
+        match chaos_watch::read_state(&http, &run.c.endpoint(members[0]), KEY_PREFIX.as_bytes())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => run.fail(&format!("reading the final state: {e}")),
+        };
+    let waited = run.watchers.finish(revision, Duration::from_secs(30)).await;
+    match chaos_watch::check(&run.watchers, revision, &state, &h.changes) {
+        Ok(sum) => run.note(format!(
+            "watchers caught up to revision {revision} in {waited:.1?}; verified: {sum}"
+        )),
+        Err(e) => run.fail(&format!("watch: {e}")),
+    }
 }
 
 fn secs(default: u64) -> u64 {

@@ -465,14 +465,30 @@ fn describe_failure<M: Model>(
     )
 }
 
-/// omnikv's key-value map as seen by clients: put, delete and get on byte-string keys.
+/// omnikv's key-value map as seen by clients: put, delete, get and compare-and-set on
+/// byte-string keys.
 pub struct KvModel;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvInput {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    Get { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    /// Compare-and-set: puts `value` if the key holds `expect` (`None`: if it is absent),
+    /// else changes nothing (a transaction comparing the value, or the create revision or
+    /// version with 0, then putting).
+    Cas {
+        key: Vec<u8>,
+        expect: Option<Vec<u8>>,
+        value: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -481,6 +497,8 @@ pub enum KvOutput {
     Written,
     /// What a get returned; `None` when the key was absent.
     Read(Option<Vec<u8>>),
+    /// A compare-and-set was answered: whether the compare held (and the value was put).
+    Swapped(bool),
 }
 
 impl Model for KvModel {
@@ -492,9 +510,10 @@ impl Model for KvModel {
 
     fn key(&self, input: &KvInput) -> Vec<u8> {
         match input {
-            KvInput::Put { key, .. } | KvInput::Delete { key } | KvInput::Get { key } => {
-                key.clone()
-            }
+            KvInput::Put { key, .. }
+            | KvInput::Delete { key }
+            | KvInput::Get { key }
+            | KvInput::Cas { key, .. } => key.clone(),
         }
     }
 
@@ -516,6 +535,22 @@ impl Model for KvModel {
             (KvInput::Get { .. }, None) => Some(state.clone()),
             (KvInput::Get { .. }, Some(KvOutput::Read(read))) => {
                 (read == state).then(|| state.clone())
+            }
+            // Unknown: the effect it has if it applies at this point (a swap when the compare
+            // holds, nothing otherwise); not applying at all is linearizing it last.
+            (KvInput::Cas { expect, value, .. }, None) => Some(if state == expect {
+                Some(value.clone())
+            } else {
+                state.clone()
+            }),
+            (KvInput::Cas { expect, value, .. }, Some(KvOutput::Swapped(swapped))) => {
+                if *swapped != (state == expect) {
+                    None
+                } else if *swapped {
+                    Some(Some(value.clone()))
+                } else {
+                    Some(state.clone())
+                }
             }
             (input, Some(output)) => panic!("malformed operation: {input:?} -> {output:?}"),
         }
@@ -541,6 +576,16 @@ mod tests {
     }
     fn get(k: &str) -> KvInput {
         KvInput::Get { key: k.into() }
+    }
+    fn cas(k: &str, expect: Option<&str>, v: &str) -> KvInput {
+        KvInput::Cas {
+            key: k.into(),
+            expect: expect.map(Into::into),
+            value: v.into(),
+        }
+    }
+    fn swapped(ok: bool) -> KvOutput {
+        KvOutput::Swapped(ok)
     }
     fn read(v: Option<&str>) -> KvOutput {
         KvOutput::Read(v.map(|v| v.as_bytes().to_vec()))
@@ -637,5 +682,103 @@ mod tests {
         // A get with unknown outcome constrains nothing.
         let unknown_get = vec![unknown(0, 0, get("a"))];
         assert!(check(&KvModel, &unknown_get).is_linearizable());
+    }
+
+    #[test]
+    fn linearizability_cas_races_have_one_winner() {
+        let h = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            // Two concurrent swaps from 1: one wins, the other sees the winner's value.
+            op(1, 2, 6, cas("a", Some("1"), "2"), swapped(false)),
+            op(2, 3, 5, cas("a", Some("1"), "3"), swapped(true)),
+            op(0, 7, 8, get("a"), read(Some("3"))),
+            // Create-if-absent, then again: the second finds the key.
+            op(1, 0, 1, cas("b", None, "x"), swapped(true)),
+            op(2, 2, 3, cas("b", None, "y"), swapped(false)),
+            op(0, 4, 5, get("b"), read(Some("x"))),
+            // A failed swap changes nothing; a delete makes create-if-absent hold again.
+            op(0, 0, 1, cas("c", Some("1"), "2"), swapped(false)),
+            op(0, 2, 3, get("c"), read(None)),
+            op(0, 4, 5, put("c", "1"), KvOutput::Written),
+            op(0, 6, 7, del("c"), KvOutput::Written),
+            op(0, 8, 9, cas("c", None, "3"), swapped(true)),
+            op(0, 10, 11, get("c"), read(Some("3"))),
+        ];
+        assert_eq!(check(&KvModel, &h), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn linearizability_cas_violations_are_caught() {
+        // Two successful swaps from the same expected value: only one can have seen it.
+        let two_winners = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            op(1, 2, 5, cas("a", Some("1"), "2"), swapped(true)),
+            op(2, 3, 6, cas("a", Some("1"), "3"), swapped(true)),
+        ];
+        let Verdict::NotLinearizable(v) = check(&KvModel, &two_winners) else {
+            panic!("two winners accepted");
+        };
+        assert_eq!(v.key, b"a".to_vec());
+        assert_eq!(v.longest_prefix.len(), 2, "{v}");
+        // A swap that failed although nothing else could have changed the value.
+        let lost_swap = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            op(0, 2, 3, cas("a", Some("1"), "2"), swapped(false)),
+        ];
+        assert!(!check(&KvModel, &lost_swap).is_linearizable());
+        // A failed swap must not write.
+        let failed_but_wrote = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            op(0, 2, 3, cas("a", Some("0"), "2"), swapped(false)),
+            op(0, 4, 5, get("a"), read(Some("2"))),
+        ];
+        assert!(!check(&KvModel, &failed_but_wrote).is_linearizable());
+        // Create-if-absent on a present key.
+        let created_twice = vec![
+            op(0, 0, 1, cas("b", None, "x"), swapped(true)),
+            op(0, 2, 3, cas("b", None, "y"), swapped(true)),
+        ];
+        assert!(!check(&KvModel, &created_twice).is_linearizable());
+    }
+
+    #[test]
+    fn linearizability_unknown_cas_applies_only_where_its_compare_holds() {
+        // Applied after its call, where the value was the expected one.
+        let applied = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            unknown(1, 2, cas("a", Some("1"), "2")),
+            op(0, 3, 4, get("a"), read(Some("1"))),
+            op(0, 5, 6, get("a"), read(Some("2"))),
+        ];
+        assert!(check(&KvModel, &applied).is_linearizable());
+        // Never applied.
+        let lost = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            unknown(1, 2, cas("a", Some("1"), "2")),
+            op(0, 3, 4, get("a"), read(Some("1"))),
+        ];
+        assert!(check(&KvModel, &lost).is_linearizable());
+        // Its compare never held: it cannot have written.
+        let never_held = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            unknown(1, 2, cas("a", Some("0"), "2")),
+            op(0, 3, 4, get("a"), read(Some("2"))),
+        ];
+        assert!(!check(&KvModel, &never_held).is_linearizable());
+        // It could only have applied before the put of 3, which then overwrote it.
+        let overwritten = vec![
+            op(0, 0, 1, put("a", "1"), KvOutput::Written),
+            unknown(1, 2, cas("a", Some("1"), "2")),
+            op(0, 3, 4, put("a", "3"), KvOutput::Written),
+            op(0, 5, 6, get("a"), read(Some("2"))),
+        ];
+        assert!(!check(&KvModel, &overwritten).is_linearizable());
+        // An unknown create-if-absent, seen later; and it makes a later one fail.
+        let created = vec![
+            unknown(1, 0, cas("b", None, "x")),
+            op(0, 1, 2, cas("b", None, "y"), swapped(false)),
+            op(0, 3, 4, get("b"), read(Some("x"))),
+        ];
+        assert!(check(&KvModel, &created).is_linearizable());
     }
 }

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod chaos;
+mod chaos_watch;
 mod cluster;
 mod compaction;
 mod crash;

@@ -1,12 +1,15 @@
 //! Simulated clients: a few client processes, each with at most one operation in flight,
 //! talking to replicas through the loop's own inbox types (`ClientRequest` with one-shot
 //! replies). Writes keep their (client, seq) across retries, as kvctl's do, so a retried write
-//! is applied once. Every operation is recorded for the linearizability checker shared with
-//! the integration tests (`kvd/tests/it/linearizability.rs`).
+//! is applied once. A compare-and-swap is a transaction (`WriteKind::Txn`): compare the value
+//! (or, for "absent", the create revision or version with 0), then put. Every operation is
+//! recorded for the linearizability checker shared with the integration tests
+//! (`kvd/tests/it/linearizability.rs`).
 
 use crate::linearizability::{KvInput, KvOutput, Operation, Outcome};
-use kvd::command::{KeyRange, ReadOpts};
+use kvd::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
 use kvd::inbox::{ClientRequest, ReadAnswer, WriteAnswer, WriteKind};
+use kvd::state_machine::Outcome as Applied;
 use omnikv_common::api::ApiError;
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,9 +18,25 @@ use tokio::sync::oneshot;
 /// What a client asked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClientOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    Get { key: Vec<u8>, linearizable: bool },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+        linearizable: bool,
+    },
+    /// Put `value` if the key holds `expect` (`None`: if it is absent, compared as
+    /// `Version(0)` when `by_version`, else as `CreateRevision(0)`).
+    Cas {
+        key: Vec<u8>,
+        expect: Option<Vec<u8>>,
+        value: Vec<u8>,
+        by_version: bool,
+    },
 }
 
 /// A reply on its way back.
@@ -28,7 +47,8 @@ pub enum Waiting {
 
 /// How one attempt ended, once it has.
 pub enum Answer {
-    Written,
+    /// A write was applied (for a compare-and-swap: `succeeded` says whether it swapped).
+    Written(Applied),
     Read(Option<Vec<u8>>),
     Failed(ApiError),
     /// The replica went away (crash) with the request.
@@ -41,7 +61,7 @@ impl Waiting {
         use oneshot::error::TryRecvError;
         match self {
             Waiting::Write(rx) => match rx.try_recv() {
-                Ok(Ok(_)) => Some(Answer::Written),
+                Ok(Ok(a)) => Some(Answer::Written(a.outcome)),
                 Ok(Err(e)) => Some(Answer::Failed(e)),
                 Err(TryRecvError::Empty) => None,
                 Err(TryRecvError::Closed) => Some(Answer::Lost),
@@ -76,6 +96,30 @@ pub fn request(op: &ClientOp, id: (u64, u64), deadline: Instant) -> (ClientReque
             value: value.clone(),
         }),
         ClientOp::Delete { key } => write(WriteKind::Delete { key: key.clone() }),
+        ClientOp::Cas {
+            key,
+            expect,
+            value,
+            by_version,
+        } => {
+            let target = match expect {
+                Some(v) => CompareTarget::Value(v.clone()),
+                None if *by_version => CompareTarget::Version(0),
+                None => CompareTarget::CreateRevision(0),
+            };
+            write(WriteKind::Txn(Txn {
+                compares: vec![Compare {
+                    key: key.clone(),
+                    op: CompareOp::Equal,
+                    target,
+                }],
+                success: vec![TxnOp::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                }],
+                failure: vec![],
+            }))
+        }
         ClientOp::Get { key, linearizable } => {
             let (reply, rx) = oneshot::channel();
             let r = ClientRequest::Read {
@@ -128,15 +172,22 @@ pub struct History {
     pub acked_unique: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Every value ever written per key (local reads must return one of them, or nothing).
     pub written: BTreeMap<Vec<u8>, Vec<Vec<u8>>>,
+    /// Acknowledged writes that changed a key, with the revision they were answered with:
+    /// (revision, key, the value put or `None` for a delete). The stored change histories
+    /// must hold each at its revision.
+    pub changes: Vec<(u64, Vec<u8>, Option<Vec<u8>>)>,
     pub local_reads: u64,
     pub lin_reads: u64,
     pub writes_acked: u64,
+    /// Compare-and-swaps answered, and how many of them swapped.
+    pub cas_answered: u64,
+    pub cas_swapped: u64,
     pub unknown: u64,
 }
 
 impl History {
     pub fn record(&mut self, client: u64, f: &InFlight, outcome: Option<(u64, Answer)>) {
-        let is_write = matches!(f.op, ClientOp::Put { .. } | ClientOp::Delete { .. });
+        let is_write = !matches!(f.op, ClientOp::Get { .. });
         if is_write && outcome.is_none() && !f.maybe_applied {
             self.not_applied += 1;
             return;
@@ -152,14 +203,37 @@ impl History {
                 linearizable: true,
             } => KvInput::Get { key: key.clone() },
             ClientOp::Get { .. } => return,
+            ClientOp::Cas {
+                key, expect, value, ..
+            } => KvInput::Cas {
+                key: key.clone(),
+                expect: expect.clone(),
+                value: value.clone(),
+            },
         };
         let outcome = match outcome {
-            Some((ret, Answer::Written)) => {
+            Some((ret, Answer::Written(applied))) => {
                 self.writes_acked += 1;
-                Outcome::Returned {
-                    ret,
-                    output: KvOutput::Written,
+                let change = match &input {
+                    KvInput::Put { key, value } => Some((key, Some(value))),
+                    KvInput::Delete { key } if applied.existed => Some((key, None)),
+                    KvInput::Cas { key, value, .. } if applied.succeeded => {
+                        Some((key, Some(value)))
+                    }
+                    _ => None,
+                };
+                if let Some((key, value)) = change {
+                    self.changes
+                        .push((applied.revision, key.clone(), value.cloned()));
                 }
+                let output = if let KvInput::Cas { .. } = input {
+                    self.cas_answered += 1;
+                    self.cas_swapped += u64::from(applied.succeeded);
+                    KvOutput::Swapped(applied.succeeded)
+                } else {
+                    KvOutput::Written
+                };
+                Outcome::Returned { ret, output }
             }
             Some((ret, Answer::Read(v))) => {
                 self.lin_reads += 1;

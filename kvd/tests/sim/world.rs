@@ -170,6 +170,11 @@ pub struct Stats {
     pub partitions: u64,
     pub heals: u64,
     pub writes_acked: u64,
+    /// Compare-and-swaps answered (in `writes_acked`), and how many swapped.
+    pub cas_answered: u64,
+    pub cas_swapped: u64,
+    /// Change-history events read back from the members' stores at the end and checked.
+    pub history_events_checked: u64,
     pub lin_reads_checked: u64,
     pub local_reads_checked: u64,
     pub unknown_outcomes: u64,
@@ -215,6 +220,9 @@ impl Stats {
             partitions,
             heals,
             writes_acked,
+            cas_answered,
+            cas_swapped,
+            history_events_checked,
             lin_reads_checked,
             local_reads_checked,
             unknown_outcomes,
@@ -264,6 +272,9 @@ pub struct World {
     pub nodes: BTreeMap<u64, SimNode>,
     pub net: SharedNet,
     pub rng: StdRng,
+    /// Which hot-key puts are compare-and-swaps, and what they expect: a stream of its own,
+    /// so the schedule (`rng`) draws what it drew before there were any.
+    cas_rng: StdRng,
     pub step: u64,
     base: PathBuf,
     start: Instant,
@@ -338,6 +349,7 @@ impl World {
             nodes: BTreeMap::new(),
             net,
             rng: StdRng::seed_from_u64(seed ^ 0x005e_ed0f_0e11_1b42),
+            cas_rng: StdRng::seed_from_u64(seed ^ 0x0063_6173_2d6f_7073),
             step: 0,
             base,
             start: Instant::now(),
@@ -529,7 +541,11 @@ impl World {
                 hot
             };
             let value = format!("v{client}.{seq}@{}", self.step).into_bytes();
-            ClientOp::Put { key, value }
+            if !unique && self.cas_rng.random_bool(0.5) {
+                self.new_cas(key, value)
+            } else {
+                ClientOp::Put { key, value }
+            }
         };
         // Some clients give up soon, as a kvctl with a short --timeout does; their failed
         // writes are what the checker holds `unavailable` to.
@@ -539,6 +555,29 @@ impl World {
             400
         };
         self.begin_op(c, seq, op, self.step, self.step + patience, None);
+    }
+
+    /// A compare-and-swap of hot key `key` to `value`, drawn from `cas_rng`: mostly from the
+    /// value last written to it (which often holds), else from an older value or from absent.
+    fn new_cas(&mut self, key: Vec<u8>, value: Vec<u8>) -> ClientOp {
+        let written = self
+            .history
+            .written
+            .get(&key)
+            .map_or(&[][..], Vec::as_slice);
+        let expect = match self.cas_rng.random_range(0..4) {
+            0 => None,
+            1 if !written.is_empty() => {
+                Some(written[self.cas_rng.random_range(0..written.len())].clone())
+            }
+            _ => written.last().cloned(),
+        };
+        ClientOp::Cas {
+            key,
+            expect,
+            value,
+            by_version: self.cas_rng.random_bool(0.5),
+        }
     }
 
     /// Client `c` starts `op` (its `seq`): first tried in step `start` (on `first_to` when
@@ -552,7 +591,7 @@ impl World {
         give_up: u64,
         first_to: Option<u64>,
     ) {
-        if let ClientOp::Put { key, value } = &op {
+        if let ClientOp::Put { key, value } | ClientOp::Cas { key, value, .. } = &op {
             self.history
                 .written
                 .entry(key.clone())
@@ -681,7 +720,9 @@ impl World {
 
     fn finish_op(&mut self, client: u64, f: InFlight, outcome: Option<(u64, Answer)>) {
         match (&f.op, &outcome) {
-            (ClientOp::Put { key, value }, Some((_, Answer::Written))) if key.starts_with(b"u") => {
+            (ClientOp::Put { key, value }, Some((_, Answer::Written(_))))
+                if key.starts_with(b"u") =>
+            {
                 self.history.acked_unique.insert(key.clone(), value.clone());
             }
             (
@@ -1309,7 +1350,10 @@ impl World {
                 ))
             }
         }
+        self.check_histories()?;
         self.stats.writes_acked = self.history.writes_acked;
+        self.stats.cas_answered = self.history.cas_answered;
+        self.stats.cas_swapped = self.history.cas_swapped;
         self.stats.lin_reads_checked = self.history.lin_reads;
         self.stats.local_reads_checked = self.history.local_reads;
         self.stats.unknown_outcomes = self.history.unknown;
@@ -1321,6 +1365,162 @@ impl World {
         self.stats.checkpoint_streams = net.stats.checkpoint_streams;
         drop(net);
         self.fail_fast()
+    }
+
+    /// Each member's stored change history (the events watch serves) against the applied
+    /// writes: whole revisions from its first to the store's revision, with no gap; the same
+    /// events at a revision on every member; replaying it (from an empty store when it starts
+    /// at revision 1) gives each key's final value and counters, its events' `prev_value`,
+    /// versions and create revisions follow from the ones before; and every acknowledged
+    /// change is at the revision its client was answered with.
+    pub fn check_histories(&mut self) -> Result<(), Violation> {
+        use kvd::state_machine::history::{self, HistoryRead};
+        use kvd::state_machine::{Event, EventKind, KvRecord, Overlay};
+        let (_, members) = self.current_config();
+        // Revision -> its events, as the first member read them.
+        let mut seen: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+        let mut lowest_first = u64::MAX;
+        for pid in &members {
+            let node = &self.nodes[pid];
+            let db = node.db.as_ref().expect("a converged member is up");
+            let revision = node.replica().state().revision;
+            let err = |what: &str| format!("replica {pid}'s change history: {what}");
+            let first = match history::read(db, 0, 0) {
+                Ok(HistoryRead::Compacted { first }) => first,
+                Ok(HistoryRead::Events { .. }) => return Err(err("holds revision 0")),
+                Err(e) => return Err(err(&e.to_string())),
+            };
+            lowest_first = lowest_first.min(first);
+            let (events, through) = match history::read(db, first, usize::MAX) {
+                Ok(HistoryRead::Events { events, through }) => (events, through),
+                Ok(HistoryRead::Compacted { first: f }) => {
+                    return Err(err(&format!(
+                        "read from its first revision {first}: compacted at {f}"
+                    )))
+                }
+                Err(e) => return Err(err(&e.to_string())),
+            };
+            if through != revision {
+                return Err(err(&format!(
+                    "read through revision {through}, the store is at {revision}"
+                )));
+            }
+            self.stats.history_events_checked += events.len() as u64;
+            // Whole revisions, in order, none missing.
+            let mut next = first;
+            for group in events.chunk_by(|a, b| a.revision == b.revision) {
+                let rev = group[0].revision;
+                if rev != next {
+                    return Err(err(&format!("revision {rev} follows {}", next - 1)));
+                }
+                next += 1;
+                match seen.get(&rev) {
+                    Some(other) if other.as_slice() != group => {
+                        return Err(err(&format!(
+                            "revision {rev} is {group:?}, another member's is {other:?}"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(rev, group.to_vec());
+                    }
+                }
+            }
+            if next != revision + 1 {
+                return Err(err(&format!(
+                    "ends at revision {}, the store is at {revision}",
+                    next - 1
+                )));
+            }
+            // Replay. Keys whose state before the history is unknown (it starts after
+            // revision 1 and has not touched them yet) are not judged until it does.
+            let from_empty = first == 1;
+            let mut replay: BTreeMap<Vec<u8>, Option<KvRecord>> = BTreeMap::new();
+            for e in &events {
+                let before = match replay.get(&e.key) {
+                    Some(b) => Some(b.clone()),
+                    None if from_empty => Some(None),
+                    None => None,
+                };
+                let after = match e.kind {
+                    EventKind::Put => Some(KvRecord {
+                        create_revision: e.create_revision,
+                        mod_revision: e.revision,
+                        version: e.version,
+                        value: e.value.clone(),
+                    }),
+                    EventKind::Delete => None,
+                };
+                if let Some(before) = before {
+                    let want = after.as_ref().map(|_| match &before {
+                        Some(b) => (b.create_revision, b.version + 1),
+                        None => (e.revision, 1),
+                    });
+                    let got = after.as_ref().map(|a| (a.create_revision, a.version));
+                    let prev = before.as_ref().map(|b| &b.value);
+                    if e.prev_value.as_ref() != prev || got != want {
+                        return Err(err(&format!(
+                            "event {e:?} after {before:?}: expected prev {prev:?} and \
+                             (create revision, version) {want:?}"
+                        )));
+                    }
+                }
+                replay.insert(e.key.clone(), after);
+            }
+            let mut state: BTreeMap<Vec<u8>, KvRecord> = BTreeMap::new();
+            Overlay::default()
+                .scan(db, &kvd::command::KeyRange::prefix(b""), |k, r| {
+                    state.insert(k.to_vec(), r.clone());
+                    true
+                })
+                .map_err(|e| err(&e.to_string()))?;
+            for (k, r) in &replay {
+                if state.get(k) != r.as_ref() {
+                    return Err(err(&format!(
+                        "its last event for {} leaves {r:?}, the store holds {:?}",
+                        String::from_utf8_lossy(k),
+                        state.get(k)
+                    )));
+                }
+            }
+            for (k, r) in &state {
+                if (from_empty || r.mod_revision >= first) && !replay.contains_key(k) {
+                    return Err(err(&format!(
+                        "no event for {} (mod revision {}), held since revision {first}",
+                        String::from_utf8_lossy(k),
+                        r.mod_revision
+                    )));
+                }
+            }
+        }
+        // Each acknowledged change is in the history at its revision.
+        for (rev, key, value) in &self.history.changes {
+            if *rev < lowest_first {
+                continue;
+            }
+            let kind = if value.is_some() {
+                EventKind::Put
+            } else {
+                EventKind::Delete
+            };
+            let found = seen.get(rev).is_some_and(|es| {
+                es.iter().any(|e| {
+                    e.kind == kind && &e.key == key && value.as_ref().is_none_or(|v| &e.value == v)
+                })
+            });
+            if !found {
+                return Err(format!(
+                    "acknowledged {kind:?} of {}={:?} at revision {rev} is not in the change \
+                     history there: {:?}",
+                    String::from_utf8_lossy(key),
+                    value
+                        .as_ref()
+                        .map(|v| String::from_utf8_lossy(v).into_owned()),
+                    seen.get(rev)
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn summary(&self) -> String {
