@@ -48,16 +48,18 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-fn start_etcd() -> Option<Etcd> {
+fn start_etcd() -> Etcd {
     let ok = Command::new("etcd")
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: no etcd on PATH (bench/install-etcd.sh)");
-        return None;
-    }
+    // etcd is part of the test setup (scripts/setup.sh installs it): its absence is a
+    // failure, never a silent skip.
+    assert!(
+        ok,
+        "no etcd on PATH: run scripts/setup.sh (or bench/install-etcd.sh)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let endpoint = format!("127.0.0.1:{client}");
@@ -93,7 +95,7 @@ fn start_etcd() -> Option<Etcd> {
     loop {
         let o = bench(&etcd.endpoint, &["kv", "--ops", "1", "--warmup", "0"]);
         if o.status.success() {
-            return Some(etcd);
+            return etcd;
         }
         assert!(Instant::now() < deadline, "etcd did not start");
         std::thread::sleep(Duration::from_millis(200));
@@ -102,7 +104,7 @@ fn start_etcd() -> Option<Etcd> {
 
 #[test]
 fn every_workload_drives_etcd_natively() {
-    let Some(etcd) = start_etcd() else { return };
+    let etcd = start_etcd();
     let ep = etcd.endpoint.as_str();
     let kv = json(&bench(
         ep,
