@@ -13,6 +13,11 @@
 //!   deletes them.
 //! - `reconfigure N [PORT]` adds node N to the members (the seed's `reconfigure 4`);
 //!   `reconfigure 1,2,4` sets them.
+//! - `txn [PORT]` reads the lines that follow, up to a line `end`, as one transaction (the
+//!   API's JSON or etcdctl's text: compares, a blank line, success ops, a blank line, failure
+//!   ops), and runs it.
+//! - `watch KEY | --prefix P [--rev N] [--count N] [PORT]` prints changes, after `--count`
+//!   of them returns to the prompt (without it, until the shell is interrupted).
 //! - `help`, `exit` / `quit`. Blank lines are ignored; end of input leaves the shell (exit 0).
 //!
 //! A trailing all-digit word in 1..=65535 is a PORT only when the command already has its
@@ -29,7 +34,7 @@ use crate::commands::{self, Request};
 use crate::context::Context;
 use crate::exit::Error;
 use crate::output::{self, ListMode};
-use omnikv_common::client::KeySet;
+use omnikv_common::client::{KeySet, WatchRequest};
 use omnikv_common::membership::parse_nodes;
 use omnikv_common::Client;
 use std::collections::HashMap;
@@ -54,6 +59,10 @@ commands:
   members [PORT]         the current configuration
   reconfigure N [PORT]   add node N to the members (config id: current + 1)
   reconfigure 1,2,4      change the members to exactly these
+  txn [PORT]             a transaction: the lines that follow, up to a line `end`
+                         (etcdctl's text: compares, blank line, success ops, blank line, failure ops)
+  watch KEY | --prefix P [--rev N] [--count N] [PORT]
+                         print changes (after N of them, back to the prompt)
   help                   this text
   exit | quit            leave (so does end of input)
 A trailing PORT (1-65535) sends the command only to the endpoint with that port.
@@ -67,8 +76,68 @@ pub enum ShellCommand {
         req: Request,
         port: Option<u16>,
     },
+    /// `txn`: the transaction is on the lines that follow, up to `end`.
+    Txn {
+        port: Option<u16>,
+    },
+    Watch {
+        req: WatchRequest,
+        count: Option<u64>,
+        port: Option<u16>,
+    },
     Help,
     Exit,
+}
+
+/// The line that ends a shell transaction.
+const TXN_END: &[u8] = b"end";
+
+/// How often an idle watch stream reports progress in the shell (as `kvctl watch`).
+const WATCH_PROGRESS_MS: u64 = 5000;
+
+/// `watch KEY | --prefix P [--rev N] [--count N] [PORT]`.
+fn watch_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
+    const USAGE: &str = "usage: watch KEY | --prefix P [--rev N] [--count N] [PORT]";
+    let number = |w: Option<&&[u8]>| -> Result<u64, String> {
+        w.and_then(|w| std::str::from_utf8(w).ok())
+            .and_then(|t| t.parse::<u64>().ok())
+            .ok_or_else(|| USAGE.to_string())
+    };
+    let (mut keys, mut rev, mut count, mut port) = (None, None, None, None);
+    let mut i = 0;
+    while i < args.len() {
+        match args[i] {
+            b"--prefix" if keys.is_none() => {
+                let p = args.get(i + 1).ok_or(USAGE)?;
+                keys = Some(KeySet::Prefix(p.to_vec()));
+                i += 1;
+            }
+            b"--rev" => {
+                rev = Some(number(args.get(i + 1))?).filter(|&r| r > 0);
+                if rev.is_none() {
+                    return Err("watch: --rev must be at least 1".into());
+                }
+                i += 1;
+            }
+            b"--count" => {
+                count = Some(number(args.get(i + 1))?);
+                i += 1;
+            }
+            w if keys.is_none() && !w.starts_with(b"--") => keys = Some(KeySet::Key(w.to_vec())),
+            w if keys.is_some() && i + 1 == args.len() && as_port(w).is_some() => port = as_port(w),
+            _ => return Err(USAGE.into()),
+        }
+        i += 1;
+    }
+    let keys = keys.ok_or(USAGE)?;
+    let req = WatchRequest {
+        keys,
+        start_revision: rev,
+        prev_value: false,
+        progress_ms: WATCH_PROGRESS_MS,
+        consistency: omnikv_common::Consistency::Linearizable,
+    };
+    Ok(Some(ShellCommand::Watch { req, count, port }))
 }
 
 fn as_port(word: &[u8]) -> Option<u16> {
@@ -104,6 +173,12 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
     let request = |req, port| Ok(Some(ShellCommand::Request { req, port }));
     match cmd {
         b"put" => put_line(args),
+        b"watch" => watch_line(args),
+        b"txn" => match args {
+            [] => Ok(Some(ShellCommand::Txn { port: None })),
+            [p] if as_port(p).is_some() => Ok(Some(ShellCommand::Txn { port: as_port(p) })),
+            _ => Err("usage: txn [PORT], then the transaction's lines, then a line `end`".into()),
+        },
         b"get" | b"delete" | b"del" if args.first() == Some(&&b"--prefix"[..]) => {
             let (args, port) = split_port(args, 2);
             let [_, prefix] = args else {
@@ -284,14 +359,7 @@ pub async fn run(
             write!(out, "{PROMPT}").map_err(Error::stdout)?;
             out.flush().map_err(Error::stdout)?;
         }
-        line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|source| Error::Io {
-                context: "cannot read stdin",
-                source,
-            })?;
-        if n == 0 {
+        if read_line(&mut input, &mut line)? == 0 {
             if prompt {
                 writeln!(out).map_err(Error::stdout)?;
             }
@@ -307,6 +375,25 @@ pub async fn run(
                     Err(e) => Err(e),
                 }
             }
+            Ok(Some(ShellCommand::Txn { port })) => match read_txn(&mut input) {
+                Ok(txn) => match client_for(ctx, &default, &mut by_endpoint, port) {
+                    Ok(client) => commands::execute(ctx, client, Request::Txn(txn), out).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            },
+            Ok(Some(ShellCommand::Watch { req, count, port })) => {
+                let req = WatchRequest {
+                    consistency: ctx.consistency,
+                    ..req
+                };
+                match client_for(ctx, &default, &mut by_endpoint, port) {
+                    Ok(client) => {
+                        commands::watch::run(client, req, count, ctx.output, out, err).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Err(msg) => Err(Error::Usage(msg)),
         };
         out.flush().map_err(Error::stdout)?;
@@ -314,6 +401,26 @@ pub async fn run(
             output::write_error(err, ctx.output, &e);
         }
     }
+}
+
+/// Reads the next line of input into `line` (cleared first); 0 at the end of input.
+fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> Result<usize, Error> {
+    line.clear();
+    input.read_until(b'\n', line).map_err(|source| Error::Io {
+        context: "cannot read stdin",
+        source,
+    })
+}
+
+/// The lines of a shell transaction, up to a line `end` (or the end of input), parsed as
+/// `kvctl txn` parses its input.
+fn read_txn(input: &mut impl BufRead) -> Result<omnikv_common::kv::TxnRequest, Error> {
+    let mut text = Vec::new();
+    let mut line = Vec::new();
+    while read_line(input, &mut line)? > 0 && line.trim_ascii() != TXN_END {
+        text.extend_from_slice(&line);
+    }
+    commands::txn::read(text.as_slice(), "txn")
 }
 
 fn client_for<'a>(
@@ -478,6 +585,68 @@ mod tests {
         }
         // A flag word in KEY's place is a key, as before.
         assert_eq!(req("put --if-absent v"), (put("--if-absent", "v"), None));
+    }
+
+    #[test]
+    fn watch_and_txn_lines() {
+        let watch = |line: &str| match parse_line(line.as_bytes()) {
+            Ok(Some(ShellCommand::Watch { req, count, port })) => {
+                (req.keys, req.start_revision, count, port)
+            }
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(
+            watch("watch a"),
+            (KeySet::Key(b"a".to_vec()), None, None, None)
+        );
+        assert_eq!(
+            watch("watch --prefix cfg/ --rev 5 --count 2 8002"),
+            (
+                KeySet::Prefix(b"cfg/".to_vec()),
+                Some(5),
+                Some(2),
+                Some(8002)
+            )
+        );
+        // Without a key first, a number is the key; after it, a trailing number is a port.
+        assert_eq!(
+            watch("watch 8001"),
+            (KeySet::Key(b"8001".to_vec()), None, None, None)
+        );
+        for bad in [
+            "watch",
+            "watch --prefix",
+            "watch a b",
+            "watch a --count",
+            "watch a --count x",
+            "watch a --rev 0",
+            "watch a --bogus 1",
+        ] {
+            assert!(parse_line(bad.as_bytes()).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_line(b"txn"),
+            Ok(Some(ShellCommand::Txn { port: None }))
+        );
+        assert_eq!(
+            parse_line(b"txn 8003"),
+            Ok(Some(ShellCommand::Txn { port: Some(8003) }))
+        );
+        assert!(parse_line(b"txn now").is_err());
+    }
+
+    /// The lines after `txn` up to `end` are the transaction; the shell goes on after it.
+    #[test]
+    fn a_shell_transaction_ends_at_end() {
+        let mut input: &[u8] = b"mod(\"k\") = \"0\"\n\nput k v\n\nget k\nend\nget after\n";
+        let txn = read_txn(&mut input).unwrap();
+        assert_eq!(
+            (txn.compare.len(), txn.success.len(), txn.failure.len()),
+            (1, 1, 1)
+        );
+        assert_eq!(input, b"get after\n");
+        let mut bad: &[u8] = b"frob(\"k\") = \"0\"\nend\n";
+        assert!(read_txn(&mut bad).is_err());
     }
 
     #[test]

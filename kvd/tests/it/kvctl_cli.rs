@@ -471,3 +471,35 @@ async fn watch_resumes_after_its_replica_is_killed_and_restarted() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("watch: resumed on "), "{err}");
 }
+
+/// The shell speaks the new verbs too: a prefix listing, a conditional put, a transaction over
+/// several lines up to `end`, and a watch that returns to the prompt after `--count` changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_lists_swaps_runs_transactions_and_watches() {
+    let c = Cluster::start(3, Opts::default()).await;
+    let eps = c.endpoints().join(",");
+    let script = "put cfg/a 1\n\
+                  put cfg/a 2 --if-value 9\n\
+                  put cfg/b 2 --if-absent\n\
+                  txn\n\
+                  val(\"cfg/a\") = \"1\"\n\
+                  \n\
+                  put cfg/a 3\n\
+                  \n\
+                  end\n\
+                  get --prefix cfg/\n\
+                  watch --prefix cfg/ --rev 1 --count 3\n\
+                  get cfg/a\n";
+    let out = kvctl_run(&eps, &["shell"], Some(script.as_bytes()));
+    let (code, out, err) = outcome(&out);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        "OK\nOK\nSUCCESS\n\nOK\ncfg/a\t3\ncfg/b\t2\n\
+         PUT cfg/a 1 rev=1\nPUT cfg/b 2 rev=2\nPUT cfg/a 3 rev=3\n3\n"
+    );
+    assert!(
+        err.starts_with("error: compare failed: key cfg/a holds 1"),
+        "the failed swap is reported and the shell goes on: {err}"
+    );
+}
