@@ -18,7 +18,7 @@ pub enum Published {
         revision: u64,
     },
     /// A checkpoint replaced the state: history now starts at `first`.
-    Reset { first: u64, revision: u64 },
+    Reset { first: u64 },
 }
 
 /// The publishing side (the loop) and the subscription point (the API), with the watcher cap.
@@ -70,8 +70,8 @@ impl Hub {
     }
 
     /// Tells subscribers the history now starts at `first` (a checkpoint was installed).
-    pub fn reset(&self, first: u64, revision: u64) {
-        let _ = self.tx.send(Published::Reset { first, revision });
+    pub fn reset(&self, first: u64) {
+        let _ = self.tx.send(Published::Reset { first });
     }
 
     pub fn subscribe(&self) -> Result<Subscription, TooManyWatchers> {

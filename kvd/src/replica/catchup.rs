@@ -404,7 +404,7 @@ impl<P: Peers> Replica<P> {
                 let (first, revision) = (self.sm.history().first, self.sm.meta().revision);
                 self.metrics.revision.set(revision as i64);
                 self.metrics.history_first_revision.set(first as i64);
-                self.cfg.watch_hub.reset(first, revision);
+                self.cfg.watch_hub.reset(first);
                 self.answer_from_checkpoint();
                 info!(
                     index = m.applied.index,

@@ -35,13 +35,6 @@ pub struct Event {
     pub prev_value: Option<Vec<u8>>,
 }
 
-impl Event {
-    fn size(&self) -> u64 {
-        (48 + self.key.len() + self.value.len() + self.prev_value.as_ref().map_or(0, Vec::len))
-            as u64
-    }
-}
-
 /// How much history a replica keeps (kvd `--history-events`, `--history-bytes`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HistoryLimits {
@@ -58,7 +51,8 @@ impl Default for HistoryLimits {
     }
 }
 
-/// What the history holds: revisions `[first, ...)`, and its size.
+/// What the history holds: revisions `[first, ...)`, and its size (events, and their stored
+/// keys and values in bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryMeta {
     /// The oldest revision whose events are all kept; a watch from below is `compacted`.
@@ -93,7 +87,8 @@ pub fn load_meta(db: &Db, revision: u64) -> Result<HistoryMeta, StoreError> {
 }
 
 /// Adds `events` (one applied batch, in order) to `batch`, then trims the stored history to
-/// `limits` (never the events of this batch). Updates `meta` and writes it in `batch`.
+/// `limits` (never the events of this batch). Updates `meta` and writes it in `batch`; a batch
+/// without events changes nothing.
 pub fn append(
     db: &Db,
     meta: &mut HistoryMeta,
@@ -101,6 +96,9 @@ pub fn append(
     events: &[Event],
     batch: &mut WriteBatch,
 ) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
     let cf = db.cf(CF_HISTORY);
     let mut n = 0u32;
     let mut last = None;
@@ -109,10 +107,11 @@ pub fn append(
             n = 0;
             last = Some(e.revision);
         }
-        batch.put_cf(cf, event_key(e.revision, n), encode(e));
+        let (key, value) = (event_key(e.revision, n), encode(e));
         n += 1;
         meta.events += 1;
-        meta.bytes += e.size();
+        meta.bytes += (key.len() + value.len()) as u64;
+        batch.put_cf(cf, key, value);
     }
     if meta.events > limits.max_events || meta.bytes > limits.max_bytes {
         trim(db, meta, limits, events, batch)?;
@@ -136,15 +135,20 @@ fn trim(
     let mut cut = meta.first;
     let mut pending: Option<(u64, u64, u64)> = None; // (revision, events, bytes) of one revision
     for item in db.raw().iterator_cf(db.cf(CF_HISTORY), IteratorMode::Start) {
-        let (_, v) = item?;
-        let e: Event = decode(&v).map_err(|e| corrupt("history event", e))?;
-        if e.revision >= protected {
+        let (k, v) = item?;
+        let revision = k
+            .get(..8)
+            .and_then(|r| r.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| corrupt("history key", format!("{} bytes", k.len())))?;
+        let size = (k.len() + v.len()) as u64;
+        if revision >= protected {
             break;
         }
         match &mut pending {
-            Some((rev, n, b)) if *rev == e.revision => {
+            Some((rev, n, b)) if *rev == revision => {
                 *n += 1;
-                *b += e.size();
+                *b += size;
             }
             _ => {
                 if let Some((rev, n, b)) = pending.take() {
@@ -155,7 +159,7 @@ fn trim(
                         break;
                     }
                 }
-                pending = Some((e.revision, 1, e.size()));
+                pending = Some((revision, 1, size));
             }
         }
     }

@@ -235,13 +235,12 @@ impl StateMachine {
                     Err(r) => (Err(r), None),
                     Ok(Some(previous)) => (Ok(previous), None),
                     Ok(None) => {
+                        let answering = wanted(req);
                         let (outcome, op_results) = self.execute(
                             op,
-                            config_id,
-                            index,
-                            &mut overlay,
-                            &mut batch,
-                            &mut events,
+                            Position { config_id, index },
+                            answering,
+                            (&mut overlay, &mut batch, &mut events),
                         )?;
                         let rec = DedupRecord {
                             ts_ms: req.ts_ms,
@@ -251,7 +250,7 @@ impl StateMachine {
                         self.by_age.insert((req.ts_ms, req.client, req.seq));
                         batch.put_cf(cf_dedup, dedup_key(req.client, req.seq), encode(&rec));
                         self.meta.clock_ms = self.meta.clock_ms.max(req.ts_ms);
-                        (Ok(outcome), wanted(req).then_some(op_results))
+                        (Ok(outcome), answering.then_some(op_results))
                     }
                 };
                 results.push(Applied::Write {
@@ -280,25 +279,24 @@ impl StateMachine {
         Ok(results)
     }
 
-    /// Applies one client write (not a duplicate) under the next revision.
+    /// Applies one client write (not a duplicate) under the next revision, at log position
+    /// `at`. `answering`: someone waits for its results here (else a transaction's reads are
+    /// skipped: only the outcome is kept).
     fn execute(
         &mut self,
         op: &Op,
-        config_id: u32,
-        index: u64,
-        overlay: &mut Overlay,
-        batch: &mut WriteBatch,
-        events: &mut Vec<Event>,
+        at: Position,
+        answering: bool,
+        (overlay, batch, events): (&mut Overlay, &mut WriteBatch, &mut Vec<Event>),
     ) -> Result<(Outcome, Vec<OpResult>), StoreError> {
-        let db = self.db.clone();
-        let mut meta = self.meta;
         let mut ex = txn::Executor {
-            db: &db,
+            db: &self.db,
             overlay,
             batch,
-            meta: &mut meta,
             revision: self.meta.revision + 1,
+            meta: &mut self.meta,
             wrote: false,
+            answering,
             events,
         };
         let (existed, succeeded, results) = match op {
@@ -323,12 +321,11 @@ impl StateMachine {
             Op::Barrier { .. } => (false, true, Vec::new()),
         };
         if ex.wrote {
-            meta.revision += 1;
+            self.meta.revision += 1;
         }
-        self.meta = meta;
         let outcome = Outcome {
-            config_id,
-            index,
+            config_id: at.config_id,
+            index: at.index,
             revision: self.meta.revision,
             existed,
             succeeded,
