@@ -12,6 +12,10 @@ use std::time::Duration;
 /// Default `--endpoints`: the client ports of a standard three-replica layout.
 pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003";
 
+/// How often an idle watch stream reports progress, in ms (`watch --progress-ms`, and the
+/// shell's watch).
+pub const DEFAULT_WATCH_PROGRESS_MS: u64 = 5000;
+
 /// Default `log --limit`.
 pub const DEFAULT_LOG_LIMIT: usize = 50;
 
@@ -152,7 +156,7 @@ pub enum Command {
         #[arg(
             long,
             hide = true,
-            default_value_t = 5000,
+            default_value_t = DEFAULT_WATCH_PROGRESS_MS,
             value_parser = clap::value_parser!(u64).range(100..=3_600_000)
         )]
         progress_ms: u64,

@@ -26,7 +26,7 @@
 //! command is then sent only to the endpoint of the list with that port, or, when none has
 //! it, to the first endpoint's host at that port.
 
-use crate::cli::DEFAULT_LOG_LIMIT;
+use crate::cli::{DEFAULT_LOG_LIMIT, DEFAULT_WATCH_PROGRESS_MS};
 use crate::commands::put::Condition;
 use crate::commands::range::List;
 use crate::commands::reconfigure::{Change, Members};
@@ -92,9 +92,6 @@ pub enum ShellCommand {
 /// The line that ends a shell transaction.
 const TXN_END: &[u8] = b"end";
 
-/// How often an idle watch stream reports progress in the shell (as `kvctl watch`).
-const WATCH_PROGRESS_MS: u64 = 5000;
-
 /// `watch KEY | --prefix P [--rev N] [--count N] [PORT]`.
 fn watch_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
     const USAGE: &str = "usage: watch KEY | --prefix P [--rev N] [--count N] [PORT]";
@@ -134,7 +131,7 @@ fn watch_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
         keys,
         start_revision: rev,
         prev_value: false,
-        progress_ms: WATCH_PROGRESS_MS,
+        progress_ms: DEFAULT_WATCH_PROGRESS_MS,
         consistency: omnikv_common::Consistency::Linearizable,
     };
     Ok(Some(ShellCommand::Watch { req, count, port }))
