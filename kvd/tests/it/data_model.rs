@@ -59,7 +59,8 @@ async fn txn(http: &reqwest::Client, ep: &str, t: &TxnRequest) -> TxnResult {
     r.json().await.unwrap()
 }
 
-async fn put(http: &reqwest::Client, ep: &str, k: &str, v: &str, q: &str) -> WriteResult {
+/// Puts `v` under the percent-encoded key `k` with query `q` (`""` or `?prev=true`).
+pub async fn put(http: &reqwest::Client, ep: &str, k: &str, v: &str, q: &str) -> WriteResult {
     let r = http
         .put(format!("{ep}/v1/kv/{k}{q}"))
         .body(v.to_string())

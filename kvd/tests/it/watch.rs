@@ -2,7 +2,7 @@
 //! resumption after a restart, progress, `compacted`, `lagged` for a watcher that never
 //! reads, the watcher cap, and bad parameters.
 
-use crate::data_model::base;
+use crate::data_model::{self, base};
 use crate::harness::*;
 use omnikv_common::kv::WatchEvent;
 use reqwest::StatusCode;
@@ -70,18 +70,9 @@ fn describe(e: &WatchEvent) -> String {
     }
 }
 
+/// Puts `v` under the percent-encoded key `k`; the write's revision.
 async fn put(http: &reqwest::Client, ep: &str, k: &str, v: &str) -> u64 {
-    let r = http
-        .put(format!("{ep}/v1/kv/{k}"))
-        .body(v.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    r.json::<omnikv_common::WriteResult>()
-        .await
-        .unwrap()
-        .revision
+    data_model::put(http, ep, k, v, "").await.revision
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
