@@ -30,9 +30,14 @@ pub const CF_DEDUP: &str = "dedup";
 pub const CF_META: &str = "meta";
 pub const CF_STAGE: &str = "stage";
 pub const CF_HISTORY: &str = "history";
-const ALL_CFS: [&str; 7] = [
-    CF_LOG, CF_PAXOS, CF_KV, CF_DEDUP, CF_META, CF_STAGE, CF_HISTORY,
+/// Leases: their records and which keys each holds (`state_machine/lease.rs`).
+pub const CF_LEASE: &str = "lease";
+const ALL_CFS: [&str; 8] = [
+    CF_LOG, CF_PAXOS, CF_KV, CF_DEDUP, CF_META, CF_STAGE, CF_HISTORY, CF_LEASE,
 ];
+/// The column families that make up the replicated state a checkpoint or a backup carries
+/// (with `meta/sm`): everything applying the log produces except the change history.
+pub const STATE_CFS: [&str; 3] = [CF_KV, CF_DEDUP, CF_LEASE];
 
 /// Storage failures. The library panics on any error we return to it (upstream #124), which
 /// ends the process (kvd installs an aborting panic hook): never a zombie replica.
