@@ -151,6 +151,10 @@ pub struct PutOp {
     /// Answer with the key's previous value.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prev: bool,
+    /// Attach the key to this lease (which must exist); without it the put detaches the key
+    /// from any lease it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +313,7 @@ mod tests {
                 key: "k".into(),
                 value: "new".into(),
                 prev: false,
+                lease: None,
             })],
             failure: vec![TxnOp::Get(GetOp {
                 range: RangeSpec {
