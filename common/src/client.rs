@@ -11,8 +11,8 @@ mod watch;
 
 pub use data::{KeySet, RangeOpts, ValueRead};
 pub use lease::{
-    parse_lease_id, renew_interval, LeaseGrant, LeaseGrantRequest, LeaseInfo, LeaseList, LeaseLost,
-    LeaseRevoked, MAX_LEASE_ID, MAX_LEASE_TTL_S,
+    parse_lease_id, renew_interval, GrantRequest, LeaseGranted, LeaseList, LeaseLost, LeaseRevoked,
+    LeaseStatus, MAX_LEASE_ID, MAX_TTL_SECS,
 };
 pub use watch::{
     Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,

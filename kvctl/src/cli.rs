@@ -4,7 +4,7 @@
 
 use crate::exit::EXIT_CODES_HELP;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use omnikv_common::client::{parse_lease_id, MAX_LEASE_TTL_S};
+use omnikv_common::client::{parse_lease_id, MAX_TTL_SECS};
 use omnikv_common::membership::{parse_nodes, parse_peer, Nodes};
 use omnikv_common::Consistency;
 use std::ffi::OsString;
@@ -223,7 +223,7 @@ pub enum Command {
         name: OsString,
         /// The lease's TTL in seconds: how long the lock outlives a kvctl that died.
         #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_LOCK_TTL_S,
-              value_parser = clap::value_parser!(u64).range(1..=MAX_LEASE_TTL_S))]
+              value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS))]
         ttl: u64,
         /// How long COMMAND has between SIGTERM and SIGKILL when the lease is lost.
         #[arg(long, hide = true, value_name = "DURATION", default_value = "5s",
@@ -253,7 +253,7 @@ pub enum Command {
         observe: bool,
         /// The lease's TTL in seconds: how long leadership outlives a kvctl that died.
         #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_LOCK_TTL_S,
-              value_parser = clap::value_parser!(u64).range(1..=MAX_LEASE_TTL_S), conflicts_with = "observe")]
+              value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS), conflicts_with = "observe")]
         ttl: u64,
     },
     /// Interactive prompt: `put KEY VALUE [PORT]`, `get KEY [PORT]`, ... (`help` inside).
@@ -270,7 +270,7 @@ pub enum LeaseCommand {
     /// Grant a lease of TTL seconds (kvd raises it to its minimum, 2 s); prints
     /// `lease <hex id> granted with TTL(<n>s)`.
     Grant {
-        #[arg(value_name = "TTL", value_parser = clap::value_parser!(u64).range(1..=MAX_LEASE_TTL_S))]
+        #[arg(value_name = "TTL", value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS))]
         ttl: u64,
     },
     /// Keep lease ID alive: renew it every third of its TTL, printing a line per renewal,

@@ -38,7 +38,7 @@ use crate::commands::{self, Request};
 use crate::context::Context;
 use crate::exit::Error;
 use crate::output::{self, ListMode};
-use omnikv_common::client::{parse_lease_id, KeySet, WatchRequest, MAX_LEASE_TTL_S};
+use omnikv_common::client::{parse_lease_id, KeySet, WatchRequest, MAX_TTL_SECS};
 use omnikv_common::membership::parse_nodes;
 use omnikv_common::Client;
 use std::collections::HashMap;
@@ -302,7 +302,7 @@ fn lease_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
             ttl: arg()?
                 .parse()
                 .ok()
-                .filter(|&t| (1..=MAX_LEASE_TTL_S).contains(&t))
+                .filter(|&t| (1..=MAX_TTL_SECS).contains(&t))
                 .ok_or("lease grant: TTL is a number of seconds from 1")?,
         },
         b"keepalive" => LeaseRequest::KeepAlive {

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 /// Largest lease id (ids are etcd's positive int64: 1..2^63).
 pub const MAX_LEASE_ID: u64 = i64::MAX as u64;
 /// Largest TTL kvd grants, in seconds.
-pub const MAX_LEASE_TTL_S: u64 = 9_000_000_000;
+pub const MAX_TTL_SECS: u64 = 9_000_000_000;
 
 /// `POST /v1/lease`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseGrantRequest {
+pub struct GrantRequest {
     /// Seconds; kvd raises it to its minimum.
     pub ttl: u64,
     /// The id to grant; kvd picks one when absent.
@@ -26,25 +26,29 @@ pub struct LeaseGrantRequest {
 }
 
 /// The answer to a grant or a keepalive: the lease lives `ttl` seconds from about now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseGrant {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseGranted {
     pub id: u64,
     /// The granted TTL in seconds.
     pub ttl: u64,
+    /// Answered from the remembered outcome of a retry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// The answer to a revoke.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseRevoked {
     /// The store revision of the deletes (unchanged when the lease held no key).
     pub revision: u64,
-    /// Keys deleted with the lease.
-    pub deleted: u64,
+    /// Keys deleted with the lease (absent on a replayed retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
 }
 
 /// One lease as `GET /v1/lease` and `GET /v1/lease/{id}` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseInfo {
+pub struct LeaseStatus {
     pub id: u64,
     /// The granted TTL in seconds.
     pub ttl: u64,
@@ -59,7 +63,7 @@ pub struct LeaseInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseList {
     /// Sorted by id.
-    pub leases: Vec<LeaseInfo>,
+    pub leases: Vec<LeaseStatus>,
     pub revision: u64,
 }
 
@@ -103,8 +107,12 @@ pub fn renew_interval(ttl_s: u64) -> Duration {
 
 impl Client {
     /// Grants a lease of `ttl` seconds (with `id`, that id).
-    pub async fn lease_grant(&self, ttl: u64, id: Option<u64>) -> Result<LeaseGrant, ClientError> {
-        let body = serde_json::to_vec(&LeaseGrantRequest { ttl, id })
+    pub async fn lease_grant(
+        &self,
+        ttl: u64,
+        id: Option<u64>,
+    ) -> Result<LeaseGranted, ClientError> {
+        let body = serde_json::to_vec(&GrantRequest { ttl, id })
             .map_err(|e| ClientError::Usage(format!("cannot encode the grant: {e}")))?;
         self.send_write(
             reqwest::Method::POST,
@@ -115,7 +123,7 @@ impl Client {
     }
 
     /// Renews lease `id` for its whole TTL; `Err(NotFound)` when it is gone.
-    pub async fn lease_keepalive(&self, id: u64) -> Result<LeaseGrant, ClientError> {
+    pub async fn lease_keepalive(&self, id: u64) -> Result<LeaseGranted, ClientError> {
         self.send_write(
             reqwest::Method::POST,
             &format!("/v1/lease/{id}/keepalive"),
@@ -137,7 +145,11 @@ impl Client {
     }
 
     /// Lease `id` with its time left (and its keys with `keys`); `Err(NotFound)` when gone.
-    pub async fn lease_time_to_live(&self, id: u64, keys: bool) -> Result<LeaseInfo, ClientError> {
+    pub async fn lease_time_to_live(
+        &self,
+        id: u64,
+        keys: bool,
+    ) -> Result<LeaseStatus, ClientError> {
         let query = if keys { "?keys=true" } else { "" };
         self.get_json(&format!("/v1/lease/{id}{query}")).await
     }
@@ -166,7 +178,7 @@ impl Client {
         id: u64,
         ttl_s: u64,
         sent: Instant,
-        mut renewed: impl FnMut(&LeaseGrant),
+        mut renewed: impl FnMut(&LeaseGranted),
     ) -> LeaseLost {
         let mut ttl = Duration::from_secs(ttl_s);
         // The lease lives at least until here: the last confirmed renewal's send time + TTL.
@@ -236,9 +248,9 @@ mod tests {
 
     #[test]
     fn wire_shapes_match_the_contract() {
-        let g = serde_json::to_string(&LeaseGrantRequest { ttl: 5, id: None }).unwrap();
+        let g = serde_json::to_string(&GrantRequest { ttl: 5, id: None }).unwrap();
         assert_eq!(g, r#"{"ttl":5}"#);
-        let info: LeaseInfo =
+        let info: LeaseStatus =
             serde_json::from_str(r#"{"id": 7, "ttl": 5, "remaining_ms": 4000, "keys": ["YQ=="]}"#)
                 .unwrap();
         assert_eq!(info.keys, Some(vec![Bytes64(b"a".to_vec())]));

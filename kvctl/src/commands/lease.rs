@@ -4,7 +4,7 @@
 use crate::cli::OutputFormat;
 use crate::exit::Error;
 use crate::output;
-use omnikv_common::client::{LeaseGrant, LeaseInfo};
+use omnikv_common::client::{LeaseGranted, LeaseStatus};
 use omnikv_common::keys::display_bytes;
 use omnikv_common::{Client, ClientError, Consistency};
 use std::io::Write;
@@ -48,7 +48,7 @@ fn with_hex(v: impl serde::Serialize, id: u64) -> serde_json::Value {
 }
 
 /// `lease <hex> keepalived with TTL(<n>)` (etcdctl's line), or the grant as JSON.
-fn write_renewal(out: &mut dyn Write, format: OutputFormat, g: &LeaseGrant) -> Result<(), Error> {
+fn write_renewal(out: &mut dyn Write, format: OutputFormat, g: &LeaseGranted) -> Result<(), Error> {
     match format {
         OutputFormat::Json => output::json_line(out, &with_hex(g, g.id)),
         OutputFormat::Text => writeln!(out, "lease {:x} keepalived with TTL({})", g.id, g.ttl),
@@ -59,7 +59,7 @@ fn write_renewal(out: &mut dyn Write, format: OutputFormat, g: &LeaseGrant) -> R
 
 /// etcdctl's `lease timetolive` line: `lease <hex> granted with TTL(<n>s), remaining(<m>s)`
 /// and with keys `, attached keys([a b])`.
-pub fn ttl_text(l: &LeaseInfo) -> String {
+pub fn ttl_text(l: &LeaseStatus) -> String {
     let mut s = format!(
         "lease {:x} granted with TTL({}s), remaining({}s)",
         l.id,
@@ -86,7 +86,7 @@ pub async fn run(
         LeaseRequest::Grant { ttl } => {
             let g = client.lease_grant(ttl, None).await?;
             if json {
-                output::json_line(out, &with_hex(g, g.id))
+                output::json_line(out, &with_hex(&g, g.id))
             } else {
                 writeln!(out, "lease {:x} granted with TTL({}s)", g.id, g.ttl)
             }
@@ -113,7 +113,7 @@ pub async fn run(
         LeaseRequest::Revoke { id } => {
             let r = client.lease_revoke(id).await.map_err(not_found(id))?;
             if json {
-                output::json_line(out, &with_hex(r, id))
+                output::json_line(out, &with_hex(&r, id))
             } else {
                 writeln!(out, "lease {id:x} revoked")
             }
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn time_to_live_reads_like_etcdctl() {
-        let mut l = LeaseInfo {
+        let mut l = LeaseStatus {
             id: 0x694d7a6f2bd1a504,
             ttl: 60,
             remaining_ms: 41_200,
@@ -178,7 +178,11 @@ mod tests {
     #[test]
     fn renewals_print_one_line_each() {
         let mut out = Vec::new();
-        let g = LeaseGrant { id: 0x1f, ttl: 5 };
+        let g = LeaseGranted {
+            id: 0x1f,
+            ttl: 5,
+            replayed: false,
+        };
         write_renewal(&mut out, OutputFormat::Text, &g).unwrap();
         write_renewal(&mut out, OutputFormat::Json, &g).unwrap();
         assert_eq!(

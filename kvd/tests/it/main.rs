@@ -14,6 +14,7 @@ mod histories;
 mod http_edges;
 mod kvctl_cli;
 mod linearizability;
+mod lock;
 mod membership;
 mod nemesis;
 mod reference_histories;
