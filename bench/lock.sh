@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Lock throughput and fairness: N shell loops contend on one `kvctl lock` for DURATION
-# seconds, against a fresh local 3-replica cluster (fsync on). Each loop runs
-# `kvctl lock bench -- sh -c 'echo ID >> FILE'` again and again, so every acquisition is a
-# whole kvctl run: start, lease grant, enqueue transaction, wait, command, revoke.
-# Prints, per N, the median over ROUNDS of: acquisitions per second (all loops together),
-# and the spread of acquisitions per loop (min, max, max/min: 1.0 is perfectly fair).
+# Lock throughput and fairness: N shell loops contend on one lock for DURATION seconds,
+# against a fresh local 3-replica omnikv cluster (fsync on) and, when `etcd` is installed
+# (bench/install-etcd.sh), a fresh 3-member etcd cluster, in interleaved runs. Each loop runs
+# `kvctl lock bench -- sh -c 'echo ID >> FILE'` (or `etcdctl lock bench sh -c ...`) again and
+# again, so every acquisition is a whole client run: start, lease grant, enqueue transaction,
+# wait, command, release. Prints, per system and N, the median over ROUNDS of: acquisitions
+# per second (all loops together), and the spread of acquisitions per loop (min, max,
+# max/min: 1.0 is perfectly fair).
 #   usage: bench/lock.sh [BIN_DIR] [DURATION_S] [ROUNDS] [CONTENDERS...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,42 +31,66 @@ for p in 1 2 3; do
 done
 export KVCTL_ENDPOINTS=$eps
 until "$bin/kvctl" --timeout 2s get probe >/dev/null 2>&1 || [ $? -eq 1 ]; do sleep 0.3; done
+systems=(omnikv)
+if command -v etcd >/dev/null && command -v etcdctl >/dev/null; then
+  cluster="e1=http://127.0.0.1:17201,e2=http://127.0.0.1:17202,e3=http://127.0.0.1:17203"
+  for p in 1 2 3; do
+    etcd --name "e$p" --data-dir "$work/etcd-$p" \
+      --listen-client-urls "http://127.0.0.1:$((18200 + p))" \
+      --advertise-client-urls "http://127.0.0.1:$((18200 + p))" \
+      --listen-peer-urls "http://127.0.0.1:$((17200 + p))" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$((17200 + p))" \
+      --initial-cluster "$cluster" --initial-cluster-token lockbench \
+      --initial-cluster-state new --log-level warn >"$work/etcd-$p.log" 2>&1 &
+    pids+=($!)
+  done
+  export ETCDCTL_API=3 ETCDCTL_ENDPOINTS="127.0.0.1:18201,127.0.0.1:18202,127.0.0.1:18203"
+  until etcdctl endpoint health >/dev/null 2>&1; do sleep 0.3; done
+  systems+=(etcd)
+fi
 
-# One round: N loops for DURATION seconds; prints "N acquisitions-per-loop..." on one line.
+# One round: N loops of SYSTEM's lock for DURATION seconds; prints
+# "SYSTEM N acquisitions-per-loop..." on one line.
 round() {
-  local n=$1 file=$work/acq i
+  local system=$1 n=$2 file=$work/acq i
   : >"$file"
   local loops=() end=$(( $(date +%s) + duration ))
   for i in $(seq 1 "$n"); do
     ( while [ "$(date +%s)" -lt "$end" ]; do
-        "$bin/kvctl" lock bench --ttl 10 -- sh -c "echo $i >> $file" || true
+        if [ "$system" = omnikv ]; then
+          "$bin/kvctl" lock bench --ttl 10 -- sh -c "echo $i >> $file" || true
+        else
+          etcdctl lock --ttl 10 bench sh -c "echo $i >> $file" || true
+        fi
       done ) &
     loops+=($!)
   done
   wait "${loops[@]}"
   local counts=""
   for i in $(seq 1 "$n"); do counts+=" $(grep -cx "$i" "$file" || true)"; done
-  echo "$n$counts"
+  echo "$system $n$counts"
 }
 
 results=$work/results
 for r in $(seq 1 "$rounds"); do
-  for n in "${contenders[@]}"; do round "$n" >>"$results"; done
+  for n in "${contenders[@]}"; do
+    for system in "${systems[@]}"; do round "$system" "$n" >>"$results"; done
+  done
 done
 python3 - "$duration" "$results" <<'PY'
 import statistics, sys
 duration = float(sys.argv[1])
 runs = {}
 for line in open(sys.argv[2]):
-    n, *counts = map(int, line.split())
-    runs.setdefault(n, []).append(counts)
-print(f"{duration:.0f} s per run, median of {len(next(iter(runs.values())))} runs")
-print("| contenders | acquisitions/s | per contender min | max | max/min |")
-print("|---|---|---|---|---|")
-for n, rs in sorted(runs.items()):
+    system, n, *counts = line.split()
+    runs.setdefault((int(n), system), []).append([int(c) for c in counts])
+print(f"{duration:.0f} s per run, median of {len(next(iter(runs.values())))} interleaved runs")
+print("| contenders | system | acquisitions/s | per contender min | max | max/min |")
+print("|---|---|---|---|---|---|")
+for (n, system), rs in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1] != "omnikv")):
     rate = statistics.median(sum(c) / duration for c in rs)
     lo = statistics.median(min(c) for c in rs)
     hi = statistics.median(max(c) for c in rs)
     ratio = statistics.median(max(c) / max(min(c), 1) for c in rs)
-    print(f"| {n} | {rate:.1f} | {lo:.0f} | {hi:.0f} | {ratio:.2f} |")
+    print(f"| {n} | {system} | {rate:.1f} | {lo:.0f} | {hi:.0f} | {ratio:.2f} |")
 PY
