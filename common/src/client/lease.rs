@@ -138,10 +138,13 @@ impl Client {
             .await
     }
 
-    /// Every lease, sorted by id.
+    /// Every lease, sorted by id. Linearizable, the default, sends no parameter (a kvd that
+    /// reads its applied state takes none).
     pub async fn lease_list(&self, consistency: Consistency) -> Result<LeaseList, ClientError> {
-        self.get_json(&format!("/v1/lease?consistency={}", consistency.as_str()))
-            .await
+        match consistency {
+            Consistency::Linearizable => self.get_json("/v1/lease").await,
+            Consistency::Local => self.get_json("/v1/lease?consistency=local").await,
+        }
     }
 
     /// Lease `id` with its time left (and its keys with `keys`); `Err(NotFound)` when gone.
