@@ -60,9 +60,9 @@ round() {
         if [ "$system" = omnikv ]; then
           "$bin/kvctl" lock bench --ttl 10 -- sh -c "echo $i >> $file" || true
         else
-          etcdctl lock --ttl 10 bench sh -c "echo $i >> $file" || true
+          etcdctl lock --ttl 10 bench -- sh -c "echo $i >> $file" || true
         fi
-      done ) &
+      done ) >/dev/null 2>>"$work/errors" &
     loops+=($!)
   done
   wait "${loops[@]}"
