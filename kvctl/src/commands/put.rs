@@ -121,6 +121,7 @@ impl Condition {
                 key: key.into(),
                 value: omnikv_common::kv::Bytes64(value),
                 prev: false,
+                lease: 0,
             })],
             failure: vec![TxnOp::Get(GetOp {
                 range: RangeSpec {
@@ -183,6 +184,7 @@ mod tests {
             create_revision: 3,
             mod_revision: 8,
             version: 2,
+            lease: 0,
         };
         let t = Condition::Absent.txn(b"k", b"v".to_vec());
         assert_eq!(t.compare[0].target, CompareTarget::Exists(false));
