@@ -10,10 +10,7 @@ mod lease;
 mod watch;
 
 pub use data::{KeySet, RangeOpts, ValueRead};
-pub use lease::{
-    parse_lease_id, renew_interval, GrantRequest, LeaseGranted, LeaseList, LeaseLost, LeaseRevoked,
-    LeaseStatus, MAX_LEASE_ID, MAX_TTL_SECS,
-};
+pub use lease::{parse_lease_id, renew_interval, LeaseLost, MAX_LEASE_ID};
 pub use watch::{
     Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,
     MAX_WATCH_LINE_BYTES,

@@ -4,7 +4,8 @@
 
 use crate::exit::EXIT_CODES_HELP;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use omnikv_common::client::{parse_lease_id, MAX_TTL_SECS};
+use omnikv_common::client::parse_lease_id;
+use omnikv_common::lease::MAX_TTL_SECS;
 use omnikv_common::membership::{parse_nodes, parse_peer, Nodes};
 use omnikv_common::Consistency;
 use std::ffi::OsString;

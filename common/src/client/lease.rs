@@ -6,67 +6,11 @@
 use super::{Body, Client, ClientError, Consistency};
 use crate::api::WriteResult;
 use crate::keys::encode_key;
-use crate::kv::Bytes64;
-use serde::{Deserialize, Serialize};
+use crate::lease::{GrantRequest, LeaseGranted, LeaseList, LeaseRevoked, LeaseStatus};
 use std::time::{Duration, Instant};
 
 /// Largest lease id (ids are etcd's positive int64: 1..2^63).
 pub const MAX_LEASE_ID: u64 = i64::MAX as u64;
-/// Largest TTL kvd grants, in seconds.
-pub const MAX_TTL_SECS: u64 = 9_000_000_000;
-
-/// `POST /v1/lease`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GrantRequest {
-    /// Seconds; kvd raises it to its minimum.
-    pub ttl: u64,
-    /// The id to grant; kvd picks one when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<u64>,
-}
-
-/// The answer to a grant or a keepalive: the lease lives `ttl` seconds from about now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseGranted {
-    pub id: u64,
-    /// The granted TTL in seconds.
-    pub ttl: u64,
-    /// Answered from the remembered outcome of a retry.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub replayed: bool,
-}
-
-/// The answer to a revoke.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseRevoked {
-    /// The store revision of the deletes (unchanged when the lease held no key).
-    pub revision: u64,
-    /// Keys deleted with the lease (absent on a replayed retry).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deleted: Option<u64>,
-}
-
-/// One lease as `GET /v1/lease` and `GET /v1/lease/{id}` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseStatus {
-    pub id: u64,
-    /// The granted TTL in seconds.
-    pub ttl: u64,
-    /// The answering replica's estimate of the time left (exact on the leader).
-    pub remaining_ms: u64,
-    /// The keys attached (only when asked for).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keys: Option<Vec<Bytes64>>,
-}
-
-/// `GET /v1/lease`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseList {
-    /// Sorted by id.
-    pub leases: Vec<LeaseStatus>,
-    pub revision: u64,
-}
-
 /// Why [`Client::keep_lease`] stopped: the lease is gone, or may be.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseLost {
@@ -247,20 +191,5 @@ mod tests {
         assert_eq!(renew_interval(60), Duration::from_secs(20));
         assert_eq!(renew_interval(2), Duration::from_millis(666));
         assert_eq!(renew_interval(0), Duration::from_millis(100));
-    }
-
-    #[test]
-    fn wire_shapes_match_the_contract() {
-        let g = serde_json::to_string(&GrantRequest { ttl: 5, id: None }).unwrap();
-        assert_eq!(g, r#"{"ttl":5}"#);
-        let info: LeaseStatus =
-            serde_json::from_str(r#"{"id": 7, "ttl": 5, "remaining_ms": 4000, "keys": ["YQ=="]}"#)
-                .unwrap();
-        assert_eq!(info.keys, Some(vec![Bytes64(b"a".to_vec())]));
-        let list: LeaseList = serde_json::from_str(
-            r#"{"leases": [{"id": 7, "ttl": 5, "remaining_ms": 1}], "revision": 3}"#,
-        )
-        .unwrap();
-        assert_eq!(list.leases[0].keys, None);
     }
 }

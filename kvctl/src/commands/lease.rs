@@ -4,8 +4,8 @@
 use crate::cli::OutputFormat;
 use crate::exit::Error;
 use crate::output;
-use omnikv_common::client::{LeaseGranted, LeaseStatus};
 use omnikv_common::keys::display_bytes;
+use omnikv_common::lease::{LeaseGranted, LeaseStatus};
 use omnikv_common::{Client, ClientError, Consistency};
 use std::io::Write;
 use std::time::Instant;

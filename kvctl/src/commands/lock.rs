@@ -142,7 +142,7 @@ pub fn enqueue_txn(prefix: &[u8], key: &[u8], value: &[u8], lease: u64) -> TxnRe
                 key: key.into(),
                 value: Bytes64(value.to_vec()),
                 prev: false,
-                lease: Some(lease),
+                lease,
             }),
             get_op(prefix, true),
         ],
@@ -533,6 +533,7 @@ mod tests {
             create_revision,
             mod_revision: create_revision,
             version: 1,
+            lease: 0,
         }
     }
 
@@ -566,9 +567,7 @@ mod tests {
     fn enqueue_creates_only_a_new_key_with_the_lease() {
         let t = enqueue_txn(b"l/", b"l/1f", b"v", 0x1f);
         assert_eq!(t.compare[0].target, CompareTarget::CreateRevision(0));
-        assert!(
-            matches!(&t.success[0], TxnOp::Put(p) if p.lease == Some(0x1f) && p.value.0 == b"v")
-        );
+        assert!(matches!(&t.success[0], TxnOp::Put(p) if p.lease == 0x1f && p.value.0 == b"v"));
         assert!(matches!(&t.success[1], TxnOp::Get(g) if g.range.prefix && g.range.key.0 == b"l/"));
         assert!(
             matches!(&t.failure[0], TxnOp::Get(g) if !g.range.prefix && g.range.key.0 == b"l/1f")

@@ -135,7 +135,7 @@ impl Condition {
                 key: key.into(),
                 value: omnikv_common::kv::Bytes64(value),
                 prev: false,
-                lease,
+                lease: lease.unwrap_or(0),
             })],
             failure: vec![TxnOp::Get(GetOp {
                 range: RangeSpec {
@@ -202,14 +202,13 @@ mod tests {
             create_revision: 3,
             mod_revision: 8,
             version: 2,
+            lease: 0,
         };
         let t = Condition::Absent.txn(b"k", b"v".to_vec(), None);
         assert_eq!(t.compare[0].target, CompareTarget::Exists(false));
-        assert!(
-            matches!(&t.success[..], [TxnOp::Put(p)] if p.value.0 == b"v" && p.lease.is_none())
-        );
+        assert!(matches!(&t.success[..], [TxnOp::Put(p)] if p.value.0 == b"v" && p.lease == 0));
         let t = Condition::Absent.txn(b"k", b"v".to_vec(), Some(7));
-        assert!(matches!(&t.success[..], [TxnOp::Put(p)] if p.lease == Some(7)));
+        assert!(matches!(&t.success[..], [TxnOp::Put(p)] if p.lease == 7));
         assert!(matches!(&t.failure[..], [TxnOp::Get(g)] if g.range.key.0 == b"k"));
         assert_eq!(
             Condition::Absent.failure(b"k", Some(&now)),

@@ -308,7 +308,7 @@ fn op(line: &[u8]) -> Result<TxnOp, String> {
                 key: key(k)?,
                 value: Bytes64(v),
                 prev: a.prev,
-                lease: None,
+                lease: 0,
             }))
         }
         "del" | "delete" => {
@@ -399,7 +399,7 @@ mod tests {
                     key: "key1".into(),
                     value: "overwrote \"key1\"!".into(),
                     prev: false,
-                    lease: None
+                    lease: 0,
                 }),
                 get("key1", true),
                 TxnOp::Delete(DeleteOp {
@@ -419,7 +419,7 @@ mod tests {
                     key: "key2".into(),
                     value: "some extra key".into(),
                     prev: true,
-                    lease: None
+                    lease: 0,
                 }),
                 TxnOp::Get(GetOp {
                     range: RangeSpec {

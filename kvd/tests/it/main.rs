@@ -13,6 +13,7 @@ mod harness;
 mod histories;
 mod http_edges;
 mod kvctl_cli;
+mod leases;
 mod linearizability;
 mod lock;
 mod membership;
