@@ -369,6 +369,7 @@ impl<P: Peers> Replica<P> {
         r.last_decided = r.decided_idx();
         r.metrics.applied_idx.set(r.sm.applied().index as i64);
         r.metrics.revision.set(r.sm.meta().revision as i64);
+        r.metrics.leases.set(r.sm.leases().len() as i64);
         r.metrics
             .history_first_revision
             .set(r.sm.history().first as i64);
@@ -769,6 +770,7 @@ impl<P: Peers> Replica<P> {
         self.cfg.watch_hub.publish(events, revision);
         let lease_changes = self.sm.take_lease_changes();
         self.lease_clock.apply(&lease_changes, self.now);
+        self.metrics.leases.set(self.sm.leases().len() as i64);
         self.answer_applied(results);
     }
 

@@ -263,6 +263,11 @@ impl<P: Peers> Replica<P> {
             && self.current_leader() == Some(self.cfg.pid);
         self.lease_clock.set_leading(leading, self.now);
         let ops = self.lease_clock.due(self.now, self.cfg.timers.retry);
+        let expiries = ops
+            .iter()
+            .filter(|op| matches!(op, Op::LeaseExpire { .. }))
+            .count();
+        self.metrics.lease_expiries.inc_by(expiries as u64);
         self.to_propose.extend(ops);
     }
 

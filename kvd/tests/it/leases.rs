@@ -162,6 +162,15 @@ async fn leased_keys_live_while_kept_alive_and_go_with_their_lease() {
     let list: LeaseList = json_of(http.get(format!("{}/v1/lease", base(&c, 2)))).await;
     let ids: Vec<u64> = list.leases.iter().map(|l| l.id).collect();
     assert_eq!(ids, vec![c_lease.id]);
+    let metrics = http
+        .get(format!("{}/metrics", base(&c, 2)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("omnikv_leases 1\n"), "{metrics}");
     assert_eq!(exists_any(&http, &eps, "c1").await, Some(true));
     // Bad input: not an id.
     let bad = http
