@@ -15,6 +15,7 @@ mod http_edges;
 mod kvctl_cli;
 mod leases;
 mod linearizability;
+mod lock;
 mod membership;
 mod nemesis;
 mod reference_histories;
