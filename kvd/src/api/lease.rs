@@ -1,12 +1,13 @@
 //! Leases: `POST /v1/lease` (grant), `POST /v1/lease/{id}/keepalive`, `DELETE /v1/lease/{id}`
 //! (revoke), `GET /v1/lease` and `GET /v1/lease/{id}`. Grants, keepalives and revokes are
-//! writes (one log entry each, deduplicated like every write); listing reads the answering
-//! replica's applied state.
+//! writes (one log entry each, deduplicated like every write). Listing reads the answering
+//! replica's applied state, after a read barrier unless `consistency=local`: once the barrier
+//! is applied here, that state holds every write acknowledged before the request.
 
 use super::kv::submit_write;
 use super::query::QueryParams;
 use super::{ask, err, write_id, ApiState, Error};
-use crate::command::LeaseOp;
+use crate::command::{KeyRange, LeaseOp, ReadOpts};
 use crate::inbox::{ClientRequest, LeaseInfo, WriteAnswer, WriteKind};
 use crate::state_machine::{LeaseResult, OpResult};
 use axum::body::Bytes;
@@ -134,7 +135,7 @@ pub(crate) async fn keepalive(
         .into_response()),
         None if answer.outcome.succeeded => {
             // A retry of a keepalive that was applied: the lease's TTL as it stands now.
-            let info = one(&state, id).await?;
+            let info = one(&state, &headers, id).await?;
             Ok(Json(LeaseGranted {
                 id,
                 ttl: info.ttl_ms / 1000,
@@ -173,9 +174,20 @@ pub(crate) async fn revoke(
 
 async fn ask_leases(
     state: &ApiState,
+    headers: &HeaderMap,
+    query: &QueryParams,
     id: Option<u64>,
     keys: bool,
 ) -> Result<crate::inbox::LeasesAnswer, Error> {
+    if query.linearizable()? {
+        // Any linearizable read passes a barrier; the lease view is read after it.
+        let nothing = KeyRange::Key(vec![0]);
+        let opts = ReadOpts {
+            count_only: true,
+            ..ReadOpts::default()
+        };
+        super::kv::read(state, headers, nothing, opts, true, Instant::now()).await?;
+    }
     let until = Instant::now() + state.default_timeout;
     ask(
         state,
@@ -186,8 +198,9 @@ async fn ask_leases(
     .map_err(Error)
 }
 
-async fn one(state: &ApiState, id: u64) -> Result<LeaseInfo, Error> {
-    let mut answer = ask_leases(state, Some(id), false).await?;
+async fn one(state: &ApiState, headers: &HeaderMap, id: u64) -> Result<LeaseInfo, Error> {
+    let local = QueryParams::parse(Some("consistency=local"), &["consistency"])?;
+    let mut answer = ask_leases(state, headers, &local, Some(id), false).await?;
     answer.leases.pop().ok_or_else(|| not_found(id))
 }
 
@@ -202,9 +215,13 @@ fn status(info: LeaseInfo) -> LeaseStatus {
     }
 }
 
-pub(crate) async fn list(State(state): State<ApiState>, uri: Uri) -> Result<Response, Error> {
-    QueryParams::parse(uri.query(), &[])?;
-    let answer = ask_leases(&state, None, false).await?;
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let query = QueryParams::parse(uri.query(), &["consistency"])?;
+    let answer = ask_leases(&state, &headers, &query, None, false).await?;
     Ok(Json(LeaseList {
         leases: answer.leases.into_iter().map(status).collect(),
         revision: answer.revision,
@@ -216,10 +233,12 @@ pub(crate) async fn time_to_live(
     State(state): State<ApiState>,
     Path(raw): Path<String>,
     uri: Uri,
+    headers: HeaderMap,
 ) -> Result<Response, Error> {
     let id = parse_id(&raw)?;
-    let keys = QueryParams::parse(uri.query(), &["keys"])?.flag("keys")?;
-    let mut answer = ask_leases(&state, Some(id), keys).await?;
+    let query = QueryParams::parse(uri.query(), &["keys", "consistency"])?;
+    let keys = query.flag("keys")?;
+    let mut answer = ask_leases(&state, &headers, &query, Some(id), keys).await?;
     let info = answer.leases.pop().ok_or_else(|| not_found(id))?;
     Ok(Json(status(info)).into_response())
 }

@@ -172,6 +172,15 @@ async fn leased_keys_live_while_kept_alive_and_go_with_their_lease() {
         .unwrap();
     assert!(metrics.contains("omnikv_leases 1\n"), "{metrics}");
     assert_eq!(exists_any(&http, &eps, "c1").await, Some(true));
+    let local: LeaseList =
+        json_of(http.get(format!("{}/v1/lease?consistency=local", base(&c, 3)))).await;
+    assert_eq!(local.leases.len(), 1);
+    let bogus = http
+        .get(format!("{ep}/v1/lease?consistency=bogus"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bogus.status(), StatusCode::BAD_REQUEST);
     // Bad input: not an id.
     let bad = http
         .post(format!("{ep}/v1/lease/zz/keepalive"))
