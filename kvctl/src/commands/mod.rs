@@ -5,6 +5,7 @@ pub mod delete;
 pub mod get;
 pub mod log;
 pub mod members;
+pub mod move_leader;
 pub mod put;
 pub mod range;
 pub mod reconfigure;
@@ -63,6 +64,10 @@ pub enum Request {
     },
     Members,
     Reconfigure(reconfigure::Change),
+    /// Hand leadership to this member.
+    MoveLeader {
+        to: u64,
+    },
 }
 
 /// Runs `req` through `client`, printing the result to `out` in `ctx.output`.
@@ -90,5 +95,6 @@ pub async fn execute(
         Request::Log { limit } => log::run(client, limit, ctx.output, out).await,
         Request::Members => members::run(client, ctx.output, out).await,
         Request::Reconfigure(change) => reconfigure::run(client, change, ctx.output, out).await,
+        Request::MoveLeader { to } => move_leader::run(client, to, ctx.output, out).await,
     }
 }

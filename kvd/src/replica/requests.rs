@@ -106,6 +106,11 @@ impl<P: Peers> Replica<P> {
             ClientRequest::Members { reply } => {
                 let _ = reply.send(self.members_view());
             }
+            ClientRequest::MoveLeader {
+                to,
+                deadline,
+                reply,
+            } => self.handle_move_leader(to, deadline, reply),
         }
     }
 
