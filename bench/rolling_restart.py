@@ -2,8 +2,10 @@
 """Rolling restart under write load, omnikv vs etcd, in ONE interleaved run (issue 14).
 Python stdlib only; reuses bench/run.py's clusters.
 
-A 3-replica omnikv cluster and a 3-member etcd cluster are up at the same time on loopback.
-Each round, for each system in turn (omnikv, etcd, omnikv, etcd, ...): `omnikv-bench writes`
+A 3-replica omnikv cluster, a 3-member etcd cluster and, as the baseline, a 3-replica omnikv
+cluster with the SIGTERM hand-off off (KVD_HANDOFF_TIMEOUT_MS=0) are up at the same time on
+loopback.
+Each round, for each system in turn (omnikv, etcd, baseline, omnikv, ...): `omnikv-bench writes`
 (bench/driver/src/rolling_restart.rs) runs --clients writers of unique keys, each failing over
 to the next member on any error with the same client logic for both systems; then every
 member is restarted in turn, highest first as a StatefulSet rolls: SIGTERM, wait for the
@@ -35,6 +37,22 @@ import run as base  # noqa: E402  (bench/run.py: clusters, probes, machine info)
 
 ROOT = base.ROOT
 log = base.log
+
+
+class WithoutHandoff(base.Cluster):
+    """omnikv with the SIGTERM hand-off off (KVD_HANDOFF_TIMEOUT_MS=0): a stopped leader
+    leaves the cluster to elect a new one, as before the hand-off existed."""
+
+    def start_member(self, i):
+        old = os.environ.get("KVD_HANDOFF_TIMEOUT_MS")
+        os.environ["KVD_HANDOFF_TIMEOUT_MS"] = "0"
+        try:
+            super().start_member(i)
+        finally:
+            if old is None:
+                del os.environ["KVD_HANDOFF_TIMEOUT_MS"]
+            else:
+                os.environ["KVD_HANDOFF_TIMEOUT_MS"] = old
 
 
 def serving(cluster, i):
@@ -81,22 +99,24 @@ def etcd_move_leader_away(args, cluster, i):
     return took
 
 
-def restart(args, cluster, i):
+def restart(args, cluster, i, t0):
     """SIGTERM member i, wait for its exit, keep it down --down s, start it, wait until it
-    serves. Returns what happened, timed."""
+    serves. Returns what happened, timed (`*_at_s`: seconds since `t0`, the writers' start)."""
     out = {"member": i + 1}
     lead = cluster.leader()
     out["was_leader"] = lead == i
     if cluster.kind == "etcd":
         out["move_leader_s"] = etcd_move_leader_away(args, cluster, i)
     m = cluster.members[i]
-    t0 = time.monotonic()
+    term = time.monotonic()
+    out["sigterm_at_s"] = round(term - t0, 3)
     m.proc.send_signal(signal.SIGTERM)
     m.proc.wait(timeout=60)
-    out["exit_s"] = round(time.monotonic() - t0, 3)
+    out["exit_s"] = round(time.monotonic() - term, 3)
     time.sleep(args.down)
     cluster.start_member(i)
     t1 = time.monotonic()
+    out["started_at_s"] = round(t1 - t0, 3)
     while not serving(cluster, i):
         if time.monotonic() - t1 > 60:
             raise RuntimeError(f"{cluster.name} member {i + 1} not serving 60 s after restart")
@@ -111,15 +131,16 @@ def one_round(args, cluster, rnd, work):
     eps = ",".join(cluster.endpoints())
     cmd = [args.bench, "--target", cluster.kind, "--endpoints", eps, "writes",
            "--clients", str(args.clients), "--acks", acks, "--prefix", f"rr{rnd}/",
-           "--value-size", str(args.value_size)]
+           "--value-size", str(args.value_size), "--attempt-ms", str(args.attempt_ms)]
     writer = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
     time.sleep(args.warmup)
     restarts = []
     for i in reversed(range(cluster.size)):
-        restarts.append(restart(args, cluster, i))
+        restarts.append(restart(args, cluster, i, t0))
         time.sleep(args.settle)
-    writer.stdin.close()
+    # communicate() closes the writers' stdin: their end of the run.
     stdout, stderr = writer.communicate(timeout=60)
     try:
         w = json.loads(stdout)
@@ -131,7 +152,14 @@ def one_round(args, cluster, rnd, work):
         ver = json.loads(v.stdout)
     except json.JSONDecodeError:
         raise RuntimeError(f"verify failed: {v.stderr[-2000:]}")
+    # Machine noise: the longest gap before the first SIGTERM, when nothing was restarting.
+    with open(acks) as f:
+        times = [float(line.split()[1]) for line in f if line.strip()]
+    first_term_ms = restarts[0]["sigterm_at_s"] * 1000
+    calm = [t for t in times if 300 <= t <= first_term_ms]
+    calm_gap = max((b - a for a, b in zip(calm, calm[1:])), default=0.0)
     res = {"system": cluster.name, "round": rnd, "acked": w["acked"],
+           "calm_gap_ms": round(calm_gap, 1),
            "failed_attempts": w["failed_attempts"], "duration_ms": w["duration_ms"],
            "longest_gap_ms": round(w["longest_gap_ms"], 1),
            "longest_gap_at_ms": round(w["longest_gap_at_ms"], 1),
@@ -139,7 +167,8 @@ def one_round(args, cluster, rnd, work):
            "lost": ver["missing"] + ver["wrong_value"], "read_errors": ver["read_errors"],
            "restarts": restarts, "first_errors": w["first_errors"][:5]}
     log(f"{cluster.name:9} round {rnd}: {w['acked']} acked, longest gap "
-        f"{res['longest_gap_ms']:.0f} ms at {res['longest_gap_at_ms'] / 1000:.2f} s, "
+        f"{res['longest_gap_ms']:.0f} ms at {res['longest_gap_at_ms'] / 1000:.2f} s "
+        f"(before any restart: {calm_gap:.0f} ms), "
         f"lost {res['lost']}, read errors {res['read_errors']}; restarts {restarts}")
     return res
 
@@ -149,6 +178,7 @@ def write_report(args, meta, runs):
     for r in runs:
         by.setdefault(r["system"], []).append(r)
     med = {s: {"longest_gap_ms": statistics.median(x["longest_gap_ms"] for x in rs),
+               "calm_gap_ms": statistics.median(x["calm_gap_ms"] for x in rs),
                "acked": statistics.median(x["acked"] for x in rs),
                "lost": sum(x["lost"] for x in rs), "rounds": len(rs)}
            for s, rs in by.items()}
@@ -160,20 +190,26 @@ def write_report(args, meta, runs):
       "every member of the omnikv cluster, then of the etcd cluster, both clusters up "
       f"throughout; {args.clients} writers of unique keys (`omnikv-bench writes`, the same "
       "fail-over logic for both systems), each member in turn SIGTERMed, kept down "
-      f"{args.down} s, started again and waited for, {args.settle} s between members. "
+      f"{args.down} s, started again and waited for, {args.settle} s between members; a write "
+      f"attempt gives up after {args.attempt_ms} ms and the writer tries the next member. "
       "omnikv's leader hands over by itself on SIGTERM; etcd's leader is moved first with "
       "`etcdctl move-leader`. Every acknowledged key is read back after the round.\n")
     A(f"Medians of {args.rounds} rounds.\n")
-    A("| system | longest write gap (median) | acked writes per round | acked writes lost |")
-    A("|---|---|---|---|")
-    for s in ("omnikv-3", "etcd-3"):
+    A("| system | longest write gap (median) | longest gap before any restart (noise) | "
+      "acked writes per round | acked writes lost |")
+    A("|---|---|---|---|---|")
+    for s in ("omnikv-3", "etcd-3", "omnikv-3-no-handoff"):
         if s in med:
-            A(f"| {s} | {med[s]['longest_gap_ms']:.0f} ms | {med[s]['acked']:.0f} | "
-              f"{med[s]['lost']} |")
+            A(f"| {s} | {med[s]['longest_gap_ms']:.0f} ms | {med[s]['calm_gap_ms']:.0f} ms | "
+              f"{med[s]['acked']:.0f} | {med[s]['lost']} |")
     if "omnikv-3" in med and "etcd-3" in med and med["etcd-3"]["longest_gap_ms"]:
         ratio = med["omnikv-3"]["longest_gap_ms"] / med["etcd-3"]["longest_gap_ms"]
         A(f"\nomnikv's longest gap is {ratio:.2f}x etcd's (target for omnikv: under 200 ms: "
-          f"{'met' if med['omnikv-3']['longest_gap_ms'] < 200 else 'not met'}).\n")
+          f"{'met' if med['omnikv-3']['longest_gap_ms'] < 200 else 'not met'}).")
+    if "omnikv-3" in med and "omnikv-3-no-handoff" in med:
+        A(f"Without the hand-off (`KVD_HANDOFF_TIMEOUT_MS=0`, the same rounds) omnikv's "
+          f"longest gap is {med['omnikv-3-no-handoff']['longest_gap_ms']:.0f} ms: the "
+          "election after the leader stops.\n")
     A("\n## Rounds\n")
     A("| system | round | longest gap | at | acked | lost | 5 longest gaps (start s, ms) |")
     A("|---|---|---|---|---|---|---|")
@@ -191,10 +227,13 @@ def main():
     base.common_args(ap)
     ap.add_argument("--etcdctl", default=shutil.which("etcdctl") or "etcdctl")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--attempt-ms", type=int, default=1000,
+                    help="a write attempt's timeout: a writer then tries the next member")
     ap.add_argument("--down", type=float, default=0.5, help="seconds a member stays stopped")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="seconds between a member serving again and the next restart")
-    ap.add_argument("--skip", default="", help="comma list of: omnikv,etcd")
+    ap.add_argument("--skip", default="",
+                    help="comma list of: omnikv,etcd,baseline (omnikv without the hand-off)")
     ap.add_argument("--port-base", type=int, default=28700)
     ap.add_argument("--work", help="data directory [default: a fresh temporary one, removed]")
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS-rolling-restart.md"))
@@ -212,6 +251,9 @@ def main():
         clusters.append(base.Cluster("omnikv-3", "omnikv", 3, args.port_base, work, args))
     if "etcd" not in skip:
         clusters.append(base.Cluster("etcd-3", "etcd", 3, args.port_base + 100, work, args))
+    if "baseline" not in skip:
+        clusters.append(WithoutHandoff("omnikv-3-no-handoff", "omnikv", 3, args.port_base + 200,
+                                       work, args))
 
     def stop_all(*_):
         for c in clusters:

@@ -230,7 +230,8 @@ pub async fn writes(
         let (stop, acked, errors) = (stop.clone(), acked.clone(), errors.clone());
         let prefix = args.prefix.clone();
         let size = args.value_size;
-        let client_id = (client_base + w as u64) | 1;
+        // Distinct per writer (writers sharing an id would dedup each other's writes away).
+        let client_id = ((client_base + w as u64) << 1) | 1;
         tasks.push(tokio::spawn(async move {
             let n = members.len();
             let mut cur = w % n;
