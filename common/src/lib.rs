@@ -12,4 +12,5 @@ pub use api::{
     ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, Phase, ReconfigView,
     ReconfigureRequest, ReconfigureResult, Role, StatusView, TransferView, WriteResult,
 };
+pub use api::{MoveLeaderRequest, MoveLeaderResult};
 pub use client::{Client, ClientError, Consistency};

@@ -257,6 +257,14 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS), conflicts_with = "observe")]
         ttl: u64,
     },
+    /// Make member N the leader: the leader checks N is connected and caught up, then N takes
+    /// over (prints `OK: leader N ...` once N leads). Exit 5 when N is not a member, 3 when the
+    /// hand-off could not be done before --timeout.
+    MoveLeader {
+        /// The member to lead.
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        to: u64,
+    },
     /// Interactive prompt: `put KEY VALUE [PORT]`, `get KEY [PORT]`, ... (`help` inside).
     Shell,
     /// Load generator: concurrent clients issuing puts and gets; prints throughput, latency

@@ -207,6 +207,7 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
         Command::Status { all: false } => Request::Status,
         Command::Log { limit } => Request::Log { limit },
         Command::Members => Request::Members,
+        Command::MoveLeader { to } => Request::MoveLeader { to },
         Command::Reconfigure {
             nodes,
             config_id,

@@ -13,6 +13,7 @@
 //!   deletes them.
 //! - `reconfigure N [PORT]` adds node N to the members (the seed's `reconfigure 4`);
 //!   `reconfigure 1,2,4` sets them.
+//! - `move-leader N [PORT]` makes member N the leader.
 //! - `txn [PORT]` reads the lines that follow, up to a line `end`, as one transaction (the
 //!   API's JSON or etcdctl's text: compares, a blank line, success ops, a blank line, failure
 //!   ops), and runs it.
@@ -64,6 +65,7 @@ commands:
   members [PORT]         the current configuration
   reconfigure N [PORT]   add node N to the members (config id: current + 1)
   reconfigure 1,2,4      change the members to exactly these
+  move-leader N [PORT]   make member N the leader
   txn [PORT]             a transaction: the lines that follow, up to a line `end`
                          (etcdctl's text: compares, blank line, success ops, blank line, failure ops)
   watch KEY | --prefix P [--rev N] [--count N] [PORT]
@@ -261,10 +263,21 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
             };
             request(Request::Reconfigure(change), port)
         }
+        b"move-leader" => {
+            let (args, port) = split_port(args, 1);
+            let usage = || "usage: move-leader NODE [PORT]".to_string();
+            let [arg] = args else {
+                return Err(usage());
+            };
+            match std::str::from_utf8(arg).ok().and_then(|t| t.parse::<u64>().ok()) {
+                Some(to) if to >= 1 => request(Request::MoveLeader { to }, port),
+                _ => Err(usage()),
+            }
+        }
         b"help" | b"?" => Ok(Some(ShellCommand::Help)),
         b"exit" | b"quit" => Ok(Some(ShellCommand::Exit)),
         other => Err(format!(
-            "unknown command {:?} (commands: put, get, delete, status, log, members, reconfigure, txn, watch, lease, help, exit)",
+            "unknown command {:?} (commands: put, get, delete, status, log, members, reconfigure, move-leader, txn, watch, lease, help, exit)",
             String::from_utf8_lossy(other)
         )),
     }
@@ -573,6 +586,23 @@ mod tests {
             req("put k hello world 8003\r\n"),
             (put("k", "hello world"), Some(8003))
         );
+    }
+
+    #[test]
+    fn move_leader_takes_a_member_and_a_port() {
+        assert_eq!(req("move-leader 2"), (Request::MoveLeader { to: 2 }, None));
+        assert_eq!(
+            req("move-leader 3 8001"),
+            (Request::MoveLeader { to: 3 }, Some(8001))
+        );
+        for bad in [
+            "move-leader",
+            "move-leader 0",
+            "move-leader x",
+            "move-leader 1 2 3",
+        ] {
+            assert!(parse_line(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

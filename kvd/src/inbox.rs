@@ -8,6 +8,7 @@ use crate::state_machine::{OpResult, Outcome, RangeResult};
 use omnikv_common::api::{
     ApiError, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView,
 };
+use omnikv_common::MoveLeaderResult;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -21,6 +22,13 @@ pub enum Input {
     /// Our outbound session to this peer came (back) up.
     PeerUp(u64),
     Client(ClientRequest),
+    /// The process is about to stop: refuse new client requests (unavailable) and, when
+    /// leading, hand leadership to the most up-to-date connected member, by `deadline`.
+    /// Answered once that is done or cannot be.
+    Drain {
+        deadline: Instant,
+        reply: oneshot::Sender<crate::replica::Drained>,
+    },
     Shutdown,
 }
 
@@ -117,5 +125,11 @@ pub enum ClientRequest {
         id: Option<u64>,
         keys: bool,
         reply: Reply<LeasesAnswer>,
+    },
+    /// Make member `to` the leader (asked of the leader).
+    MoveLeader {
+        to: u64,
+        deadline: Instant,
+        reply: Reply<MoveLeaderResult>,
     },
 }

@@ -8,6 +8,7 @@ pub mod lease;
 pub mod lock;
 pub mod log;
 pub mod members;
+pub mod move_leader;
 pub mod put;
 pub mod range;
 pub mod reconfigure;
@@ -70,6 +71,10 @@ pub enum Request {
     Members,
     Reconfigure(reconfigure::Change),
     Lease(lease::LeaseRequest),
+    /// Hand leadership to this member.
+    MoveLeader {
+        to: u64,
+    },
 }
 
 /// Runs `req` through `client`, printing the result to `out` in `ctx.output`.
@@ -101,5 +106,6 @@ pub async fn execute(
         Request::Members => members::run(client, ctx.output, out).await,
         Request::Reconfigure(change) => reconfigure::run(client, change, ctx.output, out).await,
         Request::Lease(req) => lease::run(client, req, ctx.consistency, ctx.output, out).await,
+        Request::MoveLeader { to } => move_leader::run(client, to, ctx.output, out).await,
     }
 }

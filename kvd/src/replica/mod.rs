@@ -13,10 +13,12 @@
 //!
 //! The loop is split by concern: `requests` (writes, reads, barriers, timeouts), `reconfig`
 //! (changes, announcements, joining, retiring), `catchup` (fetching entries, checkpoints),
-//! `views` (status and the other read-only answers); the OmniPaxos 0.2.4 workarounds live in
+//! `views` (status and the other read-only answers), `handoff` (moving leadership, the drain
+//! before a stop); the OmniPaxos 0.2.4 workarounds live in
 //! `crate::omnipaxos_workarounds`.
 
 mod catchup;
+mod handoff;
 mod leases;
 mod reconfig;
 mod requests;
@@ -37,6 +39,7 @@ use crate::space::SpaceGuard;
 use crate::state_machine::{DedupLimits, HistoryLimits, Position, SmMeta, StateMachine};
 use crate::storage::{read_log_range, Db, LogStore};
 use catchup::CatchUp;
+pub use handoff::Drained;
 use omnikv_common::api::{ApiError, ErrorCode, ReconfigureResult};
 use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
@@ -209,6 +212,8 @@ pub struct Replica<P: Peers> {
     /// A recovered promise of our own ballot, watched until it is replaced (`StaleOwnBallot`).
     stale_own_ballot: Option<StaleOwnBallot>,
     lease_clock: leases::LeaseClock,
+    /// Leader hand-off and the drain before a stop (`handoff`).
+    handoff: handoff::Handoff,
     leader: Option<u64>,
     last_decided: u64,
     outgoing: Vec<Message<LogCmd>>,
@@ -344,6 +349,7 @@ impl<P: Peers> Replica<P> {
             catchup: None,
             stale_own_ballot: None,
             stopsign_stall: StopSignStall::default(),
+            handoff: Default::default(),
             leader: None,
             last_decided: 0,
             outgoing: Vec::new(),
@@ -405,7 +411,12 @@ impl<P: Peers> Replica<P> {
                     }
                 }
             }
-            Input::Client(req) => self.handle_client(req),
+            Input::Client(req) => {
+                if let Some(req) = self.refuse_if_draining(req) {
+                    self.handle_client(req)
+                }
+            }
+            Input::Drain { deadline, reply } => self.start_drain(deadline, reply),
             Input::Shutdown => {}
         }
     }
@@ -437,7 +448,10 @@ impl<P: Peers> Replica<P> {
             self.drive_leases();
             self.next_timeout_scan = now + self.cfg.timers.tick;
         }
-        self.propose_queued();
+        self.drive_handoff();
+        if !self.holds_proposals() {
+            self.propose_queued();
+        }
         self.apply_decided();
         if scan || self.reconfig.is_some() {
             // Storage is checked, not `is_reconfigured()` (0.2.4 re-sync bug, docs/architecture.md).
@@ -637,6 +651,12 @@ impl<P: Peers> Replica<P> {
             } => self.on_checkpoint_done(from, id, chunks, crc, meta),
             PeerFrame::CheckpointRefused { id, reason } => {
                 self.on_checkpoint_refused(from, id, &reason)
+            }
+            PeerFrame::TakeLeadership { accepted_idx, .. } => {
+                self.on_take_leadership(from, accepted_idx)
+            }
+            PeerFrame::LeadershipRefused { reason, .. } => {
+                self.on_leadership_refused(from, &reason)
             }
         }
     }

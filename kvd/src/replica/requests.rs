@@ -111,6 +111,11 @@ impl<P: Peers> Replica<P> {
             ClientRequest::Leases { id, keys, reply } => {
                 let _ = reply.send(self.leases_view(id, keys));
             }
+            ClientRequest::MoveLeader {
+                to,
+                deadline,
+                reply,
+            } => self.handle_move_leader(to, deadline, reply),
         }
     }
 
