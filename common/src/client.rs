@@ -6,9 +6,11 @@
 //! the watch stream and its resumption in `client/watch.rs`.
 
 mod data;
+mod snapshot;
 mod watch;
 
 pub use data::{KeySet, RangeOpts, ValueRead};
+pub use snapshot::SnapshotStream;
 pub use watch::{
     Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,
     MAX_WATCH_LINE_BYTES,

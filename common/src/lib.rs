@@ -6,6 +6,7 @@ pub mod client;
 pub mod keys;
 pub mod kv;
 pub mod membership;
+pub mod snapshot;
 
 pub use api::{
     ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, Phase, ReconfigView,

@@ -54,6 +54,9 @@ pub enum Error {
     /// A watch needs a revision no replica that answered still holds.
     #[error("{0}")]
     Compacted(String),
+    /// A snapshot file (or stream) failed verification: corrupt, truncated, unknown format.
+    #[error("{0}")]
+    BadSnapshot(String),
     /// Reading stdin or writing stdout failed.
     #[error("{context}: {source}")]
     Io {
@@ -84,7 +87,7 @@ impl Error {
             Error::Client(e) => client_exit_code(e),
             Error::Usage(_) | Error::Io { .. } => USAGE,
             Error::CompareFailed(_) => COMPARE_FAILED,
-            Error::Compacted(_) => REJECTED,
+            Error::Compacted(_) | Error::BadSnapshot(_) => REJECTED,
         }
     }
 
@@ -96,6 +99,7 @@ impl Error {
             Error::Usage(_) | Error::Io { .. } => "usage".into(),
             Error::CompareFailed(_) => "compare_failed".into(),
             Error::Compacted(_) => "compacted".into(),
+            Error::BadSnapshot(_) => "bad_snapshot".into(),
             Error::Client(e) => match e {
                 ClientError::NotFound => error_code_name(ErrorCode::NotFound),
                 ClientError::Unavailable(_) => error_code_name(ErrorCode::Unavailable),

@@ -8,6 +8,7 @@ pub mod members;
 pub mod put;
 pub mod range;
 pub mod reconfigure;
+pub mod snapshot;
 pub mod status;
 pub mod txn;
 pub mod txn_text;

@@ -7,6 +7,7 @@ mod convert;
 mod kv;
 mod query;
 mod range;
+mod snapshot;
 mod txn;
 mod watch;
 
@@ -51,6 +52,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv", get(range::get_range).delete(range::delete_range))
         .route("/v1/txn", post(txn::txn))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/snapshot", get(snapshot::snapshot))
         .route("/v1/status", get(status))
         .route("/v1/log", get(log))
         .route("/v1/members", get(members))
