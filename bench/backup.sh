@@ -2,9 +2,10 @@
 # Backup and restore figures on this machine (release build, fsync on):
 #   a 3-replica cluster loaded with KEYS keys (default 1,000,000) of 100-byte values, then RUNS
 #   rounds (default 3), each: `kvctl snapshot save` (time, file size) and `kvd restore` of one
-#   member from that file (time); medians printed. Once more, a save under write load: the
-#   write latency (16 clients) while it streams against the same load without it, and a
-#   restored 3-replica cluster started and checked (state hash and revision equal the file's).
+#   member from that file (time); medians printed. Then the write latency (16 clients) while
+#   snapshots stream back to back against the same load without them (interleaved rounds), and
+#   the last file, taken under that load, restored into a 3-replica cluster that is started and
+#   checked (revision, key count and state hash equal the file's).
 #   usage: bench/backup.sh [BIN_DIR]        (`just bench-backup`; KEYS=, RUNS= to change)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,21 +66,33 @@ echo "saves: ${saves[*]}"
 echo "restores: ${restores[*]}"
 echo
 
-# Writes while a snapshot streams, against the same load alone (interleaved: alone, during).
+# Writes while snapshots stream back to back, against the same load alone: ROUNDS (3)
+# interleaved pairs of DUR-second windows; medians of the percentiles.
 lat() { kvctl -o json bench --clients 16 --duration "$1" --keys 100000 --value-size 100 --warmup 0 | field '["latency_ms"]'; }
-dur=$(python3 -c "print(max(3, round($ms)))")
-alone=$(lat "${dur}s")
+dur=${DUR:-5}
 f=$work/under-load.snap
-( kvctl snapshot save "$f" >"$work/under-load.out" 2>&1 ) &
-saver=$!
-during=$(lat "${dur}s")
-wait $saver
-echo "| put latency, 16 clients, ${dur} s | p50 ms | p99 ms | max ms |"
-echo "|---|---|---|---|"
-for row in "alone:$alone" "during a save:$during"; do
-  name=${row%%:*}; j=${row#*:}
-  python3 -c "import ast; d=ast.literal_eval('''$j'''); print(f\"| $name | {d['p50']:.2f} | {d['p99']:.2f} | {d['max']:.2f} |\")"
+alone=() during=() saved=0
+for r in $(seq 1 "${ROUNDS:-3}"); do
+  alone+=("$(lat "${dur}s")")
+  ( end=$((SECONDS + dur)); n=0
+    while [ $SECONDS -lt $end ]; do kvctl snapshot save "$f" >/dev/null 2>&1; n=$((n + 1)); done
+    echo $n >"$work/saves-$r" ) &
+  saver=$!
+  during+=("$(lat "${dur}s")")
+  wait $saver
+  saved=$((saved + $(cat "$work/saves-$r")))
 done
+echo "| put latency, 16 clients, ${ROUNDS:-3} x ${dur} s (medians) | p50 ms | p99 ms | max ms |"
+echo "|---|---|---|---|"
+python3 - "${#alone[@]}" "${alone[@]}" "${during[@]}" <<'PY'
+import ast, statistics, sys
+n = int(sys.argv[1]); rows = [ast.literal_eval(x) for x in sys.argv[2:]]
+for name, part in (("alone", rows[:n]), ("while snapshots stream", rows[n:])):
+    m = {k: statistics.median(r[k] for r in part) for k in ("p50", "p99", "max")}
+    print(f"| {name} | {m['p50']:.2f} | {m['p99']:.2f} | {m['max']:.2f} |")
+PY
+echo
+echo "($saved snapshots saved back to back during the measured windows.)"
 echo
 
 # The file taken under load restores into a cluster that serves its exact state.

@@ -24,7 +24,7 @@ add --force-new-cluster.";
 /// flags/env that member's kvd will run with (PID, NODES, KVD_DATA_DIR, KVD_PEERS...), then
 /// start kvd on the seeded dirs.
 #[derive(Parser, Debug)]
-#[command(name = "kvd restore", version)]
+#[command(name = "kvd restore", bin_name = "kvd restore", version)]
 pub struct RestoreArgs {
     /// The snapshot file (from `kvctl snapshot save`).
     #[arg(conflicts_with = "from_data_dir")]
@@ -35,8 +35,8 @@ pub struct RestoreArgs {
     #[arg(long, env = "KVD_RESTORE_FROM_DATA_DIR")]
     pub from_data_dir: Option<PathBuf>,
 
-    /// Acknowledge that --from-data-dir makes a new cluster out of one replica's applied state
-    /// and drops every write it had not applied.
+    /// Acknowledge that --from-data-dir makes a new cluster out of one replica alone:
+    /// acknowledged writes it never received are lost.
     #[arg(long)]
     pub force_new_cluster: bool,
 
