@@ -3,13 +3,15 @@
 //! `Unavailable` only when no attempt could have been handed to consensus.
 //!
 //! The calls of the data model beyond one key (ranges, transactions) are in `client/data.rs`,
-//! the watch stream and its resumption in `client/watch.rs`.
+//! the watch stream and its resumption in `client/watch.rs`, leases in `client/lease.rs`.
 
 mod data;
+mod lease;
 mod snapshot;
 mod watch;
 
 pub use data::{KeySet, RangeOpts, ValueRead};
+pub use lease::{parse_lease_id, renew_interval, LeaseLost, MAX_LEASE_ID};
 pub use snapshot::SnapshotStream;
 pub use watch::{
     Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 pub mod keys;
 pub mod kv;
+pub mod lease;
 pub mod membership;
 pub mod snapshot;
 

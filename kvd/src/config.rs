@@ -127,6 +127,11 @@ pub struct Config {
     #[arg(long, env = "KVD_MAX_WATCHERS", default_value_t = 1024)]
     pub max_watchers: usize,
 
+    /// Leases that may exist at once; a grant beyond them is refused (rejected). Every
+    /// replica keeps them all in memory (about 100 bytes each).
+    #[arg(long, env = "KVD_MAX_LEASES", default_value_t = 100_000)]
+    pub max_leases: usize,
+
     /// A consensus loop stuck this long in one iteration (storage not answering: a full or
     /// failing disk) ends the process, so that a restart recovers, in seconds. 0: never.
     #[arg(long, env = "KVD_LOOP_STALL_SECS", default_value_t = 60)]

@@ -2,7 +2,7 @@
 //! client requests it answers through one-shot replies. The API, the transport and the
 //! simulator speak it; none of them needs the loop itself.
 
-use crate::command::{KeyRange, ReadOpts, Txn};
+use crate::command::{KeyRange, LeaseOp, ReadOpts, Txn};
 use crate::frame::PeerFrame;
 use crate::state_machine::{OpResult, Outcome, RangeResult};
 use omnikv_common::api::{
@@ -25,9 +25,40 @@ pub enum Input {
 }
 
 pub enum WriteKind {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     Txn(Txn),
+    /// A put attached to a lease.
+    PutLeased {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: u64,
+    },
+    /// A grant (id 0: the loop picks one), keepalive or revoke.
+    Lease(LeaseOp),
+}
+
+/// One lease as the answering replica sees it.
+#[derive(Clone, Debug)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl_ms: u64,
+    /// By this replica's lease clock (exact on the leader, which decides expiry).
+    pub remaining_ms: u64,
+    /// The keys it holds, when asked.
+    pub keys: Option<Vec<Vec<u8>>>,
+}
+
+/// The leases asked for, and the revision they were read at.
+#[derive(Debug)]
+pub struct LeasesAnswer {
+    pub leases: Vec<LeaseInfo>,
+    pub revision: u64,
 }
 
 /// How a write was applied.
@@ -80,5 +111,11 @@ pub enum ClientRequest {
     },
     Members {
         reply: oneshot::Sender<MembersView>,
+    },
+    /// Every lease (`id: None`) or one, from this replica's applied state.
+    Leases {
+        id: Option<u64>,
+        keys: bool,
+        reply: Reply<LeasesAnswer>,
     },
 }

@@ -169,6 +169,7 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
         started_unix_ms,
         seed,
         defect: None,
+        max_leases: cfg.max_leases,
         dedup: DedupLimits {
             ttl_ms: cfg.dedup_ttl_secs * 1000,
             max_records: cfg.dedup_max_records,

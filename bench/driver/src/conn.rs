@@ -269,6 +269,7 @@ impl Conn {
                         key: key.into(),
                         value: value.into(),
                         prev: false,
+                        lease: 0,
                     })],
                     failure: vec![kv::TxnOp::Get(kv::GetOp {
                         range: spec,

@@ -1,10 +1,11 @@
-//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/kv?prefix=`, `/v1/txn`, `/v1/status`,
+//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/kv?prefix=`, `/v1/txn`, `/v1/lease`, `/v1/status`,
 //! `/v1/log`, `/v1/members`, `/v1/reconfigure`, `/healthz`, `/readyz`, `/metrics`. Handlers
 //! never touch consensus state: they send a request to the loop's inbox and wait for its
 //! answer. The contract is docs/api.md.
 
 mod convert;
 mod kv;
+mod lease;
 mod query;
 mod range;
 mod snapshot;
@@ -51,6 +52,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
         .route("/v1/kv", get(range::get_range).delete(range::delete_range))
         .route("/v1/txn", post(txn::txn))
+        .route("/v1/lease", get(lease::list).post(lease::grant))
+        .route(
+            "/v1/lease/{id}",
+            get(lease::time_to_live).delete(lease::revoke),
+        )
+        .route("/v1/lease/{id}/keepalive", post(lease::keepalive))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/snapshot", get(snapshot::snapshot))
         .route("/v1/status", get(status))

@@ -17,6 +17,7 @@
 //! `crate::omnipaxos_workarounds`.
 
 mod catchup;
+mod leases;
 mod reconfig;
 mod requests;
 #[cfg(test)]
@@ -145,6 +146,8 @@ pub struct LoopConfig {
     pub seed: u64,
     /// Test-only: a deliberate defect (`Defect`). Always None in kvd.
     pub defect: Option<Defect>,
+    /// Leases that may exist at once: a grant beyond them is refused (by the proposer).
+    pub max_leases: usize,
 }
 
 /// The log under the state machine: OmniPaxos, or a trivial local log when the
@@ -205,6 +208,7 @@ pub struct Replica<P: Peers> {
     stopsign_stall: StopSignStall,
     /// A recovered promise of our own ballot, watched until it is replaced (`StaleOwnBallot`).
     stale_own_ballot: Option<StaleOwnBallot>,
+    lease_clock: leases::LeaseClock,
     leader: Option<u64>,
     last_decided: u64,
     outgoing: Vec<Message<LogCmd>>,
@@ -307,7 +311,12 @@ impl<P: Peers> Replica<P> {
         // Barrier ids must not repeat across restarts (an old barrier decided late would
         // answer a new one's reads): start at a random point of a 2^63 space.
         let next_id = rng.random::<u64>() >> 1;
+        // A new leader gives clients the time an election takes (about three rounds) to reach
+        // it with their keepalives.
+        let lease_grace = cfg.timers.tick * (cfg.election_ticks as u32).saturating_mul(3);
+        let lease_clock = leases::LeaseClock::new(sm.leases().iter(), now, lease_grace);
         let mut r = Replica {
+            lease_clock,
             space: SpaceGuard::new(cfg.data_dir.clone(), cfg.min_free_bytes, now),
             next_tick: now + cfg.timers.tick,
             now,
@@ -360,6 +369,7 @@ impl<P: Peers> Replica<P> {
         r.last_decided = r.decided_idx();
         r.metrics.applied_idx.set(r.sm.applied().index as i64);
         r.metrics.revision.set(r.sm.meta().revision as i64);
+        r.metrics.leases.set(r.sm.leases().len() as i64);
         r.metrics
             .history_first_revision
             .set(r.sm.history().first as i64);
@@ -424,6 +434,7 @@ impl<P: Peers> Replica<P> {
         if scan {
             self.scan_timeouts();
             self.drive_reconfig();
+            self.drive_leases();
             self.next_timeout_scan = now + self.cfg.timers.tick;
         }
         self.propose_queued();
@@ -757,6 +768,9 @@ impl<P: Peers> Replica<P> {
             .history_first_revision
             .set(self.sm.history().first as i64);
         self.cfg.watch_hub.publish(events, revision);
+        let lease_changes = self.sm.take_lease_changes();
+        self.lease_clock.apply(&lease_changes, self.now);
+        self.metrics.leases.set(self.sm.leases().len() as i64);
         self.answer_applied(results);
     }
 

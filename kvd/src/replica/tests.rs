@@ -94,6 +94,7 @@ fn loop_config(
         started_unix_ms: 1_700_000_000_000,
         seed: pid,
         defect,
+        max_leases: 100,
     }
 }
 

@@ -112,6 +112,12 @@ async fn a_snapshot_saved_under_load_restores_into_a_new_cluster_at_its_revision
             .await
             .unwrap();
     }
+    // A lease with a key attached travels with the state.
+    let lease = client.lease_grant(300, None).await.unwrap().id;
+    client
+        .put_leased(b"pre/leased", b"L".to_vec(), lease)
+        .await
+        .unwrap();
     // Writers overwrite and delete keys while the snapshot streams; every acknowledged
     // change is logged with its revision, so the state at any revision can be replayed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -209,6 +215,15 @@ async fn a_snapshot_saved_under_load_restores_into_a_new_cluster_at_its_revision
     let (got, read_rev) = read_all(&restored).await;
     assert_eq!(read_rev, revision);
     assert_eq!(got, expected, "restored contents with their mod revisions");
+    let restored_lease = restored.lease_time_to_live(lease, true).await.unwrap();
+    assert_eq!(restored_lease.ttl, 300);
+    let keys: Vec<Vec<u8>> = restored_lease
+        .keys
+        .unwrap()
+        .into_iter()
+        .map(|k| k.0)
+        .collect();
+    assert_eq!(keys, vec![b"pre/leased".to_vec()]);
     // It takes writes, numbered on from the snapshot's revision.
     let r = restored.put(b"after", b"restore".to_vec()).await.unwrap();
     assert_eq!(r.revision, revision + 1);
