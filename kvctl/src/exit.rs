@@ -30,7 +30,8 @@ Exit codes:
   2  usage: bad flags or arguments (or a local I/O error, e.g. unreadable stdin)
   3  unavailable: definitely not applied (no leader or quorum, nothing reachable, replica removed)
   4  indeterminate: a write was sent but not confirmed in time; it may have been applied
-  5  rejected: invalid request, too large, refused change, a watch revision compacted everywhere
+  5  rejected: invalid request, too large, refused change, a watch revision compacted everywhere,
+     a snapshot file (or every stream of a save) that does not verify
   6  compare failed: a conditional put or transaction whose compares did not hold (nothing written)
   7  not authenticated or not permitted (reserved for TLS and auth)
 
@@ -178,6 +179,8 @@ mod tests {
         assert_eq!(Error::LeaseLost(unconfirmed).exit_code(), 4);
         assert_eq!(Error::Client(ClientError::Usage("u".into())).exit_code(), 2);
         assert_eq!(Error::usage("u").exit_code(), 2);
+        assert_eq!(Error::BadSnapshot("b".into()).exit_code(), 5);
+        assert_eq!(Error::BadSnapshot("b".into()).code(), "bad_snapshot");
         assert_eq!(
             Error::Client(ClientError::Unavailable("x".into())).exit_code(),
             3
