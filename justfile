@@ -50,6 +50,20 @@ add-node N: build
 remove-node N:
     ./scripts/local-cluster.sh remove {{N}}
 
+# Save a snapshot of the local cluster's state to FILE (kvctl snapshot save; README "Backup and restore").
+backup FILE:
+    {{OMNIKV_BIN}}/kvctl snapshot save {{FILE}}
+
+# Seed a NEW local cluster from snapshot FILE (needs empty data dirs: `just clean` first), then start it.
+restore FILE: build
+    ./scripts/local-restore.sh {{FILE}}
+    ./scripts/local-cluster.sh up
+
+# Disaster path: a NEW local cluster from one stopped survivor's data dir DIR (kvd restore --force-new-cluster).
+restore-from-survivor DIR: build
+    ./scripts/local-restore.sh --force-new-cluster --from-data-dir {{DIR}}
+    ./scripts/local-cluster.sh up
+
 # Status of every replica of the local cluster.
 status:
     ./scripts/local-cluster.sh status

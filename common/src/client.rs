@@ -7,10 +7,12 @@
 
 mod data;
 mod lease;
+mod snapshot;
 mod watch;
 
 pub use data::{KeySet, RangeOpts, ValueRead};
 pub use lease::{parse_lease_id, renew_interval, LeaseLost, MAX_LEASE_ID};
+pub use snapshot::SnapshotStream;
 pub use watch::{
     Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,
     MAX_WATCH_LINE_BYTES,

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod kv;
 pub mod lease;
 pub mod membership;
+pub mod snapshot;
 
 pub use api::{
     ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, Phase, ReconfigView,

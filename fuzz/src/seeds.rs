@@ -157,8 +157,16 @@ pub fn peer_frames() -> Vec<Vec<u8>> {
             id: 9,
             seq: 0,
             items: vec![
-                CheckpointItem::Kv(b"a".to_vec(), b"1".to_vec()),
-                CheckpointItem::Dedup(vec![0; 16], vec![1, 2, 3]),
+                CheckpointItem {
+                    cf: 0,
+                    key: b"a".to_vec(),
+                    value: b"1".to_vec(),
+                },
+                CheckpointItem {
+                    cf: 1,
+                    key: vec![0; 16],
+                    value: vec![1, 2, 3],
+                },
             ],
         },
         PeerFrame::CheckpointDone {

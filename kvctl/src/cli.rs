@@ -204,6 +204,10 @@ pub enum Command {
         #[arg(long = "peer", value_name = "PID=HOST:PORT", value_parser = parse_peer)]
         peers: Vec<(u64, String)>,
     },
+    /// Backups: save a consistent snapshot of the replicated state to a file, or verify one.
+    /// Restoring is `kvd restore FILE` (README, "Backup and restore").
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Leases: grant, keepalive, revoke, list, timetolive (ids in hex, like etcdctl's).
     /// Exit 1 when the lease does not exist.
     Lease {
@@ -271,6 +275,25 @@ pub enum Command {
     /// percentiles, errors by class and the load generator's own CPU use. Exit 3 if no
     /// operation succeeded.
     Bench(BenchArgs),
+}
+
+/// `kvctl snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Stream a snapshot of the replicated state at one revision into FILE (written as
+    /// FILE.part, verified, synced, then renamed). With --consistency local, the asked
+    /// replica's state as it is (no quorum needed); else it holds every write acknowledged
+    /// before the save began. A broken stream is retried from the start. Exit 3 when no
+    /// snapshot could be had, 5 when the streams did not verify, 2 on a local I/O error.
+    Save {
+        file: std::path::PathBuf,
+        /// Streams tried before giving up.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        attempts: u32,
+    },
+    /// Verify FILE (format, SHA-256 checksum, item counts) and print its revision, keys,
+    /// state hash and sizes. Exit 5 when it is corrupt or truncated.
+    Status { file: std::path::PathBuf },
 }
 
 /// `kvctl lease ...`.

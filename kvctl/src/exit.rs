@@ -30,7 +30,8 @@ Exit codes:
   2  usage: bad flags or arguments (or a local I/O error, e.g. unreadable stdin)
   3  unavailable: definitely not applied (no leader or quorum, nothing reachable, replica removed)
   4  indeterminate: a write was sent but not confirmed in time; it may have been applied
-  5  rejected: invalid request, too large, refused change, a watch revision compacted everywhere
+  5  rejected: invalid request, too large, refused change, a watch revision compacted everywhere,
+     a snapshot file (or every stream of a save) that does not verify
   6  compare failed: a conditional put or transaction whose compares did not hold (nothing written)
   7  not authenticated or not permitted (reserved for TLS and auth)
 
@@ -64,6 +65,9 @@ pub enum Error {
     /// A watch needs a revision no replica that answered still holds.
     #[error("{0}")]
     Compacted(String),
+    /// A snapshot file (or stream) failed verification: corrupt, truncated, unknown format.
+    #[error("{0}")]
+    BadSnapshot(String),
     /// Reading stdin or writing stdout failed.
     #[error("{context}: {source}")]
     Io {
@@ -97,7 +101,7 @@ impl Error {
             Error::Client(e) => client_exit_code(e),
             Error::Usage(_) | Error::Io { .. } => USAGE,
             Error::CompareFailed(_) => COMPARE_FAILED,
-            Error::Compacted(_) => REJECTED,
+            Error::Compacted(_) | Error::BadSnapshot(_) => REJECTED,
         }
     }
 
@@ -110,6 +114,7 @@ impl Error {
             Error::Usage(_) | Error::Io { .. } => "usage".into(),
             Error::CompareFailed(_) => "compare_failed".into(),
             Error::Compacted(_) => "compacted".into(),
+            Error::BadSnapshot(_) => "bad_snapshot".into(),
             Error::Client(e) => match e {
                 ClientError::NotFound => error_code_name(ErrorCode::NotFound),
                 ClientError::Unavailable(_) => error_code_name(ErrorCode::Unavailable),
@@ -174,6 +179,8 @@ mod tests {
         assert_eq!(Error::LeaseLost(unconfirmed).exit_code(), 4);
         assert_eq!(Error::Client(ClientError::Usage("u".into())).exit_code(), 2);
         assert_eq!(Error::usage("u").exit_code(), 2);
+        assert_eq!(Error::BadSnapshot("b".into()).exit_code(), 5);
+        assert_eq!(Error::BadSnapshot("b".into()).code(), "bad_snapshot");
         assert_eq!(
             Error::Client(ClientError::Unavailable("x".into())).exit_code(),
             3

@@ -113,6 +113,21 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
             return commands::status::run_all(&endpoints, ctx.timeout, ctx.output, out).await;
         }
         Command::Bench(args) => return bench::run(ctx, &args, out).await,
+        Command::Snapshot(cli::SnapshotCommand::Save { file, attempts }) => {
+            let client = ctx.client()?;
+            return commands::snapshot::save(
+                &client,
+                &file,
+                attempts,
+                ctx.consistency,
+                ctx.output,
+                out,
+            )
+            .await;
+        }
+        Command::Snapshot(cli::SnapshotCommand::Status { file }) => {
+            return commands::snapshot::status(&file, ctx.output, out);
+        }
         Command::Put {
             key,
             value,

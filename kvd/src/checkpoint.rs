@@ -1,6 +1,8 @@
-//! Streamed, checksummed checkpoints: the state-machine state (KV records, dedup table,
-//! position and revision; not the change history, which starts again after the checkpoint)
-//! sent to a replica that must catch up past entries no peer still holds.
+//! Streamed, checksummed checkpoints: the state-machine state (every column family of
+//! `storage::STATE_CFS`, with the position and revision in `meta/sm`; not the change history,
+//! which starts again after the checkpoint) sent to a replica that must catch up past entries
+//! no peer still holds. `StateView` is the one reading of that state from a RocksDB snapshot,
+//! shared with backups (`backup.rs`).
 //!
 //! Sender: a RocksDB snapshot read in chunks of at most `CHUNK_BYTES` into a `ChunkSink`
 //! (kvd runs it on its own thread, the simulator inline).
@@ -12,17 +14,75 @@
 use crate::codec::{decode, encode};
 use crate::frame::{crc_items, CheckpointItem, PeerFrame};
 use crate::state_machine::SmMeta;
-use crate::storage::{Db, StoreError, CF_DEDUP, CF_KV, CF_META, CF_STAGE};
+use crate::storage::{Db, StoreError, CF_META, CF_STAGE, STATE_CFS};
 use rocksdb::{IteratorMode, WriteBatch};
 use tracing::{info, warn};
 
 /// Largest chunk payload, in bytes.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 const META_INSTALLING: &[u8] = b"checkpoint_installing";
-const STAGE_KV: u8 = 0;
-/// Exclusive upper bound above every key we store (keys are at most 1 KiB, +1 stage byte).
-const KEYS_END: [u8; 1100] = [0xff; 1100];
-const STAGE_DEDUP: u8 = 1;
+/// Exclusive upper bound above every key of a state column family and of the stage (keys
+/// are at most 1 KiB; a lease or stage prefix adds a few bytes).
+const KEYS_END: [u8; 4096] = [0xff; 4096];
+
+/// Why the state cannot be read as one consistent view.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("a checkpoint is being switched in: the state is incomplete until it is")]
+    Installing,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The replicated state as of one RocksDB snapshot: every record of every state column
+/// family and the state-machine meta that describes exactly them (one apply batch writes
+/// both). Never a state half switched in by a checkpoint install: `open` refuses it.
+pub struct StateView<'a> {
+    db: &'a Db,
+    snap: rocksdb::Snapshot<'a>,
+    pub meta: SmMeta,
+}
+
+impl<'a> StateView<'a> {
+    /// Takes the snapshot. Cheap: it pins the current state; writes go on meanwhile.
+    pub fn open(db: &'a Db) -> Result<StateView<'a>, ViewError> {
+        let snap = db.raw().snapshot();
+        let get = |key: &[u8]| snap.get_cf(db.cf(CF_META), key).map_err(StoreError::from);
+        if get(META_INSTALLING)?.is_some() {
+            return Err(ViewError::Installing);
+        }
+        let meta = match get(b"sm")? {
+            Some(b) => decode(&b).map_err(|e| StoreError::Corrupt {
+                what: "state machine meta",
+                detail: e.to_string(),
+            })?,
+            None => SmMeta::default(),
+        };
+        Ok(StateView { db, snap, meta })
+    }
+
+    /// A `meta` record as of the snapshot.
+    pub fn meta_record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.snap.get_cf(self.db.cf(CF_META), key)?)
+    }
+
+    /// Every record of every state column family: `STATE_CFS` in order, each in key order;
+    /// an item's `cf` is its family's index there.
+    pub fn items(&self) -> impl Iterator<Item = Result<CheckpointItem, StoreError>> + '_ {
+        STATE_CFS.iter().enumerate().flat_map(move |(i, name)| {
+            self.snap
+                .iterator_cf(self.db.cf(name), IteratorMode::Start)
+                .map(move |r| {
+                    let (key, value) = r?;
+                    Ok(CheckpointItem {
+                        cf: i as u8,
+                        key: key.into_vec(),
+                        value: value.into_vec(),
+                    })
+                })
+        })
+    }
+}
 
 /// Where a checkpoint stream's frames go: a peer session (kvd) or the simulated network.
 pub trait ChunkSink {
@@ -39,17 +99,14 @@ pub trait ChunkSink {
 /// Streams `db`'s state to peer `to` through `sink` as checkpoint `id`, in chunks of about
 /// `chunk_bytes` (at most `CHUNK_BYTES` for kvd's frames), from one RocksDB snapshot.
 pub fn stream(db: &Db, sink: &impl ChunkSink, to: u64, id: u64, chunk_bytes: usize) {
-    let snap = db.raw().snapshot();
-    let meta: SmMeta = match snap.get_cf(db.cf(CF_META), b"sm") {
-        Ok(Some(b)) => match decode(&b) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(error = %e, "checkpoint: corrupt state-machine meta");
-                return;
-            }
-        },
-        _ => SmMeta::default(),
+    let view = match StateView::open(db) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(error = %e, peer = to, "checkpoint: cannot read the state");
+            return;
+        }
     };
+    let meta = view.meta;
     let mut crc = crc32fast::Hasher::new();
     let mut seq = 0u64;
     let mut items = Vec::new();
@@ -72,25 +129,19 @@ pub fn stream(db: &Db, sink: &impl ChunkSink, to: u64, id: u64, chunk_bytes: usi
         *size = 0;
         sink.send_bulk(chunk)
     };
-    for (cf, is_kv) in [(CF_KV, true), (CF_DEDUP, false)] {
-        for item in snap.iterator_cf(db.cf(cf), IteratorMode::Start) {
-            let Ok((k, v)) = item else {
-                warn!("checkpoint: read error; aborting stream");
-                return;
-            };
-            size += k.len() + v.len() + 16;
-            items.push(if is_kv {
-                CheckpointItem::Kv(k.to_vec(), v.to_vec())
-            } else {
-                CheckpointItem::Dedup(k.to_vec(), v.to_vec())
-            });
-            if size >= chunk_bytes && !flush(&mut items, &mut size, &mut seq) {
-                warn!(
-                    peer = to,
-                    "checkpoint stream stopped (link closed or superseded)"
-                );
-                return;
-            }
+    for item in view.items() {
+        let Ok(item) = item else {
+            warn!("checkpoint: read error; aborting stream");
+            return;
+        };
+        size += item.key.len() + item.value.len() + 16;
+        items.push(item);
+        if size >= chunk_bytes && !flush(&mut items, &mut size, &mut seq) {
+            warn!(
+                peer = to,
+                "checkpoint stream stopped (link closed or superseded)"
+            );
+            return;
         }
     }
     if !flush(&mut items, &mut size, &mut seq) {
@@ -136,6 +187,8 @@ pub enum CheckpointError {
     OutOfOrder { expected: u64, got: u64 },
     #[error("checksum or chunk count mismatch")]
     Corrupt,
+    #[error("item of unknown column family #{0}")]
+    UnknownFamily(u8),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -167,17 +220,18 @@ impl Receiver {
                 got: seq,
             });
         }
+        if let Some(bad) = items.iter().find(|i| usize::from(i.cf) >= STATE_CFS.len()) {
+            return Err(CheckpointError::UnknownFamily(bad.cf));
+        }
         crc_items(&mut self.crc, items);
         let mut batch = WriteBatch::default();
         let cf = db.cf(CF_STAGE);
         for item in items {
-            let (k, v) = match item {
-                CheckpointItem::Kv(k, v) => (stage_key(STAGE_KV, k), v),
-                CheckpointItem::Dedup(k, v) => (stage_key(STAGE_DEDUP, k), v),
-            };
-            self.bytes += (k.len() + v.len()) as u64;
+            // Staged under its family's index: one byte before the key.
+            let k = stage_key(item.cf, &item.key);
+            self.bytes += (k.len() + item.value.len()) as u64;
             self.items += 1;
-            batch.put_cf(cf, k, v);
+            batch.put_cf(cf, k, &item.value);
         }
         db.write(batch)?;
         self.next_seq += 1;
@@ -212,22 +266,27 @@ fn clear_stage(db: &Db) -> Result<(), StoreError> {
     db.write(batch)
 }
 
-/// Replaces the live KV and dedup state with the staged one, in bounded batches, and writes
-/// the new state-machine meta last. Idempotent: safe to re-run after a crash.
+/// Replaces the live state (every state column family) with the staged one, in bounded
+/// batches, and writes the new state-machine meta last. Idempotent: safe to re-run after a
+/// crash.
 fn switch_in(db: &Db, meta: SmMeta) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
-    batch.delete_range_cf(db.cf(CF_KV), [].as_slice(), KEYS_END.as_slice());
-    batch.delete_range_cf(db.cf(CF_DEDUP), [].as_slice(), KEYS_END.as_slice());
+    for name in STATE_CFS {
+        batch.delete_range_cf(db.cf(name), [].as_slice(), KEYS_END.as_slice());
+    }
     db.write(batch)?;
     let mut batch = WriteBatch::default();
     let mut size = 0usize;
     for item in db.raw().iterator_cf(db.cf(CF_STAGE), IteratorMode::Start) {
         let (k, v) = item?;
-        let Some((&kind, key)) = k.split_first() else {
+        // Only known families were staged (`chunk` checks).
+        let Some((name, key)) = k
+            .split_first()
+            .and_then(|(&i, key)| Some((STATE_CFS.get(usize::from(i))?, key)))
+        else {
             continue;
         };
-        let cf = if kind == STAGE_KV { CF_KV } else { CF_DEDUP };
-        batch.put_cf(db.cf(cf), key, &v);
+        batch.put_cf(db.cf(name), key, &v);
         size += k.len() + v.len();
         if size >= CHUNK_BYTES * 4 {
             db.write(std::mem::take(&mut batch))?;

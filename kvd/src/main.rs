@@ -6,6 +6,10 @@ use kvd::Config;
 use tokio::net::TcpListener;
 
 fn main() -> anyhow::Result<()> {
+    // `kvd restore ...` seeds a data dir and exits (kvd/src/backup/cli.rs).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "restore") {
+        std::process::exit(kvd::backup::cli::run(std::env::args_os().skip(1)));
+    }
     let cfg = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

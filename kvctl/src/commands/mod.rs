@@ -12,6 +12,7 @@ pub mod move_leader;
 pub mod put;
 pub mod range;
 pub mod reconfigure;
+pub mod snapshot;
 pub mod status;
 pub mod txn;
 pub mod txn_text;

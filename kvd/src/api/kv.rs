@@ -144,6 +144,21 @@ pub(crate) async fn read(
     Ok(r)
 }
 
+/// Where this replica's state stands, through the loop: refused unless it serves the state;
+/// `linearizable`, answered only once it applied every write acknowledged before the call.
+pub(crate) async fn position(
+    state: &ApiState,
+    headers: &HeaderMap,
+    linearizable: bool,
+) -> Result<ReadAnswer, Error> {
+    let empty = KeyRange::Span {
+        start: Vec::new(),
+        end: Some(Vec::new()),
+    };
+    let opts = ReadOpts::default();
+    read(state, headers, empty, opts, linearizable, Instant::now()).await
+}
+
 pub(crate) async fn get_key(
     State(state): State<ApiState>,
     uri: Uri,

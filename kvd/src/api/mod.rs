@@ -9,6 +9,7 @@ mod lease;
 mod move_leader;
 mod query;
 mod range;
+mod snapshot;
 mod txn;
 mod watch;
 
@@ -59,6 +60,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/lease/{id}/keepalive", post(lease::keepalive))
         .route("/v1/watch", get(watch::watch))
+        .route("/v1/snapshot", get(snapshot::snapshot))
         .route("/v1/status", get(status))
         .route("/v1/log", get(log))
         .route("/v1/members", get(members))

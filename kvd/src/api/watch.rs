@@ -8,10 +8,10 @@
 //! events share one revision and one applied batch).
 
 use super::convert::key_range_from_query;
-use super::kv::read;
+use super::kv::position;
 use super::query::QueryParams;
 use super::{err, ApiState, Error};
-use crate::command::{KeyRange, ReadOpts};
+use crate::command::KeyRange;
 use crate::state_machine::history::{self, HistoryRead};
 use crate::state_machine::{Event, EventKind};
 use crate::storage::Db;
@@ -22,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Uri};
 use axum::response::Response;
 use omnikv_common::api::ErrorCode;
 use omnikv_common::kv::{Bytes64, WatchEvent, DEFAULT_PROGRESS_MS, MAX_PROGRESS_MS};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
 /// Events read from the history per chunk (a chunk ends at a revision boundary).
@@ -72,19 +72,7 @@ pub(crate) async fn watch(
     // The replica must be serving; without a start revision, the stream starts after every
     // write acknowledged before this request (a linearizable read of the revision).
     let linearizable = start_revision.is_none() && q.linearizable()?;
-    let empty = KeyRange::Span {
-        start: Vec::new(),
-        end: Some(Vec::new()),
-    };
-    let now = read(
-        &state,
-        &headers,
-        empty,
-        ReadOpts::default(),
-        linearizable,
-        Instant::now(),
-    )
-    .await?;
+    let now = position(&state, &headers, linearizable).await?;
     let next = start_revision.unwrap_or(now.revision + 1);
     let sse = headers
         .get("accept")
