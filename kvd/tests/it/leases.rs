@@ -255,3 +255,62 @@ async fn expiry_under_leader_kills_is_neither_early_nor_reset() {
         gone.duration_since(idle_sent)
     );
 }
+
+/// A member that joins takes the leases with the state (the checkpoint carries them), and a
+/// revoke through it after the leader left still deletes the lease's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_carry_over_to_a_new_member_and_configuration() {
+    let mut c = Cluster::start(3, Opts::default()).await;
+    let http = reqwest::Client::new();
+    let ep = base(&c, 1);
+    grant(&http, &ep, 300, Some(0x77)).await;
+    put(&http, &ep, "held", "v", "?lease=119").await;
+    c.add_node(4);
+    let peer = format!("4={}", c.peer_addr(4));
+    let eps: Vec<String> = (1..=3).map(|p| c.endpoint(p)).collect();
+    let out = c.kvctl_with(
+        &eps.join(","),
+        &[
+            "--timeout",
+            "20s",
+            "reconfigure",
+            "--nodes",
+            "2,3,4",
+            "--peer",
+            &peer,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = base(&c, 4);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status: LeaseStatus = loop {
+        let r = http
+            .get(format!("{new}/v1/lease/119?keys=true&consistency=local"))
+            .send()
+            .await;
+        if let Ok(r) = r {
+            if r.status() == StatusCode::OK {
+                break r.json().await.unwrap();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica 4 never showed the lease\n{}",
+            c.dump_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.ttl, 300);
+    let keys: Vec<Vec<u8>> = status.keys.unwrap().into_iter().map(|k| k.0).collect();
+    assert_eq!(keys, vec![b"held".to_vec()]);
+    c.kill(1);
+    let r: LeaseRevoked = json_of(http.delete(format!("{new}/v1/lease/119"))).await;
+    assert_eq!(r.deleted, Some(1));
+    let eps: Vec<String> = (2..=4).map(|p| base(&c, p)).collect();
+    assert_eq!(exists_any(&http, &eps, "held").await, Some(false));
+}
