@@ -9,6 +9,7 @@ mod crash;
 mod data_model;
 mod disk_full;
 mod faults;
+mod growth;
 mod harness;
 mod histories;
 mod http_edges;
