@@ -66,6 +66,18 @@ logs N:
 shell:
     {{OMNIKV_BIN}}/kvctl shell
 
+# A lock in a shell script: N concurrent increments of the key demo-counter, each under `kvctl lock` (needs `just up`).
+lock-demo N="5":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export PATH="{{OMNIKV_BIN}}:$PATH"
+    kvctl put demo-counter 0 >/dev/null
+    for i in $(seq {{N}}); do
+      kvctl lock demo-lock -- sh -c 'n=$(kvctl get demo-counter); sleep 0.2; kvctl put demo-counter $((n + 1)) >/dev/null; echo "holder '"$i"': $n -> $((n + 1)) (fencing token $KVCTL_LOCK_REV)"' &
+    done
+    wait
+    echo "demo-counter = $(kvctl get demo-counter) (expected {{N}})"
+
 # Run the whole test suite (unit, integration against real kvd processes, kvctl, Docker demos).
 test:
     {{rocksdb}} cargo build --bins && cargo test --workspace -- --test-threads 2 2>&1 | ./scripts/test-summary.sh

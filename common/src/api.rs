@@ -261,6 +261,23 @@ pub struct ReconfigureResult {
     pub members: Vec<u64>,
 }
 
+/// `POST /v1/move-leader`: make member `to` the leader of the current configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MoveLeaderRequest {
+    pub to: u64,
+}
+
+/// Answer to a successful move-leader: `leader` leads configuration `config_id` now;
+/// `previous` led it when the request arrived (equal to `leader` when nothing had to move);
+/// `elapsed_ms` from the request to the new leader's first accepted round.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MoveLeaderResult {
+    pub leader: u64,
+    pub previous: u64,
+    pub config_id: u32,
+    pub elapsed_ms: u64,
+}
+
 /// `GET /v1/members`: the current configuration as this replica knows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MembersView {

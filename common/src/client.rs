@@ -3,12 +3,14 @@
 //! `Unavailable` only when no attempt could have been handed to consensus.
 //!
 //! The calls of the data model beyond one key (ranges, transactions) are in `client/data.rs`,
-//! the watch stream and its resumption in `client/watch.rs`.
+//! the watch stream and its resumption in `client/watch.rs`, leases in `client/lease.rs`.
 
 mod data;
+mod lease;
 mod watch;
 
 pub use data::{KeySet, RangeOpts, ValueRead};
+pub use lease::{parse_lease_id, renew_interval, LeaseLost, MAX_LEASE_ID};
 pub use watch::{
     Cursor, EventStream, StreamError, Watch, WatchError, WatchItem, WatchRequest,
     MAX_WATCH_LINE_BYTES,
@@ -18,6 +20,7 @@ use crate::api::{
     ApiError, ErrorCode, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView,
     WriteResult, HEADER_CLIENT_ID, HEADER_SEQ, HEADER_TIMEOUT_MS,
 };
+use crate::api::{MoveLeaderRequest, MoveLeaderResult};
 use crate::keys::encode_key;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -245,6 +248,26 @@ impl Client {
                 .http
                 .post(format!("{endpoint}/v1/reconfigure"))
                 .json(request);
+            async move {
+                match send(req, remaining).await {
+                    Ok(resp) => json_answer(resp).await,
+                    Err(a) => a,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Asks the leader among the endpoints to hand leadership to member `to`; answers once
+    /// `to` leads. Followers refuse (503), so this lands on the leader. Moving leadership
+    /// twice is harmless, so an unanswered attempt counts as unavailable, not indeterminate.
+    pub async fn move_leader(&self, to: u64) -> Result<MoveLeaderResult, ClientError> {
+        let request = MoveLeaderRequest { to };
+        self.each_endpoint(None, |endpoint, remaining| {
+            let req = self
+                .http
+                .post(format!("{endpoint}/v1/move-leader"))
+                .json(&request);
             async move {
                 match send(req, remaining).await {
                     Ok(resp) => json_answer(resp).await,

@@ -65,6 +65,13 @@ pub struct KeyValue {
     pub mod_revision: u64,
     /// Puts since the key was created (1 after the first).
     pub version: u64,
+    /// The lease the key is attached to (absent: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// `GET /v1/kv?prefix=P` (or `?start=A&end=B`): a page of a range.
@@ -151,6 +158,9 @@ pub struct PutOp {
     /// Answer with the key's previous value.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prev: bool,
+    /// Attach the key to this lease (absent: none; the key leaves any lease it had).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +319,7 @@ mod tests {
                 key: "k".into(),
                 value: "new".into(),
                 prev: false,
+                lease: 0,
             })],
             failure: vec![TxnOp::Get(GetOp {
                 range: RangeSpec {

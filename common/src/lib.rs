@@ -5,10 +5,12 @@ pub mod api;
 pub mod client;
 pub mod keys;
 pub mod kv;
+pub mod lease;
 pub mod membership;
 
 pub use api::{
     ApiError, ErrorCode, LogEntryView, LogView, MemberView, MembersView, Phase, ReconfigView,
     ReconfigureRequest, ReconfigureResult, Role, StatusView, TransferView, WriteResult,
 };
+pub use api::{MoveLeaderRequest, MoveLeaderResult};
 pub use client::{Client, ClientError, Consistency};

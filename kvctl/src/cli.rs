@@ -4,6 +4,8 @@
 
 use crate::exit::EXIT_CODES_HELP;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use omnikv_common::client::parse_lease_id;
+use omnikv_common::lease::MAX_TTL_SECS;
 use omnikv_common::membership::{parse_nodes, parse_peer, Nodes};
 use omnikv_common::Consistency;
 use std::ffi::OsString;
@@ -15,6 +17,9 @@ pub const DEFAULT_ENDPOINTS: &str = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:800
 /// How often an idle watch stream reports progress, in ms (`watch --progress-ms`, and the
 /// shell's watch).
 pub const DEFAULT_WATCH_PROGRESS_MS: u64 = 5000;
+
+/// Default lease TTL of `lock` and `elect`, in seconds (etcdctl's).
+pub const DEFAULT_LOCK_TTL_S: u64 = 60;
 
 /// Default `log --limit`.
 pub const DEFAULT_LOG_LIMIT: usize = 50;
@@ -98,6 +103,10 @@ pub enum Command {
         value: OsString,
         #[command(flatten)]
         condition: PutCondition,
+        /// Attach KEY to this lease (hex id, as `lease grant` prints it): KEY is deleted when
+        /// the lease expires or is revoked. Exit 1 when the lease does not exist.
+        #[arg(long, value_name = "ID", value_parser = parse_lease_id)]
+        lease: Option<u64>,
     },
     /// Print the value of KEY (raw bytes, then a newline). Exit 1 if the key does not exist.
     /// With --prefix or --from: every key of the range, one `KEY<TAB>VALUE` line each (keys
@@ -195,12 +204,108 @@ pub enum Command {
         #[arg(long = "peer", value_name = "PID=HOST:PORT", value_parser = parse_peer)]
         peers: Vec<(u64, String)>,
     },
+    /// Leases: grant, keepalive, revoke, list, timetolive (ids in hex, like etcdctl's).
+    /// Exit 1 when the lease does not exist.
+    Lease {
+        #[command(subcommand)]
+        command: LeaseCommand,
+    },
+    /// Wait for the lock NAME (fair: in order of arrival), run COMMAND while holding it, and
+    /// release it when COMMAND exits; exit with COMMAND's status (128+N when killed by
+    /// signal N). The lock is a key NAME/<lease hex> attached to a lease kept alive every
+    /// TTL/3: if kvctl dies the lock frees itself within the TTL, and COMMAND is killed with
+    /// it. If the lease is lost while COMMAND runs, COMMAND gets SIGTERM (SIGKILL after a
+    /// grace period) and kvctl exits 1 (the lease expired or was revoked) or 4 (no keepalive
+    /// confirmed for a whole TTL). COMMAND sees KVCTL_LOCK_KEY and KVCTL_LOCK_REV (the key's
+    /// create revision: it grows with each holder, a fencing token). Without COMMAND: print
+    /// the key once acquired and hold the lock until SIGINT/SIGTERM (then exit 0).
+    Lock {
+        /// The lock's name.
+        name: OsString,
+        /// The lease's TTL in seconds: how long the lock outlives a kvctl that died.
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_LOCK_TTL_S,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS))]
+        ttl: u64,
+        /// How long COMMAND has between SIGTERM and SIGKILL when the lease is lost.
+        #[arg(long, hide = true, value_name = "DURATION", default_value = "5s",
+              value_parser = parse_duration_or_zero)]
+        kill_grace: Duration,
+        /// The command to run while holding the lock, and its arguments (after `--`, or the
+        /// words after NAME).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<OsString>,
+    },
+    /// Campaign to lead NAME with VALUE (in the order of arrival, like `lock`), print the
+    /// leader key once elected, and lead until SIGINT/SIGTERM (then resign and exit 0). With
+    /// --observe: print the leader's value each time it changes. Exit 1 (4) when the lease
+    /// is lost (not confirmed for a whole TTL).
+    #[command(group(clap::ArgGroup::new("mode").args(["value", "observe"]).required(true)))]
+    Elect {
+        /// The election's name.
+        name: OsString,
+        /// The value this candidate proclaims.
+        value: Option<OsString>,
+        /// Do not campaign: print the leader's value each time it changes.
+        #[arg(short = 'l', long)]
+        observe: bool,
+        /// The lease's TTL in seconds: how long leadership outlives a kvctl that died.
+        #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_LOCK_TTL_S,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS), conflicts_with = "observe")]
+        ttl: u64,
+    },
+    /// Make member N the leader: the leader checks N is connected and caught up, then N takes
+    /// over (prints `OK: leader N ...` once N leads). Exit 5 when N is not a member, 3 when the
+    /// hand-off could not be done before --timeout.
+    MoveLeader {
+        /// The member to lead.
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        to: u64,
+    },
     /// Interactive prompt: `put KEY VALUE [PORT]`, `get KEY [PORT]`, ... (`help` inside).
     Shell,
     /// Load generator: concurrent clients issuing puts and gets; prints throughput, latency
     /// percentiles, errors by class and the load generator's own CPU use. Exit 3 if no
     /// operation succeeded.
     Bench(BenchArgs),
+}
+
+/// `kvctl lease ...`.
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Grant a lease of TTL seconds (kvd raises it to its minimum, 2 s); prints
+    /// `lease <hex id> granted with TTL(<n>s)`.
+    Grant {
+        #[arg(value_name = "TTL", value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_SECS))]
+        ttl: u64,
+    },
+    /// Keep lease ID alive: renew it every third of its TTL, printing a line per renewal,
+    /// until it is gone (exit 1) or no renewal is confirmed for a whole TTL (exit 4).
+    Keepalive {
+        #[arg(value_name = "ID", value_parser = parse_lease_id)]
+        id: u64,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Revoke lease ID, deleting its keys.
+    Revoke {
+        #[arg(value_name = "ID", value_parser = parse_lease_id)]
+        id: u64,
+    },
+    /// List the leases (`found N leases`, then one id per line).
+    List,
+    /// Print lease ID's TTL and time left (and its keys with --keys).
+    Timetolive {
+        #[arg(value_name = "ID", value_parser = parse_lease_id)]
+        id: u64,
+        /// Also list the keys attached to it.
+        #[arg(long)]
+        keys: bool,
+    },
 }
 
 /// The range a `get`, `delete` or `watch` names instead of one key.
@@ -418,6 +523,58 @@ mod tests {
         assert_eq!(cli.global.consistency, Consistency::Linearizable);
         assert_eq!(cli.global.output, OutputFormat::Text);
         assert_eq!(cli.global.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn lease_lock_and_elect() {
+        let cli = parse(&["lease", "keepalive", "0x1f", "--once"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Lease {
+                command: LeaseCommand::Keepalive {
+                    id: 0x1f,
+                    once: true
+                }
+            }
+        ));
+        assert!(parse(&["lease", "revoke", "0"]).is_err());
+        assert!(parse(&["lease", "grant", "0"]).is_err());
+        let cli = parse(&["put", "k", "v", "--lease", "694d7a6f2bd1a504"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Put {
+                lease: Some(0x694d7a6f2bd1a504),
+                ..
+            }
+        ));
+        // The command's own flags are its own, with or without `--`.
+        for args in [
+            &["lock", "L", "--ttl", "5", "--", "ls", "-l", "--ttl"][..],
+            &["lock", "L", "--ttl", "5", "ls", "-l", "--ttl"],
+        ] {
+            let Command::Lock {
+                name, ttl, command, ..
+            } = parse(args).unwrap().command
+            else {
+                panic!("{args:?}");
+            };
+            assert_eq!((name.to_str(), ttl), (Some("L"), 5));
+            assert_eq!(command, ["ls", "-l", "--ttl"]);
+        }
+        let Command::Lock { ttl, command, .. } = parse(&["lock", "L"]).unwrap().command else {
+            panic!();
+        };
+        assert_eq!((ttl, command.len()), (DEFAULT_LOCK_TTL_S, 0));
+        assert!(matches!(
+            parse(&["elect", "E", "-l"]).unwrap().command,
+            Command::Elect {
+                observe: true,
+                value: None,
+                ..
+            }
+        ));
+        assert!(parse(&["elect", "E"]).is_err());
+        assert!(parse(&["elect", "E", "v", "--observe"]).is_err());
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Exit codes, kvctl's error type, and the mapping from the client's error classes to both.
 
+use omnikv_common::client::LeaseLost;
 use omnikv_common::keys::display_bytes;
 use omnikv_common::{ClientError, ErrorCode};
 
 /// Success.
 pub const OK: i32 = 0;
-/// The key does not exist.
+/// The key (or the lease) does not exist.
 pub const NOT_FOUND: i32 = 1;
 /// Bad flags or arguments (clap's own parse errors exit 2 too), or a local I/O error.
 pub const USAGE: i32 = 2;
@@ -25,7 +26,7 @@ pub const NOT_PERMITTED: i32 = 7;
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  ok
-  1  key not found
+  1  key not found (lease not found for lease commands, put --lease, lock and elect)
   2  usage: bad flags or arguments (or a local I/O error, e.g. unreadable stdin)
   3  unavailable: definitely not applied (no leader or quorum, nothing reachable, replica removed)
   4  indeterminate: a write was sent but not confirmed in time; it may have been applied
@@ -42,6 +43,15 @@ pub enum Error {
     /// `get` of a missing key (carries the key for the message).
     #[error("key not found: {}", display_bytes(.0))]
     KeyNotFound(Vec<u8>),
+    /// A lease command, or a put with `--lease`, named a lease that does not exist (expired
+    /// or revoked).
+    #[error("lease {0:x} not found (expired or revoked)")]
+    LeaseNotFound(u64),
+    /// A lease that `lock`, `elect` or `lease keepalive` held is gone, or may be: exit 1
+    /// when kvd said it does not exist, 4 when no keepalive was confirmed for a whole TTL,
+    /// 5 when a keepalive was refused.
+    #[error("{0}")]
+    LeaseLost(#[from] LeaseLost),
     /// What the client reported.
     #[error("{}", client_message(.0))]
     Client(#[from] ClientError),
@@ -80,7 +90,10 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::KeyNotFound(_) => NOT_FOUND,
+            Error::KeyNotFound(_) | Error::LeaseNotFound(_) => NOT_FOUND,
+            Error::LeaseLost(LeaseLost::NotFound(_)) => NOT_FOUND,
+            Error::LeaseLost(LeaseLost::Unconfirmed { .. }) => INDETERMINATE,
+            Error::LeaseLost(LeaseLost::Refused { .. }) => REJECTED,
             Error::Client(e) => client_exit_code(e),
             Error::Usage(_) | Error::Io { .. } => USAGE,
             Error::CompareFailed(_) => COMPARE_FAILED,
@@ -92,7 +105,8 @@ impl Error {
     /// errors, `compare_failed`, `compacted`, otherwise the snake_case `ErrorCode` name (a rejection's own inner code).
     pub fn code(&self) -> String {
         match self {
-            Error::KeyNotFound(_) => error_code_name(ErrorCode::NotFound),
+            Error::KeyNotFound(_) | Error::LeaseNotFound(_) => error_code_name(ErrorCode::NotFound),
+            Error::LeaseLost(_) => "lease_lost".into(),
             Error::Usage(_) | Error::Io { .. } => "usage".into(),
             Error::CompareFailed(_) => "compare_failed".into(),
             Error::Compacted(_) => "compacted".into(),
@@ -150,6 +164,14 @@ mod tests {
     fn exit_codes() {
         assert_eq!(Error::Client(ClientError::NotFound).exit_code(), 1);
         assert_eq!(Error::KeyNotFound(b"k".to_vec()).exit_code(), 1);
+        assert_eq!(Error::LeaseNotFound(0x1f).exit_code(), 1);
+        assert_eq!(Error::LeaseLost(LeaseLost::NotFound(3)).exit_code(), 1);
+        let unconfirmed = LeaseLost::Unconfirmed {
+            id: 3,
+            ttl_s: 2,
+            last_error: "x".into(),
+        };
+        assert_eq!(Error::LeaseLost(unconfirmed).exit_code(), 4);
         assert_eq!(Error::Client(ClientError::Usage("u".into())).exit_code(), 2);
         assert_eq!(Error::usage("u").exit_code(), 2);
         assert_eq!(
@@ -200,6 +222,12 @@ mod tests {
         let nf = Error::KeyNotFound(b"a/b".to_vec());
         assert_eq!(nf.code(), "not_found");
         assert_eq!(nf.to_string(), "key not found: a/b");
+        let lnf = Error::LeaseNotFound(0x694d7a6f2bd1a504);
+        assert_eq!(lnf.code(), "not_found");
+        assert_eq!(
+            lnf.to_string(),
+            "lease 694d7a6f2bd1a504 not found (expired or revoked)"
+        );
         assert_eq!(
             Error::Client(ClientError::Indeterminate("x".into())).code(),
             "indeterminate"

@@ -17,6 +17,8 @@ pub use cli::{Cli, Command, GlobalOpts, OutputFormat};
 pub use context::Context;
 pub use exit::Error;
 
+use cli::LeaseCommand;
+use commands::lease::LeaseRequest;
 use commands::Request;
 use omnikv_common::client::{KeySet, WatchRequest};
 use output::ListMode;
@@ -28,7 +30,13 @@ use std::os::unix::ffi::OsStrExt;
 pub async fn run(cli: Cli) -> i32 {
     let ctx = Context::new(&cli.global);
     let mut stdout = io::stdout();
-    let result = match run_command(&ctx, cli.command, &mut stdout).await {
+    // lock and elect exit with a code of their own (the command's status, a signal's).
+    let result = match run_long(&ctx, &cli.command, &mut stdout).await {
+        Some(Ok(code)) => return code,
+        Some(Err(e)) => Err(e),
+        None => run_command(&ctx, cli.command, &mut stdout).await,
+    };
+    let result = match result {
         Ok(()) => stdout.flush().map_err(Error::stdout),
         Err(e) => {
             let _ = stdout.flush();
@@ -42,6 +50,55 @@ pub async fn run(cli: Cli) -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// `lock` and `elect`, which hold something while they run and pick their exit code: `None`
+/// for the other commands.
+async fn run_long(
+    ctx: &Context,
+    command: &Command,
+    out: &mut dyn Write,
+) -> Option<Result<i32, Error>> {
+    let client = || ctx.client();
+    Some(match command {
+        Command::Lock {
+            name,
+            ttl,
+            kill_grace,
+            command,
+        } => {
+            let args = commands::lock::LockArgs {
+                name: name.as_bytes().to_vec(),
+                ttl: *ttl,
+                kill_grace: *kill_grace,
+                command: command.clone(),
+            };
+            match client() {
+                Ok(c) => commands::lock::run(&c, &args, ctx.output, out, &mut io::stderr()).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Elect {
+            name,
+            value: Some(value),
+            ttl,
+            ..
+        } => match client() {
+            Ok(c) => {
+                let (name, value) = (name.as_bytes(), value.as_bytes());
+                commands::elect::run(&c, name, value, *ttl, ctx.output, out, &mut io::stderr())
+                    .await
+            }
+            Err(e) => Err(e),
+        },
+        Command::Elect { name, .. } => match client() {
+            Ok(c) => commands::elect::observe(&c, name.as_bytes(), ctx.output, out)
+                .await
+                .map(|()| exit::OK),
+            Err(e) => Err(e),
+        },
+        _ => return None,
+    })
 }
 
 async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Result<(), Error> {
@@ -60,6 +117,7 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
             key,
             value,
             condition,
+            lease,
         } => {
             // Check the flags before consuming stdin.
             ctx.selected_endpoints()?;
@@ -69,9 +127,10 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
                 Some(condition) => Request::PutIf {
                     key,
                     value,
+                    lease,
                     condition,
                 },
-                None => Request::Put { key, value },
+                None => Request::Put { key, value, lease },
             }
         }
         Command::Get { key, range, list } => {
@@ -135,9 +194,20 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
             return commands::watch::run(&client, req, count, ctx.output, out, &mut io::stderr())
                 .await;
         }
+        Command::Lease { command } => Request::Lease(match command {
+            LeaseCommand::Grant { ttl } => LeaseRequest::Grant { ttl },
+            LeaseCommand::Keepalive { id, once } => LeaseRequest::KeepAlive { id, once },
+            LeaseCommand::Revoke { id } => LeaseRequest::Revoke { id },
+            LeaseCommand::List => LeaseRequest::List,
+            LeaseCommand::Timetolive { id, keys } => LeaseRequest::TimeToLive { id, keys },
+        }),
+        Command::Lock { .. } | Command::Elect { .. } => {
+            return Err(Error::usage("lock and elect run through run_long"))
+        }
         Command::Status { all: false } => Request::Status,
         Command::Log { limit } => Request::Log { limit },
         Command::Members => Request::Members,
+        Command::MoveLeader { to } => Request::MoveLeader { to },
         Command::Reconfigure {
             nodes,
             config_id,

@@ -666,6 +666,7 @@ mod tests {
             create_revision: 2,
             mod_revision: 5,
             version: 3,
+            lease: 0,
         }
     }
 

@@ -13,11 +13,15 @@
 //!   deletes them.
 //! - `reconfigure N [PORT]` adds node N to the members (the seed's `reconfigure 4`);
 //!   `reconfigure 1,2,4` sets them.
+//! - `move-leader N [PORT]` makes member N the leader.
 //! - `txn [PORT]` reads the lines that follow, up to a line `end`, as one transaction (the
 //!   API's JSON or etcdctl's text: compares, a blank line, success ops, a blank line, failure
 //!   ops), and runs it.
 //! - `watch KEY | --prefix P [--rev N] [--count N] [PORT]` prints changes, after `--count`
 //!   of them returns to the prompt (without it, until the shell is interrupted).
+//! - `put KEY VALUE --lease ID` attaches the key to a lease (with or without a condition);
+//!   `lease grant TTL`, `lease keepalive ID [--once]`, `lease revoke ID`, `lease list`,
+//!   `lease timetolive ID [--keys]` (each with an optional PORT) are `kvctl lease`'s.
 //! - `help`, `exit` / `quit`. Blank lines are ignored; end of input leaves the shell (exit 0).
 //!
 //! A trailing all-digit word in 1..=65535 is a PORT only when the command already has its
@@ -27,6 +31,7 @@
 //! it, to the first endpoint's host at that port.
 
 use crate::cli::{DEFAULT_LOG_LIMIT, DEFAULT_WATCH_PROGRESS_MS};
+use crate::commands::lease::LeaseRequest;
 use crate::commands::put::Condition;
 use crate::commands::range::List;
 use crate::commands::reconfigure::{Change, Members};
@@ -34,7 +39,8 @@ use crate::commands::{self, Request};
 use crate::context::Context;
 use crate::exit::Error;
 use crate::output::{self, ListMode};
-use omnikv_common::client::{KeySet, WatchRequest};
+use omnikv_common::client::{parse_lease_id, KeySet, WatchRequest};
+use omnikv_common::lease::MAX_TTL_SECS;
 use omnikv_common::membership::parse_nodes;
 use omnikv_common::Client;
 use std::collections::HashMap;
@@ -59,10 +65,17 @@ commands:
   members [PORT]         the current configuration
   reconfigure N [PORT]   add node N to the members (config id: current + 1)
   reconfigure 1,2,4      change the members to exactly these
+  move-leader N [PORT]   make member N the leader
   txn [PORT]             a transaction: the lines that follow, up to a line `end`
                          (etcdctl's text: compares, blank line, success ops, blank line, failure ops)
   watch KEY | --prefix P [--rev N] [--count N] [PORT]
                          print changes (after N of them, back to the prompt)
+  put KEY VALUE --lease ID [PORT]          attach KEY to lease ID (hex)
+  lease grant TTL [PORT]                   grant a lease of TTL seconds
+  lease keepalive ID [--once] [PORT]       renew every TTL/3 until it is gone (--once: once)
+  lease revoke ID [PORT]                   revoke it, deleting its keys
+  lease list [PORT]                        list the leases
+  lease timetolive ID [--keys] [PORT]      its TTL and time left (and keys)
   help                   this text
   exit | quit            leave (so does end of input)
 A trailing PORT (1-65535) sends the command only to the endpoint with that port.
@@ -171,6 +184,7 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
     match cmd {
         b"put" => put_line(args),
         b"watch" => watch_line(args),
+        b"lease" => lease_line(args),
         b"txn" => match args {
             [] => Ok(Some(ShellCommand::Txn { port: None })),
             [p] if as_port(p).is_some() => Ok(Some(ShellCommand::Txn { port: as_port(p) })),
@@ -249,21 +263,97 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
             };
             request(Request::Reconfigure(change), port)
         }
+        b"move-leader" => {
+            let (args, port) = split_port(args, 1);
+            let usage = || "usage: move-leader NODE [PORT]".to_string();
+            let [arg] = args else {
+                return Err(usage());
+            };
+            match std::str::from_utf8(arg).ok().and_then(|t| t.parse::<u64>().ok()) {
+                Some(to) if to >= 1 => request(Request::MoveLeader { to }, port),
+                _ => Err(usage()),
+            }
+        }
         b"help" | b"?" => Ok(Some(ShellCommand::Help)),
         b"exit" | b"quit" => Ok(Some(ShellCommand::Exit)),
         other => Err(format!(
-            "unknown command {:?} (commands: put, get, delete, status, log, members, reconfigure, help, exit)",
+            "unknown command {:?} (commands: put, get, delete, status, log, members, reconfigure, move-leader, txn, watch, lease, help, exit)",
             String::from_utf8_lossy(other)
         )),
     }
 }
 
+/// `lease grant TTL | keepalive ID [--once] | revoke ID | list | timetolive ID [--keys]
+/// [PORT]`.
+fn lease_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
+    const USAGE: &str = "usage: lease grant TTL | keepalive ID [--once] | revoke ID | list | timetolive ID [--keys] [PORT]";
+    let Some((&verb, rest)) = args.split_first() else {
+        return Err(USAGE.into());
+    };
+    let (flag, required): (Option<&[u8]>, usize) = match verb {
+        b"keepalive" => (Some(b"--once"), 1),
+        b"timetolive" => (Some(b"--keys"), 1),
+        b"grant" | b"revoke" => (None, 1),
+        b"list" => (None, 0),
+        _ => return Err(USAGE.into()),
+    };
+    let mut words = rest.to_vec();
+    let flagged = match flag.and_then(|f| words.iter().position(|w| *w == f)) {
+        Some(i) => {
+            words.remove(i);
+            true
+        }
+        None => false,
+    };
+    let (words, port) = split_port(&words, required);
+    if words.len() != required {
+        return Err(USAGE.into());
+    }
+    let arg = || std::str::from_utf8(words[0]).map_err(|_| USAGE.to_string());
+    let id = || parse_lease_id(arg()?);
+    let req = match verb {
+        b"grant" => LeaseRequest::Grant {
+            ttl: arg()?
+                .parse()
+                .ok()
+                .filter(|&t| (1..=MAX_TTL_SECS).contains(&t))
+                .ok_or("lease grant: TTL is a number of seconds from 1")?,
+        },
+        b"keepalive" => LeaseRequest::KeepAlive {
+            id: id()?,
+            once: flagged,
+        },
+        b"revoke" => LeaseRequest::Revoke { id: id()? },
+        b"timetolive" => LeaseRequest::TimeToLive {
+            id: id()?,
+            keys: flagged,
+        },
+        _ => LeaseRequest::List,
+    };
+    Ok(Some(ShellCommand::Request {
+        req: Request::Lease(req),
+        port,
+    }))
+}
+
 /// The words of a condition flag of `put`.
 const CONDITIONS: [&[u8]; 3] = [b"--if-absent", b"--if-value", b"--if-mod-revision"];
 
-/// `put KEY VALUE [CONDITION] [PORT]`.
+/// `put KEY VALUE [CONDITION] [--lease ID] [PORT]`: `--lease ID` may stand anywhere after
+/// VALUE's first word.
 fn put_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
-    let usage = "usage: put KEY VALUE [--if-absent | --if-value OLD | --if-mod-revision N] [PORT]";
+    let usage = "usage: put KEY VALUE [--if-absent | --if-value OLD | --if-mod-revision N] [--lease ID] [PORT]";
+    let mut args = args.to_vec();
+    let lease = match args.iter().skip(2).position(|w| *w == b"--lease") {
+        Some(i) => {
+            let id = args.get(i + 3).ok_or(usage)?;
+            let id = parse_lease_id(std::str::from_utf8(id).map_err(|_| usage)?)?;
+            args.drain(i + 2..i + 4);
+            Some(id)
+        }
+        None => None,
+    };
+    let args = args.as_slice();
     let flag_at = args
         .iter()
         .skip(1)
@@ -302,10 +392,11 @@ fn put_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
     let key = words[0].to_vec();
     let value = words[1..].join(&b' ');
     let req = match condition {
-        None => Request::Put { key, value },
+        None => Request::Put { key, value, lease },
         Some(condition) => Request::PutIf {
             key,
             value,
+            lease,
             condition,
         },
     };
@@ -453,6 +544,7 @@ mod tests {
         Request::Put {
             key: k.into(),
             value: v.into(),
+            lease: None,
         }
     }
 
@@ -494,6 +586,23 @@ mod tests {
             req("put k hello world 8003\r\n"),
             (put("k", "hello world"), Some(8003))
         );
+    }
+
+    #[test]
+    fn move_leader_takes_a_member_and_a_port() {
+        assert_eq!(req("move-leader 2"), (Request::MoveLeader { to: 2 }, None));
+        assert_eq!(
+            req("move-leader 3 8001"),
+            (Request::MoveLeader { to: 3 }, Some(8001))
+        );
+        for bad in [
+            "move-leader",
+            "move-leader 0",
+            "move-leader x",
+            "move-leader 1 2 3",
+        ] {
+            assert!(parse_line(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -554,6 +663,7 @@ mod tests {
         let put_if = |k: &str, v: &str, condition| Request::PutIf {
             key: k.into(),
             value: v.into(),
+            lease: None,
             condition,
         };
         assert_eq!(
@@ -582,6 +692,98 @@ mod tests {
         }
         // A flag word in KEY's place is a key, as before.
         assert_eq!(req("put --if-absent v"), (put("--if-absent", "v"), None));
+    }
+
+    #[test]
+    fn lease_lines() {
+        let lease = |r| Request::Lease(r);
+        assert_eq!(
+            req("lease grant 10"),
+            (lease(LeaseRequest::Grant { ttl: 10 }), None)
+        );
+        assert_eq!(
+            req("lease keepalive 1f --once 8002"),
+            (
+                lease(LeaseRequest::KeepAlive {
+                    id: 0x1f,
+                    once: true
+                }),
+                Some(8002)
+            )
+        );
+        assert_eq!(
+            req("lease keepalive 0x1f"),
+            (
+                lease(LeaseRequest::KeepAlive {
+                    id: 0x1f,
+                    once: false
+                }),
+                None
+            )
+        );
+        assert_eq!(
+            req("lease revoke 694d7a6f2bd1a504"),
+            (
+                lease(LeaseRequest::Revoke {
+                    id: 0x694d7a6f2bd1a504
+                }),
+                None
+            )
+        );
+        assert_eq!(
+            req("lease list 8003"),
+            (lease(LeaseRequest::List), Some(8003))
+        );
+        assert_eq!(
+            req("lease timetolive 2a --keys"),
+            (
+                lease(LeaseRequest::TimeToLive {
+                    id: 0x2a,
+                    keys: true
+                }),
+                None
+            )
+        );
+        for bad in [
+            "lease",
+            "lease grant",
+            "lease grant 0",
+            "lease grant x",
+            "lease revoke 0",
+            "lease revoke zz",
+            "lease list x",
+            "lease frob 1",
+            "lease revoke 1 --once",
+        ] {
+            assert!(parse_line(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let leased = Request::Put {
+            key: "k".into(),
+            value: "two words".into(),
+            lease: Some(0x1f),
+        };
+        assert_eq!(
+            req("put k two words --lease 1f 8001"),
+            (leased.clone(), Some(8001))
+        );
+        assert_eq!(req("put k two --lease 1f words"), (leased, None));
+        assert_eq!(
+            req("put k v --if-absent --lease 1f"),
+            (
+                Request::PutIf {
+                    key: "k".into(),
+                    value: "v".into(),
+                    lease: Some(0x1f),
+                    condition: Condition::Absent
+                },
+                None
+            )
+        );
+        for bad in ["put k v --lease", "put k v --lease 0", "put k v --lease x"] {
+            assert!(parse_line(bad.as_bytes()).is_err(), "{bad}");
+        }
+        // In VALUE's first place it is the value, as a condition's word is.
+        assert_eq!(req("put k --lease 1f"), (put("k", "--lease 1f"), None));
     }
 
     #[test]
@@ -656,7 +858,8 @@ mod tests {
             r,
             Request::Put {
                 key: vec![0xff],
-                value: vec![0xfe, 0x01]
+                value: vec![0xfe, 0x01],
+                lease: None
             }
         );
     }

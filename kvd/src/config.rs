@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "KVD_RETRY_MS", default_value_t = 1_000)]
     pub retry_ms: u64,
 
+    /// On SIGTERM/SIGINT, a leader hands leadership to the most up-to-date connected member
+    /// before it stops, refusing new client requests meanwhile; it waits at most this long,
+    /// in milliseconds, then stops anyway. 0: stop at once (the cluster elects a leader).
+    #[arg(long, env = "KVD_HANDOFF_TIMEOUT_MS", default_value_t = 2_000)]
+    pub handoff_timeout_ms: u64,
     /// Free space to keep on the data dir's filesystem, in bytes: below it, writes are refused
     /// (unavailable, "no space") while reads go on, until space is freed (like etcd's NOSPACE
     /// alarm). 0 turns the guard off.
@@ -126,6 +131,11 @@ pub struct Config {
     /// Watch streams served at once; more are refused (unavailable).
     #[arg(long, env = "KVD_MAX_WATCHERS", default_value_t = 1024)]
     pub max_watchers: usize,
+
+    /// Leases that may exist at once; a grant beyond them is refused (rejected). Every
+    /// replica keeps them all in memory (about 100 bytes each).
+    #[arg(long, env = "KVD_MAX_LEASES", default_value_t = 100_000)]
+    pub max_leases: usize,
 
     /// A consensus loop stuck this long in one iteration (storage not answering: a full or
     /// failing disk) ends the process, so that a restart recovers, in seconds. 0: never.

@@ -2,12 +2,13 @@
 //! client requests it answers through one-shot replies. The API, the transport and the
 //! simulator speak it; none of them needs the loop itself.
 
-use crate::command::{KeyRange, ReadOpts, Txn};
+use crate::command::{KeyRange, LeaseOp, ReadOpts, Txn};
 use crate::frame::PeerFrame;
 use crate::state_machine::{OpResult, Outcome, RangeResult};
 use omnikv_common::api::{
     ApiError, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView,
 };
+use omnikv_common::MoveLeaderResult;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -21,13 +22,51 @@ pub enum Input {
     /// Our outbound session to this peer came (back) up.
     PeerUp(u64),
     Client(ClientRequest),
+    /// The process is about to stop: refuse new client requests (unavailable) and, when
+    /// leading, hand leadership to the most up-to-date connected member, by `deadline`.
+    /// Answered once that is done or cannot be.
+    Drain {
+        deadline: Instant,
+        reply: oneshot::Sender<crate::replica::Drained>,
+    },
     Shutdown,
 }
 
 pub enum WriteKind {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     Txn(Txn),
+    /// A put attached to a lease.
+    PutLeased {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: u64,
+    },
+    /// A grant (id 0: the loop picks one), keepalive or revoke.
+    Lease(LeaseOp),
+}
+
+/// One lease as the answering replica sees it.
+#[derive(Clone, Debug)]
+pub struct LeaseInfo {
+    pub id: u64,
+    pub ttl_ms: u64,
+    /// By this replica's lease clock (exact on the leader, which decides expiry).
+    pub remaining_ms: u64,
+    /// The keys it holds, when asked.
+    pub keys: Option<Vec<Vec<u8>>>,
+}
+
+/// The leases asked for, and the revision they were read at.
+#[derive(Debug)]
+pub struct LeasesAnswer {
+    pub leases: Vec<LeaseInfo>,
+    pub revision: u64,
 }
 
 /// How a write was applied.
@@ -80,5 +119,17 @@ pub enum ClientRequest {
     },
     Members {
         reply: oneshot::Sender<MembersView>,
+    },
+    /// Every lease (`id: None`) or one, from this replica's applied state.
+    Leases {
+        id: Option<u64>,
+        keys: bool,
+        reply: Reply<LeasesAnswer>,
+    },
+    /// Make member `to` the leader (asked of the leader).
+    MoveLeader {
+        to: u64,
+        deadline: Instant,
+        reply: Reply<MoveLeaderResult>,
     },
 }

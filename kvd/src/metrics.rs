@@ -61,6 +61,10 @@ pub struct Metrics {
     pub history_first_revision: Gauge,
     /// Watch streams open (the watch hub counts them).
     pub watchers: Gauge,
+    /// Leases that exist (as applied here).
+    pub leases: Gauge,
+    /// Leases the leader expired (expiry entries proposed).
+    pub lease_expiries: Counter,
     /// Request latency by op (put, delete, txn, get_linearizable, get_local), seconds.
     pub request_seconds: Family<OpLabel, Histogram>,
 }
@@ -96,6 +100,8 @@ impl Metrics {
             revision: Gauge::default(),
             history_first_revision: Gauge::default(),
             watchers: Gauge::default(),
+            leases: Gauge::default(),
+            lease_expiries: Counter::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
@@ -190,6 +196,13 @@ impl Metrics {
         );
         m.registry
             .register("watchers", "Watch streams open", m.watchers.clone());
+        m.registry
+            .register("leases", "Leases that exist", m.leases.clone());
+        m.registry.register(
+            "lease_expiries",
+            "Lease expiries proposed by this replica as leader",
+            m.lease_expiries.clone(),
+        );
         m.registry.register(
             "request_duration_seconds",
             "Client request latency",

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::inbox::Input;
 use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
-use crate::replica::{LoopConfig, Replica, Timers};
+use crate::replica::{Drained, LoopConfig, Replica, Timers};
 use crate::state_machine::{DedupLimits, HistoryLimits};
 use crate::storage::{Db, StoreError};
 use crate::transport::{self, Identity, TcpPeers, TransportCtx};
@@ -158,6 +158,7 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
         started_unix_ms,
         seed,
         defect: None,
+        max_leases: cfg.max_leases,
         dedup: DedupLimits {
             ttl_ms: cfg.dedup_ttl_secs * 1000,
             max_records: cfg.dedup_max_records,
@@ -174,7 +175,40 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
     }
 }
 
-/// Runs a replica on already-bound listeners until `shutdown` resolves.
+/// Asks the consensus loop to drain (`Input::Drain`) and waits for it, at most `timeout`
+/// (plus a margin for a loop that died): a leader hands leadership to the most up-to-date
+/// connected member, and new client requests are refused (`unavailable`) from now on, so
+/// clients move to another replica instead of waiting out an election.
+async fn drain(inbox: &std::sync::mpsc::SyncSender<Input>, timeout: Duration) {
+    if timeout.is_zero() {
+        return;
+    }
+    let started = Instant::now();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let input = Input::Drain {
+        deadline: started + timeout,
+        reply,
+    };
+    if inbox.try_send(input).is_err() {
+        warn!("consensus loop busy or gone: stopping without a leader hand-off");
+        return;
+    }
+    let waited = tokio::time::timeout(timeout + Duration::from_millis(500), answer).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match waited {
+        Ok(Ok(Drained::NotLeading)) => info!("stopping: not the leader, nothing to hand over"),
+        Ok(Ok(Drained::HandedTo { to, .. })) => {
+            info!(to, elapsed_ms, "stopping: leadership handed over")
+        }
+        Ok(Ok(Drained::Failed(why))) => {
+            warn!(elapsed_ms, reason = %why, "stopping without a leader hand-off")
+        }
+        Ok(Err(_)) | Err(_) => warn!(elapsed_ms, "no answer to the drain: stopping anyway"),
+    }
+}
+
+/// Runs a replica on already-bound listeners until `shutdown` resolves; then it drains
+/// (leader hand-off, bounded by `--handoff-timeout-ms`) and stops.
 pub async fn serve(
     cfg: Config,
     client_listener: TcpListener,
@@ -246,8 +280,16 @@ pub async fn serve(
         default_timeout: Duration::from_millis(cfg.request_timeout_ms),
     };
     info!(pid = cfg.pid, client = %client_listener.local_addr()?, peer = %peer_addr, "kvd serving");
+    // On the stop signal: drain first (a leader hands leadership over, new requests are
+    // refused), then stop taking connections and let in-flight requests finish.
+    let drain_inbox = inbox_tx.clone();
+    let handoff_timeout = Duration::from_millis(cfg.handoff_timeout_ms);
+    let stop = async move {
+        shutdown.await;
+        drain(&drain_inbox, handoff_timeout).await;
+    };
     axum::serve(client_listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stop)
         .await?;
     info!("client API stopped; stopping the consensus loop");
     if inbox_tx.send(Input::Shutdown).is_err() {

@@ -38,6 +38,44 @@ pub enum Op {
         req: ReqId,
         txn: Txn,
     },
+    // Variants below were added after entries of the ones above were logged: new variants go
+    // at the end, so every logged entry still decodes.
+    /// A put that attaches the key to lease `lease` (which must exist, else nothing is
+    /// written). A plain `Put` detaches the key from any lease.
+    PutLeased {
+        req: ReqId,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: u64,
+    },
+    /// A client's lease operation.
+    Lease {
+        req: ReqId,
+        op: LeaseOp,
+    },
+    /// The leader's decision that lease `id` ran out: it applies only if the lease was not
+    /// renewed since the renewal count the leader saw (`renewals`), so a stale leader's late
+    /// expiry cannot undo a keepalive decided before it. Deletes the lease's keys.
+    LeaseExpire {
+        id: u64,
+        renewals: u64,
+    },
+    /// The leader's record of leases' remaining time (`(id, remaining_ms)`), so that a
+    /// replica that restarts or becomes leader does not give them their full TTL again.
+    LeaseCheckpoint {
+        leases: Vec<(u64, u64)>,
+    },
+}
+
+/// What a client asks of a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseOp {
+    /// Creates lease `id` living `ttl_ms` from when it is applied.
+    Grant { id: u64, ttl_ms: u64 },
+    /// Renews lease `id` for its whole TTL.
+    KeepAlive { id: u64 },
+    /// Ends lease `id` now, deleting its keys.
+    Revoke { id: u64 },
 }
 
 /// A range of keys: one key, `[start, end)`, or `[start, ∞)`.
@@ -143,9 +181,23 @@ pub struct ReadOpts {
 /// One operation of a transaction's branch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { range: KeyRange },
-    Get { range: KeyRange, opts: ReadOpts },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        range: KeyRange,
+    },
+    Get {
+        range: KeyRange,
+        opts: ReadOpts,
+    },
+    /// A put attached to lease `lease` (appended after the others: logged entries decode).
+    PutLeased {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: u64,
+    },
 }
 
 /// etcd's transaction: if every compare holds, `success` applies, else `failure`.
@@ -159,7 +211,9 @@ pub struct Txn {
 impl Txn {
     fn size(&self) -> usize {
         let op_size = |op: &TxnOp| match op {
-            TxnOp::Put { key, value } => 16 + key.len() + value.len(),
+            TxnOp::Put { key, value } | TxnOp::PutLeased { key, value, .. } => {
+                24 + key.len() + value.len()
+            }
             TxnOp::Delete { range } | TxnOp::Get { range, .. } => 16 + range.size(),
         };
         let cmp_size = |c: &Compare| {
@@ -183,6 +237,9 @@ impl Op {
             Op::Delete { key, .. } => 32 + key.len(),
             Op::Barrier { .. } => 16,
             Op::Txn { txn, .. } => 32 + txn.size(),
+            Op::PutLeased { key, value, .. } => 40 + key.len() + value.len(),
+            Op::Lease { .. } | Op::LeaseExpire { .. } => 48,
+            Op::LeaseCheckpoint { leases } => 16 + 16 * leases.len(),
         }
     }
 
@@ -203,6 +260,11 @@ impl Op {
                             TxnOp::Put { key, value } => {
                                 format!("put {} {}", display_bytes(key), display_bytes(value))
                             }
+                            TxnOp::PutLeased { key, value, lease } => format!(
+                                "put {} {} lease {lease:x}",
+                                display_bytes(key),
+                                display_bytes(value)
+                            ),
                             TxnOp::Delete { range } => format!("delete {}", range.describe()),
                             TxnOp::Get { range, .. } => format!("get {}", range.describe()),
                         })
@@ -216,14 +278,33 @@ impl Op {
                     branch(&txn.failure)
                 )
             }
+            Op::PutLeased {
+                key, value, lease, ..
+            } => format!(
+                "put {} {} lease {lease:x}",
+                display_bytes(key),
+                display_bytes(value)
+            ),
+            Op::Lease { op, .. } => match op {
+                LeaseOp::Grant { id, ttl_ms } => format!("lease grant {id:x} ttl {ttl_ms} ms"),
+                LeaseOp::KeepAlive { id } => format!("lease keepalive {id:x}"),
+                LeaseOp::Revoke { id } => format!("lease revoke {id:x}"),
+            },
+            Op::LeaseExpire { id, .. } => format!("lease expire {id:x}"),
+            Op::LeaseCheckpoint { leases } => format!("lease checkpoint of {}", leases.len()),
         }
     }
 
-    /// The write identity of a client write (`None` for a barrier).
+    /// The write identity of a client write (`None` for a barrier and the leader's lease
+    /// upkeep).
     pub fn req(&self) -> Option<&ReqId> {
         match self {
-            Op::Put { req, .. } | Op::Delete { req, .. } | Op::Txn { req, .. } => Some(req),
-            Op::Barrier { .. } => None,
+            Op::Put { req, .. }
+            | Op::Delete { req, .. }
+            | Op::Txn { req, .. }
+            | Op::PutLeased { req, .. }
+            | Op::Lease { req, .. } => Some(req),
+            Op::Barrier { .. } | Op::LeaseExpire { .. } | Op::LeaseCheckpoint { .. } => None,
         }
     }
 }

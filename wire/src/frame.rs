@@ -93,6 +93,20 @@ pub enum PeerFrame {
         config_id: u32,
         holds_state: bool,
     },
+    // Variants are appended only below this line: bincode numbers them by position, so a
+    // frame of an older replica keeps decoding as what it was.
+    /// Leader hand-off: the leader of `config_id` asks the receiver to take over (OmniPaxos's
+    /// `try_become_leader`). `accepted_idx` is the leader's accepted index when it asked; it
+    /// holds new proposals meanwhile, so a receiver that holds its log that far loses nothing.
+    TakeLeadership {
+        config_id: u32,
+        accepted_idx: u64,
+    },
+    /// Answer to `TakeLeadership` from a member that will not take over, and why.
+    LeadershipRefused {
+        config_id: u32,
+        reason: String,
+    },
 }
 
 /// What a decided StopSign says, with what a joiner needs to trust it.
@@ -142,7 +156,9 @@ impl PeerFrame {
             PeerFrame::Paxos { config_id, .. }
             | PeerFrame::FetchEntries { config_id, .. }
             | PeerFrame::Entries { config_id, .. }
-            | PeerFrame::EntriesUnavailable { config_id, .. } => Some(*config_id),
+            | PeerFrame::EntriesUnavailable { config_id, .. }
+            | PeerFrame::TakeLeadership { config_id, .. }
+            | PeerFrame::LeadershipRefused { config_id, .. } => Some(*config_id),
             _ => None,
         }
     }
@@ -178,6 +194,32 @@ mod tests {
         let mut entries = vec![3u8, 1, 0];
         entries.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         assert!(PeerFrame::decode(&entries).is_err());
+    }
+
+    #[test]
+    fn hand_off_frames_come_after_every_older_variant() {
+        // NewConfigAck (variant 10) was last before the hand-off: an older replica's frames
+        // keep their numbers.
+        let ack = PeerFrame::NewConfigAck {
+            config_id: 4,
+            holds_state: true,
+        };
+        let bytes = ack.encode();
+        assert_eq!(bytes[0], 10, "NewConfigAck keeps its position");
+        let take = PeerFrame::TakeLeadership {
+            config_id: 4,
+            accepted_idx: 77,
+        };
+        let bytes = take.encode();
+        assert_eq!(bytes[0], 11, "hand-off frames come after NewConfigAck");
+        assert!(matches!(
+            PeerFrame::decode(&bytes).unwrap(),
+            PeerFrame::TakeLeadership {
+                config_id: 4,
+                accepted_idx: 77
+            }
+        ));
+        assert_eq!(take.config_id(), Some(4));
     }
 
     #[test]

@@ -59,6 +59,13 @@ pub fn write_id(
     Ok(None)
 }
 
+/// The id of a lease granted without one, from the grant's write id: a retry of the grant (on
+/// any replica) names the same lease. In 1..2^63, like etcd's ids.
+pub fn lease_id_for(client: u64, seq: u64) -> u64 {
+    let h = pair_hash(&client.to_be_bytes(), &seq.to_be_bytes());
+    (h >> 1).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,8 @@ pub struct Swap {
     pub mod_revision: u64,
 }
 
-fn url(endpoint: &str) -> String {
+/// An endpoint as a URL (`http://` unless it names a scheme).
+pub fn url(endpoint: &str) -> String {
     let e = endpoint.trim().trim_end_matches('/');
     if e.contains("://") {
         e.to_string()
@@ -269,6 +270,7 @@ impl Conn {
                         key: key.into(),
                         value: value.into(),
                         prev: false,
+                        lease: 0,
                     })],
                     failure: vec![kv::TxnOp::Get(kv::GetOp {
                         range: spec,

@@ -6,6 +6,7 @@
 //! puts to many watchers). One JSON object per run with `-o json` (bench/*.py read it).
 
 mod conn;
+mod rolling_restart;
 mod watch;
 mod workload;
 
@@ -54,6 +55,12 @@ enum Cmd {
     /// Watch fan-out: watchers of one prefix, a writer at a fixed rate; events delivered per
     /// second and the delay from each put's acknowledgement to its delivery.
     Watch(watch::WatchArgs),
+    /// Rolling-restart load: writers of unique keys that fail over to the next member on
+    /// any error, until stdin closes; prints the longest time without an acknowledged write
+    /// and writes the acknowledged keys to --acks (bench/rolling_restart.py).
+    Writes(rolling_restart::WritesArgs),
+    /// Reads back every key of a `writes` run's --acks file: how many are missing.
+    Verify(rolling_restart::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
     let threads = match &cli.command {
         Cmd::Kv(b) | Cmd::Cas(b) | Cmd::Range { bench: b, .. } => b.threads.map(|t| t as usize),
         Cmd::Watch(w) => w.threads,
+        Cmd::Writes(_) | Cmd::Verify(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
@@ -101,6 +109,18 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
                 ))));
             }
             return Ok(());
+        }
+        Cmd::Writes(w) => {
+            let r = rolling_restart::writes(target, &endpoints, &w)
+                .await
+                .map_err(Error::usage)?;
+            return kvctl::output::json_line(out, &r).map_err(Error::stdout);
+        }
+        Cmd::Verify(v) => {
+            let r = rolling_restart::verify(target, &endpoints, &v)
+                .await
+                .map_err(Error::usage)?;
+            return kvctl::output::json_line(out, &r).map_err(Error::stdout);
         }
         Cmd::Kv(b) => ("kv", b, Kind::Kv),
         Cmd::Cas(mut b) => {

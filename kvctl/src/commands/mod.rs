@@ -2,9 +2,13 @@
 //! commands and the shell share these functions.
 
 pub mod delete;
+pub mod elect;
 pub mod get;
+pub mod lease;
+pub mod lock;
 pub mod log;
 pub mod members;
+pub mod move_leader;
 pub mod put;
 pub mod range;
 pub mod reconfigure;
@@ -31,14 +35,17 @@ pub fn check_key(key: &[u8]) -> Result<(), Error> {
 /// A single-endpoint-list request, as the one-shot commands and the shell issue them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
+    /// A put, attached to `lease` if given.
     Put {
         key: Vec<u8>,
         value: Vec<u8>,
+        lease: Option<u64>,
     },
     /// A put only if the condition holds (a transaction).
     PutIf {
         key: Vec<u8>,
         value: Vec<u8>,
+        lease: Option<u64>,
         condition: put::Condition,
     },
     Get {
@@ -63,6 +70,11 @@ pub enum Request {
     },
     Members,
     Reconfigure(reconfigure::Change),
+    Lease(lease::LeaseRequest),
+    /// Hand leadership to this member.
+    MoveLeader {
+        to: u64,
+    },
 }
 
 /// Runs `req` through `client`, printing the result to `out` in `ctx.output`.
@@ -73,12 +85,15 @@ pub async fn execute(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     match req {
-        Request::Put { key, value } => put::run(client, &key, value, ctx.output, out).await,
+        Request::Put { key, value, lease } => {
+            put::run(client, &key, value, lease, ctx.output, out).await
+        }
         Request::PutIf {
             key,
             value,
+            lease,
             condition,
-        } => put::run_if(client, &key, value, &condition, ctx.output, out).await,
+        } => put::run_if(client, &key, value, lease, &condition, ctx.output, out).await,
         Request::Get { key } => get::run(client, &key, ctx.consistency, ctx.output, out).await,
         Request::Range { keys, list } => {
             range::get(client, &keys, &list, ctx.consistency, ctx.output, out).await
@@ -90,5 +105,7 @@ pub async fn execute(
         Request::Log { limit } => log::run(client, limit, ctx.output, out).await,
         Request::Members => members::run(client, ctx.output, out).await,
         Request::Reconfigure(change) => reconfigure::run(client, change, ctx.output, out).await,
+        Request::Lease(req) => lease::run(client, req, ctx.consistency, ctx.output, out).await,
+        Request::MoveLeader { to } => move_leader::run(client, to, ctx.output, out).await,
     }
 }

@@ -1,6 +1,7 @@
-//! `put KEY VALUE [--if-absent | --if-value OLD | --if-mod-revision N]`: writes a value
-//! (`-` as VALUE reads it from stdin); with a condition, as a transaction whose failure
-//! branch reads the key, so a failed compare says what the key holds.
+//! `put KEY VALUE [--if-absent | --if-value OLD | --if-mod-revision N] [--lease ID]`: writes
+//! a value (`-` as VALUE reads it from stdin); with a condition, as a transaction whose
+//! failure branch reads the key, so a failed compare says what the key holds. With a lease the
+//! key is attached to it (and deleted when it ends); a lease that does not exist is exit 1.
 
 use crate::cli::{OutputFormat, PutCondition};
 use crate::exit::Error;
@@ -10,7 +11,7 @@ use omnikv_common::kv::{
     Compare, CompareOp, CompareTarget, GetOp, KeyValue, PutOp, RangeSpec, TxnOp, TxnOpResult,
     TxnRequest,
 };
-use omnikv_common::{Client, WriteResult};
+use omnikv_common::{Client, ClientError, WriteResult};
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -34,16 +35,29 @@ pub fn value_from_arg(arg: &OsStr, stdin: impl Read) -> Result<Vec<u8>, Error> {
     }
 }
 
-/// Writes `value` under `key` and prints the result.
+/// Names the lease in a not-found answer to a put attached to `lease`.
+fn lease_error(lease: Option<u64>) -> impl Fn(ClientError) -> Error {
+    move |e| match (e, lease) {
+        (ClientError::NotFound, Some(id)) => Error::LeaseNotFound(id),
+        (e, _) => Error::Client(e),
+    }
+}
+
+/// Writes `value` under `key` (attached to `lease`, if given) and prints the result.
 pub async fn run(
     client: &Client,
     key: &[u8],
     value: Vec<u8>,
+    lease: Option<u64>,
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     super::check_key(key)?;
-    let w = client.put(key, value).await?;
+    let w = match lease {
+        Some(id) => client.put_leased(key, value, id).await,
+        None => client.put(key, value).await,
+    }
+    .map_err(lease_error(lease))?;
     output::write_write_result(out, format, &w, false).map_err(Error::stdout)
 }
 
@@ -113,14 +127,15 @@ impl Condition {
         }
     }
 
-    /// The transaction: if the compare holds put, else read the key.
-    pub fn txn(&self, key: &[u8], value: Vec<u8>) -> TxnRequest {
+    /// The transaction: if the compare holds put (attached to `lease`), else read the key.
+    pub fn txn(&self, key: &[u8], value: Vec<u8>, lease: Option<u64>) -> TxnRequest {
         TxnRequest {
             compare: vec![self.compare(key)],
             success: vec![TxnOp::Put(PutOp {
                 key: key.into(),
                 value: omnikv_common::kv::Bytes64(value),
                 prev: false,
+                lease: lease.unwrap_or(0),
             })],
             failure: vec![TxnOp::Get(GetOp {
                 range: RangeSpec {
@@ -136,18 +151,22 @@ impl Condition {
     }
 }
 
-/// Writes `value` under `key` if `condition` holds; prints `OK` (JSON: a put's result), or
-/// fails with exit 6 and what the key holds now.
+/// Writes `value` under `key` (attached to `lease`, if given) if `condition` holds; prints
+/// `OK` (JSON: a put's result), or fails with exit 6 and what the key holds now.
 pub async fn run_if(
     client: &Client,
     key: &[u8],
     value: Vec<u8>,
+    lease: Option<u64>,
     condition: &Condition,
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     super::check_key(key)?;
-    let r = client.txn(&condition.txn(key, value)).await?;
+    let r = client
+        .txn(&condition.txn(key, value, lease))
+        .await
+        .map_err(lease_error(lease))?;
     if !r.succeeded {
         let now = match r.responses.first() {
             Some(TxnOpResult::Get(g)) => g.kvs.first(),
@@ -183,10 +202,13 @@ mod tests {
             create_revision: 3,
             mod_revision: 8,
             version: 2,
+            lease: 0,
         };
-        let t = Condition::Absent.txn(b"k", b"v".to_vec());
+        let t = Condition::Absent.txn(b"k", b"v".to_vec(), None);
         assert_eq!(t.compare[0].target, CompareTarget::Exists(false));
-        assert!(matches!(&t.success[..], [TxnOp::Put(p)] if p.value.0 == b"v"));
+        assert!(matches!(&t.success[..], [TxnOp::Put(p)] if p.value.0 == b"v" && p.lease == 0));
+        let t = Condition::Absent.txn(b"k", b"v".to_vec(), Some(7));
+        assert!(matches!(&t.success[..], [TxnOp::Put(p)] if p.lease == 7));
         assert!(matches!(&t.failure[..], [TxnOp::Get(g)] if g.range.key.0 == b"k"));
         assert_eq!(
             Condition::Absent.failure(b"k", Some(&now)),

@@ -49,6 +49,19 @@ pub async fn get(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
+    let listing = read(client, keys, list, consistency).await?;
+    output::write_listing(out, format, &listing, list.mode).map_err(Error::stdout)
+}
+
+/// Reads `keys` page by page, following continuation tokens until the range ends or
+/// `list.limit` keys were read. Each page is read at its own revision; the listing's is the
+/// first page's.
+pub async fn read(
+    client: &Client,
+    keys: &KeySet,
+    list: &List,
+    consistency: Consistency,
+) -> Result<Listing, Error> {
     let mut opts = RangeOpts {
         limit: None,
         keys_only: list.mode == ListMode::KeysOnly,
@@ -83,8 +96,7 @@ pub async fn get(
             }
         }
     }
-    let listing = listing.expect("at least one page was read");
-    output::write_listing(out, format, &listing, list.mode).map_err(Error::stdout)
+    Ok(listing.expect("at least one page was read"))
 }
 
 /// Deletes every key of `keys` (one revision) and prints how many.

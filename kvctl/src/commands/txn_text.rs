@@ -308,6 +308,7 @@ fn op(line: &[u8]) -> Result<TxnOp, String> {
                 key: key(k)?,
                 value: Bytes64(v),
                 prev: a.prev,
+                lease: 0,
             }))
         }
         "del" | "delete" => {
@@ -397,7 +398,8 @@ mod tests {
                 TxnOp::Put(PutOp {
                     key: "key1".into(),
                     value: "overwrote \"key1\"!".into(),
-                    prev: false
+                    prev: false,
+                    lease: 0,
                 }),
                 get("key1", true),
                 TxnOp::Delete(DeleteOp {
@@ -416,7 +418,8 @@ mod tests {
                 TxnOp::Put(PutOp {
                     key: "key2".into(),
                     value: "some extra key".into(),
-                    prev: true
+                    prev: true,
+                    lease: 0,
                 }),
                 TxnOp::Get(GetOp {
                     range: RangeSpec {

@@ -19,6 +19,7 @@ pub fn key_value(kv: state_machine::KeyValue, keys_only: bool) -> kv::KeyValue {
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
+        lease: kv.lease,
     }
 }
 
@@ -176,9 +177,10 @@ fn branch(ops: &[kv::TxnOp], max_value_bytes: usize) -> Result<Vec<command::TxnO
                 if !put_keys.insert(p.key.0.clone()) {
                     return Err(invalid("a key is put twice in one transaction branch"));
                 }
-                command::TxnOp::Put {
-                    key: p.key.0.clone(),
-                    value: p.value.0.clone(),
+                let (key, value) = (p.key.0.clone(), p.value.0.clone());
+                match p.lease {
+                    0 => command::TxnOp::Put { key, value },
+                    lease => command::TxnOp::PutLeased { key, value, lease },
                 }
             }
             kv::TxnOp::Delete(d) => {
@@ -242,6 +244,8 @@ pub fn txn_results(results: Vec<OpResult>, branch: &[kv::TxnOp]) -> Vec<TxnOpRes
                 prev: None,
             },
             (OpResult::Get(r), _) => TxnOpResult::Get(get_result(r, false)),
+            // A failed branch (its lease is missing) is answered as an error, never here.
+            (OpResult::Lease(_), _) => TxnOpResult::Put { prev: None },
         })
         .collect()
 }

@@ -68,7 +68,9 @@ pub(crate) async fn put_key(
 ) -> Result<Response, Error> {
     let started = Instant::now();
     let key = key_from(&uri)?;
-    let prev = QueryParams::parse(uri.query(), &["prev"])?.flag("prev")?;
+    let params = QueryParams::parse(uri.query(), &["prev", "lease"])?;
+    let prev = params.flag("prev")?;
+    let lease = params.u64("lease")?.unwrap_or(0);
     let value = axum::body::to_bytes(body, state.max_value_bytes)
         .await
         .map_err(|_| {
@@ -77,11 +79,15 @@ pub(crate) async fn put_key(
                 format!("value exceeds the {}-byte limit", state.max_value_bytes),
             )
         })?;
-    let kind = WriteKind::Put {
-        key,
-        value: value.to_vec(),
+    let value = value.to_vec();
+    let kind = match lease {
+        0 => WriteKind::Put { key, value },
+        lease => WriteKind::PutLeased { key, value, lease },
     };
     let answer = submit_write(&state, &headers, kind, "put", started).await?;
+    if let Some(e) = super::lease::missing_lease(&answer) {
+        return Err(e);
+    }
     Ok(Json(write_result(answer, prev)).into_response())
 }
 

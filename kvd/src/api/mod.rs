@@ -1,10 +1,12 @@
-//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/kv?prefix=`, `/v1/txn`, `/v1/status`,
-//! `/v1/log`, `/v1/members`, `/v1/reconfigure`, `/healthz`, `/readyz`, `/metrics`. Handlers
-//! never touch consensus state: they send a request to the loop's inbox and wait for its
-//! answer. The contract is docs/api.md.
+//! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/kv?prefix=`, `/v1/txn`, `/v1/lease`,
+//! `/v1/status`, `/v1/log`, `/v1/members`, `/v1/reconfigure`, `/v1/move-leader`, `/healthz`,
+//! `/readyz`, `/metrics`. Handlers never touch consensus state: they send a request to the
+//! loop's inbox and wait for its answer. The contract is docs/api.md.
 
 mod convert;
 mod kv;
+mod lease;
+mod move_leader;
 mod query;
 mod range;
 mod txn;
@@ -50,11 +52,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/kv/", get(empty_key).put(empty_key).delete(empty_key))
         .route("/v1/kv", get(range::get_range).delete(range::delete_range))
         .route("/v1/txn", post(txn::txn))
+        .route("/v1/lease", get(lease::list).post(lease::grant))
+        .route(
+            "/v1/lease/{id}",
+            get(lease::time_to_live).delete(lease::revoke),
+        )
+        .route("/v1/lease/{id}/keepalive", post(lease::keepalive))
         .route("/v1/watch", get(watch::watch))
         .route("/v1/status", get(status))
         .route("/v1/log", get(log))
         .route("/v1/members", get(members))
         .route("/v1/reconfigure", post(reconfigure))
+        .route("/v1/move-leader", post(move_leader::move_leader))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -233,20 +242,38 @@ async fn members(State(state): State<ApiState>) -> Result<Response, Error> {
 /// Largest reconfigure body, in bytes.
 const MAX_RECONFIGURE_BYTES: usize = 64 * 1024;
 
+/// A JSON request body of at most `max` bytes; `what` names it, `want` shows its form.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    max: usize,
+    what: &str,
+    want: &str,
+) -> Result<T, Error> {
+    if body.len() > max {
+        return Err(err(
+            ErrorCode::TooLarge,
+            format!("{what} body over {} KiB", max / 1024),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        err(
+            ErrorCode::InvalidRequest,
+            format!("bad {what} body (want {want}): {e}"),
+        )
+    })
+}
+
 async fn reconfigure(
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
-    if body.len() > MAX_RECONFIGURE_BYTES {
-        return Err(err(ErrorCode::TooLarge, "reconfigure body over 64 KiB"));
-    }
-    let request: ReconfigureRequest = serde_json::from_slice(&body).map_err(|e| {
-        err(
-            ErrorCode::InvalidRequest,
-            format!("bad reconfigure body (want {{\"nodes\": [1, 2, 3, 4]}}): {e}"),
-        )
-    })?;
+    let request: ReconfigureRequest = json_body(
+        &body,
+        MAX_RECONFIGURE_BYTES,
+        "reconfigure",
+        r#"{"nodes": [1, 2, 3, 4]}"#,
+    )?;
     let until = deadline(&state, &headers)?;
     let r = ask(
         &state,

@@ -36,6 +36,13 @@ pub(crate) async fn txn(
     })?;
     let txn = convert::txn(&request, state.max_value_bytes)?;
     let answer = submit_write(&state, &headers, WriteKind::Txn(txn), "txn", started).await?;
+    if let Some(Some(e)) = answer
+        .results
+        .is_some()
+        .then(|| super::lease::missing_lease(&answer))
+    {
+        return Err(e);
+    }
     let o = answer.outcome;
     let branch = if o.succeeded {
         &request.success

@@ -390,6 +390,7 @@ impl<P: Peers> Replica<P> {
                 self.sm
                     .reload()
                     .unwrap_or_else(|e| panic!("reloading state after checkpoint: {e}"));
+                self.lease_clock.reload(self.sm.leases().iter(), self.now);
                 if self.sm.applied().config_id != self.meta.config_id {
                     // The end of the previous configuration is this one's start.
                     let start = Position {

@@ -13,10 +13,13 @@
 //!
 //! The loop is split by concern: `requests` (writes, reads, barriers, timeouts), `reconfig`
 //! (changes, announcements, joining, retiring), `catchup` (fetching entries, checkpoints),
-//! `views` (status and the other read-only answers); the OmniPaxos 0.2.4 workarounds live in
+//! `views` (status and the other read-only answers), `handoff` (moving leadership, the drain
+//! before a stop); the OmniPaxos 0.2.4 workarounds live in
 //! `crate::omnipaxos_workarounds`.
 
 mod catchup;
+mod handoff;
+mod leases;
 mod reconfig;
 mod requests;
 #[cfg(test)]
@@ -36,6 +39,7 @@ use crate::space::SpaceGuard;
 use crate::state_machine::{DedupLimits, HistoryLimits, Position, SmMeta, StateMachine};
 use crate::storage::{read_log_range, Db, LogStore};
 use catchup::CatchUp;
+pub use handoff::Drained;
 use omnikv_common::api::{ApiError, ErrorCode, ReconfigureResult};
 use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
@@ -145,6 +149,8 @@ pub struct LoopConfig {
     pub seed: u64,
     /// Test-only: a deliberate defect (`Defect`). Always None in kvd.
     pub defect: Option<Defect>,
+    /// Leases that may exist at once: a grant beyond them is refused (by the proposer).
+    pub max_leases: usize,
 }
 
 /// The log under the state machine: OmniPaxos, or a trivial local log when the
@@ -208,6 +214,9 @@ pub struct Replica<P: Peers> {
     stopsign_stall: StopSignStall,
     /// A recovered promise of our own ballot, watched until it is replaced (`StaleOwnBallot`).
     stale_own_ballot: Option<StaleOwnBallot>,
+    lease_clock: leases::LeaseClock,
+    /// Leader hand-off and the drain before a stop (`handoff`).
+    handoff: handoff::Handoff,
     leader: Option<u64>,
     last_decided: u64,
     outgoing: Vec<Message<LogCmd>>,
@@ -310,7 +319,12 @@ impl<P: Peers> Replica<P> {
         // Barrier ids must not repeat across restarts (an old barrier decided late would
         // answer a new one's reads): start at a random point of a 2^63 space.
         let next_id = rng.random::<u64>() >> 1;
+        // A new leader gives clients the time an election takes (about three rounds) to reach
+        // it with their keepalives.
+        let lease_grace = cfg.timers.tick * (cfg.election_ticks as u32).saturating_mul(3);
+        let lease_clock = leases::LeaseClock::new(sm.leases().iter(), now, lease_grace);
         let mut r = Replica {
+            lease_clock,
             space: SpaceGuard::new(cfg.data_dir.clone(), cfg.min_free_bytes, now),
             next_tick: now + cfg.timers.tick,
             now,
@@ -339,6 +353,7 @@ impl<P: Peers> Replica<P> {
             catchup: None,
             stale_own_ballot: None,
             stopsign_stall: StopSignStall::default(),
+            handoff: Default::default(),
             leader: None,
             last_decided: 0,
             outgoing: Vec::new(),
@@ -365,6 +380,7 @@ impl<P: Peers> Replica<P> {
         r.last_decided = r.decided_idx();
         r.metrics.applied_idx.set(r.sm.applied().index as i64);
         r.metrics.revision.set(r.sm.meta().revision as i64);
+        r.metrics.leases.set(r.sm.leases().len() as i64);
         r.metrics
             .history_first_revision
             .set(r.sm.history().first as i64);
@@ -400,7 +416,12 @@ impl<P: Peers> Replica<P> {
                     }
                 }
             }
-            Input::Client(req) => self.handle_client(req),
+            Input::Client(req) => {
+                if let Some(req) = self.refuse_if_draining(req) {
+                    self.handle_client(req)
+                }
+            }
+            Input::Drain { deadline, reply } => self.start_drain(deadline, reply),
             Input::Shutdown => {}
         }
     }
@@ -429,9 +450,13 @@ impl<P: Peers> Replica<P> {
         if scan {
             self.scan_timeouts();
             self.drive_reconfig();
+            self.drive_leases();
             self.next_timeout_scan = now + self.cfg.timers.tick;
         }
-        self.propose_queued();
+        self.drive_handoff();
+        if !self.holds_proposals() {
+            self.propose_queued();
+        }
         self.apply_decided();
         if scan || self.reconfig.is_some() {
             // Storage is checked, not `is_reconfigured()` (0.2.4 re-sync bug, docs/architecture.md).
@@ -635,6 +660,12 @@ impl<P: Peers> Replica<P> {
             PeerFrame::CheckpointRefused { id, reason } => {
                 self.on_checkpoint_refused(from, id, &reason)
             }
+            PeerFrame::TakeLeadership { accepted_idx, .. } => {
+                self.on_take_leadership(from, accepted_idx)
+            }
+            PeerFrame::LeadershipRefused { reason, .. } => {
+                self.on_leadership_refused(from, &reason)
+            }
         }
     }
 
@@ -765,6 +796,9 @@ impl<P: Peers> Replica<P> {
             .history_first_revision
             .set(self.sm.history().first as i64);
         self.cfg.watch_hub.publish(events, revision);
+        let lease_changes = self.sm.take_lease_changes();
+        self.lease_clock.apply(&lease_changes, self.now);
+        self.metrics.leases.set(self.sm.leases().len() as i64);
         self.answer_applied(results);
     }
 

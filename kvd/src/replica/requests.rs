@@ -6,8 +6,10 @@
 //! reads queued before a proposal share one barrier, later ones wait for the next.
 
 use super::{unavailable, AppendError, Defect, Replica, MAX_ENTRY_BYTES};
-use crate::command::{KeyRange, LogCmd, Op, ReadOpts, ReqId};
-use crate::inbox::{ClientRequest, ReadAnswer, Reply, WriteAnswer, WriteKind};
+use crate::command::{KeyRange, LeaseOp, LogCmd, Op, ReadOpts, ReqId};
+use crate::inbox::{
+    ClientRequest, LeaseInfo, LeasesAnswer, ReadAnswer, Reply, WriteAnswer, WriteKind,
+};
 use crate::membership::Lifecycle;
 use crate::peers::Peers;
 use crate::state_machine::{Applied, Refusal};
@@ -106,7 +108,53 @@ impl<P: Peers> Replica<P> {
             ClientRequest::Members { reply } => {
                 let _ = reply.send(self.members_view());
             }
+            ClientRequest::Leases { id, keys, reply } => {
+                let _ = reply.send(self.leases_view(id, keys));
+            }
+            ClientRequest::MoveLeader {
+                to,
+                deadline,
+                reply,
+            } => self.handle_move_leader(to, deadline, reply),
         }
+    }
+
+    /// Lease `id` (or every lease) from the applied state, with the time left by this
+    /// replica's lease clock.
+    fn leases_view(&self, id: Option<u64>, keys: bool) -> Result<LeasesAnswer, ApiError> {
+        if !matches!(self.meta.lifecycle, Lifecycle::Serving | Lifecycle::Leaving) {
+            return Err(unavailable(self.not_serving_message()));
+        }
+        let all = self.sm.leases();
+        let chosen: Vec<(u64, crate::state_machine::LeaseRecord)> = match id {
+            Some(id) => match all.get(id) {
+                Some(rec) => vec![(id, rec)],
+                None => return Err(ApiError::new(ErrorCode::NotFound, "lease not found")),
+            },
+            None => all.iter().collect(),
+        };
+        let mut leases = Vec::with_capacity(chosen.len());
+        for (id, rec) in chosen {
+            let keys = if keys {
+                let k = self.sm.lease_keys(id).map_err(|e| {
+                    ApiError::new(ErrorCode::Internal, format!("reading lease keys: {e}"))
+                })?;
+                Some(k)
+            } else {
+                None
+            };
+            let remaining = self.lease_clock.remaining(id, self.now).unwrap_or_default();
+            leases.push(LeaseInfo {
+                id,
+                ttl_ms: rec.ttl_ms,
+                remaining_ms: remaining.as_millis() as u64,
+                keys,
+            });
+        }
+        Ok(LeasesAnswer {
+            leases,
+            revision: self.sm.meta().revision,
+        })
     }
 
     pub(super) fn read_local(
@@ -160,6 +208,19 @@ impl<P: Peers> Replica<P> {
             ))));
             return;
         }
+        if matches!(kind, WriteKind::Lease(LeaseOp::Grant { .. }))
+            && self.sm.leases().len() >= self.cfg.max_leases
+        {
+            self.metrics.requests_refused.inc();
+            let _ = reply.send(Err(ApiError::new(
+                ErrorCode::Rejected,
+                format!(
+                    "too many leases: {} exist (--max-leases); revoke some first",
+                    self.sm.leases().len()
+                ),
+            )));
+            return;
+        }
         let req = ReqId {
             client,
             seq,
@@ -169,6 +230,20 @@ impl<P: Peers> Replica<P> {
             WriteKind::Put { key, value } => Op::Put { req, key, value },
             WriteKind::Delete { key } => Op::Delete { req, key },
             WriteKind::Txn(txn) => Op::Txn { req, txn },
+            WriteKind::PutLeased { key, value, lease } => Op::PutLeased {
+                req,
+                key,
+                value,
+                lease,
+            },
+            WriteKind::Lease(LeaseOp::Grant { id: 0, ttl_ms }) => Op::Lease {
+                req,
+                op: LeaseOp::Grant {
+                    id: omnikv_wire::request::lease_id_for(client, seq),
+                    ttl_ms,
+                },
+            },
+            WriteKind::Lease(op) => Op::Lease { req, op },
         };
         self.to_propose.push(op.clone());
         self.pending_writes.insert(
@@ -183,6 +258,22 @@ impl<P: Peers> Replica<P> {
                 unsure: false,
             },
         );
+    }
+
+    /// The leader's lease upkeep (expiries, checkpoints), proposed with this iteration's
+    /// writes. Only a serving leader proposes any.
+    pub(super) fn drive_leases(&mut self) {
+        let leading = self.meta.lifecycle == Lifecycle::Serving
+            && self.catchup.is_none()
+            && self.current_leader() == Some(self.cfg.pid);
+        self.lease_clock.set_leading(leading, self.now);
+        let ops = self.lease_clock.due(self.now, self.cfg.timers.retry);
+        let expiries = ops
+            .iter()
+            .filter(|op| matches!(op, Op::LeaseExpire { .. }))
+            .count();
+        self.metrics.lease_expiries.inc_by(expiries as u64);
+        self.to_propose.extend(ops);
     }
 
     /// Proposes the writes queued this iteration, plus one read barrier for the reads that

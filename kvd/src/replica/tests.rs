@@ -120,6 +120,7 @@ fn loop_config(
         started_unix_ms: 1_700_000_000_000,
         seed: pid,
         defect,
+        max_leases: 100,
     }
 }
 
@@ -776,4 +777,161 @@ fn a_joiner_asks_the_replica_that_announces_the_change() {
             )
     });
     assert!(acked, "the announcement is acknowledged without state");
+}
+
+// ---- leader hand-off (handoff.rs) ---------------------------------------------------------
+
+fn move_leader(c: &mut Cluster, pid: u64, to: u64) -> Rx<omnikv_common::MoveLeaderResult> {
+    let (reply, rx) = oneshot::channel();
+    let deadline = c.now + TICK * 200;
+    c.client(
+        pid,
+        ClientRequest::MoveLeader {
+            to,
+            deadline,
+            reply,
+        },
+    );
+    rx
+}
+
+/// What the process does on SIGTERM: `Input::Drain` to `pid` (200 ticks to hand over).
+fn drain(c: &mut Cluster, pid: u64) -> oneshot::Receiver<super::Drained> {
+    let (reply, rx) = oneshot::channel();
+    let deadline = c.now + TICK * 200;
+    let now = c.now;
+    c.replicas
+        .get_mut(&pid)
+        .unwrap()
+        .handle(now, Input::Drain { deadline, reply });
+    rx
+}
+
+/// Steps until `rx` is answered; the answer and the steps it took.
+fn step_until<T>(c: &mut Cluster, rx: &mut oneshot::Receiver<T>, most: usize) -> (T, usize) {
+    for i in 1..=most {
+        c.step();
+        if let Ok(v) = rx.try_recv() {
+            return (v, i);
+        }
+    }
+    panic!("no answer within {most} steps");
+}
+
+#[test]
+fn move_leader_hands_over_faster_than_an_election_and_loses_no_write() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    let t = *c.members.iter().rev().find(|&&p| p != l).unwrap();
+    // Writes in flight across the hand-off, queued in the same iteration as the request.
+    let mut writes: Vec<_> = (1..=5)
+        .map(|i| c.put(l, &format!("a{i}"), (11, i)))
+        .collect();
+    let mut mv = move_leader(&mut c, l, t);
+    let (moved, steps) = step_until(&mut c, &mut mv, 100);
+    let moved = moved.unwrap();
+    assert_eq!((moved.leader, moved.previous), (t, l));
+    // An election takes at least two rounds of 5 ticks (one to miss the leader, one to take
+    // over); the hand-off is a few message hops.
+    assert!(steps < 10, "hand-off took {steps} steps");
+    c.steps(20);
+    for (i, w) in writes.iter_mut().enumerate() {
+        assert!(
+            matches!(answer(w), Some(Ok(_))),
+            "write {} in flight across the hand-off",
+            i + 1
+        );
+    }
+    for (pid, r) in &c.replicas {
+        assert_eq!(r.current_leader(), Some(t), "replica {pid} follows {t}");
+    }
+    // Writes go on, through the new leader and through the old one (now a follower).
+    let mut via_new = c.put(t, "b1", (12, 1));
+    let mut via_old = c.put(l, "b2", (12, 2));
+    c.steps(20);
+    assert!(matches!(answer(&mut via_new), Some(Ok(_))));
+    assert!(matches!(answer(&mut via_old), Some(Ok(_))));
+    for k in ["a1", "a5", "b1", "b2"] {
+        assert!(c.replicas[&t].local_value(k.as_bytes()).is_some(), "{k}");
+    }
+}
+
+#[test]
+fn move_leader_guards() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    let f = *c.members.iter().find(|&&p| p != l).unwrap();
+    let mut not_member = move_leader(&mut c, l, 7);
+    let mut on_follower = move_leader(&mut c, f, f);
+    let mut to_itself = move_leader(&mut c, l, l);
+    c.step();
+    for (rx, want, says) in [
+        (&mut not_member, ErrorCode::Rejected, "not a member"),
+        (&mut on_follower, ErrorCode::Unavailable, "not the leader"),
+    ] {
+        let e = answer(rx).unwrap().unwrap_err();
+        assert_eq!(e.error.code, want, "{}", e.error.message);
+        assert!(e.error.message.contains(says), "{}", e.error.message);
+    }
+    let same = answer(&mut to_itself).unwrap().unwrap();
+    assert_eq!((same.leader, same.previous), (l, l));
+    // A member the leader does not reach: unavailable at once.
+    c.isolate(f);
+    let mut unreachable = move_leader(&mut c, l, f);
+    c.step();
+    assert_eq!(code(answer(&mut unreachable)), ErrorCode::Unavailable);
+}
+
+#[test]
+fn a_draining_leader_hands_over_to_a_reachable_member_and_refuses_new_requests() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    let others: Vec<u64> = c.members.iter().copied().filter(|&p| p != l).collect();
+    // One follower is cut off: the drain must pick the other.
+    c.isolate(others[0]);
+    let mut inflight = c.put(l, "k1", (21, 1));
+    let mut drained = drain(&mut c, l);
+    let mut refused = c.put(l, "k2", (21, 2));
+    let mut refused_read = c.read(l, "k1");
+    let (outcome, steps) = step_until(&mut c, &mut drained, 100);
+    match outcome {
+        super::Drained::HandedTo { to, .. } => assert_eq!(to, others[1]),
+        other => panic!("drain ended {other:?}"),
+    }
+    assert!(steps < 10, "hand-off took {steps} steps");
+    assert_eq!(code(answer(&mut refused)), ErrorCode::Unavailable);
+    assert_eq!(code(answer(&mut refused_read)), ErrorCode::Unavailable);
+    c.steps(10);
+    assert!(
+        matches!(answer(&mut inflight), Some(Ok(_))),
+        "a write in flight when the drain began is applied and answered"
+    );
+    // The old leader stops; the new one serves with the remaining member.
+    c.crash(l);
+    c.reachable.borrow_mut().clear();
+    for &a in &others {
+        for &b in &others {
+            if a != b {
+                c.reachable.borrow_mut().insert((a, b));
+            }
+        }
+    }
+    let mut after = c.put(others[1], "k3", (22, 1));
+    c.steps(20);
+    assert!(matches!(answer(&mut after), Some(Ok(_))));
+}
+
+#[test]
+fn a_draining_follower_has_nothing_to_hand_over() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    c.steps(5);
+    let f = *c.members.iter().find(|&&p| p != l).unwrap();
+    let mut drained = drain(&mut c, f);
+    assert_eq!(drained.try_recv().unwrap(), super::Drained::NotLeading);
+    c.steps(20);
+    assert_eq!(c.replicas[&f].current_leader(), Some(l), "nothing moved");
 }

@@ -7,12 +7,13 @@
 //! batch of entries are written in ONE RocksDB batch.
 
 pub mod history;
+pub mod lease;
 mod record;
 mod txn;
 mod view;
 
 use crate::codec::{decode, encode};
-use crate::command::{KeyRange, LogCmd, Op, ReadOpts, ReqId};
+use crate::command::{KeyRange, LeaseOp, LogCmd, Op, ReadOpts, ReqId};
 use crate::storage::{Db, StoreError, CF_DEDUP, CF_META};
 use record::META_SM;
 use rocksdb::WriteBatch;
@@ -20,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 
 pub use history::{Event, EventKind, HistoryLimits, HistoryMeta};
+pub use lease::{LeaseChange, LeaseRecord};
 pub use omnikv_wire::state::{pair_hash, Position, SmMeta};
 pub use record::{KeyValue, KvRecord, UPGRADE_REVISION};
-pub use txn::OpResult;
+pub use txn::{LeaseResult, OpResult};
 pub use view::{Overlay, RangeResult, PAGE_BYTES};
 
 /// What a write did, as remembered for duplicates.
@@ -85,6 +87,7 @@ pub struct StateMachine {
     /// The changes the last `apply` made, for live watchers (`take_events`).
     events: Vec<Event>,
     records: HashMap<(u64, u64), DedupRecord>,
+    leases: lease::Leases,
     /// Eviction order: oldest timestamp first, ties by (client, seq): deterministic.
     by_age: BTreeSet<(u64, u64, u64)>,
     /// Test-only defect (`replica::Defect::ApplyIgnoresDedup`): duplicates apply again.
@@ -108,7 +111,9 @@ impl StateMachine {
     ) -> Result<StateMachine, StoreError> {
         let meta = record::load_meta(&db)?;
         let history = history::load_meta(&db, meta.revision)?;
+        let leases = lease::Leases::load(&db)?;
         let mut sm = StateMachine {
+            leases,
             db,
             meta,
             limits,
@@ -173,6 +178,21 @@ impl StateMachine {
         self.meta.applied
     }
 
+    /// The leases as applied so far.
+    pub fn leases(&self) -> &lease::Leases {
+        &self.leases
+    }
+
+    /// The keys lease `id` holds.
+    pub fn lease_keys(&self, id: u64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.leases.keys(&self.db, id)
+    }
+
+    /// What the applies since the last call did to leases, in order (for the lease clock).
+    pub fn take_lease_changes(&mut self) -> Vec<LeaseChange> {
+        self.leases.take_changes()
+    }
+
     pub fn dedup_len(&self) -> usize {
         self.records.len()
     }
@@ -223,11 +243,28 @@ impl StateMachine {
             let index = self.meta.applied.index;
             for op in &entry.ops {
                 let Some(req) = op.req() else {
-                    if let Op::Barrier { origin, id } = op {
-                        results.push(Applied::Barrier {
+                    match op {
+                        Op::Barrier { origin, id } => results.push(Applied::Barrier {
                             origin: *origin,
                             id: *id,
-                        });
+                        }),
+                        Op::LeaseExpire { id, renewals } => {
+                            let current = self.leases.get(*id).map(|l| l.renewals);
+                            // Renewed since the leader decided (or gone): not expired.
+                            if current == Some(*renewals) {
+                                self.with_executor(
+                                    false,
+                                    (&mut overlay, &mut batch, &mut events),
+                                    |ex| ex.end_lease(*id),
+                                )?;
+                            }
+                        }
+                        Op::LeaseCheckpoint { leases } => {
+                            for (id, remaining_ms) in leases {
+                                self.leases.checkpoint(&db, &mut batch, *id, *remaining_ms);
+                            }
+                        }
+                        _ => {}
                     }
                     continue;
                 };
@@ -276,7 +313,34 @@ impl StateMachine {
         // entries are applied again. The next required sync covers it.
         crate::failpoint::hit("apply");
         self.db.write_lazy(batch)?;
+        self.leases.end_apply();
         Ok(results)
+    }
+
+    /// Runs `f` with an executor whose writes get the next revision, and makes that revision
+    /// current if it wrote anything.
+    fn with_executor<R>(
+        &mut self,
+        answering: bool,
+        (overlay, batch, events): (&mut Overlay, &mut WriteBatch, &mut Vec<Event>),
+        f: impl FnOnce(&mut txn::Executor) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut ex = txn::Executor {
+            db: &self.db,
+            overlay,
+            batch,
+            revision: self.meta.revision + 1,
+            meta: &mut self.meta,
+            wrote: false,
+            answering,
+            events,
+            leases: &mut self.leases,
+        };
+        let r = f(&mut ex)?;
+        if ex.wrote {
+            self.meta.revision += 1;
+        }
+        Ok(r)
     }
 
     /// Applies one client write (not a duplicate) under the next revision, at log position
@@ -287,42 +351,59 @@ impl StateMachine {
         op: &Op,
         at: Position,
         answering: bool,
-        (overlay, batch, events): (&mut Overlay, &mut WriteBatch, &mut Vec<Event>),
+        parts: (&mut Overlay, &mut WriteBatch, &mut Vec<Event>),
     ) -> Result<(Outcome, Vec<OpResult>), StoreError> {
-        let mut ex = txn::Executor {
-            db: &self.db,
-            overlay,
-            batch,
-            revision: self.meta.revision + 1,
-            meta: &mut self.meta,
-            wrote: false,
-            answering,
-            events,
-        };
-        let (existed, succeeded, results) = match op {
-            Op::Put { key, value, .. } => {
-                let prev = ex.put(key, value)?;
-                (prev.is_some(), true, vec![OpResult::Put { prev }])
-            }
-            Op::Delete { key, .. } => {
-                let prev = ex.delete(&KeyRange::Key(key.clone()))?;
-                (!prev.is_empty(), true, vec![OpResult::Delete { prev }])
-            }
-            Op::Txn { txn, .. } => {
-                let succeeded = ex.compares_hold(&txn.compares)?;
-                let branch = if succeeded {
-                    &txn.success
-                } else {
-                    &txn.failure
-                };
-                (false, succeeded, ex.run(branch)?)
-            }
-            // Never here (`apply` answers barriers itself); a barrier writes nothing.
-            Op::Barrier { .. } => (false, true, Vec::new()),
-        };
-        if ex.wrote {
-            self.meta.revision += 1;
-        }
+        let (existed, succeeded, results) =
+            self.with_executor(answering, parts, |ex| -> Result<_, StoreError> {
+                Ok(match op {
+                    Op::Put { key, value, .. } => {
+                        let prev = ex.put(key, value, 0)?;
+                        (prev.is_some(), true, vec![OpResult::Put { prev }])
+                    }
+                    Op::PutLeased {
+                        key, value, lease, ..
+                    } => {
+                        if ex.leases.get(*lease).is_none() {
+                            let missing = LeaseResult::NotFound { id: *lease };
+                            (false, false, vec![OpResult::Lease(missing)])
+                        } else {
+                            let prev = ex.put(key, value, *lease)?;
+                            (prev.is_some(), true, vec![OpResult::Put { prev }])
+                        }
+                    }
+                    Op::Delete { key, .. } => {
+                        let prev = ex.delete(&KeyRange::Key(key.clone()))?;
+                        (!prev.is_empty(), true, vec![OpResult::Delete { prev }])
+                    }
+                    Op::Txn { txn, .. } => {
+                        let succeeded = ex.compares_hold(&txn.compares)?;
+                        let branch = if succeeded {
+                            &txn.success
+                        } else {
+                            &txn.failure
+                        };
+                        match ex.missing_lease(branch) {
+                            // Like etcd: a put naming a missing lease fails the whole request.
+                            Some(id) => (
+                                false,
+                                false,
+                                vec![OpResult::Lease(LeaseResult::NotFound { id })],
+                            ),
+                            None => (false, succeeded, ex.run(branch)?),
+                        }
+                    }
+                    Op::Lease { op, .. } => {
+                        let r = execute_lease(ex, op)?;
+                        let done =
+                            !matches!(r, LeaseResult::NotFound { .. } | LeaseResult::Exists { .. });
+                        (false, done, vec![OpResult::Lease(r)])
+                    }
+                    // Never here (`apply` handles them itself).
+                    Op::Barrier { .. } | Op::LeaseExpire { .. } | Op::LeaseCheckpoint { .. } => {
+                        (false, true, Vec::new())
+                    }
+                })
+            })?;
         let outcome = Outcome {
             config_id: at.config_id,
             index: at.index,
@@ -375,6 +456,27 @@ impl StateMachine {
             self.meta.horizon_ms = self.meta.horizon_ms.max(ts);
         }
     }
+}
+
+/// A client's lease operation. A grant or keepalive changes no key, so no revision.
+fn execute_lease(ex: &mut txn::Executor, op: &LeaseOp) -> Result<LeaseResult, StoreError> {
+    Ok(match *op {
+        LeaseOp::Grant { id, ttl_ms } => {
+            if ex.leases.grant(ex.db, ex.batch, id, ttl_ms) {
+                LeaseResult::Granted { id, ttl_ms }
+            } else {
+                LeaseResult::Exists { id }
+            }
+        }
+        LeaseOp::KeepAlive { id } => match ex.leases.renew(ex.db, ex.batch, id) {
+            Some(rec) => LeaseResult::Renewed {
+                id,
+                ttl_ms: rec.ttl_ms,
+            },
+            None => LeaseResult::NotFound { id },
+        },
+        LeaseOp::Revoke { id } => ex.end_lease(id)?,
+    })
 }
 
 #[cfg(test)]
@@ -475,6 +577,100 @@ mod tests {
         ));
         // Everything older than the TTL is gone.
         assert_eq!(sm.dedup_len(), 1);
+    }
+
+    fn lease_op(client: u64, seq: u64, op: LeaseOp) -> Op {
+        Op::Lease {
+            req: ReqId {
+                client,
+                seq,
+                ts_ms: 1000 + seq,
+            },
+            op,
+        }
+    }
+
+    fn leased_put(seq: u64, k: &str, lease: u64) -> Op {
+        Op::PutLeased {
+            req: ReqId {
+                client: 5,
+                seq,
+                ts_ms: 1000 + seq,
+            },
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease,
+        }
+    }
+
+    fn lease_result(a: &Applied) -> LeaseResult {
+        match a {
+            Applied::Write {
+                results: Some(r), ..
+            } => match r.as_slice() {
+                [OpResult::Lease(l)] => *l,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Keys go with their lease in one revision; a stale expiry (the lease was renewed since)
+    /// and a put naming a missing lease change nothing.
+    #[test]
+    fn leases_end_with_their_keys_and_stale_expiries_do_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 60_000, 100);
+        let grant = LeaseOp::Grant {
+            id: 7,
+            ttl_ms: 5000,
+        };
+        let r = apply_ops(&mut sm, vec![lease_op(9, 1, grant)]).unwrap();
+        assert_eq!(
+            lease_result(&r[0]),
+            LeaseResult::Granted {
+                id: 7,
+                ttl_ms: 5000
+            }
+        );
+        let r = apply_ops(&mut sm, vec![lease_op(9, 2, grant)]).unwrap();
+        assert_eq!(lease_result(&r[0]), LeaseResult::Exists { id: 7 });
+        // A grant changes no key: no revision.
+        assert_eq!(sm.meta().revision, 0);
+        // Attached and put in the same batch as the missing-lease put, which writes nothing.
+        let r = apply_ops(
+            &mut sm,
+            vec![
+                leased_put(1, "a", 7),
+                leased_put(2, "b", 7),
+                leased_put(3, "c", 8),
+                put(6, 1, 1010, "d", "plain"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(lease_result(&r[2]), LeaseResult::NotFound { id: 8 });
+        assert_eq!(sm.get(b"c").unwrap(), None);
+        assert_eq!(
+            sm.lease_keys(7).unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+        let rev = sm.meta().revision;
+        // Renewed (renewals 1): the leader's expiry that saw renewals 0 is stale.
+        apply_ops(&mut sm, vec![lease_op(9, 3, LeaseOp::KeepAlive { id: 7 })]).unwrap();
+        apply_ops(&mut sm, vec![Op::LeaseExpire { id: 7, renewals: 0 }]).unwrap();
+        assert!(sm.get(b"a").unwrap().is_some());
+        assert_eq!(sm.meta().revision, rev);
+        // b moves off the lease; the current expiry takes a alone, in one revision.
+        apply_ops(&mut sm, vec![put(6, 2, 1011, "b", "mine")]).unwrap();
+        apply_ops(&mut sm, vec![Op::LeaseExpire { id: 7, renewals: 1 }]).unwrap();
+        assert_eq!(sm.get(b"a").unwrap(), None);
+        assert_eq!(sm.get(b"b").unwrap().unwrap(), b"mine");
+        assert_eq!(sm.meta().revision, rev + 2);
+        assert!(sm.leases().is_empty());
+        let changes = sm.take_lease_changes();
+        assert!(matches!(changes.last(), Some(LeaseChange::Gone { id: 7 })));
+        let r = apply_ops(&mut sm, vec![lease_op(9, 4, LeaseOp::Revoke { id: 7 })]).unwrap();
+        assert_eq!(lease_result(&r[0]), LeaseResult::NotFound { id: 7 });
     }
 
     #[test]

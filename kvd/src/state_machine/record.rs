@@ -1,8 +1,11 @@
 //! What the `kv` column family stores per key (the value with its revisions), and the one-time
 //! upgrade of a store written before revisions existed.
 //!
-//! Store format 2 (this one): `meta/format` = 2; `kv` values are encoded `KvRecord`s; `meta/sm`
-//! is the `SmMeta` with its revision; dedup records carry the outcome with its revision.
+//! Store format 3 (this one): `meta/format` = 3; `kv` values are encoded `KvRecord`s with their
+//! lease; `meta/sm` is the `SmMeta` with its revision; dedup records carry the outcome with its
+//! revision; the `lease` column family holds the leases.
+//! Format 2: `KvRecord`s had no lease. Upgraded when opened, in one synced batch: every record
+//! gets lease 0 (none).
 //! Format 1 (no `meta/format` key): `kv` values were the raw values, and `meta/sm` and the
 //! dedup records had no revision. Such a store is upgraded when it is opened, in one synced
 //! batch: every key becomes a record created and last modified at revision 1 with version 1
@@ -19,7 +22,7 @@ use tracing::info;
 
 pub(super) const META_SM: &[u8] = b"sm";
 const META_FORMAT: &[u8] = b"format";
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 /// The revision a format-1 store's keys get when it is upgraded.
 pub const UPGRADE_REVISION: u64 = 1;
 
@@ -31,6 +34,17 @@ pub struct KvRecord {
     /// Puts since the key was (last) created: 1 after the first.
     pub version: u64,
     pub value: Vec<u8>,
+    /// The lease the key is attached to (0: none); it is deleted when the lease ends.
+    pub lease: u64,
+}
+
+/// Format 2's record (no lease).
+#[derive(Deserialize)]
+struct KvRecordV2 {
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+    value: Vec<u8>,
 }
 
 impl KvRecord {
@@ -48,6 +62,7 @@ impl KvRecord {
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
             version: self.version,
+            lease: self.lease,
         }
     }
 }
@@ -61,6 +76,8 @@ pub struct KeyValue {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub version: u64,
+    /// 0: none.
+    pub lease: u64,
 }
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -100,6 +117,15 @@ pub(super) fn load_meta(db: &Db) -> Result<SmMeta, StoreError> {
     match (format, sm) {
         (Some(FORMAT), Some(b)) => decode(&b).map_err(|e| corrupt("state machine meta", e)),
         (Some(FORMAT), None) => Ok(SmMeta::default()),
+        (Some(2), Some(b)) => {
+            let meta = decode(&b).map_err(|e| corrupt("state machine meta", e))?;
+            upgrade_from_v2(db)?;
+            Ok(meta)
+        }
+        (Some(2), None) => {
+            upgrade_from_v2(db)?;
+            Ok(SmMeta::default())
+        }
         (Some(other), _) => Err(StoreError::Corrupt {
             what: "store format",
             detail: format!("format {other} is not one this kvd reads (it reads {FORMAT})"),
@@ -114,6 +140,31 @@ pub(super) fn load_meta(db: &Db) -> Result<SmMeta, StoreError> {
     }
 }
 
+fn upgrade_from_v2(db: &Db) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    let mut keys = 0u64;
+    for item in db.raw().iterator_cf(db.cf(CF_KV), IteratorMode::Start) {
+        let (k, v) = item?;
+        let old: KvRecordV2 = decode(&v).map_err(|e| corrupt("format-2 kv record", e))?;
+        let record = KvRecord {
+            create_revision: old.create_revision,
+            mod_revision: old.mod_revision,
+            version: old.version,
+            value: old.value,
+            lease: 0,
+        };
+        batch.put_cf(db.cf(CF_KV), &k, encode(&record));
+        keys += 1;
+    }
+    batch.put_cf(db.cf(CF_META), META_FORMAT, encode(&FORMAT));
+    db.write_synced(batch)?;
+    info!(
+        keys,
+        "upgraded a store written before leases (format 2) to format 3"
+    );
+    Ok(())
+}
+
 fn upgrade_from_v1(db: &Db, meta_bytes: &[u8]) -> Result<SmMeta, StoreError> {
     let old: SmMetaV1 = decode(meta_bytes).map_err(|e| corrupt("format-1 meta", e))?;
     let mut batch = WriteBatch::default();
@@ -125,6 +176,7 @@ fn upgrade_from_v1(db: &Db, meta_bytes: &[u8]) -> Result<SmMeta, StoreError> {
             mod_revision: UPGRADE_REVISION,
             version: 1,
             value: v.to_vec(),
+            lease: 0,
         };
         batch.put_cf(db.cf(CF_KV), &k, encode(&record));
         keys += 1;
@@ -158,7 +210,7 @@ fn upgrade_from_v1(db: &Db, meta_bytes: &[u8]) -> Result<SmMeta, StoreError> {
     db.write_synced(batch)?;
     info!(
         keys,
-        revision, "upgraded a store written before revisions (format 1) to format 2"
+        revision, "upgraded a store written before revisions (format 1) to format 3"
     );
     Ok(meta)
 }
@@ -226,7 +278,8 @@ mod tests {
                 create_revision: 1,
                 mod_revision: 1,
                 version: 1,
-                value: b"22".to_vec()
+                value: b"22".to_vec(),
+                lease: 0,
             }
         );
         let d: DedupRecord = decode(
@@ -237,10 +290,52 @@ mod tests {
         .unwrap();
         assert_eq!(d.outcome.index, 6);
         assert_eq!(d.outcome.revision, 1);
-        // Opened again: format 2, nothing rewritten.
+        // Opened again: format 3, nothing rewritten.
         assert_eq!(load_meta(&db).unwrap(), m);
         let again = KvRecord::decode(&db.get(CF_KV, b"a").unwrap().unwrap()).unwrap();
         assert_eq!(again.value, b"1");
+    }
+
+    /// A store written before leases opens with every key unleased, counters kept.
+    #[test]
+    fn a_format_2_store_is_upgraded_once() {
+        #[derive(Serialize)]
+        struct KvRecordV2Out {
+            create_revision: u64,
+            mod_revision: u64,
+            version: u64,
+            value: Vec<u8>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        let old = KvRecordV2Out {
+            create_revision: 3,
+            mod_revision: 5,
+            version: 2,
+            value: b"v".to_vec(),
+        };
+        b.put_cf(db.cf(CF_KV), b"a", encode(&old));
+        let meta = SmMeta {
+            revision: 5,
+            keys: 1,
+            ..SmMeta::default()
+        };
+        b.put_cf(db.cf(CF_META), META_SM, encode(&meta));
+        b.put_cf(db.cf(CF_META), META_FORMAT, encode(&2u32));
+        db.write_synced(b).unwrap();
+        assert_eq!(load_meta(&db).unwrap(), meta);
+        let rec = KvRecord::decode(&db.get(CF_KV, b"a").unwrap().unwrap()).unwrap();
+        assert_eq!(
+            (
+                rec.create_revision,
+                rec.mod_revision,
+                rec.version,
+                rec.lease
+            ),
+            (3, 5, 2, 0)
+        );
+        assert_eq!(load_meta(&db).unwrap(), meta);
     }
 
     #[test]
@@ -249,9 +344,9 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         assert_eq!(load_meta(&db).unwrap().revision, 0);
         let mut b = WriteBatch::default();
-        b.put_cf(db.cf(CF_META), META_FORMAT, encode(&3u32));
+        b.put_cf(db.cf(CF_META), META_FORMAT, encode(&4u32));
         db.write_synced(b).unwrap();
         let e = load_meta(&db).unwrap_err().to_string();
-        assert!(e.contains("format 3"), "{e}");
+        assert!(e.contains("format 4"), "{e}");
     }
 }

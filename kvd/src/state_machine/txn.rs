@@ -4,6 +4,7 @@
 //! written (etcd's rule: a failed compare or a delete of nothing does not raise it).
 
 use super::history::{Event, EventKind};
+use super::lease::Leases;
 use super::record::{KeyValue, KvRecord};
 use super::view::{Overlay, RangeResult};
 use crate::codec::encode;
@@ -25,6 +26,33 @@ pub enum OpResult {
         prev: Vec<KeyValue>,
     },
     Get(RangeResult),
+    /// A lease operation, or a put naming a lease that does not exist (nothing was written).
+    Lease(LeaseResult),
+}
+
+/// What a lease operation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseResult {
+    Granted {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// The id is taken: nothing changed.
+    Exists {
+        id: u64,
+    },
+    Renewed {
+        id: u64,
+        ttl_ms: u64,
+    },
+    /// Revoked (or expired): its keys were deleted.
+    Ended {
+        id: u64,
+        deleted: u64,
+    },
+    NotFound {
+        id: u64,
+    },
 }
 
 /// Applies writes of one client operation to `overlay` and `batch` under `revision`.
@@ -42,10 +70,18 @@ pub struct Executor<'a> {
     pub answering: bool,
     /// The changes made, for the history.
     pub events: &'a mut Vec<Event>,
+    pub leases: &'a mut Leases,
 }
 
 impl Executor<'_> {
-    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+    /// Puts `key` attached to `lease` (0: none), which the caller made sure exists; the key
+    /// leaves the lease it had, if another.
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        lease: u64,
+    ) -> Result<Option<KeyValue>, StoreError> {
         let old = self.overlay.get(self.db, key)?;
         let record = match &old {
             Some(o) => {
@@ -55,6 +91,7 @@ impl Executor<'_> {
                     mod_revision: self.revision,
                     version: o.version + 1,
                     value: value.to_vec(),
+                    lease,
                 }
             }
             None => {
@@ -64,9 +101,19 @@ impl Executor<'_> {
                     mod_revision: self.revision,
                     version: 1,
                     value: value.to_vec(),
+                    lease,
                 }
             }
         };
+        let old_lease = old.as_ref().map_or(0, |o| o.lease);
+        if old_lease != lease {
+            if old_lease != 0 {
+                self.leases.detach(self.db, self.batch, old_lease, key);
+            }
+            if lease != 0 {
+                self.leases.attach(self.db, self.batch, lease, key);
+            }
+        }
         self.meta.hash ^= pair_hash(key, value);
         self.batch.put_cf(self.db.cf(CF_KV), key, encode(&record));
         self.events.push(Event {
@@ -94,6 +141,9 @@ impl Executor<'_> {
             self.meta.hash ^= pair_hash(&kv.key, &kv.value);
             self.meta.keys -= 1;
             self.batch.delete_cf(self.db.cf(CF_KV), &kv.key);
+            if kv.lease != 0 {
+                self.leases.detach(self.db, self.batch, kv.lease, &kv.key);
+            }
             self.overlay.set(kv.key.clone(), None);
             self.events.push(Event {
                 kind: EventKind::Delete,
@@ -143,13 +193,37 @@ impl Executor<'_> {
         })
     }
 
+    /// A lease that a put of `ops` names but that does not exist (the branch must then not
+    /// run: etcd fails the whole request).
+    pub fn missing_lease(&self, ops: &[TxnOp]) -> Option<u64> {
+        ops.iter().find_map(|op| match op {
+            TxnOp::PutLeased { lease, .. } if self.leases.get(*lease).is_none() => Some(*lease),
+            _ => None,
+        })
+    }
+
+    /// Ends lease `id` (revoked or expired): deletes its keys under this revision.
+    pub fn end_lease(&mut self, id: u64) -> Result<LeaseResult, StoreError> {
+        let Some(keys) = self.leases.end(self.db, self.batch, id)? else {
+            return Ok(LeaseResult::NotFound { id });
+        };
+        let mut deleted = 0;
+        for key in keys {
+            deleted += self.delete(&KeyRange::Key(key))?.len() as u64;
+        }
+        Ok(LeaseResult::Ended { id, deleted })
+    }
+
     /// Runs one branch of a transaction in order (a read sees the writes before it).
     pub fn run(&mut self, ops: &[TxnOp]) -> Result<Vec<OpResult>, StoreError> {
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
                 TxnOp::Put { key, value } => OpResult::Put {
-                    prev: self.put(key, value)?,
+                    prev: self.put(key, value, 0)?,
+                },
+                TxnOp::PutLeased { key, value, lease } => OpResult::Put {
+                    prev: self.put(key, value, *lease)?,
                 },
                 TxnOp::Delete { range } => OpResult::Delete {
                     prev: self.delete(range)?,

@@ -153,6 +153,7 @@ impl Overlay {
                 create_revision: r.create_revision,
                 mod_revision: r.mod_revision,
                 version: r.version,
+                lease: r.lease,
             });
             full = (opts.limit > 0 && out.kvs.len() as u64 >= opts.limit) || bytes >= PAGE_BYTES;
             true

@@ -277,6 +277,7 @@ fn cas_request(key: &[u8], expect: Option<&[u8]>, value: &[u8], by_exists: bool)
             key: key.into(),
             value: value.into(),
             prev: false,
+            lease: 0,
         })],
         failure: vec![],
     }

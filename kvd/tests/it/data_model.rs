@@ -15,6 +15,7 @@ fn put_op(k: &str, v: &str) -> TxnOp {
         key: k.into(),
         value: v.into(),
         prev: false,
+        lease: 0,
     })
 }
 

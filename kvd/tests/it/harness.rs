@@ -246,6 +246,23 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, as a rolling restart stops a replica, and waits (at most `within`) for the
+    /// process to exit; returns how long that took.
+    pub async fn terminate(&mut self, pid: u64, within: Duration) -> Duration {
+        let started = Instant::now();
+        self.signal(pid, "-TERM");
+        let deadline = started + within;
+        while !self.exited(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {pid} still running {within:?} after SIGTERM\n{}",
+                self.dump_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        started.elapsed()
+    }
+
     /// SIGSTOP (`resume` sends SIGCONT): the process keeps its sockets but answers nothing.
     pub fn pause(&self, pid: u64) {
         self.signal(pid, "-STOP");

@@ -18,14 +18,14 @@ fn outcome(o: &Output) -> (Option<i32>, String, String) {
     )
 }
 
-/// A kvctl running in the background (a watch); its stdout arrives line by line.
-struct Background {
-    child: Child,
+/// A kvctl running in the background (a watch, a lock); its stdout arrives line by line.
+pub(crate) struct Background {
+    pub(crate) child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Background {
-    fn spawn(endpoints: &str, args: &[&str]) -> Background {
+    pub(crate) fn spawn(endpoints: &str, args: &[&str]) -> Background {
         let mut child = Command::new(kvctl_bin())
             .env("KVCTL_ENDPOINTS", endpoints)
             .args(args)
@@ -48,12 +48,12 @@ impl Background {
     }
 
     /// The next stdout line, or None if none came `within`.
-    fn line(&self, within: Duration) -> Option<String> {
+    pub(crate) fn line(&self, within: Duration) -> Option<String> {
         self.lines.recv_timeout(within).ok()
     }
 
     /// Waits for the process to exit on its own; its exit code and stderr.
-    fn finish(mut self, within: Duration) -> (Option<i32>, String) {
+    pub(crate) fn finish(mut self, within: Duration) -> (Option<i32>, String) {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

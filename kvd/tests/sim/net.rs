@@ -91,6 +91,10 @@ impl Msg {
                 holds_state,
             } => format!("NewConfigAck c{config_id} holds={holds_state}"),
             PeerFrame::Hello(_) => "Hello".into(),
+            PeerFrame::TakeLeadership { accepted_idx, .. } => {
+                format!("TakeLeadership at {accepted_idx}")
+            }
+            PeerFrame::LeadershipRefused { reason, .. } => format!("LeadershipRefused: {reason}"),
         };
         let c = self.config().map_or(String::new(), |c| format!(" c{c}"));
         format!("{}->{}{c} {what}", self.from, self.to)

@@ -1448,6 +1448,8 @@ impl World {
                         mod_revision: e.revision,
                         version: e.version,
                         value: e.value.clone(),
+                        // The simulated clients use no leases.
+                        lease: 0,
                     }),
                     EventKind::Delete => None,
                 };

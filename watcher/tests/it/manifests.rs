@@ -119,3 +119,38 @@ fn statefulset_cannot_deadlock_a_scale_up_and_sets_real_flags() {
     let pdb = of_kind("pdb.yaml", "PodDisruptionBudget");
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
 }
+
+/// A rolling update SIGTERMs each kvd: the grace period must cover the leader hand-off and
+/// the in-flight requests after it (kvd's defaults unless the manifest sets them), and no
+/// preStop hook may delay the signal that starts the hand-off.
+#[test]
+fn statefulset_gives_the_sigterm_hand_off_time() {
+    let sts = of_kind("statefulset.yaml", "StatefulSet");
+    let pod = &sts["spec"]["template"]["spec"];
+    let kvd = pod["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kvd")
+        .unwrap();
+    let env_ms = |name: &str, default: u64| {
+        kvd["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map_or(default, |v| v["value"].as_str().unwrap().parse().unwrap())
+    };
+    let handoff_ms = env_ms("KVD_HANDOFF_TIMEOUT_MS", 2_000);
+    let request_ms = env_ms("KVD_REQUEST_TIMEOUT_MS", 5_000);
+    assert!(handoff_ms > 0, "the hand-off is on");
+    let grace_s = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace_s * 1000 >= 2 * (handoff_ms + request_ms),
+        "grace period {grace_s} s is not twice hand-off {handoff_ms} ms + requests {request_ms} ms"
+    );
+    assert!(
+        kvd["lifecycle"]["preStop"].is_null(),
+        "a preStop hook delays the SIGTERM that starts the hand-off"
+    );
+}
