@@ -496,7 +496,7 @@ fn reconfiguration_guards() {
 }
 
 /// Steps until `f` holds (at most `max` steps).
-fn step_until(c: &mut Cluster, max: usize, what: &str, f: impl Fn(&Cluster) -> bool) {
+fn run_until(c: &mut Cluster, max: usize, what: &str, f: impl Fn(&Cluster) -> bool) {
     for _ in 0..max {
         if f(c) {
             return;
@@ -570,14 +570,14 @@ fn a_standalone_replica_grows_and_holds_writes_until_a_majority_has_the_state() 
     assert_eq!(read.result.kvs.len(), 1);
     // The joiners take the state; once one acknowledges it, the write goes ahead.
     c.release_checkpoints();
-    step_until(&mut c, 300, "the held write answered", |c| {
+    run_until(&mut c, 300, "the held write answered", |c| {
         c.replicas[&1].local_value(b"during").is_some()
     });
     c.step();
     assert!(matches!(answer(&mut w), Some(Ok(_))));
     let mut all = keys.clone();
     all.push("during".into());
-    step_until(&mut c, 300, "converged", |c| grown_and_converged(c, &all));
+    run_until(&mut c, 300, "converged", |c| grown_and_converged(c, &all));
     // The dedup records came along: a retry of a write from before the growth, on a
     // joiner, is answered from its record (applied in configuration 1), not applied again.
     let revision = c.replicas[&2].state().revision;
@@ -613,7 +613,7 @@ fn growth_survives_restarts_of_the_single_replica_and_of_a_joiner() {
         1,
         "the switch was not persisted"
     );
-    step_until(&mut c, 50, "the growth finished after the restart", |c| {
+    run_until(&mut c, 50, "the growth finished after the restart", |c| {
         c.replicas[&1].meta().config_id == 2
     });
     assert_eq!(c.leader(), 1);
@@ -631,7 +631,7 @@ fn growth_survives_restarts_of_the_single_replica_and_of_a_joiner() {
         "a write went ahead of the state after a restart"
     );
     c.release_checkpoints();
-    step_until(&mut c, 300, "joiners serving", |c| {
+    run_until(&mut c, 300, "joiners serving", |c| {
         c.replicas
             .values()
             .all(|r| r.meta().lifecycle == Lifecycle::Serving)
@@ -639,15 +639,15 @@ fn growth_survives_restarts_of_the_single_replica_and_of_a_joiner() {
     // A joiner holding the state restarts.
     c.crash(3);
     c.start_replica(3, None);
-    step_until(&mut c, 300, "the held write answered", |c| {
+    run_until(&mut c, 300, "the held write answered", |c| {
         c.replicas[&1].local_value(b"after-restart").is_some()
     });
     c.step();
     assert!(matches!(answer(&mut w), Some(Ok(_))));
     keys.push("after-restart".into());
-    step_until(&mut c, 300, "converged", |c| grown_and_converged(c, &keys));
+    run_until(&mut c, 300, "converged", |c| grown_and_converged(c, &keys));
     let mut w = c.put(3, "on-a-joiner", (3, 1));
-    step_until(&mut c, 100, "written through a joiner", |c| {
+    run_until(&mut c, 100, "written through a joiner", |c| {
         c.replicas
             .values()
             .all(|r| r.local_value(b"on-a-joiner").is_some())
