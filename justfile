@@ -46,6 +46,10 @@ kill N:
 add-node N: build
     ./scripts/local-cluster.sh add {{N}}
 
+# Grow the local single server (Demo 0: OMNIKV_NODES=1 just up) into replicas 1..N (Demo 1); they take its state.
+grow N="3": build
+    ./scripts/local-cluster.sh grow {{N}}
+
 # Reconfigure replica N out of the local cluster, then stop it (its data dir is kept).
 remove-node N:
     ./scripts/local-cluster.sh remove {{N}}
@@ -103,9 +107,13 @@ lint:
 image:
     ./scripts/image.sh
 
-# Start the compose cluster: s1-s3 and client (VARIANT: cluster, single = Demo 0, snapshot = Demo 2).
+# Start the compose cluster: s1-s3 and client (VARIANT: cluster, single = Demo 0, snapshot = Demo 2, grow = Demo 0 grown).
 compose-up VARIANT="cluster":
     ./scripts/docker-compose.sh up {{VARIANT}}
+
+# Demo 0 -> Demo 1 on compose: start s2, s3 empty next to the single server (compose-up single) and grow it into s1-s3.
+compose-grow:
+    ./scripts/docker-compose.sh grow
 
 # Stop and remove the compose containers; the volumes (data) are kept.
 compose-down:

@@ -3,10 +3,11 @@
 # Replica N: client 127.0.0.1:800N (as in the seed), peers 127.0.0.1:700N,
 # data in $OMNIKV_HOME/data-N, log in $OMNIKV_HOME/kvd-N.log, pid in $OMNIKV_HOME/kvd-N.pid.
 # The member list lives in $OMNIKV_HOME/nodes (OMNIKV_NODES, default 1,2,3, seeds it);
-# `add N` / `remove N` change it with `kvctl reconfigure`.
+# `add N` / `remove N` change it with `kvctl reconfigure`; `grow [N]` turns a single server
+# (Demo 0, OMNIKV_NODES=1) into replicas 1..N (default 3) in one change (Demo 1).
 set -euo pipefail
 
-cmd=${1:?usage: local-cluster.sh up|down|clean|status|kill N|start N|add N|remove N}
+cmd=${1:?usage: local-cluster.sh up|down|clean|status|kill N|start N|add N|remove N|grow [N]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 home=${OMNIKV_HOME:-$root/.omnikv}
 bin=${OMNIKV_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug}
@@ -62,17 +63,22 @@ ready() {
     [ "$(grep -oE '"leader":[0-9]+' <<<"$j" | sort -u | wc -l)" -eq 1 ]
 }
 
+# wait_serving SECS: until every member is ready (or fail after SECS), then print status.
+wait_serving() {
+  local deadline=$((SECONDS + $1))
+  until ready; do
+    if [ $SECONDS -ge $deadline ]; then echo "not every replica serves after $1s; see $home/kvd-*.log" >&2; exit 1; fi
+    sleep 0.3
+  done
+  "$bin/kvctl" --endpoints "$(endpoints)" status --all
+}
+
 case "$cmd" in
   up)
     for p in ${nodes//,/ }; do start "$p"; done
     # Return once the cluster serves: every member ready (holds the state, knows a leader,
     # the same one). Status only: nothing is appended to the log (Demo 2 counts entries).
-    deadline=$((SECONDS + 60))
-    until ready; do
-      if [ $SECONDS -ge $deadline ]; then echo "cluster not serving after 60s; see $home/kvd-*.log" >&2; exit 1; fi
-      sleep 0.3
-    done
-    "$bin/kvctl" --endpoints "$(endpoints)" status --all
+    wait_serving 60
     ;;
   start) start "${2:?replica id}" ;;
   add)
@@ -99,6 +105,24 @@ case "$cmd" in
     if running "$p"; then kill -TERM "$(cat "$home/kvd-$p.pid")"; echo "kvd $p removed and stopped (data kept in $home/data-$p)"; fi
     nodes=$rest
     "$bin/kvctl" --endpoints "$(endpoints)" status --all
+    ;;
+  grow)
+    size=${2:-3}
+    case "$nodes" in *,*) echo "grow turns a single server into a cluster; the members are $nodes (use add)" >&2; exit 2 ;; esac
+    target=$(seq -s, 1 "$size")
+    case ",$target," in *",$nodes,"*) ;; *) echo "replica $nodes must be among 1..$size" >&2; exit 2 ;; esac
+    "$0" up >/dev/null # the single server, if it is not running
+    peer_args=()
+    for p in ${target//,/ }; do
+      [ "$p" = "$nodes" ] && continue
+      start "$p" # empty: a joiner (CONFIG_ID=2) until told the configuration
+      peer_args+=(--peer "$p=127.0.0.1:$((7000 + p))")
+    done
+    "$bin/kvctl" --endpoints "$(endpoints)" --timeout 30s reconfigure --nodes "$target" "${peer_args[@]}"
+    echo "$target" >"$home/nodes"
+    nodes=$target
+    # The new replicas take the state by checkpoint; writes wait until a majority holds it.
+    wait_serving 120
     ;;
   status) "$bin/kvctl" --endpoints "$(endpoints)" status --all ;;
   kill)

@@ -189,10 +189,34 @@ pub fn majority_holds(members: &[u64], acked: usize) -> bool {
     acked >= majority(members.len())
 }
 
+/// Most members a single server grows to in one change (see [`check_change`]).
+pub const MAX_GROWTH: usize = 3;
+
+/// True when a change from `current` grows a single server (standalone) into a cluster.
+pub fn grows_from_one(current: &[u64]) -> bool {
+    current.len() == 1
+}
+
 /// The guards a change from `current` to the member list `next` must pass before anything is
 /// proposed: valid, distinct pids; at least two members; a different set; and the members
 /// kept (which hold the state) a majority of both configurations, so that any quorum of
 /// either intersects them. The message says what to do instead.
+///
+/// **Growing from one member** (`current` is a single server) is the one exception to the
+/// majority rule: the kept set {1} is not a majority of {1,2,3}. Such a change must keep
+/// that member (the only one holding the state) and go to at most [`MAX_GROWTH`] members.
+/// What makes it safe, as kvd keeps it:
+/// - the old configuration is closed by its only member: the StopSign is decided when it is
+///   stored, before the switch, so nothing is ever decided in it afterwards;
+/// - no replica applies an entry of the new configuration on anything but the state at that
+///   StopSign: the kept member switches with it, every other member starts empty and takes it
+///   by checkpoint before it applies (or serves) anything;
+/// - **the grown configuration accepts no write until a majority of it holds that state**:
+///   until then its members hold client writes back (reads go on), so every write it
+///   acknowledges is decided by a majority of which, with a majority holding the state, any
+///   single lost disk leaves both the state and the entry on the others. With at most three
+///   members, a member that installed the state and the member it came from are that
+///   majority; the kept member learns it from the joiners' acknowledgements.
 pub fn check_change(current: &[u64], next: &[u64]) -> Result<(), String> {
     if next.contains(&0) {
         return Err("pid 0 is not a valid node id (pids start at 1)".into());
@@ -213,6 +237,21 @@ pub fn check_change(current: &[u64], next: &[u64]) -> Result<(), String> {
     now.sort_unstable();
     if sorted == now {
         return Err(format!("{next:?} are already the members"));
+    }
+    if let [single] = current {
+        if !next.contains(single) {
+            return Err(format!(
+                "{current:?} -> {next:?} leaves out replica {single}, the only one holding the \
+                 state: growing a single server must keep it"
+            ));
+        }
+        if next.len() > MAX_GROWTH {
+            return Err(format!(
+                "{current:?} -> {next:?}: a single server grows to at most {MAX_GROWTH} members \
+                 in one change (then add more in ordinary steps)"
+            ));
+        }
+        return Ok(());
     }
     let kept = next.iter().filter(|p| current.contains(p)).count();
     if kept < majority(current.len()) || kept < majority(next.len()) {
@@ -426,5 +465,28 @@ mod tests {
         assert!(check_change(&[1, 2, 3], &[0, 1, 2])
             .unwrap_err()
             .contains("pid 0"));
+    }
+
+    #[test]
+    fn a_single_server_grows_keeping_itself_to_at_most_three() {
+        assert!(check_change(&[1], &[1, 2, 3]).is_ok());
+        assert!(check_change(&[1], &[1, 2]).is_ok());
+        assert!(check_change(&[2], &[3, 2, 1]).is_ok());
+        // The kept member is not a majority of the new configuration: only growth may do it.
+        assert!(check_change(&[1, 2], &[1, 3, 4]).is_err());
+        assert_eq!(
+            check_change(&[1], &[2, 3]).unwrap_err(),
+            "[1] -> [2, 3] leaves out replica 1, the only one holding the state: growing a \
+             single server must keep it"
+        );
+        assert!(check_change(&[1], &[1, 2, 3, 4])
+            .unwrap_err()
+            .contains("at most 3 members"));
+        assert!(check_change(&[1], &[1]).unwrap_err().contains("two"));
+        assert!(check_change(&[1], &[1, 1, 2])
+            .unwrap_err()
+            .contains("duplicate"));
+        assert!(grows_from_one(&[1]));
+        assert!(!grows_from_one(&[1, 2]));
     }
 }

@@ -48,6 +48,22 @@ pub struct ClusterMeta {
 }
 
 impl ClusterMeta {
+    /// A new, empty replica `pid` that waits to be told its configuration (and its cluster).
+    pub fn joiner(pid: u64, storage_id: u64) -> ClusterMeta {
+        ClusterMeta {
+            cluster_id: 0,
+            storage_id,
+            pid,
+            genesis_config_id: 0,
+            genesis_members: vec![],
+            config_id: 0,
+            members: vec![],
+            addrs: Default::default(),
+            lifecycle: Lifecycle::Joining,
+            last_transition: None,
+        }
+    }
+
     pub fn load(db: &Db) -> Result<Option<ClusterMeta>, StoreError> {
         db.get(CF_META, META_CLUSTER)?
             .map(|b| {
@@ -103,7 +119,7 @@ pub fn stored_stopsign(db: &Db, config_id: u32) -> Result<Option<(StopSign, u64)
 }
 
 // The guards a configuration change must pass: one copy, which the watcher's planner shares.
-pub use omnikv_common::membership::{check_change, majority_holds};
+pub use omnikv_common::membership::{check_change, grows_from_one, majority_holds};
 
 #[cfg(test)]
 mod tests {

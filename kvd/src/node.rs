@@ -59,18 +59,7 @@ pub fn load_or_bootstrap(db: &Db, cfg: &Config) -> Result<ClusterMeta, NodeError
             "empty data dir and CONFIG_ID > 1: starting as a joiner; waiting for the members \
              to announce the configuration"
         );
-        ClusterMeta {
-            cluster_id: 0,
-            storage_id,
-            pid: cfg.pid,
-            genesis_config_id: 0,
-            genesis_members: vec![],
-            config_id: 0,
-            members: vec![],
-            addrs: Default::default(),
-            lifecycle: Lifecycle::Joining,
-            last_transition: None,
-        }
+        ClusterMeta::joiner(cfg.pid, storage_id)
     } else {
         if !cfg.nodes.0.contains(&cfg.pid) {
             return Err(NodeError::Config(format!(

@@ -2,6 +2,8 @@
 # The seed's demos on the compose cluster, automated (`just test-docker`, part of `just test`).
 #
 #   Demo 0     single server: put/get; docker kill; kvctl exits 3 with a clear message
+#   Growing    Demo 0 -> Demo 1: the single server with data grows into s1-s3 (compose grow);
+#              s2 and s3 serve its keys; kill s1: the majority serves
 #   Demo 1     fault tolerance: kill s1, the majority serves; pause s2: writes fail within the
 #              timeout, local reads from s3 answer; `put a 2` to s2 and `put a 3` to s3 stay
 #              pending; unpause: both OK, both in the same decided order on s2 and s3, and the
@@ -155,6 +157,23 @@ try kv --timeout 2s put a 2
 [[ "$err" == "error: unavailable: "* ]] || fail "unclear message: $err"
 [ "$took_ms" -lt 6000 ] || fail "put took ${took_ms}ms with a 2s timeout"
 say "  killed: exit 3 in ${took_ms}ms: $err"
+compose clean >/dev/null 2>&1
+
+# ------------------------------------------------------------------------------------------
+scenario "Growing the single server into three (Demo 0 -> Demo 1)"
+compose up single >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up single"; }
+for i in $(seq 1 20); do kv put "k$i" "v$i" >/dev/null || fail "put k$i"; done
+try compose grow
+[ "$rc" -eq 0 ] || fail "compose grow: exit $rc: $out $err"
+grep -F "OK: configuration 2, members 1,2,3" <<<"$out" >/dev/null || fail "compose grow printed: $out"
+expect v20 kv --node 3 --consistency local get k20
+expect v7 kv --node 2 get k7
+wait_for 20 "s1 and s3 at one state" same_state 1 3
+docker kill "$(ctr s1)" >/dev/null
+# The two new replicas are a majority: writes go on without the server they grew from.
+expect OK kv --timeout 10s put after grown
+expect grown kv --node 2 get after
+say "  grown; s1 killed; s2 and s3 serve"
 compose clean >/dev/null 2>&1
 
 # ------------------------------------------------------------------------------------------

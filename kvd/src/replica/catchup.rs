@@ -421,6 +421,7 @@ impl<P: Peers> Replica<P> {
                         config_id = self.meta.config_id,
                         "joined: holds the state and serves"
                     );
+                    self.tell_announcers_we_hold_the_state();
                 }
                 self.restart_catchup();
                 self.catchup_tick();

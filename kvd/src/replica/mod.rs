@@ -185,6 +185,9 @@ pub struct Replica<P: Peers> {
         Result<ReconfigureResult, ApiError>,
     )>,
     announcing: Option<Announcing>,
+    /// Serving a configuration grown from a single server that a majority of it is not yet
+    /// known to hold the state of: writes are held back (`check_change`'s growth rule).
+    growth_pending: bool,
     /// A change we were told of but cannot bridge yet (our log has not decided its StopSign).
     straggling: Option<(Transition, Instant)>,
     stragglers_told: BTreeMap<u64, Instant>,
@@ -332,6 +335,7 @@ impl<P: Peers> Replica<P> {
             reconfig: None,
             reconfig_replies: Vec::new(),
             announcing: None,
+            growth_pending: false,
             straggling: None,
             stragglers_told: BTreeMap::new(),
             announcers: BTreeSet::new(),
@@ -372,6 +376,7 @@ impl<P: Peers> Replica<P> {
             // Re-announce after a restart: members that hold the state answer at once.
             r.announce(t);
         }
+        r.growth_pending = r.serves_grown_configuration();
         r.last_decided = r.decided_idx();
         r.metrics.applied_idx.set(r.sm.applied().index as i64);
         r.metrics.revision.set(r.sm.meta().revision as i64);
@@ -583,6 +588,9 @@ impl<P: Peers> Replica<P> {
             }),
             Log::Local(s) => {
                 let other = |e: Box<dyn std::error::Error>| AppendError::Other(e.to_string());
+                if s.get_stopsign().map_err(other)?.is_some() {
+                    return Err(AppendError::Reconfiguring); // growing: closed (reconfig.rs)
+                }
                 s.append_entry(cmd).map_err(other)?;
                 let end = s.get_log_len().expect("cached") + s.get_compacted_idx().expect("cached");
                 s.set_decided_idx(end).map_err(other)

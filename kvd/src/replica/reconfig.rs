@@ -1,19 +1,23 @@
 //! Membership changes in the loop: a reconfigure request on the leader (guards, then a
 //! StopSign proposed until one is stored), the switch once storage shows the StopSign
 //! decided, announcements of the decided change to the new members, joining a configuration
-//! without state, stragglers, and retiring a removed replica.
+//! without state, stragglers, and retiring a removed replica. A standalone replica grows the
+//! same way: it stores (and so decides) its own StopSign, switches, and holds writes back
+//! until a majority of the grown configuration holds the state (`check_change`'s rule).
 
 use super::{build_log, unavailable, Log, Replica};
 use crate::codec::encode;
 use crate::frame::{Announcement, PeerFrame, Transition};
 use crate::inbox::Reply;
 use crate::membership::{
-    check_change, cluster_id, majority_holds, stored_stopsign, Lifecycle, StopSignMeta,
+    check_change, cluster_id, grows_from_one, majority_holds, stored_stopsign, Lifecycle,
+    StopSignMeta,
 };
 use crate::omnipaxos_workarounds::decided_stopsign;
 use crate::peers::Peers;
 use crate::state_machine::Position;
 use omnikv_common::api::{ApiError, ErrorCode, ReconfigureRequest, ReconfigureResult};
+use omnipaxos::storage::{StopSign, Storage, StorageOp};
 use omnipaxos::ClusterConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
@@ -65,14 +69,6 @@ impl<P: Peers> Replica<P> {
         reply: Reply<ReconfigureResult>,
     ) {
         let rejected = |m: String| Err(ApiError::new(ErrorCode::Rejected, m));
-        if matches!(self.log, Log::Local(_)) {
-            let _ = reply.send(rejected(
-                "this is a standalone (single-server) replica: growing it is not supported; \
-                 start a cluster of three instead"
-                    .into(),
-            ));
-            return;
-        }
         if self.meta.lifecycle != Lifecycle::Serving {
             let _ = reply.send(Err(unavailable(self.not_serving_message())));
             return;
@@ -247,13 +243,6 @@ impl<P: Peers> Replica<P> {
             r.proposed = true;
             return;
         }
-        let leader = match &self.log {
-            Log::Paxos(op) => op.get_current_leader().map(|(p, _)| p),
-            _ => None,
-        };
-        if leader != Some(self.cfg.pid) {
-            return; // leadership moved: wait (a new leader may still decide it) or time out
-        }
         let meta = StopSignMeta {
             addrs: r.addrs.clone(),
         };
@@ -262,6 +251,40 @@ impl<P: Peers> Replica<P> {
             nodes: r.nodes.clone(),
             flexible_quorum: None,
         };
+        if let Log::Local(store) = &mut self.log {
+            // A standalone replica is its configuration's only member: its StopSign is
+            // decided once stored (decided index one past the log, as a decided StopSign
+            // stands in storage). Nothing is appended after it; check_stopsign switches once
+            // every entry before it is applied, in this iteration or after a restart.
+            let end =
+                store.get_log_len().expect("cached") + store.get_compacted_idx().expect("cached");
+            let ss = StopSign {
+                next_config: config,
+                metadata: Some(encode(&meta)),
+            };
+            store
+                .write_atomically(vec![
+                    StorageOp::SetStopsign(Some(ss)),
+                    StorageOp::SetDecidedIndex(end + 1),
+                ])
+                .unwrap_or_else(|e| panic!("storing the standalone StopSign: {e}"));
+            // Synced at once, as membership records are: a restart from here on finishes
+            // the growth by itself.
+            self.db
+                .sync()
+                .unwrap_or_else(|e| panic!("syncing the standalone StopSign: {e}"));
+            r.proposed = true;
+            info!(config_id = next_id, members = ?r.nodes, end_idx = end,
+                  "standalone replica closes its configuration to grow");
+            return;
+        }
+        let leader = match &self.log {
+            Log::Paxos(op) => op.get_current_leader().map(|(p, _)| p),
+            _ => None,
+        };
+        if leader != Some(self.cfg.pid) {
+            return; // leadership moved: wait (a new leader may still decide it) or time out
+        }
         if let Log::Paxos(op) = &mut self.log {
             match op.reconfigure(config, Some(encode(&meta))) {
                 Ok(()) => {
@@ -276,16 +299,17 @@ impl<P: Peers> Replica<P> {
     /// After applying: a StopSign that storage shows decided, with every entry before it
     /// applied, switches this replica to the next configuration.
     pub(super) fn check_stopsign(&mut self) {
-        let Log::Paxos(op) = &self.log else {
-            return;
+        let (decided, reconfigured) = match &self.log {
+            Log::Paxos(op) => (op.get_decided_idx() as u64, op.is_reconfigured().is_some()),
+            // A standalone log stores its StopSign as decided (drive_reconfig).
+            Log::Local(s) => (s.get_decided_idx().expect("cached") as u64, true),
+            Log::None => return,
         };
         if self.catchup.is_some()
             || !matches!(self.meta.lifecycle, Lifecycle::Serving | Lifecycle::Joining)
         {
             return;
         }
-        let decided = op.get_decided_idx() as u64;
-        let reconfigured = op.is_reconfigured().is_some();
         let found = match decided_stopsign(&self.db, self.meta.config_id, decided) {
             Ok(Some(found)) => Some(found),
             Ok(None) if reconfigured => stored_stopsign(&self.db, self.meta.config_id)
@@ -370,6 +394,7 @@ impl<P: Peers> Replica<P> {
             self.meta.addrs.insert(p, a.clone());
         }
         self.ensure_links(&t.members);
+        let grown = grows_from_one(&self.meta.members);
         self.meta.last_transition = Some(t.clone());
         if t.members.contains(&self.cfg.pid) {
             self.meta.config_id = t.config_id;
@@ -395,6 +420,12 @@ impl<P: Peers> Replica<P> {
                 .unwrap_or_else(|e| panic!("starting configuration {}: {e}", t.config_id));
             self.watch_own_ballot();
             self.last_decided = 0;
+            self.growth_pending = grown;
+            if grown {
+                info!(config_id = t.config_id, members = ?t.members,
+                      "grown from a single server: writes wait until a majority of the new \
+                       configuration holds the state");
+            }
             self.retry_in_new_configuration();
         } else {
             self.meta.lifecycle = Lifecycle::Leaving;
@@ -459,11 +490,23 @@ impl<P: Peers> Replica<P> {
         let Some(a) = &mut self.announcing else {
             return;
         };
-        if a.transition.config_id != config_id || !holds_state {
+        if a.transition.config_id != config_id
+            || !holds_state
+            || !a.transition.members.contains(&from)
+        {
             return;
         }
         a.pending.remove(&from);
         a.holding.insert(from);
+        if self.growth_pending && majority_holds(&a.transition.members, a.holding.len()) {
+            self.growth_pending = false;
+            info!(config_id, holding = ?a.holding,
+                  "a majority of the grown configuration holds the state: writes go ahead");
+            self.retry_in_new_configuration();
+        }
+        let Some(a) = &mut self.announcing else {
+            return;
+        };
         if self.meta.lifecycle == Lifecycle::Leaving
             && majority_holds(&a.transition.members, a.holding.len())
         {
@@ -608,6 +651,35 @@ impl<P: Peers> Replica<P> {
         self.last_decided = 0;
         self.announcing = None;
         self.start_joining_catchup();
+    }
+
+    /// A joiner that just installed the state tells the replicas that announced the change
+    /// at once, rather than at their next announcement: a configuration grown from a single
+    /// server holds writes back until it hears this from enough members.
+    pub(super) fn tell_announcers_we_hold_the_state(&mut self) {
+        let config_id = self.meta.config_id;
+        for &p in &self.announcers {
+            self.peers.send(
+                p,
+                PeerFrame::NewConfigAck {
+                    config_id,
+                    holds_state: true,
+                },
+            );
+        }
+    }
+
+    /// True when this replica serves a configuration grown from a single server: its last
+    /// change left the genesis configuration, which had one member (every later
+    /// configuration has at least two). Such a replica holds writes back after a restart
+    /// until it hears again that a majority holds the state (`growth_pending`).
+    pub(super) fn serves_grown_configuration(&self) -> bool {
+        let m = &self.meta;
+        m.lifecycle == Lifecycle::Serving
+            && grows_from_one(&m.genesis_members)
+            && m.last_transition
+                .as_ref()
+                .is_some_and(|t| t.from_config == m.genesis_config_id && t.config_id == m.config_id)
     }
 
     /// Answers a frame of an older configuration: its sender missed a change.

@@ -303,6 +303,12 @@ impl<P: Peers> Replica<P> {
                 );
             }
         }
+        if self.growth_pending {
+            // Grown from a single server, the state not yet held by a majority: writes wait
+            // (pending, retried once it is); read barriers go ahead.
+            self.to_propose
+                .retain(|op| matches!(op, Op::Barrier { .. }));
+        }
         if self.to_propose.is_empty() {
             return;
         }

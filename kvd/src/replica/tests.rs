@@ -46,8 +46,31 @@ impl Peers for TestPeers {
         self.wire.borrow_mut().push_back((self.pid, to, frame));
         true
     }
-    fn stream_checkpoint(&mut self, _to: u64, _id: u64, _db: &Db) {}
+    /// Streams inline onto the wire, as the simulator does.
+    fn stream_checkpoint(&mut self, to: u64, id: u64, db: &Db) {
+        let sink = WireSink {
+            from: self.pid,
+            to,
+            wire: self.wire.clone(),
+        };
+        crate::checkpoint::stream(db, &sink, to, id, 64 * 1024);
+    }
     fn set_cluster_id(&mut self, _cluster_id: u64) {}
+}
+
+struct WireSink {
+    from: u64,
+    to: u64,
+    wire: Wire,
+}
+
+impl crate::checkpoint::ChunkSink for WireSink {
+    fn send_bulk(&self, frame: PeerFrame) -> bool {
+        self.wire
+            .borrow_mut()
+            .push_back((self.from, self.to, frame));
+        true
+    }
 }
 
 /// Replicas of one configuration, stepped together by the test.
@@ -59,6 +82,9 @@ struct Cluster {
     dirs: BTreeMap<u64, tempfile::TempDir>,
     wire: Wire,
     reachable: Rc<RefCell<BTreeSet<(u64, u64)>>>,
+    /// While true, checkpoint requests are held back (in `held`) instead of delivered.
+    hold_checkpoints: bool,
+    held: Vec<(u64, u64, PeerFrame)>,
 }
 
 fn loop_config(
@@ -113,6 +139,8 @@ impl Cluster {
             dirs: BTreeMap::new(),
             wire: Rc::default(),
             reachable: Rc::default(),
+            hold_checkpoints: false,
+            held: Vec::new(),
         };
         for &a in members {
             for &b in members {
@@ -125,7 +153,7 @@ impl Cluster {
             let dir = tempfile::tempdir().unwrap();
             let db = Db::open(dir.path()).unwrap();
             let meta = ClusterMeta {
-                cluster_id: 7,
+                cluster_id: crate::membership::cluster_id("test", 1, members),
                 storage_id: pid,
                 pid,
                 genesis_config_id: 1,
@@ -161,6 +189,29 @@ impl Cluster {
         self.metrics.insert(pid, metrics);
     }
 
+    /// Starts `pid` as a new, empty replica waiting to be told its configuration (kvd
+    /// started with CONFIG_ID > 1 on an empty data dir), reachable from everyone.
+    fn add_joiner(&mut self, pid: u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        ClusterMeta::joiner(pid, pid).save_synced(&db).unwrap();
+        drop(db);
+        self.dirs.insert(pid, dir);
+        for &other in self.dirs.keys() {
+            if other != pid {
+                self.reachable.borrow_mut().insert((pid, other));
+                self.reachable.borrow_mut().insert((other, pid));
+            }
+        }
+        self.start_replica(pid, None);
+    }
+
+    /// Delivers the checkpoint requests held back so far (and no longer holds them).
+    fn release_checkpoints(&mut self) {
+        self.hold_checkpoints = false;
+        self.wire.borrow_mut().extend(self.held.drain(..));
+    }
+
     fn crash(&mut self, pid: u64) {
         self.replicas.remove(&pid);
         self.wire
@@ -181,6 +232,10 @@ impl Cluster {
         let frames: Vec<_> = self.wire.borrow_mut().drain(..).collect();
         for (from, to, frame) in frames {
             if !self.reachable.borrow().contains(&(from, to)) {
+                continue;
+            }
+            if self.hold_checkpoints && matches!(frame, PeerFrame::CheckpointRequest { .. }) {
+                self.held.push((from, to, frame));
                 continue;
             }
             if let Some(r) = self.replicas.get_mut(&to) {
@@ -219,8 +274,13 @@ impl Cluster {
     }
 
     fn put(&mut self, pid: u64, key: &str, id: (u64, u64)) -> Rx<WriteAnswer> {
+        self.put_within(pid, key, id, 100)
+    }
+
+    /// A put whose client waits `ticks` ticks.
+    fn put_within(&mut self, pid: u64, key: &str, id: (u64, u64), ticks: u32) -> Rx<WriteAnswer> {
         let (reply, rx) = oneshot::channel();
-        let deadline = self.now + TICK * 100;
+        let deadline = self.now + TICK * ticks;
         self.client(
             pid,
             ClientRequest::Write {
@@ -435,15 +495,163 @@ fn reconfiguration_guards() {
     assert!(e.error.message.contains("reachable"), "{}", e.error.message);
 }
 
+/// Steps until `f` holds (at most `max` steps).
+fn run_until(c: &mut Cluster, max: usize, what: &str, f: impl Fn(&Cluster) -> bool) {
+    for _ in 0..max {
+        if f(c) {
+            return;
+        }
+        c.step();
+    }
+    panic!("{what}: not within {max} steps");
+}
+
+/// Every replica serves configuration 2 = {1,2,3} at one applied position, revision and
+/// state hash, with every key.
+fn grown_and_converged(c: &Cluster, keys: &[String]) -> bool {
+    let states: Vec<_> = c.replicas.values().map(|r| r.state()).collect();
+    c.replicas.values().all(|r| {
+        r.meta().lifecycle == Lifecycle::Serving
+            && r.meta().config_id == 2
+            && r.meta().members == [1, 2, 3]
+            && keys.iter().all(|k| r.local_value(k.as_bytes()).is_some())
+    }) && states.windows(2).all(|w| w[0] == w[1])
+}
+
+/// Puts `k1..=kn` on replica 1 (ids (1, i)), each answered before the next.
+fn put_keys(c: &mut Cluster, n: u64) -> Vec<String> {
+    let mut keys = Vec::new();
+    for i in 1..=n {
+        let key = format!("k{i}");
+        let mut w = c.put(1, &key, (1, i));
+        c.step();
+        assert!(matches!(answer(&mut w), Some(Ok(_))), "put {key}");
+        keys.push(key);
+    }
+    keys
+}
+
+/// A standalone replica grows into {1,2,3}: the joiners take its state (keys, revision,
+/// dedup records), and the grown configuration holds writes back (reads go on) until a
+/// majority of it holds the state.
 #[test]
-fn a_standalone_replica_refuses_to_grow() {
+fn a_standalone_replica_grows_and_holds_writes_until_a_majority_has_the_state() {
     let mut c = Cluster::new(&[1]);
     c.step();
-    let mut r = c.reconfigure(1, &[1, 2, 3], None);
+    let keys = put_keys(&mut c, 20);
+    // The guard: the only holder of the state must stay.
+    let mut r = c.reconfigure(1, &[2, 3], None);
     c.step();
-    assert_eq!(code(answer(&mut r)), ErrorCode::Rejected);
-    // It serves writes and reads on its own.
-    let mut w = c.put(1, "k", (1, 1));
+    let Some(Err(e)) = answer(&mut r) else {
+        panic!("growth without replica 1 not refused")
+    };
+    assert_eq!(e.error.code, ErrorCode::Rejected);
+    assert!(
+        e.error.message.contains("only one holding"),
+        "{:?}",
+        e.error
+    );
+    c.add_joiner(2);
+    c.add_joiner(3);
+    c.hold_checkpoints = true;
+    let mut r = c.reconfigure(1, &[1, 2, 3], None);
+    c.steps(2);
+    let grown = answer(&mut r).expect("answered").expect("grown");
+    assert_eq!((grown.config_id, grown.members), (2, vec![1, 2, 3]));
+    assert_eq!(c.leader(), 1, "the replica holding the state leads");
+    assert!(c.replicas[&2].meta().lifecycle == Lifecycle::Joining);
+    // Nobody else holds the state: a write waits, a read is answered.
+    let mut w = c.put_within(1, "during", (2, 1), 400);
+    let mut rd = c.read(1, "k7");
+    c.steps(60);
+    assert!(answer(&mut w).is_none(), "a write went ahead of the state");
+    assert!(c.replicas[&1].local_value(b"during").is_none());
+    let read = answer(&mut rd).expect("read answered").expect("read ok");
+    assert_eq!(read.result.kvs.len(), 1);
+    // The joiners take the state; once one acknowledges it, the write goes ahead.
+    c.release_checkpoints();
+    run_until(&mut c, 300, "the held write answered", |c| {
+        c.replicas[&1].local_value(b"during").is_some()
+    });
+    c.step();
+    assert!(matches!(answer(&mut w), Some(Ok(_))));
+    let mut all = keys.clone();
+    all.push("during".into());
+    run_until(&mut c, 300, "converged", |c| grown_and_converged(c, &all));
+    // The dedup records came along: a retry of a write from before the growth, on a
+    // joiner, is answered from its record (applied in configuration 1), not applied again.
+    let revision = c.replicas[&2].state().revision;
+    let mut retry = c.put(2, "k5", (1, 5));
+    c.steps(60);
+    let again = answer(&mut retry).expect("answered").expect("ok");
+    assert_eq!(again.outcome.config_id, 1, "{again:?}");
+    assert!(again.results.is_none(), "replayed: {again:?}");
+    assert_eq!(c.replicas[&2].state().revision, revision);
+}
+
+/// The standalone replica crashes mid-growth (its StopSign stored, the switch not yet
+/// persisted) and finishes the growth by itself on restart; then it restarts again while
+/// writes are held back, and a joiner restarts once it holds the state: no write is lost
+/// and all three converge.
+#[test]
+fn growth_survives_restarts_of_the_single_replica_and_of_a_joiner() {
+    let mut c = Cluster::new(&[1]);
+    c.step();
+    let mut keys = put_keys(&mut c, 10);
+    c.add_joiner(2);
+    c.add_joiner(3);
+    c.hold_checkpoints = true;
+    let _r = c.reconfigure(1, &[1, 2, 3], None);
+    crate::failpoint::unwind_at(Some("switch"));
+    let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.step())).is_err();
+    crate::failpoint::unwind_at(None);
+    assert!(crashed, "the switch was not reached");
+    c.crash(1);
+    c.start_replica(1, None);
+    assert_eq!(
+        c.replicas[&1].meta().config_id,
+        1,
+        "the switch was not persisted"
+    );
+    run_until(&mut c, 50, "the growth finished after the restart", |c| {
+        c.replicas[&1].meta().config_id == 2
+    });
+    assert_eq!(c.leader(), 1);
+    // Restarted while the write is held back: it holds writes back again.
+    let mut lost = c.put_within(1, "lost-with-the-crash", (2, 1), 400);
+    c.steps(20);
+    assert!(answer(&mut lost).is_none());
+    c.crash(1);
+    c.start_replica(1, None);
+    c.leader();
+    let mut w = c.put_within(1, "after-restart", (2, 2), 400);
+    c.steps(60);
+    assert!(
+        answer(&mut w).is_none(),
+        "a write went ahead of the state after a restart"
+    );
+    c.release_checkpoints();
+    run_until(&mut c, 300, "joiners serving", |c| {
+        c.replicas
+            .values()
+            .all(|r| r.meta().lifecycle == Lifecycle::Serving)
+    });
+    // A joiner holding the state restarts.
+    c.crash(3);
+    c.start_replica(3, None);
+    run_until(&mut c, 300, "the held write answered", |c| {
+        c.replicas[&1].local_value(b"after-restart").is_some()
+    });
+    c.step();
+    assert!(matches!(answer(&mut w), Some(Ok(_))));
+    keys.push("after-restart".into());
+    run_until(&mut c, 300, "converged", |c| grown_and_converged(c, &keys));
+    let mut w = c.put(3, "on-a-joiner", (3, 1));
+    run_until(&mut c, 100, "written through a joiner", |c| {
+        c.replicas
+            .values()
+            .all(|r| r.local_value(b"on-a-joiner").is_some())
+    });
     c.step();
     assert!(matches!(answer(&mut w), Some(Ok(_))));
 }

@@ -10,6 +10,7 @@ mod crash;
 mod data_model;
 mod disk_full;
 mod faults;
+mod growth;
 mod handoff;
 mod harness;
 mod histories;

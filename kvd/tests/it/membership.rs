@@ -16,12 +16,12 @@ fn keys_to_load() -> usize {
         .unwrap_or(100_000)
 }
 
-fn value_of(i: usize) -> Vec<u8> {
+pub(crate) fn value_of(i: usize) -> Vec<u8> {
     format!("{i:0>100}").into_bytes()
 }
 
 /// Puts `k{i}` = `value_of(i)` for i in 0..n, 128 at a time.
-async fn load(c: &Cluster, n: usize) {
+pub(crate) async fn load(c: &Cluster, n: usize) {
     let client = Arc::new(c.client(Duration::from_secs(20)));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tasks: Vec<_> = (0..128)
@@ -47,7 +47,7 @@ async fn load(c: &Cluster, n: usize) {
 }
 
 /// Reads every `k{i}` through `client` (128 at a time) and checks its value.
-async fn check_all(client: Client, n: usize, consistency: Consistency) {
+pub(crate) async fn check_all(client: Client, n: usize, consistency: Consistency) {
     let client = Arc::new(client);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tasks: Vec<_> = (0..128)
@@ -73,7 +73,7 @@ async fn check_all(client: Client, n: usize, consistency: Consistency) {
     }
 }
 
-async fn wait_status(
+pub(crate) async fn wait_status(
     c: &Cluster,
     pid: u64,
     within: Duration,
@@ -97,7 +97,7 @@ async fn wait_status(
     }
 }
 
-fn reconfigure(c: &Cluster, endpoints: &[u64], args: &[&str]) -> std::process::Output {
+pub(crate) fn reconfigure(c: &Cluster, endpoints: &[u64], args: &[&str]) -> std::process::Output {
     let eps: Vec<String> = endpoints.iter().map(|&p| c.endpoint(p)).collect();
     let mut all = vec!["--timeout", "20s", "reconfigure"];
     all.extend_from_slice(args);
@@ -192,7 +192,7 @@ async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
 
 /// What one writer saw: acknowledged and attempted writes.
 #[derive(Default, Debug)]
-struct WriterLog {
+pub(crate) struct WriterLog {
     acked_unique: Vec<usize>,
     last_acked_counter: usize,
     last_attempted_counter: usize,
@@ -225,9 +225,44 @@ fn writer(client: Client, w: usize, stop: Arc<AtomicBool>) -> tokio::task::JoinH
     })
 }
 
+/// `n` writers (`writer`) through `endpoints`, running until `stop`.
+pub(crate) struct Writers {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<WriterLog>>,
+}
+
+impl Writers {
+    pub(crate) fn start(endpoints: &[String], n: usize) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..n)
+            .map(|w| {
+                let client = Client::new(endpoints, Duration::from_secs(15)).unwrap();
+                writer(client, w, stop.clone())
+            })
+            .collect();
+        Writers { stop, tasks }
+    }
+
+    /// Stops the writers; what each saw.
+    pub(crate) async fn stop(self) -> Vec<WriterLog> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut logs = Vec::new();
+        for w in self.tasks {
+            logs.push(w.await.unwrap());
+        }
+        eprintln!(
+            "writers: {:?} writes acknowledged",
+            logs.iter()
+                .map(|l| l.acked_unique.len())
+                .collect::<Vec<_>>()
+        );
+        logs
+    }
+}
+
 /// Every acknowledged write is present; a counter never went back to an older value (a
 /// write applied twice would put an older value back after a newer one).
-async fn check_writers(client: &Client, logs: &[WriterLog]) {
+pub(crate) async fn check_writers(client: &Client, logs: &[WriterLog]) {
     for (w, log) in logs.iter().enumerate() {
         assert!(
             !log.acked_unique.is_empty(),
@@ -265,14 +300,8 @@ async fn writers_through_changes_and_removing_the_leader() {
         s.role == Role::Joining
     })
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
     let endpoints: Vec<String> = (1..=4).map(|p| c.endpoint(p)).collect();
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let client = Client::new(&endpoints, Duration::from_secs(15)).unwrap();
-            writer(client, w, stop.clone())
-        })
-        .collect();
+    let writers = Writers::start(&endpoints, 4);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 3 -> 4 under load.
@@ -308,17 +337,7 @@ async fn writers_through_changes_and_removing_the_leader() {
     .await;
     assert_eq!(s.leader, None, "a removed replica reports no leader");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut logs = Vec::new();
-    for w in writers {
-        logs.push(w.await.unwrap());
-    }
-    eprintln!(
-        "writers: {:?} writes acknowledged",
-        logs.iter()
-            .map(|l| l.acked_unique.len())
-            .collect::<Vec<_>>()
-    );
+    let logs = writers.stop().await;
     c.members = rest.clone();
     let new_leader = c.wait_leader(Duration::from_secs(10)).await;
     assert!(rest.contains(&new_leader));

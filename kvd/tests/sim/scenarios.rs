@@ -195,6 +195,41 @@ fn grow_replace_and_shrink_through_the_operator() {
     assert!(stats.removals_retired >= 2, "{stats:?}");
 }
 
+/// A standalone replica with data grows to three under client load: the two new replicas
+/// take its state by checkpoint. Its single replica loses power right after the switch,
+/// while writes are held back until a majority holds the state; restarted, it finishes the
+/// growth, and everything acknowledged survives (`settle` checks it).
+#[test]
+fn a_standalone_grows_to_three_and_loses_power_mid_growth() {
+    let mut p = quiet(10, 3);
+    p.n = 1;
+    p.max_reconfigs = 1;
+    let (stats, _) = scenario(81, p, |w| {
+        wait_leader(w)?;
+        write_n(w, 10);
+        let a = w.fresh_pid().ok_or("no pid left")?;
+        let b = w.fresh_pid().ok_or("no pid left")?;
+        w.request_nodes(vec![1, a, b]);
+        w.p.p_op = 1.0;
+        wait_switched(w, 1)?;
+        w.power_cut(1);
+        write_n(w, 5);
+        w.restart(1);
+        run_until(w, 800, "the joiners serve", |w| {
+            [a, b].iter().all(|&p| {
+                w.node(p)
+                    .replica
+                    .as_ref()
+                    .is_some_and(|r| r.meta().lifecycle == kvd::membership::Lifecycle::Serving)
+            })
+        })?;
+        write_n(w, 10);
+        Ok(a)
+    });
+    assert!(stats.reconfigs_done >= 1, "{stats:?}");
+    assert!(stats.joins_completed >= 2, "{stats:?}");
+}
+
 fn is_paxos(m: &Msg, want: impl Fn(&PaxosMsg<kvd::command::LogCmd>) -> bool) -> bool {
     matches!(&m.frame, PeerFrame::Paxos { msg: Message::SequencePaxos(p), .. } if want(&p.msg))
 }
