@@ -1,8 +1,9 @@
 //! Leases, locks and elections through the real kvctl binary against real replicas: lease
 //! grant/keepalive/revoke/list/timetolive and `put --lease`; `kvctl lock` mutual exclusion
 //! (a counter file and a log of critical sections), exit statuses, fairness, a holder killed
-//! with SIGKILL (its command dies with it, the lock frees after the TTL), the leader replica
-//! killed while holders run; `kvctl elect` with an observer.
+//! with SIGKILL (its command dies with it, the lock frees after the TTL), a holder paused past
+//! its TTL (the lock passes on only once the lease ran out, and the resumed holder stops its
+//! command), the leader replica killed while holders run; `kvctl elect` with an observer.
 
 use crate::harness::*;
 use crate::kvctl_cli::Background;
@@ -386,4 +387,64 @@ async fn elect_leads_in_turn_and_observe_follows() {
         None,
     ));
     assert_eq!(out, "0\n");
+}
+
+/// A holder whose kvctl is paused (SIGSTOP, a stalled machine) past its TTL loses the lock: a
+/// waiter gets it only once the lease can have run out, and the resumed kvctl finds its lease
+/// lost, stops its command before that command finishes, and exits "lease lost" (1 or 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_loses_the_lock_and_stops_its_command() {
+    let c = Cluster::start(3, Opts::default()).await;
+    let eps = c.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let section = |sleep: &str| {
+        format!(
+            "echo \"start $KVCTL_LOCK_REV\" >> {log}; sleep {sleep}; echo \"end $KVCTL_LOCK_REV\" >> {log}",
+            log = log.display()
+        )
+    };
+    let holder_script = section("8");
+    let holder = Background::spawn(
+        &eps,
+        &["lock", "p", "--ttl", "2", "--", "sh", "-c", &holder_script],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.exists() {
+        assert!(Instant::now() < deadline, "the holder did not get the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let waiter_script = format!("{}; echo acquired", section("0"));
+    let waiter = Background::spawn(&eps, &["lock", "p", "--", "sh", "-c", &waiter_script]);
+    wait_queued(&eps, "p/", 2, Duration::from_secs(10));
+    signal(&holder, "-STOP");
+    let paused = Instant::now();
+    let line = waiter
+        .line(Duration::from_secs(15))
+        .expect("the waiter acquires once the paused holder's lease ran out");
+    let waited = paused.elapsed();
+    assert_eq!(line, "acquired");
+    // The last keepalive was at most a third of the TTL before the pause.
+    assert!(
+        waited >= Duration::from_millis(1300),
+        "acquired {waited:?} after the pause (TTL 2 s): the lease was still live"
+    );
+    signal(&holder, "-CONT");
+    let (code, err) = holder.finish(Duration::from_secs(15));
+    assert!(
+        matches!(code, Some(1 | 4)),
+        "the resumed holder should report its lease lost: {code:?} {err}"
+    );
+    let (code, err) = waiter.finish(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{err}");
+    // The holder's section never ended: its command was stopped when kvctl found the lease
+    // lost, well before its 8 s sleep was over.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("start ") && lines[1].starts_with("start "),
+        "{text}"
+    );
+    assert_eq!(lines[2], lines[1].replace("start", "end"), "{text}");
 }
