@@ -16,7 +16,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
 use omnikv_common::Client as KvClient;
-use omnikv_common::Role;
+use omnikv_common::StatusView;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,15 +256,20 @@ impl Controller {
             }
         };
         let mut healthy = BTreeMap::new();
+        let mut added_status = BTreeMap::new();
         if let (Some(s), Some(Ok(d))) = (&status, &desired) {
             self.metrics.cluster_config_id.set(i64::from(s.config_id));
-            let leads = s.role == Role::Leader && s.leader == Some(s.pid);
+            let leads = planner::acts(s);
             self.metrics.leader.set(i64::from(leads));
             if leads {
                 // Only the added nodes: the members' health is in the status
                 // (connected_peers), and the planner asks nothing of removed ones.
                 for &pid in d.nodes.iter().filter(|p| !s.members.contains(p)) {
-                    healthy.insert(pid, self.healthz(pid).await);
+                    let alive = self.healthz(pid).await;
+                    healthy.insert(pid, alive);
+                    if let Some(st) = self.peer_status(pid, alive).await {
+                        added_status.insert(pid, st);
+                    }
                 }
             }
         } else {
@@ -275,6 +280,7 @@ impl Controller {
             desired,
             pods,
             healthy,
+            added_status,
             status,
         }
     }
@@ -293,6 +299,28 @@ impl Controller {
             Err(e) => {
                 tracing::debug!(pid, %url, "healthz: {e}");
                 false
+            }
+        }
+    }
+
+    /// The /v1/status of replica `pid` (asked only when its /healthz answered).
+    async fn peer_status(&self, pid: u64, alive: bool) -> Option<StatusView> {
+        if !alive {
+            return None;
+        }
+        let url = self.cfg.peer_url(pid);
+        let client = KvClient::new(std::slice::from_ref(&url), self.cfg.probe_timeout());
+        match client.map_err(|e| e.to_string()) {
+            Ok(c) => match c.status().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::debug!(pid, %url, "status: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(pid, %url, "status: {e}");
+                None
             }
         }
     }

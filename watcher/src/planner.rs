@@ -3,9 +3,10 @@
 //! so every decision is a table test.
 //!
 //! Rules, in order:
-//! 1. Act only where the local kvd is the leader of the CURRENT configuration (a removed
-//!    ex-leader or a joiner is not) and reaches a majority of its members: one watcher of
-//!    the StatefulSet acts, the others idle.
+//! 1. Act only where the local kvd leads the CURRENT configuration (a removed ex-leader or a
+//!    joiner does not; a standalone replica, the only member of its configuration, is its own
+//!    leader) and reaches a majority of its members (trivially true for one member): one
+//!    watcher of the StatefulSet acts, the others idle.
 //! 2. A bad ConfigMap, or a change already in flight, is not acted on.
 //! 3. CONFIG_ID is the id the new configuration gets: current + 1. Equal to the current id it
 //!    must name the current members (in sync: only the annotation may need recording);
@@ -13,13 +14,16 @@
 //! 4. The change must pass kvd's own guard (`omnikv_common::membership::check_change`: at
 //!    least two members, and the members kept a majority of the old and of the new
 //!    configuration, so a change that replaces a majority at once is refused: do it in
-//!    steps), and a majority of the new configuration must be up now.
+//!    steps; growing a standalone replica must keep it and go to at most three members),
+//!    and a majority of the new configuration must be up now.
 //! 5. Every added node's pod must be Running (not terminating) with its kvd answering
-//!    /healthz. Not Ready: a joiner is Ready only once it holds state, which it only gets
-//!    after this change. Removed nodes need nothing: the change comes first, the StatefulSet
-//!    is scaled down after.
+//!    /healthz and reporting the role `joining` (an empty replica started with a later
+//!    CONFIG_ID; one that bootstrapped a configuration of its own, or kept an old disk, is
+//!    refused: the change could not complete). Not Ready: a joiner is Ready only once it
+//!    holds state, which it only gets after this change. Removed nodes need nothing: the
+//!    change comes first, the StatefulSet is scaled down after.
 
-use omnikv_common::membership::{check_change, majority, parse_nodes};
+use omnikv_common::membership::{check_change, grows_from_one, majority, parse_nodes};
 use omnikv_common::{Role, StatusView};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -79,6 +83,9 @@ pub struct Input {
     pub pods: BTreeMap<u64, PodState>,
     /// Whether replica pid's kvd answered /healthz (only the pids the caller probed).
     pub healthy: BTreeMap<u64, bool>,
+    /// The /v1/status of the added nodes whose kvd answered it (only the pids the caller
+    /// probed).
+    pub added_status: BTreeMap<u64, StatusView>,
     /// The local kvd's status; `None` when it did not answer.
     pub status: Option<StatusView>,
 }
@@ -117,18 +124,29 @@ fn list(pids: &[u64]) -> String {
     format!("[{}]", v.join(","))
 }
 
+/// Whether the replica reporting `status` is the one whose watcher acts: the leader of its
+/// current configuration, or a standalone replica (the only member, its own leader).
+pub fn acts(status: &StatusView) -> bool {
+    match status.role {
+        Role::Leader => status.leader == Some(status.pid),
+        Role::Standalone => true,
+        _ => false,
+    }
+}
+
 /// Decides what to do. Pure: same input, same answer.
 pub fn plan(input: &Input) -> Plan {
     let Some(status) = &input.status else {
         return Plan::Wait("the local kvd does not answer /v1/status".into());
     };
-    if status.role != Role::Leader || status.leader != Some(status.pid) {
+    if !acts(status) {
         return Plan::NotLeader {
             leader: status.leader.filter(|&l| l != status.pid),
         };
     }
     // A leader that reaches no majority of its members is not one to act on (it may be a
-    // stale or isolated replica that still believes it leads); nor to record its view.
+    // stale or isolated replica that still believes it leads); nor to record its view. A
+    // standalone replica is the whole of its one-member configuration: it reaches 1 of 1.
     let reached = status
         .members
         .iter()
@@ -205,6 +223,13 @@ pub fn plan(input: &Input) -> Plan {
     }
 
     if let Err(e) = check_change(&status.members, &desired.nodes) {
+        if grows_from_one(&status.members) {
+            return Plan::Refuse(format!(
+                "replica {} runs alone (configuration {cur_id}, role {}): {e}; set NODES to \
+                 at most three pids that include {}",
+                status.pid, status.role, status.pid
+            ));
+        }
         return Plan::Refuse(e);
     }
     let added: Vec<u64> = wanted.difference(&current).copied().collect();
@@ -240,7 +265,29 @@ pub fn plan(input: &Input) -> Plan {
                     p.name
                 ))
             }
-            Some(_) => {}
+            Some(p) => match input.added_status.get(&pid) {
+                None => {
+                    return Plan::Wait(format!(
+                        "waiting for kvd in pod {} (node {pid}) to report its status",
+                        p.name
+                    ))
+                }
+                Some(s) if s.role != Role::Joining => {
+                    return Plan::Refuse(format!(
+                        "pod {} (node {pid}) is not a joiner: its kvd reports role {} in \
+                         configuration {} {}; an added replica must start with an empty data \
+                         dir and CONFIG_ID {}: delete the pods and PVCs of the added nodes \
+                         (they hold none of this cluster's data yet) so that the StatefulSet \
+                         recreates them empty",
+                        p.name,
+                        s.role,
+                        s.config_id,
+                        list(&s.members),
+                        desired.config_id
+                    ))
+                }
+                Some(_) => {}
+            },
         }
     }
 
@@ -293,6 +340,23 @@ mod tests {
         }
     }
 
+    /// An empty replica started with a later CONFIG_ID, waiting to be told its configuration.
+    fn joiner(pid: u64) -> StatusView {
+        let mut s = status(pid, None, 0, &[]);
+        s.role = Role::Joining;
+        s
+    }
+
+    /// Standalone replica `pid` (configuration `cur_id`, members [pid]), its pod up, the
+    /// ConfigMap asking for `nodes` / `id`, each added node's pod Running and a live joiner.
+    fn standalone(pid: u64, cur_id: u32, nodes: &[u64], id: u32) -> Input {
+        let mut i = input(cur_id, &[pid], nodes, id);
+        let mut s = status(pid, Some(pid), cur_id, &[pid]);
+        s.role = Role::Standalone;
+        i.status = Some(s);
+        i
+    }
+
     fn pod(pid: u64, running: bool, ready: bool) -> (u64, PodState) {
         (
             pid,
@@ -311,9 +375,11 @@ mod tests {
         let mut pods: BTreeMap<u64, PodState> =
             members.iter().map(|&p| pod(p, true, true)).collect();
         let mut healthy: BTreeMap<u64, bool> = members.iter().map(|&p| (p, true)).collect();
-        for &p in nodes {
+        let mut added_status = BTreeMap::new();
+        for &p in nodes.iter().filter(|p| !members.contains(p)) {
             pods.entry(p).or_insert_with(|| pod(p, true, false).1);
-            healthy.entry(p).or_insert(true);
+            healthy.insert(p, true);
+            added_status.insert(p, joiner(p));
         }
         Input {
             desired: Some(Ok(Desired {
@@ -323,6 +389,7 @@ mod tests {
             recorded: Some(cur_id),
             pods,
             healthy,
+            added_status,
             status: Some(status(1, Some(1), cur_id, members)),
         }
     }
@@ -541,6 +608,124 @@ mod tests {
             "ConfigMap missing",
             missing,
             Box::new(refused_with("does not exist")),
+        ));
+        let mut not_joining = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        not_joining
+            .added_status
+            .insert(4, status(4, Some(4), 1, &[4]));
+        cases.push((
+            "an added node that bootstrapped a configuration of its own",
+            not_joining,
+            Box::new(refused_with(
+                "kv-store-3 (node 4) is not a joiner: its kvd reports role leader in \
+                 configuration 1 [4]; an added replica must start with an empty data dir and \
+                 CONFIG_ID 2",
+            )),
+        ));
+        let mut no_status = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
+        no_status.added_status.remove(&4);
+        cases.push((
+            "an added node answering /healthz but not /v1/status",
+            no_status,
+            Box::new(waits_with("kv-store-3 (node 4) to report its status")),
+        ));
+
+        // Growing a standalone replica (configuration 1, members [1]).
+        cases.push((
+            "standalone grows to three",
+            standalone(1, 1, &[1, 2, 3], 2),
+            Box::new(reconfigure(&[1, 2, 3], 2)),
+        ));
+        cases.push((
+            "standalone grows to two",
+            standalone(1, 1, &[1, 2], 2),
+            Box::new(reconfigure(&[1, 2], 2)),
+        ));
+        cases.push((
+            "standalone in sync records its configuration",
+            {
+                let mut i = standalone(1, 1, &[1], 1);
+                i.recorded = None;
+                i
+            },
+            Box::new(|p: &Plan| *p == Plan::Record { config_id: 1 }),
+        ));
+        cases.push((
+            "standalone grows to four in one change",
+            standalone(1, 1, &[1, 2, 3, 4], 2),
+            Box::new(refused_with(
+                "replica 1 runs alone (configuration 1, role standalone): [1] -> [1, 2, 3, 4]: \
+                 a single server grows to at most 3 members",
+            )),
+        ));
+        cases.push((
+            "standalone grown without itself",
+            standalone(1, 1, &[2, 3], 2),
+            Box::new(refused_with(
+                "leaves out replica 1, the only one holding the state: growing a single \
+                 server must keep it; set NODES to at most three pids that include 1",
+            )),
+        ));
+        cases.push((
+            "standalone replica 2 (pod kv-store-1) grown without itself",
+            standalone(2, 3, &[1, 3], 4),
+            Box::new(refused_with("leaves out replica 2")),
+        ));
+        let mut no_pods = standalone(1, 1, &[1, 2, 3], 2);
+        no_pods.pods.retain(|&p, _| p == 1);
+        no_pods.healthy.retain(|&p, _| p == 1);
+        no_pods.added_status.clear();
+        cases.push((
+            "standalone growth before the StatefulSet is scaled",
+            no_pods,
+            Box::new(waits_with("waiting for the pod of added node 2")),
+        ));
+        let mut one_silent = standalone(1, 1, &[1, 2, 3], 2);
+        one_silent.healthy.insert(3, false);
+        one_silent.added_status.remove(&3);
+        cases.push((
+            "standalone growth with one joiner not answering /healthz yet",
+            one_silent,
+            Box::new(waits_with("kv-store-2 (node 3) to answer /healthz")),
+        ));
+        let mut bootstrapped = standalone(1, 1, &[1, 2, 3], 2);
+        let mut s3 = status(3, Some(2), 1, &[1, 2, 3]);
+        s3.role = Role::Follower;
+        bootstrapped.added_status.insert(3, s3);
+        cases.push((
+            "standalone growth where a new pod bootstrapped with CONFIG_ID 1 (forgotten bump)",
+            bootstrapped,
+            Box::new(refused_with(
+                "kv-store-2 (node 3) is not a joiner: its kvd reports role follower in \
+                 configuration 1 [1,2,3]",
+            )),
+        ));
+        let mut growing = standalone(1, 1, &[1, 2, 3], 2);
+        growing.status.as_mut().unwrap().reconfiguration = Some(ReconfigView {
+            config_id: 2,
+            members: vec![1, 2, 3],
+            phase: Phase::Proposed,
+        });
+        cases.push((
+            "standalone growth in flight",
+            growing,
+            Box::new(waits_with(
+                "a change to configuration 2 [1,2,3] is in flight",
+            )),
+        ));
+        let mut cm_behind = standalone(1, 1, &[1, 2, 3], 1);
+        cm_behind.recorded = Some(1);
+        cases.push((
+            "standalone with NODES grown but CONFIG_ID not bumped",
+            cm_behind,
+            Box::new(refused_with("set CONFIG_ID to 2 to change the members")),
+        ));
+        let mut joiner_self = standalone(1, 1, &[1, 2, 3], 2);
+        joiner_self.status = Some(joiner(2));
+        cases.push((
+            "a joiner's watcher does not act",
+            joiner_self,
+            Box::new(|p: &Plan| *p == Plan::NotLeader { leader: None }),
         ));
 
         let mut failures = Vec::new();

@@ -2,7 +2,7 @@
 //! and a fake kvctl: the control loop's behaviour without RocksDB.
 
 use crate::fake_kube::FakeKube;
-use crate::harness::{free_port_on, wait_for, FakeCluster, Watcher};
+use crate::harness::{free_port_on, has_event, wait_for, FakeCluster, Watcher};
 use std::time::Duration;
 
 const CM: &str = "kv-config";
@@ -11,12 +11,6 @@ const T: Duration = Duration::from_secs(20);
 
 fn seed_configmap(kube: &FakeKube, nodes: &str, id: &str) {
     kube.set_configmap(CM, &[("NODES", nodes), ("CONFIG_ID", id)]);
-}
-
-fn has_event(kube: &FakeKube, reason: &str, text: &str) -> bool {
-    kube.events()
-        .iter()
-        .any(|(_, r, m)| r == reason && m.contains(text))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

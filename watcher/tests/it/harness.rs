@@ -33,6 +33,13 @@ pub async fn wait_for<T>(
     }
 }
 
+/// Whether `kube` holds an Event with this reason whose message contains `text`.
+pub fn has_event(kube: &FakeKube, reason: &str, text: &str) -> bool {
+    kube.events()
+        .iter()
+        .any(|(_, r, m)| r == reason && m.contains(text))
+}
+
 /// A port free on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -181,7 +188,7 @@ cat {d}/cluster.json
     }
 
     /// Serves a fake kvd for `pid` (leader: `leader`) on 127.0.0.{pid}:`port`: /healthz and
-    /// /v1/status from `cluster.json`.
+    /// /v1/status from `cluster.json` (a joiner's while `pid` is not a member).
     pub async fn serve_kvd(&self, pid: u64, leader: u64, port: u16) {
         use axum::routing::get;
         let dir = self.dir.clone();
@@ -190,14 +197,16 @@ cat {d}/cluster.json
                 serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap())
                     .unwrap();
             let members: Vec<u64> = serde_json::from_value(v["members"].clone()).unwrap();
+            // A pid outside the members is a joiner (the fake keeps no history, so a removed
+            // pid reads as one too): no configuration, no members, no leader.
             let member = members.contains(&pid);
             let peers: Vec<u64> = members.iter().copied().filter(|&p| p != pid).collect();
             axum::Json(json!({
                 "pid": pid,
-                "role": if !member { "removed" } else if pid == leader { "leader" } else { "follower" },
+                "role": if !member { "joining" } else if pid == leader { "leader" } else { "follower" },
                 "leader": if member { Some(leader) } else { None },
-                "config_id": v["config_id"],
-                "members": members,
+                "config_id": if member { v["config_id"].clone() } else { json!(0) },
+                "members": if member { members } else { vec![] },
                 "decided_idx": 0, "applied_idx": 0, "compacted_idx": 0, "keys": 0,
                 "state_hash": "", "cluster_id": "fake",
                 "connected_peers": peers,
