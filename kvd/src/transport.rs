@@ -337,7 +337,12 @@ async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), St
         return Err(format!("peer claims pid {}", hello.pid));
     }
     // First contact with a pid writes (and syncs) its storage id: keep that off the runtime.
-    tokio::task::block_in_place(|| ctx.check_storage(hello.pid, hello.storage_id))?;
+    // A replica that knows no cluster yet (a joiner) pins no peer's disk: the peer may belong
+    // to another cluster (a pod started with the wrong CONFIG_ID) and be recreated empty;
+    // the first session after this replica adopts a cluster id pins it.
+    if ours != 0 {
+        tokio::task::block_in_place(|| ctx.check_storage(hello.pid, hello.storage_id))?;
+    }
     write_half
         .write_all(&[HELLO_ACK])
         .await
