@@ -115,6 +115,10 @@ compose-up VARIANT="cluster":
 compose-grow:
     ./scripts/docker-compose.sh grow
 
+# Restart s1, s2, s3 in turn (SIGTERM: a leader hands leadership over first), each serving before the next.
+compose-rolling-restart:
+    ./scripts/docker-compose.sh rolling-restart
+
 # Stop and remove the compose containers; the volumes (data) are kept.
 compose-down:
     ./scripts/docker-compose.sh down

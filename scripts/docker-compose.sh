@@ -8,6 +8,8 @@
 #   docker-compose.sh status     kvctl status --all, from the client container
 #   docker-compose.sh grow       Demo 0 -> Demo 1: start s2, s3 (empty joiners) next to the
 #                          single server s1 and reconfigure to 1,2,3 (compose.grow.yml)
+#   docker-compose.sh rolling-restart   stop and start s1, s2, s3 in turn (SIGTERM: a leader
+#                          hands leadership over first), each serving again before the next
 #   docker-compose.sh compose [VARIANT] ARGS...   any compose command, e.g. `compose ps`
 #
 # Variants: cluster (s1-s3 + client), single (Demo 0: s1 alone + client, compose.single.yml),
@@ -68,16 +70,92 @@ ready() {
     [ "$(grep -oE '"leader":[0-9]+' <<<"$j" | sort -u | wc -l)" -eq 1 ]
 }
 
-# wait_serving SECS: until every replica is ready (or fail after SECS), then print status.
-wait_serving() {
-  local deadline=$((SECONDS + $1))
-  until ready; do
+# wait_until SECS WHAT CMD...: until CMD succeeds; after SECS, print status and fail with
+# "WHAT after SECS".
+wait_until() {
+  local secs=$1 what=$2
+  shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@"; do
     if [ $SECONDS -ge $deadline ]; then
       kvctl --timeout 2s status --all >&2 || true
-      echo "docker-compose.sh: replicas not ready after $1s; see: docker logs ${OMNIKV_NAME_PREFIX:-}s1" >&2
+      echo "docker-compose.sh: $what after ${secs}s; see: docker logs ${OMNIKV_NAME_PREFIX:-}s1" >&2
       exit 1
     fi
-    sleep 0.3
+    sleep 0.2
+  done
+}
+
+# wait_ready SECS: until every replica is ready (or fail after SECS).
+wait_ready() { wait_until "$1" "replicas not ready" ready; }
+
+# wait_serving SECS: wait_ready SECS, then print status.
+wait_serving() {
+  wait_ready "$1"
+  kvctl status --all
+}
+
+# meshed: every answering replica has a live connection to each other member (its
+# connected_peers has one entry fewer than its members). A replica is ready before its peers
+# have redialled it (they back off); a leader that stops next could hand over to a member
+# that does not yet reach the others, which then waits out an election after all.
+meshed() {
+  kvctl -o json --timeout 2s status --all 2>/dev/null | awk '
+    BEGIN { RS = "\"endpoint\":" }
+    NR > 1 && /"status":/ {
+      rows++
+      if (!match($0, /"members":\[[0-9,]*\]/)) { bad = 1; next }
+      m = substr($0, RSTART, RLENGTH)
+      if (!match($0, /"connected_peers":\[[0-9,]*\]/)) { bad = 1; next }
+      c = substr($0, RSTART, RLENGTH)
+      if (gsub(/[0-9]+/, "", m) != gsub(/[0-9]+/, "", c) + 1) bad = 1
+    }
+    END { exit (bad || !rows) }'
+}
+
+# leader: the leader every answering replica names ("none" when they name none or differ).
+leader() {
+  local l
+  l=$(kvctl -o json --timeout 2s status --all 2>/dev/null | grep -oE '"leader":[0-9]+' | sort -u) || true
+  if [ -n "$l" ] && [ "$(wc -l <<<"$l")" -eq 1 ]; then echo "${l#*:}"; else echo none; fi
+}
+
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+
+# rolling_restart: stop and start s1, s2, s3 in turn (SIGTERM: a leader hands leadership to
+# an up-to-date member before it exits), each serving again (ready, and connected to every
+# other member) before the next; one line per step with the leader before, what kvd logged
+# about the hand-off when it stopped, the leader while stopped and the leader after.
+rolling_restart() {
+  local s n c t0 since before during after stop_ms up_ms mesh_ms handed
+  for n in 1 2 3; do
+    c=${OMNIKV_NAME_PREFIX:-}s$n
+    [ "$(docker inspect -f '{{.State.Running}}' "$c" 2>/dev/null)" = true ] ||
+      { echo "docker-compose.sh: $c is not running; a rolling restart needs s1-s3 (compose-up)" >&2; exit 1; }
+  done
+  wait_ready 60
+  wait_until 30 "replicas not connected to each other" meshed
+  for n in 1 2 3; do
+    s=s$n c=${OMNIKV_NAME_PREFIX:-}s$n
+    before=$(leader)
+    since=$(date +%s.%N) t0=$(date +%s%N)
+    # stop: SIGTERM, then SIGKILL after the compose file's stop_grace_period (10s).
+    compose cluster stop "$s" >/dev/null 2>&1
+    stop_ms=$(ms_since "$t0")
+    during=$(leader)
+    t0=$(date +%s%N)
+    compose cluster start "$s" >/dev/null 2>&1
+    wait_ready 60
+    up_ms=$(ms_since "$t0")
+    wait_until 30 "replicas not connected to each other" meshed
+    mesh_ms=$(ms_since "$t0")
+    after=$(leader)
+    # What kvd logged on SIGTERM: `stopping: leadership handed over to=N elapsed_ms=M`,
+    # `stopping without a leader hand-off ...`, or (a follower) `not the leader`.
+    handed=$(docker logs --since "$since" "$c" 2>&1 | grep -E 'kvd::node: stopping' | grep -v 'not the leader' |
+      sed -E 's/.*kvd::node: (stopping: )?//' | tail -1 || true)
+    printf '%s: leader %s; stopped in %s ms%s; leader while stopped %s; ready %s ms after start, connected to all %s ms; leader %s\n' \
+      "$s" "$before" "$stop_ms" "${handed:+ ($handed)}" "$during" "$up_ms" "$mesh_ms" "$after"
   done
   kvctl status --all
 }
@@ -109,6 +187,7 @@ case "$cmd" in
     # The new replicas take the state by checkpoint; ready once all three serve.
     wait_serving 120
     ;;
+  rolling-restart) rolling_restart ;;
   down) compose all down --remove-orphans ;;
   clean) compose all down --volumes --remove-orphans ;;
   status) kvctl status --all ;;
@@ -118,7 +197,7 @@ case "$cmd" in
     compose "$variant" "$@"
     ;;
   *)
-    echo "usage: docker-compose.sh up [cluster|single|snapshot|grow] | grow | down | clean | status | compose [VARIANT] ARGS..." >&2
+    echo "usage: docker-compose.sh up [cluster|single|snapshot|grow] | grow | rolling-restart | down | clean | status | compose [VARIANT] ARGS..." >&2
     exit 2
     ;;
 esac
