@@ -31,5 +31,9 @@ fn real_main(cli: kvctl::Cli) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
-    Ok(runtime.block_on(kvctl::run(cli)))
+    let code = runtime.block_on(kvctl::run(cli));
+    // The answer is printed: do not wait for blocking threads still at work (a DNS lookup of
+    // an endpoint that is down can take seconds to give up).
+    runtime.shutdown_timeout(std::time::Duration::ZERO);
+    Ok(code)
 }
