@@ -53,7 +53,7 @@ for r in $(seq 1 "$runs"); do
   a=$(now); kvctl snapshot save "$f" >/dev/null 2>"$work/save-$r.err"; b=$(now)
   saves+=("$(python3 -c "print($b - $a)")")
   sizes+=("$(stat -c %s "$f")")
-  a=$(now); env $(member_env 1 "$work/restore-$r") "$bin/kvd" restore "$f" >/dev/null; b=$(now)
+  a=$(now); env KVD_LOG=warn $(member_env 1 "$work/restore-$r") "$bin/kvd" restore "$f" >/dev/null; b=$(now)
   restores+=("$(python3 -c "print($b - $a)")")
   rm -rf "$work/restore-$r" "$f"
 done
@@ -100,7 +100,7 @@ want=$("$bin/kvctl" -o json snapshot status "$f")
 stop_all
 dst=$work/restored
 a=$(now)
-for p in 1 2 3; do env $(member_env $p "$dst") "$bin/kvd" restore "$f" >/dev/null; done
+for p in 1 2 3; do env KVD_LOG=warn $(member_env $p "$dst") "$bin/kvd" restore "$f" >/dev/null; done
 for p in 1 2 3; do start $p "$dst"; done
 wait_serving
 b=$(now)

@@ -10,6 +10,7 @@ pub mod config;
 pub mod consensus_thread;
 pub mod failpoint;
 pub mod inbox;
+pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -11,14 +11,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(kvd::backup::cli::run(std::env::args_os().skip(1)));
     }
     let cfg = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KVD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    kvd::logging::init();
     // A panic anywhere (the consensus loop above all) ends the process: never a zombie that
     // still answers /healthz. Storage errors panic inside OmniPaxos by design.
     let default_hook = std::panic::take_hook();

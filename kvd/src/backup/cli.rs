@@ -8,6 +8,7 @@ use super::restore::{restore, Restored, Source};
 use crate::config::Config;
 use clap::Parser;
 use std::path::PathBuf;
+use tracing::{error, info, warn};
 
 /// What `--from-data-dir` without `--force-new-cluster` is told.
 const FORCE_WARNING: &str = "\
@@ -60,8 +61,10 @@ impl RestoreArgs {
     }
 }
 
-/// Runs `kvd restore` with `args` (the program name first) and returns the exit code.
+/// Runs `kvd restore` with `args` (the program name first) and returns the exit code. What it
+/// did and why it refused go to the log (stderr), like everything kvd says.
 pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    crate::logging::init();
     let args = match RestoreArgs::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
@@ -72,32 +75,32 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let source = match args.source() {
         Ok(s) => s,
         Err(msg) => {
-            eprintln!("error: {msg}");
+            error!("{msg}");
             return 2;
         }
     };
     if let Source::DataDir(dir) = &source {
-        eprintln!(
-            "WARNING: --force-new-cluster: building a new cluster from {} alone; writes it \
-             never received are lost",
+        warn!(
+            "--force-new-cluster: building a new cluster from {} alone; writes it never \
+             received are lost",
             dir.display()
         );
     }
     match restore(&source, &args.kvd) {
         Ok(r) => {
-            print_summary(&r);
+            log_summary(&r);
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            error!("{e}");
             e.exit_code()
         }
     }
 }
 
-fn print_summary(r: &Restored) {
+fn log_summary(r: &Restored) {
     let counts: Vec<String> = r.counts.iter().map(|(n, c)| format!("{n}={c}")).collect();
-    println!(
+    info!(
         "restored pid {} into {}: cluster {:016x} (from {:016x}), revision {}, {} keys, \
          state hash {:016x}, items {}",
         r.pid,
@@ -110,7 +113,7 @@ fn print_summary(r: &Restored) {
         counts.join(" ")
     );
     if r.tail_applied > 0 || r.undecided_applied > 0 {
-        println!(
+        info!(
             "survivor's log: {} entries it knew decided and {} it had only accepted applied \
              on top of its state",
             r.tail_applied, r.undecided_applied
