@@ -1,6 +1,7 @@
 //! kvd's configuration: clap flags, each with an env fallback. The forms operators type
 //! (`NODES=[1, 2, 3]`, peer maps, peer templates) are parsed by `omnikv_common::membership`.
 
+use crate::state_machine::{DedupLimits, HistoryLimits};
 use clap::Parser;
 use omnikv_common::membership::{parse_nodes, parse_peer_map, parse_template, Nodes, PeerMap};
 use std::path::PathBuf;
@@ -160,6 +161,22 @@ impl Config {
             return Some(a.clone());
         }
         from_template(self.peer_template.as_deref()?, pid)
+    }
+
+    /// The state machine's dedup limits (`--dedup-ttl-secs`, `--dedup-max-records`).
+    pub fn dedup_limits(&self) -> DedupLimits {
+        DedupLimits {
+            ttl_ms: self.dedup_ttl_secs * 1000,
+            max_records: self.dedup_max_records,
+        }
+    }
+
+    /// How much change history to keep (`--history-events`, `--history-bytes`).
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            max_events: self.history_events,
+            max_bytes: self.history_bytes,
+        }
     }
 }
 

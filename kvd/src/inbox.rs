@@ -9,7 +9,7 @@ use omnikv_common::api::{
     ApiError, LogView, MembersView, ReconfigureRequest, ReconfigureResult, StatusView,
 };
 use omnikv_common::MoveLeaderResult;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Everything the consensus loop reacts to.
@@ -27,9 +27,20 @@ pub enum Input {
     /// Answered once that is done or cannot be.
     Drain {
         deadline: Instant,
-        reply: oneshot::Sender<crate::replica::Drained>,
+        reply: oneshot::Sender<Drained>,
     },
     Shutdown,
+}
+
+/// How a drain ended (`Input::Drain`'s answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Drained {
+    /// This replica did not lead: nothing to hand over.
+    NotLeading,
+    /// Member `to` leads now.
+    HandedTo { to: u64, elapsed: Duration },
+    /// No member took over; the cluster elects one once this replica is gone.
+    Failed(String),
 }
 
 pub enum WriteKind {

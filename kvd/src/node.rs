@@ -7,7 +7,6 @@ use crate::inbox::Input;
 use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::replica::{Drained, LoopConfig, Replica, Timers};
-use crate::state_machine::{DedupLimits, HistoryLimits};
 use crate::storage::{Db, StoreError};
 use crate::transport::{self, Identity, TcpPeers, TransportCtx};
 use crate::watch::Hub;
@@ -159,14 +158,8 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
         seed,
         defect: None,
         max_leases: cfg.max_leases,
-        dedup: DedupLimits {
-            ttl_ms: cfg.dedup_ttl_secs * 1000,
-            max_records: cfg.dedup_max_records,
-        },
-        history: HistoryLimits {
-            max_events: cfg.history_events,
-            max_bytes: cfg.history_bytes,
-        },
+        dedup: cfg.dedup_limits(),
+        history: cfg.history_limits(),
         watch_hub: Hub::new(
             cfg.watch_buffer as usize,
             cfg.max_watchers,

@@ -5,7 +5,7 @@ use super::query::QueryParams;
 use super::{ask, deadline, err, key_from, write_id, ApiState, Error};
 use crate::command::{KeyRange, ReadOpts};
 use crate::inbox::{ClientRequest, ReadAnswer, WriteAnswer, WriteKind};
-use crate::state_machine::OpResult;
+use crate::state_machine::{LeaseResult, OpResult};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Uri};
@@ -40,6 +40,20 @@ pub(crate) async fn submit_write(
     .await?;
     state.metrics.observe(op, started.elapsed().as_secs_f64());
     r.map_err(Error)
+}
+
+/// A write naming lease `id`, which does not exist: nothing was written.
+pub(crate) fn lease_not_found(id: u64) -> Error {
+    err(ErrorCode::NotFound, format!("lease {id:x} not found"))
+}
+
+/// The error for a write that named a missing lease (nothing was written), from its results.
+/// A retry answered from its remembered outcome has none (`put_key` reads its outcome).
+pub(crate) fn missing_lease(answer: &WriteAnswer) -> Option<Error> {
+    match answer.results.as_deref() {
+        Some([OpResult::Lease(LeaseResult::NotFound { id })]) => Some(lease_not_found(*id)),
+        _ => None,
+    }
 }
 
 /// The answer to a single-key put or delete; the previous key when `prev` was asked.
@@ -85,8 +99,12 @@ pub(crate) async fn put_key(
         lease => WriteKind::PutLeased { key, value, lease },
     };
     let answer = submit_write(&state, &headers, kind, "put", started).await?;
-    if let Some(e) = super::lease::missing_lease(&answer) {
+    if let Some(e) = missing_lease(&answer) {
         return Err(e);
+    }
+    if answer.results.is_none() && !answer.outcome.succeeded {
+        // A retry answered from its remembered outcome: a put fails only for its lease.
+        return Err(err(ErrorCode::NotFound, "lease not found (retried write)"));
     }
     Ok(Json(write_result(answer, prev)).into_response())
 }

@@ -4,7 +4,7 @@
 //! replica's applied state, after a read barrier unless `consistency=local`: once the barrier
 //! is applied here, that state holds every write acknowledged before the request.
 
-use super::kv::submit_write;
+use super::kv::{lease_not_found as not_found, submit_write};
 use super::query::QueryParams;
 use super::{ask, err, write_id, ApiState, Error};
 use crate::command::{KeyRange, LeaseOp, ReadOpts};
@@ -39,21 +39,14 @@ fn parse_id(raw: &str) -> Result<u64, Error> {
         })
 }
 
-fn not_found(id: u64) -> Error {
-    err(ErrorCode::NotFound, format!("lease {id:x} not found"))
-}
-
-/// The error for a write whose lease is missing (nothing was written), if that is what it
-/// did. Every write naming a lease passes through here.
-pub(crate) fn missing_lease(answer: &WriteAnswer) -> Option<Error> {
-    match answer.results.as_deref() {
-        Some([OpResult::Lease(LeaseResult::NotFound { id })]) => Some(not_found(*id)),
-        // A retry answered from its remembered outcome: the first attempt found no lease.
-        None if !answer.outcome.succeeded => {
-            Some(err(ErrorCode::NotFound, "lease not found (retried write)"))
-        }
-        _ => None,
-    }
+/// Submits lease operation `op` as a write, timed from `started`.
+async fn lease_write(
+    state: &ApiState,
+    headers: &HeaderMap,
+    op: LeaseOp,
+    started: Instant,
+) -> Result<WriteAnswer, Error> {
+    submit_write(state, headers, WriteKind::Lease(op), "lease", started).await
 }
 
 pub(crate) async fn grant(
@@ -92,7 +85,7 @@ pub(crate) async fn grant(
         id,
         ttl_ms: ttl * 1000,
     };
-    let answer = submit_write(&state, &headers, WriteKind::Lease(op), "lease", started).await?;
+    let answer = lease_write(&state, &headers, op, started).await?;
     match answer.results.as_deref() {
         Some([OpResult::Lease(LeaseResult::Granted { id, ttl_ms })]) => Ok(Json(LeaseGranted {
             id: *id,
@@ -124,8 +117,7 @@ pub(crate) async fn keepalive(
 ) -> Result<Response, Error> {
     let started = Instant::now();
     let id = parse_id(&raw)?;
-    let op = WriteKind::Lease(LeaseOp::KeepAlive { id });
-    let answer = submit_write(&state, &headers, op, "lease", started).await?;
+    let answer = lease_write(&state, &headers, LeaseOp::KeepAlive { id }, started).await?;
     match answer.results.as_deref() {
         Some([OpResult::Lease(LeaseResult::Renewed { id, ttl_ms })]) => Ok(Json(LeaseGranted {
             id: *id,
@@ -154,8 +146,7 @@ pub(crate) async fn revoke(
 ) -> Result<Response, Error> {
     let started = Instant::now();
     let id = parse_id(&raw)?;
-    let op = WriteKind::Lease(LeaseOp::Revoke { id });
-    let answer = submit_write(&state, &headers, op, "lease", started).await?;
+    let answer = lease_write(&state, &headers, LeaseOp::Revoke { id }, started).await?;
     let revision = answer.outcome.revision;
     match answer.results.as_deref() {
         Some([OpResult::Lease(LeaseResult::Ended { deleted, .. })]) => Ok(Json(LeaseRevoked {
@@ -175,11 +166,11 @@ pub(crate) async fn revoke(
 async fn ask_leases(
     state: &ApiState,
     headers: &HeaderMap,
-    query: &QueryParams,
+    linearizable: bool,
     id: Option<u64>,
     keys: bool,
 ) -> Result<crate::inbox::LeasesAnswer, Error> {
-    if query.linearizable()? {
+    if linearizable {
         // Any linearizable read passes a barrier; the lease view is read after it.
         let nothing = KeyRange::Key(vec![0]);
         let opts = ReadOpts {
@@ -198,9 +189,9 @@ async fn ask_leases(
     .map_err(Error)
 }
 
+/// Lease `id` as this replica has applied it.
 async fn one(state: &ApiState, headers: &HeaderMap, id: u64) -> Result<LeaseInfo, Error> {
-    let local = QueryParams::parse(Some("consistency=local"), &["consistency"])?;
-    let mut answer = ask_leases(state, headers, &local, Some(id), false).await?;
+    let mut answer = ask_leases(state, headers, false, Some(id), false).await?;
     answer.leases.pop().ok_or_else(|| not_found(id))
 }
 
@@ -220,8 +211,8 @@ pub(crate) async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let query = QueryParams::parse(uri.query(), &["consistency"])?;
-    let answer = ask_leases(&state, &headers, &query, None, false).await?;
+    let linearizable = QueryParams::parse(uri.query(), &["consistency"])?.linearizable()?;
+    let answer = ask_leases(&state, &headers, linearizable, None, false).await?;
     Ok(Json(LeaseList {
         leases: answer.leases.into_iter().map(status).collect(),
         revision: answer.revision,
@@ -238,7 +229,7 @@ pub(crate) async fn time_to_live(
     let id = parse_id(&raw)?;
     let query = QueryParams::parse(uri.query(), &["keys", "consistency"])?;
     let keys = query.flag("keys")?;
-    let mut answer = ask_leases(&state, &headers, &query, Some(id), keys).await?;
+    let mut answer = ask_leases(&state, &headers, query.linearizable()?, Some(id), keys).await?;
     let info = answer.leases.pop().ok_or_else(|| not_found(id))?;
     Ok(Json(status(info)).into_response())
 }

@@ -36,11 +36,7 @@ pub(crate) async fn txn(
     })?;
     let txn = convert::txn(&request, state.max_value_bytes)?;
     let answer = submit_write(&state, &headers, WriteKind::Txn(txn), "txn", started).await?;
-    if let Some(Some(e)) = answer
-        .results
-        .is_some()
-        .then(|| super::lease::missing_lease(&answer))
-    {
+    if let Some(e) = super::kv::missing_lease(&answer) {
         return Err(e);
     }
     let o = answer.outcome;

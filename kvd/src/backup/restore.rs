@@ -15,9 +15,7 @@ use crate::checkpoint::{resume_interrupted_install, StateView, ViewError};
 use crate::codec::{decode, encode};
 use crate::config::Config;
 use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
-use crate::state_machine::{
-    history, pair_hash, DedupLimits, HistoryLimits, KvRecord, Position, SmMeta, StateMachine,
-};
+use crate::state_machine::{history, pair_hash, KvRecord, Position, SmMeta, StateMachine};
 use crate::storage::{read_log_meta, read_log_range, Db, StoreError, CF_META, STATE_CFS};
 use omnikv_common::snapshot::{FormatError, Reader};
 use rocksdb::WriteBatch;
@@ -217,22 +215,8 @@ fn open_staging(cfg: &Config, staging: &Path) -> Result<(Db, ClusterMeta), Resto
         other => RestoreError::Usage(other.to_string()),
     })?;
     // Writes the store format (a fresh store's first load does).
-    StateMachine::load(db.clone(), dedup_limits(cfg), history_limits(cfg))?;
+    StateMachine::load(db.clone(), cfg.dedup_limits(), cfg.history_limits())?;
     Ok((db, meta))
-}
-
-fn dedup_limits(cfg: &Config) -> DedupLimits {
-    DedupLimits {
-        ttl_ms: cfg.dedup_ttl_secs * 1000,
-        max_records: cfg.dedup_max_records,
-    }
-}
-
-fn history_limits(cfg: &Config) -> HistoryLimits {
-    HistoryLimits {
-        max_events: cfg.history_events,
-        max_bytes: cfg.history_bytes,
-    }
 }
 
 fn seed(source: &Source, cfg: &Config, staging: &Path) -> Result<Restored, RestoreError> {
@@ -391,7 +375,7 @@ fn seed_from_data_dir(db: &Db, cfg: &Config, dir: &Path) -> Result<Seeded, Resto
     let mut batch = WriteBatch::default();
     batch.put_cf(db.cf(CF_META), b"sm", encode(&meta));
     db.write(batch)?;
-    let mut sm = StateMachine::load(db.clone(), dedup_limits(cfg), history_limits(cfg))?;
+    let mut sm = StateMachine::load(db.clone(), cfg.dedup_limits(), cfg.history_limits())?;
     let mut at = meta.applied.index;
     while at < end {
         let to = (at + 2048).min(end);
@@ -435,6 +419,7 @@ fn seed_from_data_dir(db: &Db, cfg: &Config, dir: &Path) -> Result<Seeded, Resto
 mod tests {
     use super::*;
     use crate::command::{LogCmd, Op, ReqId};
+    use crate::state_machine::{DedupLimits, HistoryLimits};
 
     fn config(pid: u64, nodes: &str, dir: &Path) -> Config {
         use clap::Parser;
@@ -456,7 +441,7 @@ mod tests {
     fn source(dir: &Path, n: u64) -> SmMeta {
         let cfg = config(1, "1", dir);
         let db = Db::open(dir).unwrap();
-        let mut sm = StateMachine::load(db, dedup_limits(&cfg), history_limits(&cfg)).unwrap();
+        let mut sm = StateMachine::load(db, cfg.dedup_limits(), cfg.history_limits()).unwrap();
         let start = Position {
             config_id: 1,
             index: 0,

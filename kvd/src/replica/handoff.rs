@@ -24,7 +24,7 @@
 
 use super::{unavailable, Log, Replica};
 use crate::frame::PeerFrame;
-use crate::inbox::{ClientRequest, Reply};
+use crate::inbox::{ClientRequest, Drained, Reply};
 use crate::membership::Lifecycle;
 use crate::omnipaxos_workarounds::stopsign_pending;
 use crate::peers::Peers;
@@ -39,17 +39,6 @@ use tracing::{info, warn};
 const HOLD_MAX: Duration = Duration::from_millis(500);
 /// A `TakeLeadership` not acted on is sent again after this long (a frame can be lost).
 const ASK_AGAIN: Duration = Duration::from_millis(50);
-
-/// How a drain ended (`Input::Drain`'s answer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Drained {
-    /// This replica did not lead: nothing to hand over.
-    NotLeading,
-    /// Member `to` leads now.
-    HandedTo { to: u64, elapsed: Duration },
-    /// No member took over; the cluster elects one once this replica is gone.
-    Failed(String),
-}
 
 /// Hand-off state of the loop.
 #[derive(Default)]

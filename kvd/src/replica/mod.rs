@@ -28,6 +28,7 @@ mod views;
 
 use crate::command::{LogCmd, Op};
 use crate::frame::{PeerFrame, Transition};
+pub use crate::inbox::Drained;
 use crate::inbox::{Input, ReadAnswer, Reply, WriteAnswer};
 use crate::membership::{ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
@@ -39,7 +40,6 @@ use crate::space::SpaceGuard;
 use crate::state_machine::{DedupLimits, HistoryLimits, Position, SmMeta, StateMachine};
 use crate::storage::{read_log_range, Db, LogStore};
 use catchup::CatchUp;
-pub use handoff::Drained;
 use omnikv_common::api::{ApiError, ErrorCode, ReconfigureResult};
 use omnipaxos::messages::sequence_paxos::{PaxosMessage, PaxosMsg};
 use omnipaxos::messages::Message;
