@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Most expiries proposed in one scan (etcd revokes at most 1000 leases a second).
-pub(super) const MAX_EXPIRIES_PER_SCAN: usize = 1000;
+const MAX_EXPIRIES_PER_SCAN: usize = 1000;
 /// Most leases in one checkpoint entry.
 const MAX_CHECKPOINTS_PER_ENTRY: usize = 1000;
 /// No lease is checkpointed more often than this.
