@@ -143,6 +143,43 @@ pub struct Config {
     #[arg(long, env = "KVD_LOOP_STALL_SECS", default_value_t = 60)]
     pub loop_stall_secs: u64,
 
+    /// Client API over TLS: this certificate chain (PEM). Needs --key-file. Files are
+    /// re-read when they change (rotation without a restart).
+    #[arg(long, env = "KVD_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "KVD_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA (PEM) whose client certificates authenticate clients on the client API (the
+    /// certificate's common name is the user name in --auth-file). Needs --cert-file.
+    #[arg(long, env = "KVD_CLIENT_CA_FILE", requires = "cert_file")]
+    pub client_ca_file: Option<PathBuf>,
+
+    /// Peer mutual TLS: this replica's certificate (PEM), signed by --peer-ca-file, naming
+    /// its pid (URI SAN `omnikv:replica:<pid>`). All three peer flags or none.
+    #[arg(long, env = "KVD_PEER_CERT_FILE", requires_all = ["peer_key_file", "peer_ca_file"])]
+    pub peer_cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --peer-cert-file.
+    #[arg(long, env = "KVD_PEER_KEY_FILE", requires_all = ["peer_cert_file", "peer_ca_file"])]
+    pub peer_key_file: Option<PathBuf>,
+
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, env = "KVD_PEER_CA_FILE", requires_all = ["peer_cert_file", "peer_key_file"])]
+    pub peer_ca_file: Option<PathBuf>,
+
+    /// Users and roles (docs/security.md): with it, every client request but /healthz and
+    /// /readyz (and /metrics unless --metrics-auth) needs a bearer token or a client
+    /// certificate of a listed user. Tokens are stored hashed; re-read when it changes.
+    #[arg(long, env = "KVD_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// With --auth-file: /metrics also needs an authenticated user (any role).
+    #[arg(long, env = "KVD_METRICS_AUTH", value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics_auth: bool,
+
     /// Keep unsynced WAL writes in the process until the loop's sync (RocksDB manual WAL
     /// flush): a crash of the process then loses what a power cut would. For crash tests; the
     /// durability rule holds either way, as only synced writes are relied on.

@@ -6,6 +6,7 @@ pub mod backup;
 // The pure decoders live in omnikv-wire (fuzzable without RocksDB); same paths as before.
 pub use omnikv_wire::{codec, command, frame};
 pub mod checkpoint;
+pub mod client_conn;
 pub mod config;
 pub mod consensus_thread;
 pub mod failpoint;

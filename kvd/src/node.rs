@@ -281,7 +281,10 @@ pub async fn serve(
         shutdown.await;
         drain(&drain_inbox, handoff_timeout).await;
     };
-    axum::serve(client_listener, router(state))
+    axum::serve(
+        client_listener,
+        router(state).into_make_service_with_connect_info::<crate::client_conn::ClientConn>(),
+    )
         .with_graceful_shutdown(stop)
         .await?;
     info!("client API stopped; stopping the consensus loop");
