@@ -1,9 +1,11 @@
 //! The settings every command runs with, from the global flags: which endpoints, how to read,
-//! how to print, how long to wait.
+//! how to print, how long to wait, what credentials to present.
 
 use crate::cli::{self, GlobalOpts, OutputFormat};
 use crate::exit::Error;
+use omnikv_common::client::{read_token_file, Credentials};
 use omnikv_common::{Client, Consistency};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The global settings every command runs with.
@@ -17,6 +19,10 @@ pub struct Context {
     pub output: OutputFormat,
     /// Overall time per command.
     pub timeout: Duration,
+    /// --cacert, --cert, --key and --token (its `Debug` hides the token).
+    pub credentials: Credentials,
+    /// --token-file, read when a client is made (when --token is not given).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Context {
@@ -27,7 +33,37 @@ impl Context {
             consistency: g.consistency,
             output: g.output,
             timeout: g.timeout,
+            credentials: Credentials {
+                cacert: g.cacert.clone(),
+                cert: g.cert.clone(),
+                key: g.key.clone(),
+                token: g
+                    .token
+                    .as_ref()
+                    .map(|t| t.0.clone())
+                    .filter(|t| !t.is_empty()),
+            },
+            token_file: g.token_file.clone(),
         }
+    }
+
+    /// The credentials to present: the flags', with the token read from --token-file when
+    /// --token is not given (a usage error naming the file when it cannot be read).
+    pub fn credentials(&self) -> Result<Credentials, Error> {
+        let mut credentials = self.credentials.clone();
+        if let (None, Some(file)) = (&credentials.token, &self.token_file) {
+            credentials.token = Some(read_token_file(file)?);
+        }
+        Ok(credentials)
+    }
+
+    /// A client over `endpoints` with the context's timeout and credentials.
+    pub fn client_for(&self, endpoints: &[String]) -> Result<Client, Error> {
+        Ok(Client::with_credentials(
+            endpoints,
+            self.timeout,
+            &self.credentials()?,
+        )?)
     }
 
     /// The endpoints to ask: all of them, or only the `--node` one (usage error when out of
@@ -50,7 +86,7 @@ impl Context {
 
     /// A client over the selected endpoints.
     pub fn client(&self) -> Result<Client, Error> {
-        Ok(Client::new(&self.selected_endpoints()?, self.timeout)?)
+        self.client_for(&self.selected_endpoints()?)
     }
 }
 
