@@ -34,10 +34,10 @@ pub(super) fn refused_answer(
         }
         (400, Some(CODE_TLS_REQUIRED)) => {
             let https = endpoint.replacen("http://", "https://", 1);
-            if message.is_empty() {
-                format!("this endpoint serves HTTPS: use {https} (and --cacert)")
+            if message.contains("https://") {
+                format!("{message} (asked {endpoint})")
             } else {
-                format!("{message} (endpoint {endpoint}: use {https})")
+                format!("this endpoint serves HTTPS: use {https} (and --cacert)")
             }
         }
         _ => return None,
@@ -48,21 +48,24 @@ pub(super) fn refused_answer(
 /// The TLS failure a request error is, if it is one: a rustls error anywhere in its source
 /// chain (also inside an `io::Error`), turned into a message with the fix.
 pub(super) fn tls_failure(e: &reqwest::Error) -> Option<ClientError> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(ClientError::NotPermitted(explain(tls)));
-        }
-        if let Some(tls) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(ClientError::NotPermitted(explain(tls)));
-        }
-        next = err.source();
+    find_rustls(e).map(|tls| ClientError::NotPermitted(explain(tls)))
+}
+
+/// The rustls error in `err`'s source chain. An `io::Error`'s `source()` skips the error it
+/// wraps (reqwest nests one `io::Error` in another), so the wrapped ones are searched too.
+fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
     }
-    None
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        if let Some(tls) = find_rustls(inner) {
+            return Some(tls);
+        }
+    }
+    find_rustls(err.source()?)
 }
 
 /// A rustls error as "what failed — what to do".
