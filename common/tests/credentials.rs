@@ -488,3 +488,36 @@ fn a_token_file_gives_its_first_line() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A server that reads a request and closes without answering: a write sent there may have
+/// been applied.
+async fn serve_black_hole() -> String {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = tcp.read(&mut buf).await;
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_refusal_after_an_unanswered_write_leaves_it_indeterminate() {
+    let hole = serve_black_hole().await;
+    let refusing = serve_plain(auth_router()).await;
+    let c = Client::new(&[hole.clone(), refusing.clone()], TIMEOUT).unwrap();
+    match c.put(b"k", b"v".to_vec()).await {
+        Err(ClientError::Indeterminate(m)) => {
+            assert!(m.contains(&hole) && m.contains("unauthenticated"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A read is not a write: the refusal stands.
+    not_permitted(c.get(b"k", Consistency::Linearizable).await);
+    // Refused first: definite.
+    let c = Client::new(&[refusing, hole], TIMEOUT).unwrap();
+    not_permitted(c.put(b"k", b"v".to_vec()).await);
+}

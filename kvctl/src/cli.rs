@@ -89,21 +89,23 @@ pub struct GlobalOpts {
 
     /// PEM client certificate to present (with --key): authenticates as the user its CN names.
     #[arg(
-        long,
+        id = "client_cert",
+        long = "cert",
         value_name = "FILE",
         env = "KVCTL_CERT",
         global = true,
-        requires = "key"
+        requires = "client_key"
     )]
     pub cert: Option<PathBuf>,
 
     /// PEM private key of --cert.
     #[arg(
-        long,
+        id = "client_key",
+        long = "key",
         value_name = "FILE",
         env = "KVCTL_KEY",
         global = true,
-        requires = "cert"
+        requires = "client_cert"
     )]
     pub key: Option<PathBuf>,
 
