@@ -353,38 +353,7 @@ pub enum CertsCommand {
     /// omnikv:replica:N, DNS localhost, sN, kv-store-(N-1)[.kv-store[.default.svc.cluster.local]]
     /// plus --hosts, IP 127.0.0.1 and ::1; server and client auth) and client-U.crt/.key for
     /// each user U of --clients (CN U; client auth). Keys are written mode 0600.
-    New {
-        /// The directory to write into (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// How many replica certificates (pids 1..=N).
-        #[arg(long, value_name = "N", default_value_t = 3,
-              value_parser = clap::value_parser!(u64).range(1..=MAX_CERT_REPLICAS))]
-        replicas: u64,
-        /// Comma-separated client user names, one certificate each (CN = the name kvd's auth
-        /// file lists).
-        #[arg(
-            long,
-            value_name = "NAMES",
-            default_value = "root",
-            value_delimiter = ','
-        )]
-        clients: Vec<String>,
-        /// Extra comma-separated DNS names or IP addresses every replica certificate holds.
-        #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
-        hosts: Vec<String>,
-        /// Validity of every certificate, in days from now.
-        #[arg(long, value_name = "D", default_value_t = 365,
-              value_parser = clap::value_parser!(u32).range(1..=MAX_CERT_DAYS))]
-        days: u32,
-        /// Also write DIR/secret.yaml: a Kubernetes Secret named NAME holding every file but
-        /// ca.key (the CA key stays off the cluster).
-        #[arg(long, value_name = "NAME")]
-        k8s_secret: Option<String>,
-        /// Replace an existing CA (DIR/ca.key) and everything it signed.
-        #[arg(long)]
-        force: bool,
-    },
+    New(NewCerts),
     /// Sign one more replica certificate (replica-N.crt/.key) with the CA already in DIR
     /// (ca.crt, ca.key), e.g. before adding replica N to the cluster.
     Replica {
@@ -405,6 +374,41 @@ pub enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The flags of `kvctl certs new`.
+#[derive(Debug, Clone, Args)]
+pub struct NewCerts {
+    /// The directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// How many replica certificates (pids 1..=N).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CERT_REPLICAS))]
+    pub replicas: u64,
+    /// Comma-separated client user names, one certificate each (CN = the name kvd's auth
+    /// file lists); '' for none.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        default_value = "root",
+        value_delimiter = ','
+    )]
+    pub clients: Vec<String>,
+    /// Extra comma-separated DNS names or IP addresses every replica certificate holds.
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Validity of every certificate, in days from now.
+    #[arg(long, value_name = "D", default_value_t = 365,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CERT_DAYS))]
+    pub days: u32,
+    /// Also write DIR/secret.yaml: a Kubernetes Secret named NAME holding every file but
+    /// ca.key (the CA key stays off the cluster).
+    #[arg(long, value_name = "NAME")]
+    pub k8s_secret: Option<String>,
+    /// Replace an existing CA (DIR/ca.key) and everything it signed.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Most replica certificates `certs` makes (pids 1..=this).

@@ -3,7 +3,7 @@
 //! auth, CN = user name), written as PEM files with private keys mode 0600, and optionally a
 //! Kubernetes Secret manifest holding them.
 
-use crate::cli::{CertsCommand, OutputFormat};
+use crate::cli::{CertsCommand, NewCerts, OutputFormat};
 use crate::exit::Error;
 use base64::Engine;
 use rcgen::{
@@ -12,22 +12,10 @@ use rcgen::{
 };
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The CA certificate's common name.
 pub const CA_COMMON_NAME: &str = "omnikv CA";
-
-/// What `certs new` makes.
-#[derive(Debug, Clone)]
-pub struct NewCerts {
-    pub out: PathBuf,
-    pub replicas: u64,
-    pub clients: Vec<String>,
-    pub hosts: Vec<String>,
-    pub days: u32,
-    pub k8s_secret: Option<String>,
-    pub force: bool,
-}
 
 /// The files written, in order (names inside the output directory).
 pub type Written = Vec<String>;
@@ -36,26 +24,7 @@ pub type Written = Vec<String>;
 /// `{"dir": DIR, "files": [NAME, ...]}`).
 pub fn run(command: CertsCommand, format: OutputFormat, out: &mut dyn Write) -> Result<(), Error> {
     let (dir, written) = match command {
-        CertsCommand::New {
-            out: dir,
-            replicas,
-            clients,
-            hosts,
-            days,
-            k8s_secret,
-            force,
-        } => {
-            let args = NewCerts {
-                out: dir.clone(),
-                replicas,
-                clients,
-                hosts,
-                days,
-                k8s_secret,
-                force,
-            };
-            (dir, new(&args)?)
-        }
+        CertsCommand::New(args) => (args.out.clone(), new(&args)?),
         CertsCommand::Replica {
             pid,
             out: dir,
@@ -83,7 +52,9 @@ pub fn run(command: CertsCommand, format: OutputFormat, out: &mut dyn Write) -> 
 
 /// `certs new`: a CA, `replicas` replica certificates and one per client user.
 pub fn new(args: &NewCerts) -> Result<Written, Error> {
-    for user in &args.clients {
+    // `--clients ''` makes no client certificate.
+    let clients: Vec<&String> = args.clients.iter().filter(|c| !c.is_empty()).collect();
+    for user in &clients {
         check_user_name(user)?;
     }
     let hosts = parse_hosts(&args.hosts)?;
@@ -123,7 +94,7 @@ pub fn new(args: &NewCerts) -> Result<Written, Error> {
         files.push((format!("replica-{pid}.crt"), crt));
         files.push((format!("replica-{pid}.key"), key));
     }
-    for user in &args.clients {
+    for user in clients {
         let (crt, key) = client_cert(user, args.days, &issuer)?;
         files.push((format!("client-{user}.crt"), crt));
         files.push((format!("client-{user}.key"), key));
