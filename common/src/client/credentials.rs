@@ -47,14 +47,22 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// From the `KVCTL_*` environment variables (`KVCTL_TOKEN` wins over `KVCTL_TOKEN_FILE`;
-    /// empty variables count as unset).
+    /// From the `KVCTL_*` environment variables, as kvctl reads them (empty variables count
+    /// as unset; `KVCTL_TOKEN` and `KVCTL_TOKEN_FILE` together are a usage error, as for
+    /// kvctl).
     pub fn from_env() -> Result<Credentials, ClientError> {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         let token = match (var(ENV_TOKEN), var(ENV_TOKEN_FILE)) {
-            (Some(t), _) => Some(
+            (Some(_), Some(_)) => {
+                return Err(ClientError::Usage(format!(
+                    "{ENV_TOKEN} and {ENV_TOKEN_FILE} are both set: set one"
+                )))
+            }
+            (Some(t), None) => Some(
                 t.into_string()
-                    .map_err(|_| ClientError::Usage(format!("{ENV_TOKEN} is not UTF-8")))?,
+                    .map_err(|_| ClientError::Usage(format!("{ENV_TOKEN} is not UTF-8")))?
+                    .trim()
+                    .to_string(),
             ),
             (None, Some(file)) => Some(read_token_file(Path::new(&file))?),
             (None, None) => None,
