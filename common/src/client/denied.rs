@@ -46,9 +46,13 @@ pub(super) fn refused_answer(
 }
 
 /// The TLS failure a request error is, if it is one: a rustls error anywhere in its source
-/// chain (also inside an `io::Error`), turned into a message with the fix.
+/// chain (also inside an `io::Error`), turned into a message with the fix. A certificate
+/// error or alert ends a handshake, before the server reads any request; any other rustls
+/// error counts only while connecting (after that, a request may have been handled).
 pub(super) fn tls_failure(e: &reqwest::Error) -> Option<ClientError> {
-    find_rustls(e).map(|tls| ClientError::NotPermitted(explain(tls)))
+    let tls = find_rustls(e)?;
+    let (message, about_certificates) = explain(tls);
+    (about_certificates || e.is_connect()).then_some(ClientError::NotPermitted(message))
 }
 
 /// The rustls error in `err`'s source chain. An `io::Error`'s `source()` skips the error it
@@ -68,8 +72,9 @@ fn find_rustls<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rus
     find_rustls(err.source()?)
 }
 
-/// A rustls error as "what failed — what to do".
-fn explain(e: &rustls::Error) -> String {
+/// A rustls error as "what failed — what to do", and whether it is about a certificate.
+fn explain(e: &rustls::Error) -> (String, bool) {
+    let mut about_certificates = true;
     let fix = match e {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => {
@@ -115,12 +120,19 @@ fn explain(e: &rustls::Error) -> String {
                  (extended key usage)"
             }
             AlertDescription::AccessDenied => "the server refused our client certificate",
-            _ => "the TLS handshake failed",
+            _ => {
+                about_certificates = false;
+                "the TLS handshake failed"
+            }
         },
         rustls::Error::InvalidMessage(_) => {
+            about_certificates = false;
             "the endpoint does not speak TLS: if it serves plain HTTP, use http://"
         }
-        _ => "the TLS handshake failed: check --cacert, --cert and --key",
+        _ => {
+            about_certificates = false;
+            "the TLS handshake failed: check --cacert, --cert and --key"
+        }
     };
-    format!("TLS: {e} — {fix}")
+    (format!("TLS: {e} — {fix}"), about_certificates)
 }
