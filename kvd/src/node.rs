@@ -285,8 +285,8 @@ pub async fn serve(
         client_listener,
         router(state).into_make_service_with_connect_info::<crate::client_conn::ClientConn>(),
     )
-        .with_graceful_shutdown(stop)
-        .await?;
+    .with_graceful_shutdown(stop)
+    .await?;
     info!("client API stopped; stopping the consensus loop");
     if inbox_tx.send(Input::Shutdown).is_err() {
         warn!("consensus loop already gone");
