@@ -96,7 +96,6 @@ tls_env() {
 start() {
   local p=$1
   if running "$p"; then echo "kvd $p already running (pid $(cat "$home/kvd-$p.pid"))"; return; fi
-  check_mode
   tls_setup
   local tls_vars=()
   mapfile -t tls_vars < <(tls_env "$p")
@@ -169,6 +168,8 @@ wait_serving() {
   done
   "$bin/kvctl" --endpoints "$(endpoints)" status --all
 }
+
+case "$cmd" in up | start | add | grow) check_mode ;; esac
 
 case "$cmd" in
   up)
