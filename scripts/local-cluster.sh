@@ -8,7 +8,8 @@
 #
 # OMNIKV_TLS=1 (on `up`, `start`, `add`, `grow`): HTTPS for clients, mutual TLS between peers
 # and authentication (docs/security.md). The first time, $OMNIKV_HOME/tls gets a CA, replica
-# certificates 1-9 (`kvctl certs new`), the auth file `auth` and three users' tokens
+# certificates 1-3 (`kvctl certs new`; `kvctl certs replica N` makes further ones as replica N
+# first starts), the auth file `auth` and three users' tokens
 # (`kvctl token new`): admin.token (admin), reader.token (read), app.token (write, prefix
 # app/). $OMNIKV_HOME/tls-mode remembers the mode, so later commands without OMNIKV_TLS use
 # it too; OMNIKV_TLS=0 goes back to plaintext (stop the cluster first). `env` prints the
@@ -62,7 +63,7 @@ check_mode() {
   done
 }
 
-# The CA, replica certificates 1-9, the auth file and three users, made once (kept across
+# The CA, replica certificates 1-3, the auth file and three users, made once (kept across
 # `down`; `clean` removes them with the rest of $home).
 tls_setup() {
   [ "$tls" = 1 ] || return 0
@@ -72,21 +73,26 @@ tls_setup() {
   (
     umask 077 # keys, tokens and the auth file: the owner's only
     mkdir "$made"
-    "$bin/kvctl" certs new --out "$made" --replicas 9 >/dev/null
+    "$bin/kvctl" certs new --out "$made" --replicas 3 >/dev/null
     "$bin/kvctl" token new admin --role admin --auth-file "$made/auth" >"$made/admin.token"
     "$bin/kvctl" token new reader --role read --auth-file "$made/auth" >"$made/reader.token"
     "$bin/kvctl" token new app --role write --prefix app/ --auth-file "$made/auth" >"$made/app.token"
   )
   rm -rf "$tls_dir"
   mv "$made" "$tls_dir"
-  echo "made a CA, replica certificates 1-9 and the users admin, reader, app in $tls_dir"
+  echo "made a CA, replica certificates 1-3 and the users admin, reader, app in $tls_dir"
+}
+
+# Replica $1's certificate, signed by the CA in $tls_dir when it has none yet.
+tls_cert() {
+  [ "$tls" = 1 ] || return 0
+  [ -f "$tls_dir/replica-$1.crt" ] || (umask 077 && "$bin/kvctl" certs replica "$1" --out "$tls_dir" >/dev/null)
 }
 
 # The TLS and auth env of replica $1, one VAR=value a line (nothing in plaintext mode).
 tls_env() {
   [ "$tls" = 1 ] || return 0
   local p=$1
-  [ -f "$tls_dir/replica-$p.crt" ] || { echo "no certificate for replica $p in $tls_dir (made for 1-9)" >&2; exit 2; }
   printf '%s\n' "KVD_CERT_FILE=$tls_dir/replica-$p.crt" "KVD_KEY_FILE=$tls_dir/replica-$p.key" \
     "KVD_CLIENT_CA_FILE=$tls_dir/ca.crt" \
     "KVD_PEER_CERT_FILE=$tls_dir/replica-$p.crt" "KVD_PEER_KEY_FILE=$tls_dir/replica-$p.key" \
@@ -97,9 +103,9 @@ start() {
   local p=$1
   if running "$p"; then echo "kvd $p already running (pid $(cat "$home/kvd-$p.pid"))"; return; fi
   tls_setup
+  tls_cert "$p"
   local tls_vars=()
   mapfile -t tls_vars < <(tls_env "$p")
-  [ "$tls" = 0 ] || [ "${#tls_vars[@]}" -gt 0 ] || exit 2
   echo "$tls" >"$home/tls-mode"
   # Members of the initial configuration bootstrap from it; any other replica starts as a
   # joiner (CONFIG_ID > 1). Once a data dir exists, its persisted configuration wins.
