@@ -30,10 +30,12 @@ nodes=$(cat "$home/nodes" 2>/dev/null || echo "$initial")
 tls_dir=$home/tls
 tls=${OMNIKV_TLS:-$(cat "$home/tls-mode" 2>/dev/null || echo 0)}
 case "$tls" in 0 | 1) ;; *) echo "OMNIKV_TLS is 1 (TLS and auth) or 0 (plaintext), not '$tls'" >&2; exit 2 ;; esac
+# The script's own kvctl calls (readiness, status, reconfigure) go as the admin user with
+# TLS, anonymous in plaintext: credentials from the caller's env would not fit this cluster.
+unset KVCTL_CACERT KVCTL_CERT KVCTL_KEY KVCTL_TOKEN KVCTL_TOKEN_FILE
 scheme=""
 if [ "$tls" = 1 ]; then
   scheme=https://
-  # The script's own kvctl calls (readiness, status, reconfigure) go as the admin user.
   export KVCTL_CACERT="$tls_dir/ca.crt" KVCTL_TOKEN_FILE="$tls_dir/admin.token"
 fi
 
@@ -133,8 +135,9 @@ env_lines() {
   printf "export KVCTL_ENDPOINTS='%s'\n" "$(endpoints)"
   if [ "$tls" = 1 ]; then
     printf "export KVCTL_CACERT='%s' KVCTL_TOKEN_FILE='%s'\n" "$tls_dir/ca.crt" "$tls_dir/admin.token"
+    echo "unset KVCTL_CERT KVCTL_KEY KVCTL_TOKEN"
   else
-    echo "unset KVCTL_CACERT KVCTL_TOKEN_FILE"
+    echo "unset KVCTL_CACERT KVCTL_CERT KVCTL_KEY KVCTL_TOKEN KVCTL_TOKEN_FILE"
   fi
 }
 
