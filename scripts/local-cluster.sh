@@ -75,10 +75,13 @@ tls_setup() {
   (
     umask 077 # keys, tokens and the auth file: the owner's only
     mkdir "$made"
-    "$bin/kvctl" certs new --out "$made" --replicas 3 >/dev/null
-    "$bin/kvctl" token new admin --role admin --auth-file "$made/auth" >"$made/admin.token"
-    "$bin/kvctl" token new reader --role read --auth-file "$made/auth" >"$made/reader.token"
-    "$bin/kvctl" token new app --role write --prefix app/ --auth-file "$made/auth" >"$made/app.token"
+    # kvctl's notes name the temporary dir: shown only when a step fails.
+    quiet() { "$@" 2>"$made/.err" || { cat "$made/.err" >&2; return 1; }; }
+    quiet "$bin/kvctl" certs new --out "$made" --replicas 3 >/dev/null
+    quiet "$bin/kvctl" token new admin --role admin --auth-file "$made/auth" >"$made/admin.token"
+    quiet "$bin/kvctl" token new reader --role read --auth-file "$made/auth" >"$made/reader.token"
+    quiet "$bin/kvctl" token new app --role write --prefix app/ --auth-file "$made/auth" >"$made/app.token"
+    rm "$made/.err"
   )
   rm -rf "$tls_dir"
   mv "$made" "$tls_dir"
