@@ -87,6 +87,13 @@ impl PemFile {
     }
 }
 
+fn key_unfit(cert: &PemFile, key: &PemFile, e: rustls::Error) -> TlsError {
+    invalid(
+        &key.path,
+        format!("key does not fit {}: {e}", cert.path.display()),
+    )
+}
+
 /// The crypto provider of every configuration kvd builds.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -119,12 +126,9 @@ pub fn client_api_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(chain, key_der).map_err(|e| {
-        invalid(
-            &key.path,
-            format!("key does not fit {}: {e}", cert.path.display()),
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| key_unfit(cert, key, e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -139,15 +143,15 @@ pub fn peer_server_config(
     let verifier = WebPkiClientVerifier::builder_with_provider(ca.roots()?, provider())
         .build()
         .map_err(|e| invalid(&ca.path, e.to_string()))?;
-    server_builder(cert)?
+    let mut config = server_builder(cert)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key_der)
-        .map_err(|e| {
-            invalid(
-                &key.path,
-                format!("key does not fit {}: {e}", cert.path.display()),
-            )
-        })
+        .map_err(|e| key_unfit(cert, key, e))?;
+    // Every peer session verifies certificates afresh (sessions are long-lived; a resumed
+    // one would carry an identity past a rotation).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
 
 /// The peer wire's dialer configuration: servers must chain to `ca`; we present `cert`.
@@ -160,17 +164,14 @@ pub fn peer_client_config(
     let verifier = WebPkiServerVerifier::builder_with_provider(ca.roots()?, provider())
         .build()
         .map_err(|e| invalid(&ca.path, e.to_string()))?;
-    ClientConfig::builder_with_provider(provider())
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| invalid(&cert.path, e.to_string()))?
         .with_webpki_verifier(verifier)
         .with_client_auth_cert(chain, key_der)
-        .map_err(|e| {
-            invalid(
-                &key.path,
-                format!("key does not fit {}: {e}", cert.path.display()),
-            )
-        })
+        .map_err(|e| key_unfit(cert, key, e))?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
 
 /// The subject common name of a (DER) certificate, if it has one.
