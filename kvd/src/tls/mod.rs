@@ -225,3 +225,54 @@ pub fn watch_client_api(
         client_api_config(&f[0], &f[1], f.get(2))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+
+    fn cert(cn: &str, uris: &[&str]) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI(u.to_string().try_into().unwrap()))
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn identities_in_certificates() {
+        let c = cert(
+            "omnikv-replica-7",
+            &["omnikv:replica:7", "https://example.org"],
+        );
+        assert_eq!(replica_pid(&c), Ok(7));
+        assert_eq!(common_name(&c).as_deref(), Some("omnikv-replica-7"));
+        assert!(replica_pid(&cert("x", &[])).is_err());
+        assert!(replica_pid(&cert("x", &["omnikv:replica:1", "omnikv:replica:2"])).is_err());
+        assert!(replica_pid(&cert("x", &["omnikv:replica:two"])).is_err());
+        assert!(replica_pid(b"not a certificate").is_err());
+        assert_eq!(common_name(b"junk"), None);
+    }
+
+    #[test]
+    fn unusable_files_are_named() {
+        let f = |bytes: &[u8]| PemFile {
+            path: "/etc/x.pem".into(),
+            bytes: bytes.to_vec(),
+        };
+        for e in [
+            f(b"junk").certs().unwrap_err(),
+            f(b"junk").key().unwrap_err(),
+            f(b"").roots().unwrap_err(),
+        ] {
+            assert!(e.to_string().starts_with("/etc/x.pem: "), "{e}");
+        }
+        let missing = PemFile::read(Path::new("/nonexistent/cert.pem"))
+            .err()
+            .unwrap();
+        assert!(missing.to_string().contains("/nonexistent/cert.pem"));
+    }
+}

@@ -7,7 +7,7 @@
 use super::reload::watch_files;
 use super::{peer_client_config, peer_server_config, replica_pid, TlsError};
 use rustls::{ClientConfig, ServerConfig};
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -52,13 +52,7 @@ impl PeerTls {
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
-        let cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or("the peer presented no certificate")?;
-        let named = replica_pid(cert)?;
+        let named = presented_pid(tls.get_ref().1.peer_certificates())?;
         if named != pid {
             return Err(format!(
                 "{addr} presents a certificate for replica {named}, not {pid}"
@@ -77,15 +71,17 @@ impl PeerTls {
             .accept(stream)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        let cert = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or("the peer presented no certificate")?;
-        let pid = replica_pid(cert)?;
+        let pid = presented_pid(tls.get_ref().1.peer_certificates())?;
         Ok((tls, pid))
     }
+}
+
+/// The replica pid named by the (verified) certificate chain a peer presented.
+fn presented_pid(chain: Option<&[CertificateDer<'static>]>) -> Result<u64, String> {
+    let leaf = chain
+        .and_then(|c| c.first())
+        .ok_or("the peer presented no certificate")?;
+    replica_pid(leaf)
 }
 
 /// The server name (DNS name or IP address) of a `host:port` peer address.

@@ -21,6 +21,15 @@ fn tls_opts(pki: &PkiDir) -> Opts {
     }
 }
 
+/// A running TLS cluster of `n` replicas with a fresh PKI (kept in the returned dir).
+async fn tls_cluster(n: u64) -> (tempfile::TempDir, Ca, PkiDir, Cluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("omnikv test CA");
+    let pki = lay_out(&ca, dir.path(), 1..=n);
+    let c = Cluster::start(n, tls_opts(&pki)).await;
+    (dir, ca, pki, c)
+}
+
 /// An HTTPS client trusting `ca_pem`, presenting `identity` if given; a new connection per
 /// request when `fresh_connections`.
 fn https(ca_pem: &str, identity: Option<&Leaf>, fresh_connections: bool) -> reqwest::Client {
@@ -90,10 +99,7 @@ async fn wait_log(c: &Cluster, pid: u64, within: Duration, pred: impl Fn(&str) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_cluster_serves_and_refuses_what_it_must() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("omnikv test CA");
-    let pki = lay_out(&ca, dir.path(), 1..=3);
-    let c = Cluster::start(3, tls_opts(&pki)).await;
+    let (_dir, ca, _pki, c) = tls_cluster(3).await;
     assert!(c.endpoint(1).starts_with("https://"));
 
     // A put over HTTPS on one replica, read linearizably over HTTPS from every replica.
@@ -214,10 +220,7 @@ fn replace_file(path: &std::path::Path, content: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_under_load_loses_no_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("omnikv test CA");
-    let pki = lay_out(&ca, dir.path(), [1]);
-    let c = Cluster::start(1, tls_opts(&pki)).await;
+    let (_dir, ca, pki, c) = tls_cluster(1).await;
     let port = c.nodes[&1].client_port;
     let old_serial = file_serial(&pki.replica_cert(1));
     assert_eq!(served_serial(port, &ca.cert_pem).await, old_serial);
@@ -398,10 +401,7 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_peer_on_a_tls_peer_port_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("omnikv test CA");
-    let pki = lay_out(&ca, dir.path(), 1..=3);
-    let c = Cluster::start(3, tls_opts(&pki)).await;
+    let (_dir, ca, _pki, c) = tls_cluster(3).await;
     let before = c.status(1).await.unwrap();
     let cluster_id = u64::from_str_radix(&before.cluster_id, 16).unwrap();
     // A valid Hello as member 2 (the right cluster id), then a consensus frame, in plaintext.
