@@ -31,7 +31,8 @@ pub enum NodeError {
     Config(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
-    #[error("TLS: {0}")]
+    /// A certificate, key or CA file that cannot be used (the message names it).
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
 }
 

@@ -20,10 +20,10 @@ use x509_parser::extensions::GeneralName;
 /// A certificate, key or CA file that cannot be used; the message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {what}")]
     Invalid { path: PathBuf, what: String },
@@ -44,9 +44,9 @@ pub struct PemFile {
 
 impl PemFile {
     pub fn read(path: &Path) -> Result<PemFile, TlsError> {
-        let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        let bytes = std::fs::read(path).map_err(|error| TlsError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Ok(PemFile {
             path: path.to_path_buf(),
