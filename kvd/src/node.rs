@@ -271,6 +271,7 @@ pub async fn serve(
         watch_hub,
         max_value_bytes: cfg.max_value_bytes,
         default_timeout: Duration::from_millis(cfg.request_timeout_ms),
+        auth: crate::auth::Auth::start(&cfg).map_err(|e| NodeError::Config(e.to_string()))?,
     };
     info!(pid = cfg.pid, client = %client_listener.local_addr()?, peer = %peer_addr, "kvd serving");
     // On the stop signal: drain first (a leader hands leadership over, new requests are
@@ -285,8 +286,8 @@ pub async fn serve(
         client_listener,
         router(state).into_make_service_with_connect_info::<crate::client_conn::ClientConn>(),
     )
-        .with_graceful_shutdown(stop)
-        .await?;
+    .with_graceful_shutdown(stop)
+    .await?;
     info!("client API stopped; stopping the consensus loop");
     if inbox_tx.send(Input::Shutdown).is_err() {
         warn!("consensus loop already gone");
