@@ -96,69 +96,94 @@ impl Answer {
     }
 }
 
-/// One request to `endpoint` as `who` (a user's test token, a raw `Bearer` value, or none).
-async fn call(endpoint: &str, who: Who<'_>, method: Method, path: &str, body: Vec<u8>) -> Answer {
-    let http = reqwest::Client::new();
-    let mut r = http
-        .request(method, format!("http://{endpoint}{path}"))
-        .header("omnikv-timeout-ms", "20000")
-        .timeout(Duration::from_secs(30))
-        .body(body);
-    match who {
-        Who::Nobody => {}
-        Who::User(name) => r = r.bearer_auth(token(name)),
-        Who::Token(t) => r = r.bearer_auth(t),
-    }
-    let resp = r.send().await.expect("kvd answers");
-    let status = resp.status();
-    let www_authenticate = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_string());
-    Answer {
-        status,
-        body: resp.bytes().await.unwrap().to_vec(),
-        www_authenticate,
-    }
-}
-
 #[derive(Clone, Copy)]
 enum Who<'a> {
     Nobody,
+    /// A user's test token.
     User(&'a str),
+    /// Any bearer token.
     Token(&'a str),
 }
 
-/// The value of `key` as root reads it (`None`: not found).
-async fn value_of(endpoint: &str, key: &str) -> Option<Vec<u8>> {
-    let a = call(
-        endpoint,
-        Who::User("root"),
-        Method::GET,
-        &format!("/v1/kv/{key}"),
-        vec![],
-    )
-    .await;
-    match a.status {
-        StatusCode::OK => Some(a.body),
-        StatusCode::NOT_FOUND => None,
-        s => panic!("root reading {key}: {s} {}", a.message()),
+use Who::{Nobody, User};
+
+/// The client API of one replica, called with raw HTTP.
+struct Api(String);
+
+impl Api {
+    async fn call(&self, who: Who<'_>, method: Method, path: &str, body: &[u8]) -> Answer {
+        let mut r = reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.0))
+            .header("omnikv-timeout-ms", "20000")
+            .timeout(Duration::from_secs(30))
+            .body(body.to_vec());
+        match who {
+            Nobody => {}
+            User(name) => r = r.bearer_auth(token(name)),
+            Who::Token(t) => r = r.bearer_auth(t),
+        }
+        let resp = r.send().await.expect("kvd answers");
+        let status = resp.status();
+        let www_authenticate = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
+        Answer {
+            status,
+            body: resp.bytes().await.unwrap().to_vec(),
+            www_authenticate,
+        }
+    }
+
+    async fn get(&self, who: Who<'_>, path: &str) -> Answer {
+        self.call(who, Method::GET, path, b"").await
+    }
+
+    async fn delete(&self, who: Who<'_>, path: &str) -> Answer {
+        self.call(who, Method::DELETE, path, b"").await
+    }
+
+    async fn post(&self, who: Who<'_>, path: &str, body: &[u8]) -> Answer {
+        self.call(who, Method::POST, path, body).await
+    }
+
+    /// `PUT /v1/kv/{key}` (`key` as it goes in the path, with any query).
+    async fn put(&self, who: Who<'_>, key: &str, value: &str) -> Answer {
+        let path = format!("/v1/kv/{key}");
+        self.call(who, Method::PUT, &path, value.as_bytes()).await
+    }
+
+    /// The value of `key` as root reads it (`None`: not found).
+    async fn value_of(&self, key: &str) -> Option<Vec<u8>> {
+        let a = self.get(User("root"), &format!("/v1/kv/{key}")).await;
+        match a.status {
+            StatusCode::OK => Some(a.body),
+            StatusCode::NOT_FOUND => None,
+            s => panic!("root reading {key}: {s} {}", a.message()),
+        }
+    }
+
+    /// Grants a lease as `who` and puts `key` (path form) with it; returns the lease id.
+    async fn leased_key(&self, who: Who<'_>, key: &str) -> u64 {
+        let a = self.post(who, "/v1/lease", br#"{"ttl": 60}"#).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.message());
+        let id = a.json()["id"].as_u64().unwrap();
+        let a = self.put(who, &format!("{key}?lease={id}"), "l").await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.message());
+        id
     }
 }
 
+fn assert_ok(a: &Answer, what: &str) {
+    assert_eq!(a.status, StatusCode::OK, "{what}: {}", a.message());
+}
+
 fn assert_denied(a: &Answer, status: StatusCode, what: &str) {
-    assert_eq!(
-        a.status,
-        status,
-        "{what}: {}",
-        String::from_utf8_lossy(&a.body)
-    );
+    let body = String::from_utf8_lossy(&a.body);
+    assert_eq!(a.status, status, "{what}: {body}");
     let code = if status == StatusCode::UNAUTHORIZED {
-        assert_eq!(
-            a.www_authenticate.as_deref(),
-            Some(r#"Bearer realm="omnikv""#),
-            "{what}"
-        );
+        let want = Some(r#"Bearer realm="omnikv""#);
+        assert_eq!(a.www_authenticate.as_deref(), want, "{what}");
         "unauthenticated"
     } else {
         "permission_denied"
@@ -178,262 +203,154 @@ fn txn(compare: &[&str], puts: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&json!({"compare": compare, "success": success})).unwrap()
 }
 
+const FORBIDDEN: StatusCode = StatusCode::FORBIDDEN;
+const UNAUTHORIZED: StatusCode = StatusCode::UNAUTHORIZED;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_tokens_roles_and_prefixes_on_a_running_replica() {
     let (c, _) = start(1, &base_users(), &[]).await;
-    let ep = c.endpoint(1);
-    let ep = ep.as_str();
-    let put = |who, key: &str, v: &str| {
-        let (who, path, body) = (who, format!("/v1/kv/{key}"), v.as_bytes().to_vec());
-        async move { call(ep, who, Method::PUT, &path, body).await }
-    };
+    let api = Api(c.endpoint(1));
 
     // Open: health, readiness, metrics.
     for path in ["/healthz", "/readyz", "/metrics"] {
-        assert_eq!(
-            call(ep, Who::Nobody, Method::GET, path, vec![])
-                .await
-                .status,
-            StatusCode::OK,
-            "{path}"
-        );
+        assert_ok(&api.get(Nobody, path).await, path);
     }
 
     // No token, an unknown token: 401, nothing written.
-    assert_denied(
-        &put(Who::Nobody, "k", "x").await,
-        StatusCode::UNAUTHORIZED,
-        "no token",
-    );
-    assert_denied(
-        &put(Who::Token("okv_nobody"), "k", "x").await,
-        StatusCode::UNAUTHORIZED,
-        "unknown token",
-    );
-    let status = call(ep, Who::Nobody, Method::GET, "/v1/status", vec![]).await;
-    assert_denied(&status, StatusCode::UNAUTHORIZED, "status without a token");
-    assert_eq!(value_of(ep, "k").await, None);
+    assert_denied(&api.put(Nobody, "k", "x").await, UNAUTHORIZED, "no token");
+    let unknown = api.put(Who::Token("okv_nobody"), "k", "x").await;
+    assert_denied(&unknown, UNAUTHORIZED, "unknown token");
+    let status = api.get(Nobody, "/v1/status").await;
+    assert_denied(&status, UNAUTHORIZED, "status without a token");
+    assert_eq!(api.value_of("k").await, None);
 
     // A reader reads but may not write: 403, the key unchanged.
-    assert_eq!(
-        put(Who::User("root"), "k", "v1").await.status,
-        StatusCode::OK
-    );
-    let a = put(Who::User("reader"), "k", "v2").await;
-    assert_denied(&a, StatusCode::FORBIDDEN, "reader put");
+    assert_ok(&api.put(User("root"), "k", "v1").await, "root put");
+    let a = api.put(User("reader"), "k", "v2").await;
+    assert_denied(&a, FORBIDDEN, "reader put");
     assert!(
         a.message().contains("user reader (role read) may not put"),
         "{}",
         a.message()
     );
-    assert_eq!(value_of(ep, "k").await.as_deref(), Some(&b"v1"[..]));
-    let got = call(ep, Who::User("reader"), Method::GET, "/v1/kv/k", vec![]).await;
+    assert_denied(
+        &api.delete(User("reader"), "/v1/kv/k").await,
+        FORBIDDEN,
+        "reader delete",
+    );
+    assert_eq!(api.value_of("k").await.as_deref(), Some(&b"v1"[..]));
+    let got = api.get(User("reader"), "/v1/kv/k").await;
     assert_eq!(
         (got.status, got.body.as_slice()),
         (StatusCode::OK, &b"v1"[..])
     );
-    let del = call(ep, Who::User("reader"), Method::DELETE, "/v1/kv/k", vec![]).await;
-    assert_denied(&del, StatusCode::FORBIDDEN, "reader delete");
-    assert_eq!(value_of(ep, "k").await.as_deref(), Some(&b"v1"[..]));
 
     // Snapshot: admin only.
-    let snap = call(ep, Who::User("writer"), Method::GET, "/v1/snapshot", vec![]).await;
-    assert_denied(&snap, StatusCode::FORBIDDEN, "writer snapshot");
-    let snap = call(ep, Who::User("root"), Method::GET, "/v1/snapshot", vec![]).await;
-    assert_eq!(snap.status, StatusCode::OK);
+    let snap = api.get(User("writer"), "/v1/snapshot").await;
+    assert_denied(&snap, FORBIDDEN, "writer snapshot");
+    assert_ok(
+        &api.get(User("root"), "/v1/snapshot").await,
+        "root snapshot",
+    );
 
     // A prefix-limited writer: outside its prefix 403 (put, range, txn, watch), inside ok.
-    let a = put(Who::User("app"), "other/x", "1").await;
-    assert_denied(&a, StatusCode::FORBIDDEN, "app put outside");
+    let a = api.put(User("app"), "other/x", "1").await;
+    assert_denied(&a, FORBIDDEN, "app put outside");
     assert!(
         a.message().contains("user app (role write, prefix app/)"),
         "{}",
         a.message()
     );
-    assert_eq!(value_of(ep, "other%2Fx").await, None);
-    assert_eq!(
-        put(Who::User("app"), "app/x", "1").await.status,
-        StatusCode::OK
-    );
-    assert_eq!(value_of(ep, "app%2Fx").await.as_deref(), Some(&b"1"[..]));
+    assert_eq!(api.value_of("other%2Fx").await, None);
+    assert_ok(&api.put(User("app"), "app/x", "1").await, "app put inside");
+    assert_eq!(api.value_of("app%2Fx").await.as_deref(), Some(&b"1"[..]));
     for (path, want) in [
         ("/v1/kv?prefix=app/", StatusCode::OK),
         ("/v1/kv?start=app/a&end=app/z", StatusCode::OK),
-        ("/v1/kv?prefix=ap", StatusCode::FORBIDDEN),
-        ("/v1/kv?start=app/&end=app0%00", StatusCode::FORBIDDEN),
-        ("/v1/kv?start=app/", StatusCode::FORBIDDEN),
-        ("/v1/kv/k", StatusCode::FORBIDDEN),
+        ("/v1/kv?prefix=ap", FORBIDDEN),
+        ("/v1/kv?start=app/&end=app0%00", FORBIDDEN),
+        ("/v1/kv?start=app/", FORBIDDEN),
+        ("/v1/kv/k", FORBIDDEN),
     ] {
-        let a = call(ep, Who::User("app"), Method::GET, path, vec![]).await;
+        let a = api.get(User("app"), path).await;
         assert_eq!(a.status, want, "{path}: {}", a.message());
     }
-    let range = call(
-        ep,
-        Who::User("app"),
-        Method::GET,
-        "/v1/kv?prefix=app/",
-        vec![],
-    )
-    .await;
+    let range = api.get(User("app"), "/v1/kv?prefix=app/").await;
     assert_eq!(range.json()["count"], 1);
-    let a = call(
-        ep,
-        Who::User("app"),
-        Method::POST,
-        "/v1/txn",
-        txn(&[], &["app/t1", "other/t1"]),
-    )
-    .await;
-    assert_denied(&a, StatusCode::FORBIDDEN, "txn with a put outside");
-    let a = call(
-        ep,
-        Who::User("app"),
-        Method::POST,
-        "/v1/txn",
-        txn(&["other/c"], &["app/t1"]),
-    )
-    .await;
-    assert_denied(&a, StatusCode::FORBIDDEN, "txn with a compare outside");
+    let outside_put = txn(&[], &["app/t1", "other/t1"]);
+    let a = api.post(User("app"), "/v1/txn", &outside_put).await;
+    assert_denied(&a, FORBIDDEN, "txn with a put outside");
+    let outside_compare = txn(&["other/c"], &["app/t1"]);
+    let a = api.post(User("app"), "/v1/txn", &outside_compare).await;
+    assert_denied(&a, FORBIDDEN, "txn with a compare outside");
     assert_eq!(
-        value_of(ep, "app%2Ft1").await,
+        api.value_of("app%2Ft1").await,
         None,
         "a refused txn wrote nothing"
     );
-    assert_eq!(value_of(ep, "other%2Ft1").await, None);
-    let a = call(
-        ep,
-        Who::User("app"),
-        Method::POST,
-        "/v1/txn",
-        txn(&["app/c"], &["app/t1"]),
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.message());
-    assert_eq!(value_of(ep, "app%2Ft1").await.as_deref(), Some(&b"t"[..]));
-    let a = call(
-        ep,
-        Who::User("app"),
-        Method::GET,
-        "/v1/watch?prefix=other/",
-        vec![],
-    )
-    .await;
-    assert_denied(&a, StatusCode::FORBIDDEN, "watch outside");
+    assert_eq!(api.value_of("other%2Ft1").await, None);
+    let inside = txn(&["app/c"], &["app/t1"]);
+    assert_ok(
+        &api.post(User("app"), "/v1/txn", &inside).await,
+        "txn inside",
+    );
+    assert_eq!(api.value_of("app%2Ft1").await.as_deref(), Some(&b"t"[..]));
+    let a = api.get(User("app"), "/v1/watch?prefix=other/").await;
+    assert_denied(&a, FORBIDDEN, "watch outside");
     // A watch inside streams: its first line is the opening progress event.
-    let http = reqwest::Client::new();
-    let mut w = http
-        .get(format!("http://{ep}/v1/watch?prefix=app/"))
+    let mut w = reqwest::Client::new()
+        .get(format!("http://{}/v1/watch?prefix=app/", api.0))
         .bearer_auth(token("app"))
         .send()
         .await
         .unwrap();
     assert_eq!(w.status(), StatusCode::OK);
-    let first = tokio::time::timeout(Duration::from_secs(10), w.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), w.chunk());
+    let first = first.await.unwrap().unwrap().unwrap();
     assert!(
         String::from_utf8_lossy(&first).contains("progress"),
         "{first:?}"
     );
     drop(w);
 
-    // Leases: a prefix-limited writer may revoke a lease only when all its keys are inside.
-    let grant = |who| async move {
-        let a = call(
-            ep,
-            who,
-            Method::POST,
-            "/v1/lease",
-            br#"{"ttl": 60}"#.to_vec(),
-        )
+    // Leases: a prefix-limited writer revokes a lease only when all its keys are inside.
+    let root_lease = api.leased_key(User("root"), "other%2Fleased").await;
+    let a = api
+        .delete(User("app"), &format!("/v1/lease/{root_lease}"))
         .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.message());
-        a.json()["id"].as_u64().unwrap()
-    };
-    let root_lease = grant(Who::User("root")).await;
-    assert_eq!(
-        put(
-            Who::User("root"),
-            &format!("other%2Fleased?lease={root_lease}"),
-            "l"
-        )
-        .await
-        .status,
-        StatusCode::OK
-    );
-    let a = call(
-        ep,
-        Who::User("app"),
-        Method::DELETE,
-        &format!("/v1/lease/{root_lease}"),
-        vec![],
-    )
-    .await;
-    assert_denied(
-        &a,
-        StatusCode::FORBIDDEN,
-        "app revoking a lease with a key outside",
-    );
+    assert_denied(&a, FORBIDDEN, "app revoking a lease with a key outside");
     assert!(
         a.message().contains("holds key other/leased"),
         "{}",
         a.message()
     );
     assert_eq!(
-        value_of(ep, "other%2Fleased").await.as_deref(),
+        api.value_of("other%2Fleased").await.as_deref(),
         Some(&b"l"[..])
     );
-    let ttl = call(
-        ep,
-        Who::User("app"),
-        Method::GET,
-        &format!("/v1/lease/{root_lease}?keys=true"),
-        vec![],
-    )
-    .await;
+    let ttl = api
+        .get(User("app"), &format!("/v1/lease/{root_lease}?keys=true"))
+        .await;
     assert_denied(
         &ttl,
-        StatusCode::FORBIDDEN,
+        FORBIDDEN,
         "app reading the keys of a lease with a key outside",
     );
-    let app_lease = grant(Who::User("app")).await;
-    assert_eq!(
-        put(
-            Who::User("app"),
-            &format!("app/leased?lease={app_lease}"),
-            "l"
-        )
-        .await
-        .status,
-        StatusCode::OK
-    );
-    let a = call(
-        ep,
-        Who::User("app"),
-        Method::DELETE,
-        &format!("/v1/lease/{app_lease}"),
-        vec![],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.message());
-    assert_eq!(value_of(ep, "app%2Fleased").await, None);
+    let app_lease = api.leased_key(User("app"), "app/leased").await;
+    let a = api
+        .delete(User("app"), &format!("/v1/lease/{app_lease}"))
+        .await;
+    assert_ok(&a, "app revoking its own lease");
+    assert_eq!(api.value_of("app%2Fleased").await, None);
     // An unprefixed writer revokes any lease.
-    let a = call(
-        ep,
-        Who::User("writer"),
-        Method::DELETE,
-        &format!("/v1/lease/{root_lease}"),
-        vec![],
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.message());
-    assert_eq!(value_of(ep, "other%2Fleased").await, None);
+    let a = api
+        .delete(User("writer"), &format!("/v1/lease/{root_lease}"))
+        .await;
+    assert_ok(&a, "writer revoking root's lease");
+    assert_eq!(api.value_of("other%2Fleased").await, None);
 
     // Every refusal was counted.
-    let metrics = call(ep, Who::Nobody, Method::GET, "/metrics", vec![]).await;
-    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    let text = String::from_utf8_lossy(&api.get(Nobody, "/metrics").await.body).to_string();
     assert!(
         text.contains("omnikv_auth_denied_total{reason=\"unauthenticated\"} 3"),
         "{text}"
@@ -446,85 +363,51 @@ async fn auth_tokens_roles_and_prefixes_on_a_running_replica() {
     let log = c.log_text(1);
     for name in ["root", "writer", "reader", "app"] {
         assert!(!log.contains(&token(name)), "the log shows {name}'s token");
+        let line = user(name, "read");
+        let hash = &line[line.len() - 65..line.len() - 1];
+        assert!(!log.contains(hash), "the log shows {name}'s hash");
     }
-    let root_line = user("root", "admin");
-    assert!(
-        !log.contains(&root_line[root_line.len() - 65..root_line.len() - 1]),
-        "the log shows a hash"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_reconfigure_is_for_admins_only() {
     let (c, _) = start(3, &base_users(), &[]).await;
-    let leader = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let a = call(
-                &c.endpoint(1),
-                Who::User("reader"),
-                Method::GET,
-                "/v1/status",
-                vec![],
-            )
-            .await;
-            assert_eq!(a.status, StatusCode::OK, "{}", a.message());
-            if let Some(l) = a.json()["leader"].as_u64() {
-                break l;
-            }
-            assert!(Instant::now() < deadline, "no leader");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        let a = Api(c.endpoint(1)).get(User("reader"), "/v1/status").await;
+        assert_ok(&a, "reader status");
+        if let Some(l) = a.json()["leader"].as_u64() {
+            break l;
         }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let ep = c.endpoint(leader);
+    let api = Api(c.endpoint(leader));
     let other = (1..=3).find(|p| *p != leader).unwrap();
-    let keep = vec![leader, other];
+    let mut keep = vec![leader, other];
+    keep.sort();
     let body = serde_json::to_vec(&json!({ "nodes": keep })).unwrap();
+    let to = serde_json::to_vec(&json!({ "to": other })).unwrap();
     for who in ["writer", "app", "reader"] {
-        let a = call(
-            &ep,
-            Who::User(who),
-            Method::POST,
-            "/v1/reconfigure",
-            body.clone(),
-        )
-        .await;
-        assert_denied(&a, StatusCode::FORBIDDEN, who);
-        assert!(
-            a.message().contains(&format!("user {who}")),
-            "{}",
-            a.message()
-        );
+        let a = api.post(User(who), "/v1/reconfigure", &body).await;
+        assert_denied(&a, FORBIDDEN, who);
+        let want = format!("user {who} (role");
+        assert!(a.message().contains(&want), "{}", a.message());
         assert!(
             a.message().contains("may not reconfigure"),
             "{}",
             a.message()
         );
-        let to = json!({ "to": other });
-        let a = call(
-            &ep,
-            Who::User(who),
-            Method::POST,
-            "/v1/move-leader",
-            serde_json::to_vec(&to).unwrap(),
-        )
-        .await;
-        assert_denied(&a, StatusCode::FORBIDDEN, who);
+        let a = api.post(User(who), "/v1/move-leader", &to).await;
+        assert_denied(&a, FORBIDDEN, who);
     }
-    let members = call(&ep, Who::User("reader"), Method::GET, "/v1/members", vec![]).await;
-    assert_eq!(
-        members.json()["members"].as_array().unwrap().len(),
-        3,
-        "a refused reconfigure changed nothing"
-    );
-    let a = call(
-        &ep,
-        Who::User("root"),
-        Method::POST,
-        "/v1/reconfigure",
-        body,
-    )
-    .await;
+    let members = |a: Answer| -> Vec<u64> {
+        let list = a.json()["members"].as_array().cloned().unwrap_or_default();
+        list.iter().map(|m| m["pid"].as_u64().unwrap()).collect()
+    };
+    let now = members(api.get(User("reader"), "/v1/members").await);
+    assert_eq!(now, vec![1, 2, 3], "a refused reconfigure changed nothing");
+    let a = api.post(User("root"), "/v1/reconfigure", &body).await;
     assert_eq!(
         a.status,
         StatusCode::OK,
@@ -532,30 +415,22 @@ async fn auth_reconfigure_is_for_admins_only() {
         a.message(),
         c.dump_logs()
     );
-    let mut want = keep.clone();
-    want.sort();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let members = call(&ep, Who::User("reader"), Method::GET, "/v1/members", vec![]).await;
-        let now: Vec<u64> = members.json()["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["pid"].as_u64().unwrap())
-            .collect();
-        if now == want {
+        let now = members(api.get(User("reader"), "/v1/members").await);
+        if now == keep {
             break;
         }
-        assert!(Instant::now() < deadline, "members {now:?}, want {want:?}");
+        assert!(Instant::now() < deadline, "members {now:?}, want {keep:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Polls until `token`'s status call answers `want`; returns how long that took.
-async fn until_status(ep: &str, name: &str, want: StatusCode, within: Duration) -> Duration {
+/// Polls until `name`'s status call answers `want`; returns how long that took.
+async fn until_status(api: &Api, name: &str, want: StatusCode, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let a = call(ep, Who::User(name), Method::GET, "/v1/status", vec![]).await;
+        let a = api.get(User(name), "/v1/status").await;
         if a.status == want {
             return started.elapsed();
         }
@@ -571,54 +446,45 @@ async fn until_status(ep: &str, name: &str, want: StatusCode, within: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_file_reloads_and_metrics_auth() {
     let (c, path) = start(1, &base_users(), &[("KVD_METRICS_AUTH", "true")]).await;
-    let ep = c.endpoint(1);
-    let ep = ep.as_str();
+    let api = Api(c.endpoint(1));
 
     // --metrics-auth: /metrics needs a user (any role); health stays open.
-    let a = call(ep, Who::Nobody, Method::GET, "/metrics", vec![]).await;
-    assert_denied(&a, StatusCode::UNAUTHORIZED, "metrics without a token");
-    assert_eq!(
-        call(ep, Who::User("reader"), Method::GET, "/metrics", vec![])
-            .await
-            .status,
-        StatusCode::OK
+    assert_denied(
+        &api.get(Nobody, "/metrics").await,
+        UNAUTHORIZED,
+        "metrics, no token",
     );
-    assert_eq!(
-        call(ep, Who::Nobody, Method::GET, "/healthz", vec![])
-            .await
-            .status,
-        StatusCode::OK
+    assert_ok(
+        &api.get(User("reader"), "/metrics").await,
+        "metrics as reader",
     );
+    assert_ok(&api.get(Nobody, "/healthz").await, "healthz");
 
     // A user added while kvd runs: its token works within a couple of seconds.
-    until_status(ep, "late", StatusCode::UNAUTHORIZED, Duration::ZERO).await;
+    until_status(&api, "late", UNAUTHORIZED, Duration::ZERO).await;
     std::fs::write(&path, base_users() + &user("late", "read")).unwrap();
-    let took = until_status(ep, "late", StatusCode::OK, Duration::from_secs(3)).await;
+    let took = until_status(&api, "late", StatusCode::OK, Duration::from_secs(3)).await;
     eprintln!("a user added was accepted after {took:?}");
 
     // A bad file is logged (with its line) and the users loaded before stay.
     let bad = base_users() + &user("late", "read") + "broken nosuchrole\n";
     std::fs::write(&path, &bad).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    until_status(ep, "late", StatusCode::OK, Duration::ZERO).await;
-    until_status(ep, "root", StatusCode::OK, Duration::ZERO).await;
+    until_status(&api, "late", StatusCode::OK, Duration::ZERO).await;
+    until_status(&api, "root", StatusCode::OK, Duration::ZERO).await;
     let log = c.log_text(1);
-    assert!(log.contains("auth file changed but is not valid"), "{log}");
+    let warning = "auth file changed but is not valid";
+    assert_eq!(log.matches(warning).count(), 1, "logged once: {log}");
     assert!(
         log.contains("line 6: user broken: the role must be"),
         "{log}"
     );
-    assert_eq!(
-        log.matches("auth file changed but is not valid").count(),
-        1,
-        "logged once"
-    );
 
     // The user removed: its token stops working.
     std::fs::write(&path, base_users()).unwrap();
-    let took = until_status(ep, "late", StatusCode::UNAUTHORIZED, Duration::from_secs(3)).await;
+    let took = until_status(&api, "late", UNAUTHORIZED, Duration::from_secs(3)).await;
     eprintln!("a user removed was refused after {took:?}");
-    until_status(ep, "root", StatusCode::OK, Duration::ZERO).await;
+    until_status(&api, "root", StatusCode::OK, Duration::ZERO).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,9 +492,8 @@ async fn auth_a_bad_file_at_start_stops_kvd() {
     let mut c = Cluster::new_stopped(1, Opts::default());
     let path = c.dir.path().join("users");
     std::fs::write(&path, base_users() + "app read\n").unwrap();
-    c.opts
-        .extra_env
-        .push(("KVD_AUTH_FILE".into(), path.display().to_string()));
+    let env = ("KVD_AUTH_FILE".into(), path.display().to_string());
+    c.opts.extra_env.push(env);
     c.spawn(1);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !c.exited(1) {
