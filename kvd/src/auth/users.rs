@@ -177,7 +177,8 @@ fn parse_line(line: &str) -> Result<Option<(User, Option<TokenHash>)>, String> {
         ));
     }
     let Some((role, options)) = rest.split_first() else {
-        return Err(format!("user {name} has no role (want {FORM})"));
+        // The name is not repeated: a token pasted alone on a line looks like a name.
+        return Err(format!("a name without a role (want {FORM})"));
     };
     let role = Role::parse(role).ok_or_else(|| {
         format!("user {name}: the role must be read, write or admin (want {FORM})")
@@ -316,10 +317,11 @@ mod tests {
         let good = hash("t");
         let secret = "okv_c2VjcmV0LXRva2VuLXZhbHVlLW5vdC10by1iZS1sb2dnZWQ";
         let cases: Vec<(String, &str)> = vec![
-            (format!("{secret}\n"), "user name must be"),
+            (format!("{secret}\n"), "a name without a role"),
+            (format!("{secret}= read\n"), "user name must be"),
             ("a b c\n".into(), "role must be"),
             (format!("app {secret}\n"), "role must be"),
-            ("app\n".into(), "has no role"),
+            ("app\n".into(), "a name without a role"),
             ("app superuser\n".into(), "role must be"),
             (format!("app write {secret}\n"), "field 3 is neither"),
             (
