@@ -261,6 +261,7 @@ pub async fn serve(
         metrics.clone(),
         db.clone(),
         peer_tls.clone(),
+        peer_listener.local_addr()?,
     );
     tokio::spawn(transport::serve_inbound(peer_listener, ctx.clone()));
 

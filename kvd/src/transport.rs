@@ -65,6 +65,10 @@ pub struct TransportCtx {
     pub known_storage: Mutex<HashMap<u64, u64>>,
     /// Mutual TLS for every session; `None`: plaintext.
     pub tls: Option<PeerTls>,
+    /// The IP our dials leave from: that of the peer listen address when it names one
+    /// (not 0.0.0.0 or ::), so peers see us at the address we serve on; else the system's
+    /// choice.
+    source_ip: Option<std::net::IpAddr>,
 }
 
 fn peer_storage_key(pid: u64) -> Vec<u8> {
@@ -79,6 +83,7 @@ impl TransportCtx {
         metrics: Arc<Metrics>,
         db: Db,
         tls: Option<PeerTls>,
+        listen: std::net::SocketAddr,
     ) -> Arc<TransportCtx> {
         Arc::new(TransportCtx {
             cluster_id: AtomicU64::new(me.cluster_id),
@@ -89,7 +94,36 @@ impl TransportCtx {
             db,
             known_storage: Mutex::new(HashMap::new()),
             tls,
+            source_ip: (!listen.ip().is_unspecified()).then_some(listen.ip()),
         })
+    }
+
+    /// Opens a TCP connection to `addr`, from `source_ip` when there is one (an address of
+    /// the other family is dialed from the system's choice).
+    async fn dial(&self, addr: &str) -> std::io::Result<TcpStream> {
+        let Some(source) = self.source_ip else {
+            return TcpStream::connect(addr).await;
+        };
+        let mut last = std::io::Error::other(format!("{addr} resolves to no address"));
+        for target in tokio::net::lookup_host(addr).await? {
+            let socket = match target {
+                std::net::SocketAddr::V4(_) if source.is_ipv4() => tokio::net::TcpSocket::new_v4()?,
+                std::net::SocketAddr::V6(_) if source.is_ipv6() => tokio::net::TcpSocket::new_v6()?,
+                _ => match TcpStream::connect(target).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                },
+            };
+            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            match socket.connect(target).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
     /// Sets the cluster id a joiner learned (and verified).
@@ -217,7 +251,7 @@ async fn outbound_loop(
             pid: ctx.me.pid,
             storage_id: ctx.me.storage_id,
         });
-        let dial = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr)).await;
+        let dial = tokio::time::timeout(Duration::from_secs(1), ctx.dial(&addr)).await;
         let session = Session {
             ctx: &ctx,
             pid,

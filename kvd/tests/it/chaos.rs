@@ -24,13 +24,14 @@
 //! and the offending sub-history; the harness keeps the data dirs and logs.
 
 use crate::chaos_watch::{self, Change, Endpoints, Watchers};
-use crate::harness::{kvctl_run, Cluster, Opts};
+use crate::harness::{kvctl_run_env, Cluster, Opts};
 use crate::linearizability::{
     check_with_budget, KvInput, KvModel, KvOutput, Operation, Outcome, Verdict,
 };
 use crate::nemesis::{Cut, Link, Net, Pid};
+use crate::pki::{lay_out, Ca};
 use omnikv_common::kv::{Compare, CompareOp, CompareTarget, PutOp, TxnOp, TxnRequest};
-use omnikv_common::{Client, ClientError, Consistency, Role};
+use omnikv_common::{Client, ClientError, Consistency, Credentials, Role};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -47,6 +48,8 @@ const KEYS: usize = 6;
 const CLIENTS: usize = 5;
 /// Per-call client timeout.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Replicas a run may add beyond its first `n` (each needs a certificate over TLS).
+const MAX_ADDED: u64 = 30;
 /// WGL search budget (steps over all keys).
 const CHECK_BUDGET: u64 = 30_000_000;
 
@@ -247,6 +250,8 @@ struct Shared {
     /// The members' client endpoints, by pid, and how often they changed.
     endpoints: Arc<Endpoints>,
     stop: AtomicBool,
+    /// What every client presents (the cluster CA when the run is over TLS).
+    credentials: Credentials,
 }
 
 impl Shared {
@@ -302,9 +307,11 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
                 let mut all: Vec<String> = eps.1.iter().map(|(_, e)| e.clone()).collect();
                 let shift = w % all.len();
                 all.rotate_left(shift);
-                clients = vec![Client::new(&all, CLIENT_TIMEOUT).unwrap()];
+                let creds = &shared.credentials;
+                clients = vec![Client::with_credentials(&all, CLIENT_TIMEOUT, creds).unwrap()];
                 for (_, e) in &eps.1 {
-                    clients.push(Client::new(std::slice::from_ref(e), CLIENT_TIMEOUT).unwrap());
+                    let one = std::slice::from_ref(e);
+                    clients.push(Client::with_credentials(one, CLIENT_TIMEOUT, creds).unwrap());
                 }
             }
         }
@@ -465,6 +472,8 @@ struct Run {
     log: Vec<String>,
     started: Instant,
     next_pid: Pid,
+    /// Replicas the run started with.
+    first_n: u64,
     shared: Arc<Shared>,
     watchers: Watchers,
 }
@@ -685,9 +694,10 @@ impl Run {
             ];
             args.extend(extra.iter().cloned());
             let eps = endpoints.join(",");
+            let env = self.c.kvctl_env();
             let out = tokio::task::spawn_blocking(move || {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                kvctl_run(&eps, &args, None)
+                kvctl_run_env(&eps, &args, None, &env)
             })
             .await
             .unwrap();
@@ -712,6 +722,12 @@ impl Run {
 
     async fn add_member(&mut self) {
         let pid = self.next_pid;
+        if self.c.opts.tls.is_some() && pid > self.first_n + MAX_ADDED {
+            self.note(format!(
+                "add node {pid}: skipped, no certificate made for it"
+            ));
+            return;
+        }
         self.next_pid += 1;
         let mut members = self.members();
         members.push(pid);
@@ -785,11 +801,20 @@ fn i_of(t: Target) -> usize {
 }
 
 /// Starts `n` replicas behind proxies, runs clients and the nemesis for `secs`, heals, and
-/// checks everything.
-pub async fn chaos(n: u64, secs: u64) {
+/// checks everything. With `tls`, clients speak HTTPS and peers mutual TLS (the proxies
+/// forward the encrypted bytes), with certificates for every pid the run may add.
+pub async fn chaos(n: u64, secs: u64, tls: bool) {
     let seed = seed();
-    eprintln!("chaos: seed {seed} (OMNIKV_CHAOS_SEED), {n} replicas, {secs} s of faults");
-    let mut c = Cluster::new_stopped(n, Opts::default());
+    eprintln!(
+        "chaos: seed {seed} (OMNIKV_CHAOS_SEED), {n} replicas, {secs} s of faults, tls {tls}"
+    );
+    let pki_dir = tempfile::tempdir().unwrap();
+    let opts = Opts {
+        tls: tls.then(|| lay_out(&Ca::new("chaos CA"), pki_dir.path(), 1..=n + MAX_ADDED)),
+        peer_ip_per_pid: tls,
+        ..Opts::default()
+    };
+    let mut c = Cluster::new_stopped(n, opts);
     let mut net = Net::new(seed);
     for pid in 1..=n {
         let proxy = net.add_proxy(pid, c.peer_addr(pid)).await;
@@ -805,8 +830,14 @@ pub async fn chaos(n: u64, secs: u64) {
         history: Mutex::new(History::default()),
         endpoints: Arc::new(RwLock::new((0, endpoints))),
         stop: AtomicBool::new(false),
+        credentials: c.credentials(),
     });
-    let watchers = Watchers::start(&c.members, KEY_PREFIX.as_bytes(), shared.endpoints.clone());
+    let watchers = Watchers::start(
+        &c.members,
+        KEY_PREFIX.as_bytes(),
+        shared.endpoints.clone(),
+        &shared.credentials,
+    );
     let mut run = Run {
         seed,
         c,
@@ -814,6 +845,7 @@ pub async fn chaos(n: u64, secs: u64) {
         log: Vec::new(),
         started: Instant::now(),
         next_pid: n + 1,
+        first_n: n,
         shared: shared.clone(),
         watchers,
     };
@@ -1034,7 +1066,7 @@ async fn verify(run: &mut Run) {
         h.cas_swapped
     ));
     // 5. The watchers saw every change.
-    let http = reqwest::Client::new();
+    let http = chaos_watch::http_client(&run.shared.credentials);
     let (revision, state) =
         match chaos_watch::read_state(&http, &run.c.endpoint(members[0]), KEY_PREFIX.as_bytes())
             .await
@@ -1057,10 +1089,10 @@ fn secs(default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_three_replicas() {
-    chaos(3, secs(50)).await;
+    chaos(3, secs(50), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chaos_five_replicas() {
-    chaos(5, secs(35)).await;
+async fn chaos_five_replicas_over_tls() {
+    chaos(5, secs(35), true).await;
 }

@@ -20,6 +20,7 @@
 use crate::nemesis::Pid;
 use omnikv_common::keys::encode_key;
 use omnikv_common::kv::{RangeResult, WatchEvent};
+use omnikv_common::Credentials;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, RwLock};
@@ -112,7 +113,12 @@ pub struct Watchers {
 
 impl Watchers {
     /// A watcher per pid in `homes`, on keys starting with `prefix`, from revision 1.
-    pub fn start(homes: &[Pid], prefix: &[u8], endpoints: Arc<Endpoints>) -> Watchers {
+    pub fn start(
+        homes: &[Pid],
+        prefix: &[u8],
+        endpoints: Arc<Endpoints>,
+        credentials: &Credentials,
+    ) -> Watchers {
         let seen: Vec<Arc<Mutex<Seen>>> = homes
             .iter()
             .map(|&home| {
@@ -125,7 +131,10 @@ impl Watchers {
             .collect();
         let tasks = seen
             .iter()
-            .map(|s| tokio::spawn(watch(s.clone(), prefix.to_vec(), endpoints.clone())))
+            .map(|s| {
+                let http = http_client(credentials);
+                tokio::spawn(watch(s.clone(), prefix.to_vec(), endpoints.clone(), http))
+            })
             .collect();
         Watchers {
             seen,
@@ -215,11 +224,21 @@ enum End {
 }
 
 /// One watcher, until aborted.
-async fn watch(seen: Arc<Mutex<Seen>>, prefix: Vec<u8>, endpoints: Arc<Endpoints>) {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(1))
+/// An HTTP client for the watchers and state reads, with the cluster's credentials.
+pub fn http_client(credentials: &Credentials) -> reqwest::Client {
+    credentials
+        .apply(reqwest::Client::builder().connect_timeout(Duration::from_secs(1)))
+        .unwrap()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+async fn watch(
+    seen: Arc<Mutex<Seen>>,
+    prefix: Vec<u8>,
+    endpoints: Arc<Endpoints>,
+    http: reqwest::Client,
+) {
     let home = seen.lock().unwrap().home;
     let mut next = 1u64;
     // Members that answered `compacted` for `next`.
@@ -719,7 +738,12 @@ mod tests {
             changes.push(Change::put(r.revision, key.as_bytes(), b"v"));
         }
         let endpoints: Vec<(Pid, String)> = (1..=3).map(|p| (p, c.endpoint(p))).collect();
-        let mut w = Watchers::start(&[1, 2, 3], b"w/", Arc::new(RwLock::new((0, endpoints))));
+        let mut w = Watchers::start(
+            &[1, 2, 3],
+            b"w/",
+            Arc::new(RwLock::new((0, endpoints))),
+            &c.credentials(),
+        );
         for i in 0..5 {
             let key = format!("w/k{i}");
             let r = client.delete(key.as_bytes()).await.unwrap();

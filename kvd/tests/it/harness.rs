@@ -2,7 +2,7 @@
 //! plus helpers to kill, restart and query them. Everything polls with deadlines.
 
 use crate::pki::PkiDir;
-use omnikv_common::{Client, ClientError, Consistency, Role, StatusView};
+use omnikv_common::{Client, ClientError, Consistency, Credentials, Role, StatusView};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -80,6 +80,9 @@ pub struct Opts {
     /// verifies client certificates against `ca.crt`, and uses the same files for peer mTLS.
     /// Endpoints are then `https://127.0.0.1:port`.
     pub tls: Option<PkiDir>,
+    /// Replica N listens for peers on 127.0.0.(10 + N) (and so dials from it), so that the
+    /// nemesis's proxies tell the sender of a TLS session by its address.
+    pub peer_ip_per_pid: bool,
 }
 
 impl Opts {
@@ -100,6 +103,7 @@ impl Default for Opts {
             snapshot_keep: 1_000,
             extra_env: vec![],
             tls: None,
+            peer_ip_per_pid: false,
         }
     }
 }
@@ -166,7 +170,7 @@ impl Cluster {
             .values()
             .map(|n| match self.advertised_peers.get(&n.pid) {
                 Some(addr) => format!("{}={addr}", n.pid),
-                None => format!("{}=127.0.0.1:{}", n.pid, n.peer_port),
+                None => format!("{}={}", n.pid, self.peer_addr(n.pid)),
             })
             .collect::<Vec<_>>()
             .join(",")
@@ -197,8 +201,16 @@ impl Cluster {
         self.nodes.insert(pid, node);
     }
 
+    /// The IP replica `pid` serves its peers on (`Opts::peer_ip_per_pid`).
+    pub fn peer_ip(&self, pid: u64) -> String {
+        match self.opts.peer_ip_per_pid {
+            true => format!("127.0.0.{}", 10 + pid),
+            false => "127.0.0.1".into(),
+        }
+    }
+
     pub fn peer_addr(&self, pid: u64) -> String {
-        format!("127.0.0.1:{}", self.nodes[&pid].peer_port)
+        format!("{}:{}", self.peer_ip(pid), self.nodes[&pid].peer_port)
     }
 
     pub fn spawn(&mut self, pid: u64) {
@@ -209,6 +221,7 @@ impl Cluster {
     pub fn spawn_with(&mut self, pid: u64, env: &[(&str, &str)]) {
         let peers = self.peers_arg();
         let opts = self.opts.clone();
+        let peer_listen = self.peer_addr(pid);
         let node = self.nodes.get_mut(&pid).unwrap();
         let nodes = format!(
             "[{}]",
@@ -231,7 +244,7 @@ impl Cluster {
             .env("CONFIG_ID", node.config_env.0.to_string())
             .env("KVD_DATA_DIR", &node.data_dir)
             .env("KVD_CLIENT_ADDR", format!("127.0.0.1:{}", node.client_port))
-            .env("KVD_PEER_ADDR", format!("127.0.0.1:{}", node.peer_port))
+            .env("KVD_PEER_ADDR", peer_listen)
             .env("KVD_PEERS", peers)
             .env("KVD_SNAPSHOT_INTERVAL", opts.snapshot_interval.to_string())
             .env("KVD_SNAPSHOT_KEEP", opts.snapshot_keep.to_string())
@@ -329,39 +342,34 @@ impl Cluster {
         self.nodes.values().map(Node::endpoint).collect()
     }
 
+    /// What a client of this cluster needs: the cluster CA over TLS (`Opts::tls`), nothing
+    /// over plaintext.
+    pub fn credentials(&self) -> Credentials {
+        Credentials {
+            cacert: self.opts.tls.as_ref().map(PkiDir::ca),
+            ..Credentials::default()
+        }
+    }
+
+    /// The `KVCTL_*` environment a kvctl of this cluster runs with.
+    pub fn kvctl_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(pki) = &self.opts.tls {
+            env.push(("KVCTL_CACERT".into(), pki.ca().display().to_string()));
+        }
+        env
+    }
+
     pub fn client(&self, timeout: Duration) -> Client {
-        Client::new(&self.endpoints(), timeout).unwrap()
+        Client::with_credentials(&self.endpoints(), timeout, &self.credentials()).unwrap()
     }
 
     pub fn client_of(&self, pid: u64, timeout: Duration) -> Client {
-        Client::new(&[self.endpoint(pid)], timeout).unwrap()
+        Client::with_credentials(&[self.endpoint(pid)], timeout, &self.credentials()).unwrap()
     }
 
     pub async fn status(&self, pid: u64) -> Result<StatusView, ClientError> {
-        if self.opts.tls.is_some() {
-            let url = format!("{}/v1/status", self.endpoint(pid));
-            let fail = |e: reqwest::Error| ClientError::Unavailable(e.to_string());
-            let resp = self.https_client().get(url).send().await.map_err(fail)?;
-            return resp
-                .error_for_status()
-                .map_err(fail)?
-                .json()
-                .await
-                .map_err(fail);
-        }
         self.client_of(pid, Duration::from_secs(2)).status().await
-    }
-
-    /// An HTTPS client trusting the cluster's CA (`Opts::tls`), presenting no certificate.
-    pub fn https_client(&self) -> reqwest::Client {
-        let pki = self.opts.tls.as_ref().expect("a TLS cluster");
-        let ca = std::fs::read(pki.ca()).unwrap();
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap()
     }
 
     pub fn log_text(&self, pid: u64) -> String {
@@ -482,7 +490,7 @@ impl Cluster {
     }
 
     pub fn kvctl_with(&self, endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        kvctl_run(endpoints, args, stdin)
+        kvctl_run_env(endpoints, args, stdin, &self.kvctl_env())
     }
 }
 
@@ -497,9 +505,30 @@ pub fn stdout_ok(out: Output) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The replica a peer address belongs to under `Opts::peer_ip_per_pid`.
+pub fn pid_of_peer_ip(ip: std::net::IpAddr) -> Option<u64> {
+    match ip {
+        std::net::IpAddr::V4(v4) if v4.octets()[..3] == [127, 0, 0] && v4.octets()[3] > 10 => {
+            Some(u64::from(v4.octets()[3]) - 10)
+        }
+        _ => None,
+    }
+}
+
 pub fn kvctl_run(endpoints: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    kvctl_run_env(endpoints, args, stdin, &[])
+}
+
+/// Like [`kvctl_run`], with `env` (e.g. `KVCTL_CACERT`) on top.
+pub fn kvctl_run_env(
+    endpoints: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(String, String)],
+) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(kvctl_bin());
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.env("KVCTL_ENDPOINTS", endpoints)
         .args(args)
         .stdin(if stdin.is_some() {

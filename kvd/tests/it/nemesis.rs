@@ -30,6 +30,9 @@ use tokio::task::JoinHandle;
 
 pub type Pid = u64;
 
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Cut {
     /// Bytes flow.
@@ -209,6 +212,16 @@ async fn proxy_conn(
     shared: Arc<Shared>,
 ) -> std::io::Result<()> {
     let _ = inbound.set_nodelay(true);
+    // Over TLS the Hello is encrypted: the sender is told by the address it dials from
+    // (`Opts::peer_ip_per_pid`), and the bytes are forwarded untouched.
+    let mut first = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), inbound.peek(&mut first))
+        .await
+        .map_err(|_| std::io::Error::other("no hello"))??;
+    if first[0] == TLS_HANDSHAKE {
+        let src = crate::harness::pid_of_peer_ip(inbound.peer_addr()?.ip()).unwrap_or(0);
+        return forward(inbound, src, dst, target, shared, &[]).await;
+    }
     let mut len = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(10), inbound.read_exact(&mut len))
         .await
@@ -224,6 +237,21 @@ async fn proxy_conn(
         Ok(PeerFrame::Hello(h)) => h.pid,
         _ => 0,
     };
+    let mut head = len.to_vec();
+    head.extend_from_slice(&hello);
+    forward(inbound, src, dst, target, shared, &head).await
+}
+
+/// Forwards the connection `src -> dst` both ways under its link, `head` (bytes already
+/// read from `inbound`) first.
+async fn forward(
+    inbound: TcpStream,
+    src: Pid,
+    dst: Pid,
+    target: String,
+    shared: Arc<Shared>,
+    head: &[u8],
+) -> std::io::Result<()> {
     let mut generation = shared.generation.subscribe();
     loop {
         match shared.link(src, dst).cut {
@@ -241,8 +269,7 @@ async fn proxy_conn(
     }
     let mut upstream = TcpStream::connect(&target).await?;
     let _ = upstream.set_nodelay(true);
-    upstream.write_all(&len).await?;
-    upstream.write_all(&hello).await?;
+    upstream.write_all(head).await?;
     let (ir, iw) = inbound.into_split();
     let (ur, uw) = upstream.into_split();
     let salt = shared.seed.fetch_add(1, Ordering::Relaxed);
