@@ -339,31 +339,37 @@ impl Client {
         let mut unreachable = Vec::new();
         let mut refused = Vec::new();
         let mut unknown = Vec::new();
+        // Refusals of our credentials (401, 403, tls_required, a certificate failure), first
+        // message first.
+        let mut denied = Vec::new();
         let mut round = 0u32;
         loop {
+            let (mut denied_now, mut unknown_now) = (0, 0);
             for endpoint in &self.endpoints {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 if remaining.is_zero() {
                     break;
                 }
                 match attempt(endpoint.clone(), remaining).await {
-                    // A write sent elsewhere without an answer may have been applied: a refusal
-                    // here does not make that definite.
-                    Attempt::Done(Err(ClientError::NotPermitted(m)))
-                        if changes.is_some() && !unknown.is_empty() =>
-                    {
-                        return Err(ClientError::Indeterminate(format!(
-                            "the {} was sent but not confirmed: it may have been applied \
-                             (no answer: {}; then {endpoint} refused: {m})",
-                            changes.unwrap_or_default(),
-                            unknown.join("; ")
-                        )));
+                    // One replica refusing us says nothing of the others (a token or a CA
+                    // its mounted files do not hold yet): go on to the next endpoint.
+                    Attempt::Done(Err(ClientError::NotPermitted(m))) => {
+                        denied_now += 1;
+                        denied.push(m);
                     }
                     Attempt::Done(r) => return r,
                     Attempt::Unreachable(m) => unreachable.push(format!("{endpoint}: {m}")),
                     Attempt::Refused(m) => refused.push(format!("{endpoint}: {m}")),
-                    Attempt::Unknown(m) => unknown.push(format!("{endpoint}: {m}")),
+                    Attempt::Unknown(m) => {
+                        unknown_now += 1;
+                        unknown.push(format!("{endpoint}: {m}"));
+                    }
                 }
+            }
+            // Every endpoint refused us or left us without an answer: another round would
+            // only repeat that.
+            if denied_now > 0 && denied_now + unknown_now == n {
+                break;
             }
             round += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -390,10 +396,18 @@ impl Client {
             }
         }
         if let (Some(what), false) = (changes, unknown.is_empty()) {
+            // A write sent somewhere without an answer may have been applied: a refusal
+            // elsewhere does not make that definite.
+            let refusal = denied
+                .first()
+                .map(|m| format!("; refused: {m}"))
+                .unwrap_or_default();
             Err(ClientError::Indeterminate(format!(
-                "the {what} was sent but not confirmed within {:?}: it may have been applied ({summary})",
+                "the {what} was sent but not confirmed within {:?}: it may have been applied ({summary}{refusal})",
                 self.timeout
             )))
+        } else if let Some(first) = denied.into_iter().next() {
+            Err(ClientError::NotPermitted(first))
         } else {
             Err(ClientError::Unavailable(summary))
         }

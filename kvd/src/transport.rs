@@ -117,7 +117,10 @@ impl TransportCtx {
                     }
                 },
             };
-            socket.bind(std::net::SocketAddr::new(source, 0))?;
+            if let Err(e) = socket.bind(std::net::SocketAddr::new(source, 0)) {
+                last = e;
+                continue;
+            }
             match socket.connect(target).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = e,

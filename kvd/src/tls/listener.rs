@@ -19,9 +19,12 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 /// Handshakes in progress at once; further connections wait in the kernel's backlog.
-pub const MAX_HANDSHAKES: usize = 256;
+pub const MAX_HANDSHAKES: usize = 1024;
 /// A connection that has not finished its handshake by then is closed.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection that has sent nothing by then is closed: idle connections cannot hold the
+/// handshake slots for long (a probe or a client needs only milliseconds).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Finished handshakes waiting for the server to take them.
 const READY: usize = 64;
 /// First byte of a TLS handshake record.
@@ -130,10 +133,11 @@ async fn handshake(
 ) -> Result<TlsStream<TcpStream>, String> {
     let _ = stream.set_nodelay(true);
     let mut first = [0u8; 1];
-    match stream.peek(&mut first).await {
-        Ok(0) => return Err("closed before the handshake".into()),
-        Ok(_) => {}
-        Err(e) => return Err(e.to_string()),
+    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, stream.peek(&mut first)).await {
+        Err(_) => return Err("nothing sent within the first-byte timeout".into()),
+        Ok(Ok(0)) => return Err("closed before the handshake".into()),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
     }
     if first[0] != TLS_HANDSHAKE {
         refuse_plaintext(stream, local).await;
