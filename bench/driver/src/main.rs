@@ -11,12 +11,13 @@ mod watch;
 mod workload;
 
 use clap::{Parser, Subcommand};
-use conn::{Conn, Target};
+use conn::{Conn, Dial, Target};
 use kvctl::bench::{connections, measure, Plan};
 use kvctl::cli::BenchArgs;
 use kvctl::{Context, Error, GlobalOpts, OutputFormat};
 use omnikv_common::ClientError;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use workload::{Kind, Load};
@@ -29,8 +30,24 @@ struct Cli {
     /// The system under load.
     #[arg(long, value_enum, default_value_t = Target::Omnikv, global = true)]
     target: Target,
+    #[command(flatten)]
+    tls: TlsOpts,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// TLS to the system under load, named as etcdctl's and kvctl's flags.
+#[derive(Debug, clap::Args)]
+struct TlsOpts {
+    /// CA certificate (PEM) that signed the servers' certificates: connect over TLS.
+    #[arg(long, value_name = "FILE", global = true)]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) to present (with --key).
+    #[arg(long, value_name = "FILE", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", global = true, requires = "cert")]
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,7 +100,13 @@ fn main() -> ExitCode {
     };
     let ctx = Context::new(&cli.global);
     let mut out = std::io::stdout();
-    match runtime.block_on(run(&ctx, cli.target, cli.command, &mut out)) {
+    let dial = Dial {
+        timeout: ctx.timeout,
+        cacert: cli.tls.cacert,
+        cert: cli.tls.cert,
+        key: cli.tls.key,
+    };
+    match runtime.block_on(run(&ctx, &dial, cli.target, cli.command, &mut out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kvctl::output::write_error(&mut std::io::stderr(), ctx.output, &e);
@@ -92,11 +115,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Result<(), Error> {
+async fn run(
+    ctx: &Context,
+    dial: &Dial,
+    target: Target,
+    cmd: Cmd,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
     let endpoints = ctx.selected_endpoints()?;
     let (name, args, kind) = match cmd {
         Cmd::Watch(w) => {
-            let r = watch::run(target, &endpoints, ctx.timeout, &w).await?;
+            let r = watch::run(target, &endpoints, dial, &w).await?;
             let written = match ctx.output {
                 OutputFormat::Json => kvctl::output::json_line(out, &r),
                 OutputFormat::Text => out.write_all(r.text().as_bytes()),
@@ -109,6 +138,9 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
                 ))));
             }
             return Ok(());
+        }
+        Cmd::Writes(_) | Cmd::Verify(_) if dial.tls() => {
+            return Err(Error::usage("writes and verify run over plaintext only"));
         }
         Cmd::Writes(w) => {
             let r = rolling_restart::writes(target, &endpoints, &w)
@@ -125,7 +157,7 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
         Cmd::Kv(b) => ("kv", b, Kind::Kv),
         Cmd::Cas(mut b) => {
             b.read_ratio = 0.0;
-            let conn = Conn::connect(target, &endpoints, ctx.timeout).await?;
+            let conn = Conn::connect(target, &endpoints, dial).await?;
             ("cas", b, Kind::cas(conn.mod_revisions(b"bench-").await?))
         }
         Cmd::Range {
@@ -134,7 +166,7 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
             prefix,
         } => {
             bench.read_ratio = 1.0;
-            let conn = Conn::connect(target, &endpoints, ctx.timeout).await?;
+            let conn = Conn::connect(target, &endpoints, dial).await?;
             load_prefix(&conn, prefix.as_bytes(), range_keys, bench.value_size).await?;
             let kind = Kind::Range {
                 prefix: prefix.into_bytes(),
@@ -148,7 +180,7 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
     let eps = connections(&plan, &endpoints, |e| Ok::<_, ClientError>(e.to_vec()))?;
     let mut loads = Vec::with_capacity(eps.len());
     for e in eps {
-        let conn = Conn::connect(target, &e, ctx.timeout).await?;
+        let conn = Conn::connect(target, &e, dial).await?;
         loads.push(Arc::new(Load {
             conn,
             kind: kind.clone(),
