@@ -12,7 +12,8 @@ Four 3-member clusters are up at the same time on loopback, every write fsynced:
   etcd-3-tls    etcd with client TLS (--cert-file/--key-file, https URLs) and peer TLS with
                 client certificates required (--peer-client-cert-auth); certificates made
                 with the openssl CLI (ECDSA P-256, IP SAN 127.0.0.1)
-Each round, for each client count, the four run one after the other (`omnikv-bench kv`,
+Each round, for each client count, the four run one after the other, in the opposite order
+every other round (`omnikv-bench kv`,
 bench/driver: omnikv over its HTTP API, etcd over its native gRPC API), puts of
 --value-size-byte values through the leader. Reported: the median over --rounds rounds of
 puts/s, p50, p99 and CPU per put, the ratio TLS / plaintext for each system, and omnikv-tls
@@ -25,6 +26,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -123,10 +125,53 @@ class Secured(base.Cluster):
                 "--peer-trusted-ca-file", e("ca.crt"), "--peer-client-cert-auth"]
         return cmd, env
 
+    def check(self):
+        """Proof that the cluster runs secured, one line per member; exits when it does not:
+        plaintext HTTP to the client port gets no answer (omnikv: 400 tls_required), omnikv
+        without the token gets 401, and the peer port completes a TLS handshake with a
+        certificate of our CA, then refuses us for presenting no client certificate."""
+        lines = []
+        for m in self.members:
+            st, body = base.http("GET", f"http://{m.client}/health", timeout=2.0)
+            plain = ("400 tls_required" if b"tls_required" in body else
+                     "no HTTP answer" if st == 0 else f"HTTP {st}")
+            if st == 200:
+                sys.exit(f"bench: {self.name} member {m.label} answers plaintext HTTP")
+            anon = ""
+            if self.kind == "omnikv":
+                st, _ = base.http("GET", self.url(m.client, "/v1/status"), timeout=2.0,
+                                  context=self.ssl)
+                if st != 401:
+                    sys.exit(f"bench: {self.name} member {m.label}: HTTPS without the token "
+                             f"got {st}, not 401")
+                anon = "; https without the token: 401"
+            lines.append(f"{self.name} member {m.label}: plaintext client request: {plain}"
+                         f"{anon}; peer port: {peer_refusal(m.peer, self.ssl)}")
+        return lines
+
     def bench_flags(self):
         if self.kind == "omnikv":
             return ["--cacert", self.pki.kvd_ca(), "--token-file", self.pki.token_file]
         return ["--cacert", self.pki.etcd_ca()]
+
+
+def peer_refusal(addr, context):
+    """What a peer port does with a client that verifies it against our CA and presents no
+    certificate: the TLS version and the refusal. Exits when it is not TLS from our CA or
+    takes us without a client certificate."""
+    host, port = addr.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=host) as s:
+                version = s.version()
+                s.sendall(b"\0" * 16)
+                s.settimeout(5)
+                got = s.recv(16)
+    except ssl.SSLError as e:
+        return f"TLS, no client certificate refused ({e.reason})"
+    except OSError as e:
+        sys.exit(f"bench: peer port {addr}: {e}")
+    sys.exit(f"bench: peer port {addr} took a client without a certificate ({version}, {got!r})")
 
 
 def report(args, meta, runs):
@@ -144,7 +189,8 @@ def report(args, meta, runs):
     A(f"```\n{meta['command']}\n```\n")
     A("Four 3-member clusters up at the same time on loopback, every write fsynced (both "
       "systems' default), release build of omnikv. Each round runs, for each client count, "
-      "omnikv, omnikv with TLS, etcd, etcd with TLS one after the other "
+      "omnikv, omnikv with TLS, etcd, etcd with TLS one after the other (the opposite order "
+      "every other round) "
       f"(`omnikv-bench kv`, the same load generator for all: puts of {args.value_size}-byte "
       f"values over {args.keys:,} keys, uniform, {args.duration} s after a {args.warmup} s "
       "warmup, the endpoint list starting at the leader); every figure is the **median of "
@@ -159,13 +205,18 @@ def report(args, meta, runs):
       "`--peer-trusted-ca-file`, `--peer-client-cert-auth`); driven over its native gRPC API "
       "(etcd-client with rustls). No etcd authentication (its auth takes a user/password "
       "round trip for a token; omnikv's bearer token is checked on every request). "
-      "Certificates: ECDSA P-256 from the openssl CLI.\n")
+      "Certificates: ECDSA P-256 from the openssl CLI, the key type `kvctl certs new` "
+      "makes.\n")
+    if meta.get("secured"):
+        A("Checked before the runs, against every member of the secured clusters:\n")
+        A("".join(f"- {line}\n" for line in meta["secured"]))
     m, v = meta["machine"], meta["versions"]
     A("## Machine and versions\n")
     A(f"- CPU: {m['cpu']}, {m['cores']} cores, **shared with other work** (load average "
       f"{m['loadavg_at_start']} at start, {meta['loadavg_at_end']} at end; per run in the raw "
       f"results); memory {m['memory']}; kernel {m['kernel']}; data on {m['work_fs']}")
-    A(f"- omnikv tree {v['omnikv_tree']}; kvd: {v['kvd']}; {v['rustc']}")
+    kvd = (v["kvd"].splitlines() or [""])[0]
+    A(f"- omnikv tree {v['omnikv_tree']}; kvd: {kvd}; {v['rustc']}")
     A(f"- etcd: {v['etcd']} ({v['etcd_go']})")
     A("- idle server CPU (cores, 2 s before the runs): " +
       ", ".join(f"{k} {x:.3f}" for k, x in meta["idle_cpu"].items()) + "\n")
@@ -255,6 +306,9 @@ def main():
             c.start()
         for c in clusters:
             c.wait_ready()
+        meta["secured"] = [line for c in clusters if isinstance(c, Secured) for line in c.check()]
+        for line in meta["secured"]:
+            log(line)
         time.sleep(1.0)
         for c in clusters:
             pids = c.pids()
@@ -263,7 +317,8 @@ def main():
             meta["idle_cpu"][c.name] = (sum(map(base.cpu_seconds, pids)) - c0) / 2.0
         for rnd in range(args.rounds):
             for clients in args.clients:
-                for c in clusters:
+                # Odd rounds in the opposite order: no system always runs first or last.
+                for c in clusters if rnd % 2 == 0 else clusters[::-1]:
                     r = base.run_load(c, clients, args=args)
                     r["round"] = rnd + 1
                     runs.append(r)
