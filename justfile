@@ -26,7 +26,7 @@ rocksdb := "export ROCKSDB_LIB_DIR=$(./scripts/rocksdb-lib.sh) ROCKSDB_STATIC=1;
 build:
     {{rocksdb}} cargo build --bins
 
-# Start the local 3-replica cluster (client ports 8001-8003); starts only replicas not running.
+# Start the local 3-replica cluster (client ports 8001-8003); starts only replicas not running. OMNIKV_TLS=1: HTTPS, peer mTLS, auth (docs/security.md).
 up: build
     ./scripts/local-cluster.sh up
 
@@ -56,7 +56,7 @@ remove-node N:
 
 # Save a snapshot of the local cluster's state to FILE (kvctl snapshot save; README "Backup and restore").
 backup FILE:
-    {{OMNIKV_BIN}}/kvctl snapshot save {{FILE}}
+    eval "$(./scripts/local-cluster.sh env)"; {{OMNIKV_BIN}}/kvctl snapshot save {{FILE}}
 
 # Seed a NEW local cluster from snapshot FILE (needs empty data dirs: `just clean` first), then start it.
 restore FILE: build
@@ -72,19 +72,24 @@ restore-from-survivor DIR: build
 status:
     ./scripts/local-cluster.sh status
 
+# The exports that point kvctl at the local cluster (with TLS: CA and admin token): eval "$(just env)".
+env:
+    @./scripts/local-cluster.sh env
+
 # Follow replica N's log (decided entries, compaction, leader changes).
 logs N:
     tail -f "${OMNIKV_HOME:-.omnikv}/kvd-{{N}}.log"
 
 # The seed's interactive prompt against the local cluster.
 shell:
-    {{OMNIKV_BIN}}/kvctl shell
+    eval "$(./scripts/local-cluster.sh env)"; {{OMNIKV_BIN}}/kvctl shell
 
 # A lock in a shell script: N concurrent increments of the key demo-counter, each under `kvctl lock` (needs `just up`).
 lock-demo N="5":
     #!/usr/bin/env bash
     set -euo pipefail
     export PATH="{{OMNIKV_BIN}}:$PATH"
+    eval "$(./scripts/local-cluster.sh env)"
     kvctl put demo-counter 0 >/dev/null
     for i in $(seq {{N}}); do
       kvctl lock demo-lock -- sh -c 'n=$(kvctl get demo-counter); sleep 0.2; kvctl put demo-counter $((n + 1)) >/dev/null; echo "holder '"$i"': $n -> $((n + 1)) (fencing token $KVCTL_LOCK_REV)"' &

@@ -5,17 +5,39 @@
 # The member list lives in $OMNIKV_HOME/nodes (OMNIKV_NODES, default 1,2,3, seeds it);
 # `add N` / `remove N` change it with `kvctl reconfigure`; `grow [N]` turns a single server
 # (Demo 0, OMNIKV_NODES=1) into replicas 1..N (default 3) in one change (Demo 1).
+#
+# OMNIKV_TLS=1 (on `up`, `start`, `add`, `grow`): HTTPS for clients, mutual TLS between peers
+# and authentication (docs/security.md). The first time, $OMNIKV_HOME/tls gets a CA, replica
+# certificates 1-3 (`kvctl certs new`; `kvctl certs replica N` makes further ones as replica N
+# first starts), the auth file `auth` and three users' tokens
+# (`kvctl token new`): admin.token (admin), reader.token (read), app.token (write, prefix
+# app/). $OMNIKV_HOME/tls-mode remembers the mode, so later commands without OMNIKV_TLS use
+# it too; OMNIKV_TLS=0 goes back to plaintext (stop the cluster first). `env` prints the
+# exports that point kvctl at the cluster.
 set -euo pipefail
 
-cmd=${1:?usage: local-cluster.sh up|down|clean|status|kill N|start N|add N|remove N|grow [N]}
+cmd=${1:?usage: local-cluster.sh up|down|clean|status|env|kill N|start N|add N|remove N|grow [N]}
 root=$(cd "$(dirname "$0")/.." && pwd)
 home=${OMNIKV_HOME:-$root/.omnikv}
 bin=${OMNIKV_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug}
-mkdir -p "$home"
-[ -f "$home/initial-nodes" ] || echo "${OMNIKV_NODES:-1,2,3}" >"$home/initial-nodes"
-[ -f "$home/nodes" ] || cp "$home/initial-nodes" "$home/nodes"
-initial=$(cat "$home/initial-nodes")
-nodes=$(cat "$home/nodes")
+if [ "$cmd" != env ]; then # env only reads: it creates nothing
+  mkdir -p "$home"
+  [ -f "$home/initial-nodes" ] || echo "${OMNIKV_NODES:-1,2,3}" >"$home/initial-nodes"
+  [ -f "$home/nodes" ] || cp "$home/initial-nodes" "$home/nodes"
+fi
+initial=$(cat "$home/initial-nodes" 2>/dev/null || echo "${OMNIKV_NODES:-1,2,3}")
+nodes=$(cat "$home/nodes" 2>/dev/null || echo "$initial")
+tls_dir=$home/tls
+tls=${OMNIKV_TLS:-$(cat "$home/tls-mode" 2>/dev/null || echo 0)}
+case "$tls" in 0 | 1) ;; *) echo "OMNIKV_TLS is 1 (TLS and auth) or 0 (plaintext), not '$tls'" >&2; exit 2 ;; esac
+# The script's own kvctl calls (readiness, status, reconfigure) go as the admin user with
+# TLS, anonymous in plaintext: credentials from the caller's env would not fit this cluster.
+unset KVCTL_CACERT KVCTL_CERT KVCTL_KEY KVCTL_TOKEN KVCTL_TOKEN_FILE
+scheme=""
+if [ "$tls" = 1 ]; then
+  scheme=https://
+  export KVCTL_CACERT="$tls_dir/ca.crt" KVCTL_TOKEN_FILE="$tls_dir/admin.token"
+fi
 
 peers() {
   local out="" p
@@ -30,26 +52,112 @@ running() {
   [ -r "/proc/$pid/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status"
 }
 
+# Any member running in the other mode (TLS vs plaintext)? They could not talk to each other.
+check_mode() {
+  local p was
+  was=$(cat "$home/tls-mode" 2>/dev/null || echo 0)
+  [ "$was" = "$tls" ] && return
+  for p in ${nodes//,/ }; do
+    if running "$p"; then
+      echo "the local cluster runs with OMNIKV_TLS=$was; stop it (just down) before switching to OMNIKV_TLS=$tls" >&2
+      exit 2
+    fi
+  done
+}
+
+# The CA, replica certificates 1-3, the auth file and three users, made once (kept across
+# `down`; `clean` removes them with the rest of $home).
+tls_setup() {
+  [ "$tls" = 1 ] || return 0
+  [ -f "$tls_dir/admin.token" ] && return
+  local made="$tls_dir.new"
+  rm -rf "$made"
+  (
+    umask 077 # keys, tokens and the auth file: the owner's only
+    mkdir "$made"
+    # kvctl's notes name the temporary dir: shown only when a step fails.
+    quiet() { "$@" 2>"$made/.err" || { cat "$made/.err" >&2; return 1; }; }
+    quiet "$bin/kvctl" certs new --out "$made" --replicas 3 >/dev/null
+    quiet "$bin/kvctl" token new admin --role admin --auth-file "$made/auth" >"$made/admin.token"
+    quiet "$bin/kvctl" token new reader --role read --auth-file "$made/auth" >"$made/reader.token"
+    quiet "$bin/kvctl" token new app --role write --prefix app/ --auth-file "$made/auth" >"$made/app.token"
+    rm "$made/.err"
+  )
+  rm -rf "$tls_dir"
+  mv "$made" "$tls_dir"
+  echo "made a CA, replica certificates 1-3 and the users admin, reader, app in $tls_dir"
+}
+
+# Replica $1's certificate, signed by the CA in $tls_dir when it has none yet.
+tls_cert() {
+  [ "$tls" = 1 ] || return 0
+  [ -f "$tls_dir/replica-$1.crt" ] || (umask 077 && "$bin/kvctl" certs replica "$1" --out "$tls_dir" >/dev/null)
+}
+
+# The TLS and auth env of replica $1, one VAR=value a line (nothing in plaintext mode).
+tls_env() {
+  [ "$tls" = 1 ] || return 0
+  local p=$1
+  printf '%s\n' "KVD_CERT_FILE=$tls_dir/replica-$p.crt" "KVD_KEY_FILE=$tls_dir/replica-$p.key" \
+    "KVD_CLIENT_CA_FILE=$tls_dir/ca.crt" \
+    "KVD_PEER_CERT_FILE=$tls_dir/replica-$p.crt" "KVD_PEER_KEY_FILE=$tls_dir/replica-$p.key" \
+    "KVD_PEER_CA_FILE=$tls_dir/ca.crt" "KVD_AUTH_FILE=$tls_dir/auth"
+}
+
 start() {
   local p=$1
   if running "$p"; then echo "kvd $p already running (pid $(cat "$home/kvd-$p.pid"))"; return; fi
+  tls_setup
+  tls_cert "$p"
+  local tls_vars=()
+  mapfile -t tls_vars < <(tls_env "$p")
+  echo "$tls" >"$home/tls-mode"
   # Members of the initial configuration bootstrap from it; any other replica starts as a
   # joiner (CONFIG_ID > 1). Once a data dir exists, its persisted configuration wins.
   local config_id=1 members=$initial
   case ",$initial," in *",$p,"*) ;; *) config_id=2 members="$nodes,$p" ;; esac
-  PID=$p NODES="[$members]" CONFIG_ID=$config_id \
+  env "${tls_vars[@]}" PID="$p" NODES="[$members]" CONFIG_ID=$config_id \
   KVD_DATA_DIR="$home/data-$p" \
   KVD_CLIENT_ADDR="127.0.0.1:$((8000 + p))" KVD_PEER_ADDR="127.0.0.1:$((7000 + p))" \
   KVD_PEERS="$(peers)" \
     nohup "$bin/kvd" >>"$home/kvd-$p.log" 2>&1 &
   echo $! >"$home/kvd-$p.pid"
-  echo "kvd $p started (pid $!, client 127.0.0.1:$((8000 + p)), log $home/kvd-$p.log)"
+  echo "kvd $p started (pid $!, client ${scheme}127.0.0.1:$((8000 + p)), log $home/kvd-$p.log)"
 }
+
+endpoint() { echo "${scheme}127.0.0.1:$((8000 + $1))"; }
 
 endpoints() {
   local out="" p
-  for p in ${nodes//,/ }; do out+="${out:+,}127.0.0.1:$((8000 + p))"; done
+  for p in ${nodes//,/ }; do out+="${out:+,}$(endpoint "$p")"; done
   echo "$out"
+}
+
+# The exports that point kvctl at the cluster (`eval "$(just env)"`).
+env_lines() {
+  printf "export KVCTL_ENDPOINTS='%s'\n" "$(endpoints)"
+  if [ "$tls" = 1 ]; then
+    printf "export KVCTL_CACERT='%s' KVCTL_TOKEN_FILE='%s'\n" "$tls_dir/ca.crt" "$tls_dir/admin.token"
+    echo "unset KVCTL_CERT KVCTL_KEY KVCTL_TOKEN"
+  else
+    echo "unset KVCTL_CACERT KVCTL_CERT KVCTL_KEY KVCTL_TOKEN KVCTL_TOKEN_FILE"
+  fi
+}
+
+how_to_call() {
+  [ "$tls" = 1 ] || return 0
+  cat <<EOF
+
+TLS and authentication are on (CA, certificates, auth file and tokens in $tls_dir).
+Call the cluster as the admin user:
+  export KVCTL_CACERT=$tls_dir/ca.crt KVCTL_TOKEN_FILE=$tls_dir/admin.token
+  kvctl --endpoints $(endpoints) put a 1
+or: eval "\$(just env)"; kvctl put a 1
+Other users: KVCTL_TOKEN_FILE=$tls_dir/reader.token (read only),
+  $tls_dir/app.token (write, keys under app/ only).
+With curl:
+  curl --cacert $tls_dir/ca.crt -H "Authorization: Bearer \$(cat $tls_dir/admin.token)" $(endpoint "${nodes%%,*}")/v1/kv/a
+EOF
 }
 
 # ready: every member answers status with a serving role and one known leader (as /readyz).
@@ -73,13 +181,17 @@ wait_serving() {
   "$bin/kvctl" --endpoints "$(endpoints)" status --all
 }
 
+case "$cmd" in up | start | add | grow) check_mode ;; esac
+
 case "$cmd" in
   up)
     for p in ${nodes//,/ }; do start "$p"; done
     # Return once the cluster serves: every member ready (holds the state, knows a leader,
     # the same one). Status only: nothing is appended to the log (Demo 2 counts entries).
     wait_serving 60
+    how_to_call
     ;;
+  env) env_lines ;;
   start) start "${2:?replica id}" ;;
   add)
     p=${2:?replica id}
@@ -98,7 +210,7 @@ case "$cmd" in
     echo "$rest" >"$home/nodes"
     # It hands over, then reports removed; stop it then (its data dir is kept).
     deadline=$((SECONDS + 30))
-    until "$bin/kvctl" --endpoints "127.0.0.1:$((8000 + p))" --timeout 1s -o json status 2>/dev/null | grep -F '"role":"removed"' >/dev/null; do
+    until "$bin/kvctl" --endpoints "$(endpoint "$p")" --timeout 1s -o json status 2>/dev/null | grep -F '"role":"removed"' >/dev/null; do
       [ $SECONDS -lt $deadline ] || { echo "replica $p did not report removed within 30s" >&2; break; }
       sleep 0.3
     done

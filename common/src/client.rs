@@ -3,12 +3,21 @@
 //! `Unavailable` only when no attempt could have been handed to consensus.
 //!
 //! The calls of the data model beyond one key (ranges, transactions) are in `client/data.rs`,
-//! the watch stream and its resumption in `client/watch.rs`, leases in `client/lease.rs`.
+//! the watch stream and its resumption in `client/watch.rs`, leases in `client/lease.rs`,
+//! TLS material and tokens in `client/credentials.rs`, refusals of who we are in
+//! `client/denied.rs`.
 
+mod credentials;
 mod data;
+mod denied;
 mod lease;
 mod snapshot;
 mod watch;
+
+pub use credentials::{
+    read_token_file, Credentials, ENV_CACERT, ENV_CERT, ENV_KEY, ENV_TOKEN, ENV_TOKEN_FILE,
+};
+pub use denied::{CODE_PERMISSION_DENIED, CODE_TLS_REQUIRED, CODE_UNAUTHENTICATED};
 
 pub use data::{KeySet, RangeOpts, ValueRead};
 pub use lease::{parse_lease_id, renew_interval, LeaseLost, MAX_LEASE_ID};
@@ -74,9 +83,16 @@ pub enum ClientError {
     /// Refused on its merits (invalid, too large, stale, refused change).
     #[error("rejected ({code:?}): {message}")]
     Rejected { code: ErrorCode, message: String },
-    /// Bad client-side input (e.g. an endpoint that is not a URL).
+    /// Bad client-side input (e.g. an endpoint that is not a URL, an unreadable certificate
+    /// file).
     #[error("usage: {0}")]
     Usage(String),
+    /// Who we are was refused: 401 (no or unknown credentials), 403 (not allowed), 400
+    /// `tls_required` (plain HTTP to an HTTPS endpoint), or a TLS handshake that failed on a
+    /// certificate (unknown CA, expired, wrong name, our client certificate refused). Nothing
+    /// reached consensus. The message says what to do; it never holds the token.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
 }
 
 /// One attempt against one endpoint.
@@ -129,8 +145,19 @@ fn random_u64() -> u64 {
 }
 
 impl Client {
-    /// A client over `endpoints` (tried in order) with an overall per-call `timeout`.
+    /// A plaintext, anonymous client over `endpoints` (tried in order) with an overall
+    /// per-call `timeout`.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, ClientError> {
+        Client::with_credentials(endpoints, timeout, &Credentials::default())
+    }
+
+    /// Like [`Client::new`], proving and trusting what `credentials` hold (endpoints may be
+    /// `https://`). A file that cannot be read or parsed is [`ClientError::Usage`] naming it.
+    pub fn with_credentials(
+        endpoints: &[String],
+        timeout: Duration,
+        credentials: &Credentials,
+    ) -> Result<Self, ClientError> {
         if endpoints.is_empty() {
             return Err(ClientError::Usage("no endpoints given".into()));
         }
@@ -138,10 +165,12 @@ impl Client {
             .iter()
             .map(|e| normalize(e))
             .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(1000).min(timeout))
             .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        let http = credentials
+            .apply(builder)?
             .build()
             .map_err(|e| ClientError::Usage(format!("cannot build HTTP client: {e}")))?;
         Ok(Client {
@@ -318,6 +347,18 @@ impl Client {
                     break;
                 }
                 match attempt(endpoint.clone(), remaining).await {
+                    // A write sent elsewhere without an answer may have been applied: a refusal
+                    // here does not make that definite.
+                    Attempt::Done(Err(ClientError::NotPermitted(m)))
+                        if changes.is_some() && !unknown.is_empty() =>
+                    {
+                        return Err(ClientError::Indeterminate(format!(
+                            "the {} was sent but not confirmed: it may have been applied \
+                             (no answer: {}; then {endpoint} refused: {m})",
+                            changes.unwrap_or_default(),
+                            unknown.join("; ")
+                        )));
+                    }
                     Attempt::Done(r) => return r,
                     Attempt::Unreachable(m) => unreachable.push(format!("{endpoint}: {m}")),
                     Attempt::Refused(m) => refused.push(format!("{endpoint}: {m}")),
@@ -406,15 +447,22 @@ async fn send<T>(
     remaining: Duration,
 ) -> Result<reqwest::Response, Attempt<T>> {
     let budget_ms = u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX);
-    match req
-        .timeout(remaining)
+    req.timeout(remaining)
         .header(HEADER_TIMEOUT_MS, budget_ms)
         .send()
         .await
-    {
-        Ok(resp) => Ok(resp),
-        Err(e) if e.is_connect() || e.is_builder() => Err(Attempt::Unreachable(short(&e))),
-        Err(e) => Err(Attempt::Unknown(short(&e))),
+        .map_err(request_failed)
+}
+
+/// A request that got no answer: a TLS refusal (definite: nothing was handled), never
+/// connected (`Unreachable`), or sent and unanswered (`Unknown`).
+fn request_failed<T>(e: reqwest::Error) -> Attempt<T> {
+    if let Some(refused) = denied::tls_failure(&e) {
+        Attempt::Done(Err(refused))
+    } else if e.is_connect() || e.is_builder() {
+        Attempt::Unreachable(short(&e))
+    } else {
+        Attempt::Unknown(short(&e))
     }
 }
 
@@ -436,7 +484,23 @@ fn short(e: &reqwest::Error) -> String {
 
 async fn classify_error<T>(resp: reqwest::Response) -> Attempt<T> {
     let status = resp.status().as_u16();
+    let endpoint = resp.url().origin().ascii_serialization();
     let body = resp.bytes().await.unwrap_or_default();
+    // The refusals first, by status and by the code as a string (whatever `ErrorCode` holds).
+    let error = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let field = |name: &str| {
+        error
+            .as_ref()
+            .and_then(|v| v.get("error")?.get(name)?.as_str().map(str::to_string))
+    };
+    if let Some(refused) = denied::refused_answer(
+        status,
+        field("code").as_deref(),
+        field("message").as_deref().unwrap_or(""),
+        &endpoint,
+    ) {
+        return Attempt::Done(Err(refused));
+    }
     let (code, message) = match serde_json::from_slice::<ApiError>(&body) {
         Ok(e) => (e.error.code, e.error.message),
         Err(_) => (

@@ -14,4 +14,4 @@ pub use api::{
     ReconfigureRequest, ReconfigureResult, Role, StatusView, TransferView, WriteResult,
 };
 pub use api::{MoveLeaderRequest, MoveLeaderResult};
-pub use client::{Client, ClientError, Consistency};
+pub use client::{Client, ClientError, Consistency, Credentials};

@@ -4,10 +4,17 @@
 # checks every object against the Kubernetes OpenAPI schemas of K8S_VERSION with
 # `kubernetes-validate --strict` (PyPI; ships the schemas, so nothing is fetched), which
 # rejects unknown fields. The example patches are applied to the ConfigMap and checked too.
+# The TLS variant (deploy/k8s-tls: the base plus components/tls) is rendered and checked the
+# same way, then by tls-check.py (every certificate, key, CA and token file a container is
+# pointed at is a key of a mounted Secret; HTTPS probes and endpoints; ca.key never mounted);
+# with a built kvctl that has `certs`, tls-secrets.sh makes the two Secrets, which must be
+# valid and hold every key the pods mount.
 # scripts/setup.sh installs both tools; a kubernetes-validate not on PATH is taken from the
 # venv setup.sh installs it into, $OMNIKV_CACHE/venv (default ~/.cache/omnikv/venv).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+kvctl=${OMNIKV_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug}/kvctl
 version=${K8S_VERSION:-1.33.0}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -55,6 +62,40 @@ PY
   check "example $(basename "$p"): ConfigMap valid" \
     kubernetes-validate --strict --quiet -k "$version" "$cm"
 done
+
+# The TLS variant. PyYAML for tls-check.py: kubernetes-validate needs it, so the interpreter
+# of its script has it (the venv's); else the system's python3.
+py=$(sed -n '1s/^#! *//p' "$(command -v kubernetes-validate)" | cut -d' ' -f1)
+"$py" -c 'import yaml' 2>/dev/null || py=python3
+kubectl kustomize "$root/deploy/k8s-tls" >"$out/tls.yaml"
+kinds=$(grep -c '^kind:' "$out/tls.yaml")
+check "TLS variant: kustomize build ($kinds objects)" test "$kinds" -eq 9
+check "TLS variant: schemas of Kubernetes $version, strict" \
+  kubernetes-validate --strict --quiet -k "$version" "$out/tls.yaml"
+check "TLS variant: mounted files, HTTPS probes and endpoints (pids 1-5)" \
+  "$py" "$here/tls-check.py" "$out/tls.yaml" 5 "$out/needed"
+
+if "$kvctl" certs new --help >/dev/null 2>&1; then
+  check "tls-secrets.sh makes the Secrets (kvctl certs new, token new)" \
+    env KVCTL="$kvctl" "$here/tls-secrets.sh" "$out/secrets"
+  check "Secrets kv-tls and kv-auth: schemas, strict" \
+    kubernetes-validate --strict --quiet -k "$version" "$out/secrets/secret.yaml" "$out/secrets/auth-secret.yaml"
+  check "Secrets hold every key the TLS variant mounts" "$py" - "$out/needed" \
+    "$out/secrets/secret.yaml" "$out/secrets/auth-secret.yaml" <<'PY'
+import sys, yaml
+have = set()
+for f in sys.argv[2:]:
+    for d in yaml.safe_load_all(open(f)):
+        if d and d.get("kind") == "Secret":
+            for k in list(d.get("data") or {}) + list(d.get("stringData") or {}):
+                have.add((d["metadata"]["name"], k))
+need = {tuple(line.split()) for line in open(sys.argv[1]) if line.strip()}
+missing = sorted(need - have)
+assert not missing, f"missing Secret keys: {missing}"
+PY
+else
+  echo "skipped, not counted: the Secrets (no kvctl with \`certs\` at $kvctl; \`just build\`)"
+fi
 
 echo "k8s: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

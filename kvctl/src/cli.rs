@@ -9,6 +9,7 @@ use omnikv_common::lease::MAX_TTL_SECS;
 use omnikv_common::membership::{parse_nodes, parse_peer, Nodes};
 use omnikv_common::Consistency;
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default `--endpoints`: the client ports of a standard three-replica layout.
@@ -80,6 +81,66 @@ pub struct GlobalOpts {
         global = true
     )]
     pub timeout: Duration,
+
+    /// PEM file of the CA certificate(s) that sign the servers' certificates (for https://
+    /// endpoints); when given, only these are trusted.
+    #[arg(long, value_name = "FILE", env = "KVCTL_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+
+    /// PEM client certificate to present (with --key): authenticates as the user its CN names.
+    #[arg(
+        id = "client_cert",
+        long = "cert",
+        value_name = "FILE",
+        env = "KVCTL_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// PEM private key of --cert.
+    #[arg(
+        id = "client_key",
+        long = "key",
+        value_name = "FILE",
+        env = "KVCTL_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// Bearer token to authenticate with (`okv_...`, from `kvctl token new`). Prefer
+    /// --token-file or the env var: a flag's value shows in the process list.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "KVCTL_TOKEN",
+        hide_env_values = true,
+        global = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<Token>,
+
+    /// File whose first line is the bearer token (e.g. a mounted Kubernetes Secret).
+    #[arg(long, value_name = "FILE", env = "KVCTL_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A bearer token: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(pub String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Token {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Token(s.trim().to_string()))
+    }
 }
 
 /// Output format.
@@ -273,8 +334,115 @@ pub enum Command {
     Shell,
     /// Load generator: concurrent clients issuing puts and gets; prints throughput, latency
     /// percentiles, errors by class and the load generator's own CPU use. Exit 3 if no
-    /// operation succeeded.
+    /// operation succeeded (7 if every failure was a refusal of the credentials).
     Bench(BenchArgs),
+    /// Make the TLS certificates of a cluster (a CA, one certificate per replica, one per
+    /// client user). Local files only: talks to no server.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Make bearer tokens for the auth file kvd reads (--auth-file). Local files only.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `kvctl certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a new CA (ca.crt, ca.key) and the certificates it signs into DIR:
+    /// replica-N.crt/.key for N in 1..=--replicas (CN omnikv-replica-N, URI SAN
+    /// omnikv:replica:N, DNS localhost, sN, kv-store-(N-1)[.kv-store[.default.svc.cluster.local]]
+    /// plus --hosts, IP 127.0.0.1 and ::1; server and client auth) and client-U.crt/.key for
+    /// each user U of --clients (CN U; client auth). Keys are written mode 0600.
+    New(NewCerts),
+    /// Sign one more replica certificate (replica-N.crt/.key) with the CA already in DIR
+    /// (ca.crt, ca.key), e.g. before adding replica N to the cluster.
+    Replica {
+        /// The replica's pid.
+        #[arg(value_parser = clap::value_parser!(u64).range(1..=MAX_CERT_REPLICAS))]
+        pid: u64,
+        /// The directory holding ca.crt and ca.key; the new files go there too.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Extra comma-separated DNS names or IP addresses the certificate holds.
+        #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Validity in days from now.
+        #[arg(long, value_name = "D", default_value_t = 365,
+              value_parser = clap::value_parser!(u32).range(1..=MAX_CERT_DAYS))]
+        days: u32,
+        /// Replace an existing replica-N.crt/.key.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The flags of `kvctl certs new`.
+#[derive(Debug, Clone, Args)]
+pub struct NewCerts {
+    /// The directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// How many replica certificates (pids 1..=N).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CERT_REPLICAS))]
+    pub replicas: u64,
+    /// Comma-separated client user names, one certificate each (CN = the name kvd's auth
+    /// file lists); '' for none.
+    #[arg(
+        long,
+        value_name = "NAMES",
+        default_value = "root",
+        value_delimiter = ','
+    )]
+    pub clients: Vec<String>,
+    /// Extra comma-separated DNS names or IP addresses every replica certificate holds.
+    #[arg(long, value_name = "HOSTS", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Validity of every certificate, in days from now.
+    #[arg(long, value_name = "D", default_value_t = 365,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CERT_DAYS))]
+    pub days: u32,
+    /// Also write DIR/secret.yaml: a Kubernetes Secret named NAME holding every file but
+    /// ca.key (the CA key stays off the cluster).
+    #[arg(long, value_name = "NAME")]
+    pub k8s_secret: Option<String>,
+    /// Replace an existing CA (DIR/ca.key) and everything it signed.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Most replica certificates `certs` makes (pids 1..=this).
+pub const MAX_CERT_REPLICAS: u64 = 1000;
+/// Longest validity `certs` gives, in days (about 100 years).
+pub const MAX_CERT_DAYS: i64 = 36_500;
+
+/// `kvctl token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a random token for user NAME, print it once on stdout (`okv_...`), and append
+    /// `NAME ROLE [prefix=P] token=sha256:<hex>` to the auth file (created mode 0600). A NAME
+    /// already in the file is refused. Only the token's hash is stored.
+    New {
+        /// The user's name ([A-Za-z0-9._@-], at most 64).
+        name: String,
+        /// What the user may do: read, write or admin.
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        /// Limit the user to keys starting with P (read and write roles only).
+        #[arg(long, value_name = "P")]
+        prefix: Option<OsString>,
+        /// The auth file kvd reads (--auth-file).
+        #[arg(long, value_name = "FILE")]
+        auth_file: PathBuf,
+    },
+}
+
+/// A user's role in kvd's auth file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenRole {
+    Read,
+    Write,
+    Admin,
 }
 
 /// `kvctl snapshot ...`.

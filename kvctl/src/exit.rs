@@ -19,7 +19,8 @@ pub const INDETERMINATE: i32 = 4;
 pub const REJECTED: i32 = 5;
 /// A conditional write or transaction whose compares did not hold: nothing was written.
 pub const COMPARE_FAILED: i32 = 6;
-/// Not authenticated or not permitted. Reserved for TLS and auth: nothing returns it yet.
+/// Not authenticated or not permitted: 401, 403, plain HTTP to an HTTPS endpoint, or a TLS
+/// handshake that failed on a certificate. Nothing was applied.
 pub const NOT_PERMITTED: i32 = 7;
 
 /// The exit-code table shown at the end of `kvctl --help`.
@@ -33,7 +34,9 @@ Exit codes:
   5  rejected: invalid request, too large, refused change, a watch revision compacted everywhere,
      a snapshot file (or every stream of a save) that does not verify
   6  compare failed: a conditional put or transaction whose compares did not hold (nothing written)
-  7  not authenticated or not permitted (reserved for TLS and auth)
+  7  not permitted: not authenticated (no or unknown token or certificate), permission denied
+     (role or prefix), plain http:// to an HTTPS endpoint, or a TLS certificate failure
+     (unknown CA, expired, name mismatch, client certificate refused); nothing applied
 
 Errors go to stderr: `error: <message>`, or with -o json
 {\"error\":{\"code\":\"<code>\",\"message\":\"...\"}}.";
@@ -121,6 +124,7 @@ impl Error {
                 ClientError::Indeterminate(_) => error_code_name(ErrorCode::Indeterminate),
                 ClientError::Rejected { code, .. } => error_code_name(*code),
                 ClientError::Usage(_) => "usage".into(),
+                ClientError::NotPermitted(_) => "not_permitted".into(),
             },
         }
     }
@@ -134,6 +138,7 @@ pub fn client_exit_code(e: &ClientError) -> i32 {
         ClientError::Unavailable(_) => UNAVAILABLE,
         ClientError::Indeterminate(_) => INDETERMINATE,
         ClientError::Rejected { .. } => REJECTED,
+        ClientError::NotPermitted(_) => NOT_PERMITTED,
     }
 }
 
@@ -192,7 +197,15 @@ mod tests {
         assert_eq!(rejected(ErrorCode::TooLarge).exit_code(), 5);
         assert_eq!(Error::Compacted("c".into()).exit_code(), 5);
         assert_eq!(Error::CompareFailed("c".into()).exit_code(), 6);
-        // The help table lists every code, and nothing returns 7 yet.
+        assert_eq!(
+            Error::Client(ClientError::NotPermitted("x".into())).exit_code(),
+            7
+        );
+        assert_eq!(
+            Error::Client(ClientError::NotPermitted("x".into())).code(),
+            "not_permitted"
+        );
+        // The help table lists every code.
         for code in [
             OK,
             NOT_FOUND,

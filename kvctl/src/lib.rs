@@ -110,9 +110,11 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
         }
         Command::Status { all: true } => {
             let endpoints = ctx.selected_endpoints()?;
-            return commands::status::run_all(&endpoints, ctx.timeout, ctx.output, out).await;
+            return commands::status::run_all(ctx, &endpoints, out).await;
         }
         Command::Bench(args) => return bench::run(ctx, &args, out).await,
+        Command::Certs(command) => return commands::certs::run(command, ctx.output, out),
+        Command::Token(command) => return commands::token::run(command, ctx.output, out),
         Command::Snapshot(cli::SnapshotCommand::Save { file, attempts }) => {
             let client = ctx.client()?;
             return commands::snapshot::save(

@@ -421,7 +421,8 @@ pub fn write_status(out: &mut dyn Write, format: OutputFormat, s: &StatusView) -
 pub type EndpointStatus = (String, Result<StatusView, Error>);
 
 /// `status --all` as a table: a header, then one row per endpoint; an endpoint without an
-/// answer shows `unreachable: <reason>` after its name.
+/// answer shows `unreachable: <reason>` after its name (`not permitted: <reason>` when it
+/// refused the credentials).
 pub fn status_table(rows: &[EndpointStatus]) -> String {
     let header: Vec<String> = std::iter::once("ENDPOINT")
         .chain(STATUS_FIELDS)
@@ -436,6 +437,8 @@ pub fn status_table(rows: &[EndpointStatus]) -> String {
             Err(Error::Client(ClientError::Unavailable(m))) => {
                 vec![ep.clone(), format!("unreachable: {m}")]
             }
+            // Reached, but it refused our credentials: the message says so.
+            Err(e @ Error::Client(ClientError::NotPermitted(_))) => vec![ep.clone(), e.to_string()],
             Err(e) => vec![ep.clone(), format!("unreachable: {e}")],
         })
         .collect();

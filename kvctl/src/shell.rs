@@ -523,7 +523,7 @@ fn client_for<'a>(
     let endpoint = endpoint_for_port(&ctx.endpoints, port)
         .ok_or_else(|| Error::usage("no endpoints given (--endpoints)"))?;
     if !cache.contains_key(&endpoint) {
-        let client = Client::new(std::slice::from_ref(&endpoint), ctx.timeout)?;
+        let client = ctx.client_for(std::slice::from_ref(&endpoint))?;
         cache.insert(endpoint.clone(), client);
     }
     Ok(&cache[&endpoint])

@@ -2,6 +2,7 @@
 //! client certificates, the user name its verified certificate names. Handlers and the auth
 //! layer read it as `ConnectInfo<ClientConn>`.
 
+use crate::tls::listener::TlsListener;
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use std::net::SocketAddr;
@@ -22,5 +23,23 @@ impl Connected<IncomingStream<'_, TcpListener>> for ClientConn {
             remote: *stream.remote_addr(),
             cert_user: None,
         }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for ClientConn {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        // rustls keeps a client's certificates only once they verified against the CA.
+        let cert_user = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| crate::tls::common_name(cert));
+        let remote = *stream.remote_addr();
+        if let Some(user) = &cert_user {
+            tracing::debug!(%remote, user, "TLS client certificate verified");
+        }
+        ClientConn { remote, cert_user }
     }
 }

@@ -21,6 +21,7 @@ pub mod replica;
 pub mod space;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;
 pub mod watch;
 

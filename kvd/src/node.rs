@@ -8,6 +8,8 @@ use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::replica::{Drained, LoopConfig, Replica, Timers};
 use crate::storage::{Db, StoreError};
+use crate::tls::listener::TlsListener;
+use crate::tls::peer::PeerTls;
 use crate::transport::{self, Identity, TcpPeers, TransportCtx};
 use crate::watch::Hub;
 use std::future::Future;
@@ -29,6 +31,9 @@ pub enum NodeError {
     Config(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// A certificate, key or CA file that cannot be used (the message names it).
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Loads the persisted identity and configuration, or bootstraps them from `cfg`: as a
@@ -208,6 +213,35 @@ pub async fn serve(
     peer_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    // Certificates first: an unusable file stops the start before anything else happens.
+    let client_tls = match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => Some(crate::tls::watch_client_api(
+            cert.clone(),
+            key.clone(),
+            cfg.client_ca_file.clone(),
+        )?),
+        _ => None,
+    };
+    let peer_tls = match (&cfg.peer_cert_file, &cfg.peer_key_file, &cfg.peer_ca_file) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(PeerTls::start(cert.clone(), key.clone(), ca.clone())?)
+        }
+        _ => None,
+    };
+    let client_addr = client_listener.local_addr()?;
+    if client_tls.is_none() && !client_addr.ip().is_loopback() {
+        warn!(
+            "client API is plaintext on {client_addr}: anyone who can reach it can read and \
+             write; see docs/security.md"
+        );
+    }
+    let peer_addr = peer_listener.local_addr()?;
+    if peer_tls.is_none() && !peer_addr.ip().is_loopback() {
+        warn!(
+            "peer transport is plaintext on {peer_addr}: anyone who can reach it can pose as a \
+             replica; see docs/security.md"
+        );
+    }
     std::fs::create_dir_all(&cfg.data_dir)?;
     let db = Db::open_with(&cfg.data_dir, cfg.buffered_wal)?;
     let meta = load_or_bootstrap(&db, &cfg)?;
@@ -224,8 +258,8 @@ pub async fn serve(
         inbox_tx.clone(),
         metrics.clone(),
         db.clone(),
+        peer_tls.clone(),
     );
-    let peer_addr = peer_listener.local_addr()?;
     tokio::spawn(transport::serve_inbound(peer_listener, ctx.clone()));
 
     let heartbeat = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -272,7 +306,8 @@ pub async fn serve(
         max_value_bytes: cfg.max_value_bytes,
         default_timeout: Duration::from_millis(cfg.request_timeout_ms),
     };
-    info!(pid = cfg.pid, client = %client_listener.local_addr()?, peer = %peer_addr, "kvd serving");
+    info!(pid = cfg.pid, client = %client_addr, peer = %peer_addr,
+          client_tls = client_tls.is_some(), peer_tls = peer_tls.is_some(), "kvd serving");
     // On the stop signal: drain first (a leader hands leadership over, new requests are
     // refused), then stop taking connections and let in-flight requests finish.
     let drain_inbox = inbox_tx.clone();
@@ -281,12 +316,19 @@ pub async fn serve(
         shutdown.await;
         drain(&drain_inbox, handoff_timeout).await;
     };
-    axum::serve(
-        client_listener,
-        router(state).into_make_service_with_connect_info::<crate::client_conn::ClientConn>(),
-    )
-        .with_graceful_shutdown(stop)
-        .await?;
+    let app = router(state).into_make_service_with_connect_info::<crate::client_conn::ClientConn>();
+    match client_tls {
+        None => {
+            axum::serve(client_listener, app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+        Some(config) => {
+            axum::serve(TlsListener::new(client_listener, config)?, app)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+    }
     info!("client API stopped; stopping the consensus loop");
     if inbox_tx.send(Input::Shutdown).is_err() {
         warn!("consensus loop already gone");

@@ -3,6 +3,11 @@
 //! against our cluster identity; frames then go to the consensus loop's inbox. `TcpPeers`
 //! is the loop's `Peers` over these sessions.
 //!
+//! With peer TLS (`crate::tls::peer`), every session runs over mutual TLS: the dialer checks
+//! that the server's certificate names the pid it dialed, the acceptor that the Hello's pid
+//! is the one its client certificate names; a session failing either is closed before any
+//! frame reaches the inbox. Without it, sessions are plaintext TCP.
+//!
 //! Limits: the Hello frame is at most `HELLO_MAX_BYTES`; later frames at most the configured
 //! peer-frame limit; a frame that is too large or does not decode closes the connection.
 //! Inbound frames are never allowed to block: when the inbox is full they are dropped
@@ -14,6 +19,7 @@ use crate::inbox::Input;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::storage::{Db, CF_META};
+use crate::tls::peer::PeerTls;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
@@ -21,8 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -34,6 +39,8 @@ const PEER_QUEUE: usize = 16 * 1024;
 const BULK_QUEUE: usize = 4;
 /// Most concurrent inbound peer connections.
 const MAX_INBOUND: usize = 256;
+/// A TLS handshake on the peer wire must finish within this.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Who we are on the peer wire.
 #[derive(Clone)]
@@ -56,6 +63,8 @@ pub struct TransportCtx {
     /// Storage id last seen per pid: a pid presenting another disk is refused (a wiped disk
     /// must come back as a new member, never silently under its old pid).
     pub known_storage: Mutex<HashMap<u64, u64>>,
+    /// Mutual TLS for every session; `None`: plaintext.
+    pub tls: Option<PeerTls>,
 }
 
 fn peer_storage_key(pid: u64) -> Vec<u8> {
@@ -69,6 +78,7 @@ impl TransportCtx {
         inbox: SyncSender<Input>,
         metrics: Arc<Metrics>,
         db: Db,
+        tls: Option<PeerTls>,
     ) -> Arc<TransportCtx> {
         Arc::new(TransportCtx {
             cluster_id: AtomicU64::new(me.cluster_id),
@@ -78,6 +88,7 @@ impl TransportCtx {
             metrics,
             db,
             known_storage: Mutex::new(HashMap::new()),
+            tls,
         })
     }
 
@@ -196,6 +207,8 @@ async fn outbound_loop(
     connected: Arc<AtomicBool>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    // The last TLS failure logged: a repeated one is logged at debug level only.
+    let mut last_tls_failure: Option<String> = None;
     loop {
         let hello = PeerFrame::Hello(Hello {
             magic: MAGIC,
@@ -205,41 +218,53 @@ async fn outbound_loop(
             storage_id: ctx.me.storage_id,
         });
         let dial = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(&addr)).await;
-        if let Ok(Ok(stream)) = dial {
-            let _ = stream.set_nodelay(true);
-            let (mut read_half, write_half) = stream.into_split();
-            let mut framed = FramedWrite::new(write_half, codec(ctx.max_frame));
-            // The session is up only once the peer acknowledged our Hello (it refuses other
-            // clusters and replaced disks by closing instead).
-            let acked = async {
-                framed.send(Bytes::from(hello.encode())).await.ok()?;
-                let mut ack = [0u8; 1];
-                let read =
-                    tokio::time::timeout(Duration::from_secs(5), read_half.read_exact(&mut ack))
-                        .await;
-                matches!(read, Ok(Ok(_)) if ack[0] == HELLO_ACK).then_some(())
-            };
-            if acked.await.is_some() {
-                info!(peer = pid, %addr, "peer session up");
-                connected.store(true, Ordering::Relaxed);
-                ctx.to_inbox(Input::PeerUp(pid));
-                backoff = Duration::from_millis(50);
-                // The peer never writes after the ack: a readable socket means it closed.
-                let mut probe = [0u8; 1];
-                let result = tokio::select! {
-                    r = pump(&mut framed, &mut rx, &mut bulk) => r,
-                    _ = read_half.read(&mut probe) => Err(std::io::Error::other("closed by peer")),
-                };
-                connected.store(false, Ordering::Relaxed);
-                match result {
-                    Ok(()) => return, // the loop is gone: shutting down
-                    Err(e) => info!(peer = pid, error = %e, "peer session down"),
-                }
-            } else {
-                debug!(peer = pid, %addr, "handshake not acknowledged");
+        let session = Session {
+            ctx: &ctx,
+            pid,
+            addr: &addr,
+            hello,
+            rx: &mut rx,
+            bulk: &mut bulk,
+            connected: &connected,
+        };
+        let ended = match (dial, &ctx.tls) {
+            (Ok(Ok(stream)), None) => {
+                let _ = stream.set_nodelay(true);
+                let (read_half, write_half) = stream.into_split();
+                session.run(read_half, write_half).await
             }
-        } else {
-            debug!(peer = pid, %addr, "dial failed");
+            (Ok(Ok(stream)), Some(tls)) => {
+                let _ = stream.set_nodelay(true);
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.connect(stream, &addr, pid))
+                        .await
+                        .unwrap_or_else(|_| Err(format!("TLS handshake with {addr} timed out")));
+                match handshake {
+                    Ok(stream) => {
+                        last_tls_failure = None;
+                        let (read_half, write_half) = tokio::io::split(stream);
+                        session.run(read_half, write_half).await
+                    }
+                    Err(reason) => {
+                        if last_tls_failure.as_ref() != Some(&reason) {
+                            warn!(peer = pid, %addr, %reason, "peer refused");
+                            last_tls_failure = Some(reason);
+                        } else {
+                            debug!(peer = pid, %addr, %reason, "peer refused");
+                        }
+                        SessionEnd::Down
+                    }
+                }
+            }
+            _ => {
+                debug!(peer = pid, %addr, "dial failed");
+                SessionEnd::Down
+            }
+        };
+        match ended {
+            SessionEnd::Stopped => return, // the loop is gone: shutting down
+            SessionEnd::Served => backoff = Duration::from_millis(50),
+            SessionEnd::Down => {}
         }
         // Frames queued while down are stale: drop them rather than burst them later.
         while rx.try_recv().is_ok() {}
@@ -252,10 +277,72 @@ async fn outbound_loop(
     }
 }
 
+/// How an outbound session ended.
+enum SessionEnd {
+    /// The frame queues closed: the consensus loop is gone.
+    Stopped,
+    /// The session was up, then failed.
+    Served,
+    /// The handshake failed.
+    Down,
+}
+
+/// One outbound session's state, over whatever stream halves the dial produced.
+struct Session<'a> {
+    ctx: &'a TransportCtx,
+    pid: u64,
+    addr: &'a str,
+    hello: PeerFrame,
+    rx: &'a mut mpsc::Receiver<PeerFrame>,
+    bulk: &'a mut mpsc::Receiver<PeerFrame>,
+    connected: &'a AtomicBool,
+}
+
+impl Session<'_> {
+    async fn run<R, W>(self, mut read_half: R, write_half: W) -> SessionEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (ctx, pid, addr) = (self.ctx, self.pid, self.addr);
+        let mut framed = FramedWrite::new(write_half, codec(ctx.max_frame));
+        // The session is up only once the peer acknowledged our Hello (it refuses other
+        // clusters and replaced disks by closing instead).
+        let acked = async {
+            framed.send(Bytes::from(self.hello.encode())).await.ok()?;
+            let mut ack = [0u8; 1];
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), read_half.read_exact(&mut ack)).await;
+            matches!(read, Ok(Ok(_)) if ack[0] == HELLO_ACK).then_some(())
+        };
+        if acked.await.is_none() {
+            debug!(peer = pid, %addr, "handshake not acknowledged");
+            return SessionEnd::Down;
+        }
+        info!(peer = pid, %addr, "peer session up");
+        self.connected.store(true, Ordering::Relaxed);
+        ctx.to_inbox(Input::PeerUp(pid));
+        // The peer never writes after the ack: a readable socket means it closed.
+        let mut probe = [0u8; 1];
+        let result = tokio::select! {
+            r = pump(&mut framed, self.rx, self.bulk) => r,
+            _ = read_half.read(&mut probe) => Err(std::io::Error::other("closed by peer")),
+        };
+        self.connected.store(false, Ordering::Relaxed);
+        match result {
+            Ok(()) => SessionEnd::Stopped,
+            Err(e) => {
+                info!(peer = pid, error = %e, "peer session down");
+                SessionEnd::Served
+            }
+        }
+    }
+}
+
 /// Writes queued frames until the queues close (Ok) or the socket fails (Err). Consensus
 /// frames go first; bulk frames (checkpoint chunks) fill the gaps.
-async fn pump(
-    framed: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+async fn pump<W: AsyncWrite + Unpin>(
+    framed: &mut FramedWrite<W, LengthDelimitedCodec>,
     rx: &mut mpsc::Receiver<PeerFrame>,
     bulk: &mut mpsc::Receiver<PeerFrame>,
 ) -> std::io::Result<()> {
@@ -296,7 +383,24 @@ pub async fn serve_inbound(listener: TcpListener, ctx: Arc<TransportCtx>) {
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(reason) = inbound_session(stream, &ctx).await {
+            let _ = stream.set_nodelay(true);
+            let ended = match &ctx.tls {
+                None => {
+                    let (read_half, write_half) = stream.into_split();
+                    inbound_session(read_half, write_half, None, &ctx).await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                        Ok(Ok((stream, cert_pid))) => {
+                            let (read_half, write_half) = tokio::io::split(stream);
+                            inbound_session(read_half, write_half, Some(cert_pid), &ctx).await
+                        }
+                        Ok(Err(reason)) => Err(format!("refused: {reason}")),
+                        Err(_) => Err("refused: TLS handshake timed out".into()),
+                    }
+                }
+            };
+            if let Err(reason) = ended {
                 warn!(%remote, %reason, "peer connection closed");
             }
             drop(permit);
@@ -304,11 +408,20 @@ pub async fn serve_inbound(listener: TcpListener, ctx: Arc<TransportCtx>) {
     }
 }
 
-async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), String> {
-    let _ = stream.set_nodelay(true);
+/// One inbound session. `cert_pid`: the pid the peer's verified certificate names (peer
+/// TLS); the Hello must claim that pid.
+async fn inbound_session<R, W>(
+    read_half: R,
+    mut write_half: W,
+    cert_pid: Option<u64>,
+    ctx: &TransportCtx,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     // Receive-only session; the write half only carries the one-byte handshake ack and must
     // stay open for the session's life (closing it tells the dialer we hung up).
-    let (read_half, mut write_half) = stream.into_split();
     let mut framed = FramedRead::new(read_half, codec(HELLO_MAX_BYTES));
     let first = tokio::time::timeout(Duration::from_secs(5), framed.next())
         .await
@@ -325,6 +438,14 @@ async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), St
             "unknown protocol (magic {:x}, version {})",
             hello.magic, hello.version
         ));
+    }
+    if let Some(cert_pid) = cert_pid {
+        if hello.pid != cert_pid {
+            return Err(format!(
+                "refused: peer claims pid {} but its certificate is for replica {cert_pid}",
+                hello.pid
+            ));
+        }
     }
     let ours = ctx.cluster_id();
     if ours != 0 && hello.cluster_id != ours {
@@ -343,9 +464,11 @@ async fn inbound_session(stream: TcpStream, ctx: &TransportCtx) -> Result<(), St
     if ours != 0 {
         tokio::task::block_in_place(|| ctx.check_storage(hello.pid, hello.storage_id))?;
     }
-    write_half
-        .write_all(&[HELLO_ACK])
-        .await
+    let ack = async {
+        write_half.write_all(&[HELLO_ACK]).await?;
+        write_half.flush().await
+    };
+    ack.await
         .map_err(|e| format!("peer {}: cannot acknowledge handshake: {e}", hello.pid))?;
     let from = hello.pid;
     framed.decoder_mut().set_max_frame_length(ctx.max_frame);

@@ -10,6 +10,10 @@ use std::time::Duration;
 /// watcher: the omnikv Kubernetes sidecar. Watches the ConfigMap (NODES, CONFIG_ID) and the
 /// kv-store pods, and where its own kvd leads the current configuration, runs
 /// `kvctl reconfigure` to make the cluster's members match the ConfigMap.
+///
+/// On a TLS or authenticated cluster, kvd URLs are https:// and the credentials come from
+/// kvctl's environment variables, which the watcher reads too (and its kvctl inherits):
+/// KVCTL_CACERT, KVCTL_CERT, KVCTL_KEY, KVCTL_TOKEN or KVCTL_TOKEN_FILE (re-read every pass).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "watcher", version, about)]
 pub struct Config {

@@ -15,6 +15,7 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Client;
+use omnikv_common::client::Credentials;
 use omnikv_common::Client as KvClient;
 use omnikv_common::StatusView;
 use std::collections::BTreeMap;
@@ -32,6 +33,9 @@ pub enum Error {
     StoreNotReady,
     #[error("bad --kvd-url: {0}")]
     KvdUrl(String),
+    /// The `KVCTL_CACERT`/`KVCTL_CERT`/`KVCTL_KEY`/`KVCTL_TOKEN(_FILE)` settings at startup.
+    #[error("bad kvd credentials (KVCTL_* environment): {0}")]
+    Credentials(String),
 }
 
 /// The loop's state between passes.
@@ -39,6 +43,9 @@ struct Controller {
     cfg: Config,
     client: Client,
     metrics: Arc<Metrics>,
+    /// The TLS material and token from the `KVCTL_*` environment (kvctl children inherit the
+    /// same variables), as last read: `kvd`, `http` and the peer clients use them.
+    credentials: Credentials,
     kvd: KvClient,
     http: reqwest::Client,
     kvctl: Kvctl,
@@ -98,12 +105,11 @@ pub async fn run(
     .default_backoff();
     let watches = tokio::spawn(drive(cm_stream, pod_stream, wake.clone(), metrics.clone()));
 
-    let kvd = KvClient::new(std::slice::from_ref(&cfg.kvd_url), cfg.probe_timeout())
-        .map_err(|e| Error::KvdUrl(e.to_string()))?;
-    let http = reqwest::Client::builder()
-        .timeout(cfg.probe_timeout())
-        .build()
-        .map_err(|e| Error::KvdUrl(e.to_string()))?;
+    let credentials = Credentials::from_env().map_err(|e| Error::Credentials(e.to_string()))?;
+    let (kvd, http) = kvd_clients(&cfg, &credentials).map_err(|e| match e {
+        omnikv_common::ClientError::Usage(m) if m.contains("endpoint") => Error::KvdUrl(m),
+        e => Error::Credentials(e.to_string()),
+    })?;
     let mut c = Controller {
         kvctl: Kvctl {
             program: cfg.kvctl.clone(),
@@ -117,6 +123,7 @@ pub async fn run(
         cfg,
         client,
         metrics,
+        credentials,
         kvd,
         http,
         configmaps,
@@ -171,10 +178,51 @@ where
     }
 }
 
+/// The client of the local kvd and the plain HTTP client (/healthz), with `credentials`.
+fn kvd_clients(
+    cfg: &Config,
+    credentials: &Credentials,
+) -> Result<(KvClient, reqwest::Client), omnikv_common::ClientError> {
+    let kvd = KvClient::with_credentials(
+        std::slice::from_ref(&cfg.kvd_url),
+        cfg.probe_timeout(),
+        credentials,
+    )?;
+    let http = credentials
+        .apply(reqwest::Client::builder().timeout(cfg.probe_timeout()))?
+        .build()
+        .map_err(|e| omnikv_common::ClientError::Usage(format!("cannot build HTTP client: {e}")))?;
+    Ok((kvd, http))
+}
+
 impl Controller {
+    /// Re-reads the credentials (a mounted Secret's token file or certificates may have been
+    /// replaced) and rebuilds the clients when they changed; a bad new setting is logged and
+    /// the clients built from the last good one are kept.
+    fn refresh_credentials(&mut self) {
+        let fresh = Credentials::from_env().and_then(|c| {
+            let clients = kvd_clients(&self.cfg, &c)?;
+            Ok((c, clients))
+        });
+        match fresh {
+            Ok((c, (kvd, http))) => {
+                if c != self.credentials {
+                    tracing::info!("kvd credentials changed: using the new ones");
+                }
+                self.credentials = c;
+                self.kvd = kvd;
+                self.http = http;
+            }
+            Err(e) => tracing::warn!("kvd credentials: {e}; keeping the previous ones"),
+        }
+    }
+
     /// One planning pass. Returns how long to wait before the next one absent events.
     async fn pass(&mut self) -> Duration {
         self.metrics.passed();
+        if !self.credentials.is_empty() {
+            self.refresh_credentials();
+        }
         let input = self.gather().await;
         let plan = planner::plan(&input);
         let label = match &plan {
@@ -309,7 +357,11 @@ impl Controller {
             return None;
         }
         let url = self.cfg.peer_url(pid);
-        let client = KvClient::new(std::slice::from_ref(&url), self.cfg.probe_timeout());
+        let client = KvClient::with_credentials(
+            std::slice::from_ref(&url),
+            self.cfg.probe_timeout(),
+            &self.credentials,
+        );
         match client.map_err(|e| e.to_string()) {
             Ok(c) => match c.status().await {
                 Ok(s) => Some(s),

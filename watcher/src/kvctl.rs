@@ -16,6 +16,7 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 3;
     pub const INDETERMINATE: i32 = 4;
     pub const REJECTED: i32 = 5;
+    pub const NOT_PERMITTED: i32 = 7;
 }
 
 /// How one `kvctl reconfigure` ended.
@@ -140,6 +141,10 @@ impl Kvctl {
             Some(exit::INDETERMINATE) => Outcome::Indeterminate(stderr),
             Some(exit::REJECTED) => Outcome::Rejected(stderr),
             Some(exit::USAGE) => Outcome::Failed(format!("kvctl usage error: {stderr}")),
+            // Credentials are configuration: retrying the same ones cannot help.
+            Some(exit::NOT_PERMITTED) => Outcome::Failed(format!(
+                "kvctl was refused (KVCTL_CACERT, KVCTL_CERT/KEY, KVCTL_TOKEN(_FILE)?): {stderr}"
+            )),
             Some(code) => Outcome::Failed(format!("kvctl exited {code}: {stderr}")),
             None => Outcome::Indeterminate(format!("kvctl was killed by a signal: {stderr}")),
         }
@@ -289,6 +294,25 @@ exit "$code"
             .await;
         assert!(
             matches!(&outcome, Outcome::Rejected(m) if m.contains("fake failure 5")),
+            "{outcome:?}"
+        );
+        assert_eq!((n, calls(dir.path()).len()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = kvctl(fake_kvctl(dir.path(), &[7, 0], APPLIED));
+        let (outcome, n) = k
+            .reconfigure(
+                &["https://a:8000".into()],
+                &change(),
+                &BTreeMap::new(),
+                FAST,
+            )
+            .await;
+        assert!(
+            matches!(&outcome, Outcome::Failed(m) if m.contains("KVCTL_TOKEN") && m.contains("fake failure 7")),
             "{outcome:?}"
         );
         assert_eq!((n, calls(dir.path()).len()), (1, 1));

@@ -2,7 +2,7 @@
 //! client's timeout bounds the opening (the linearizable read kvd does first, and the answer's
 //! head), never the body, which takes as long as the state is big.
 
-use super::{classify_error, short, Attempt, Client, ClientError, Consistency};
+use super::{classify_error, request_failed, short, Attempt, Client, ClientError, Consistency};
 use crate::api::HEADER_TIMEOUT_MS;
 use crate::snapshot::{HEADER_SNAPSHOT_KEYS, HEADER_SNAPSHOT_REVISION};
 
@@ -39,10 +39,7 @@ impl Client {
             async move {
                 let resp = match tokio::time::timeout(remaining, req.send()).await {
                     Err(_) => return Attempt::Unknown("timed out".into()),
-                    Ok(Err(e)) if e.is_connect() || e.is_builder() => {
-                        return Attempt::Unreachable(short(&e))
-                    }
-                    Ok(Err(e)) => return Attempt::Unknown(short(&e)),
+                    Ok(Err(e)) => return request_failed(e),
                     Ok(Ok(resp)) => resp,
                 };
                 if !resp.status().is_success() {

@@ -2,7 +2,9 @@
 //! a [`Watch`] that resumes by itself after a disconnect, a silent stream, a `lagged` end or
 //! a `compacted` one, on the endpoints in turn, without a gap or a duplicate ([`Cursor`]).
 
-use super::{classify_error, short, Attempt, Client, ClientError, Consistency, KeySet};
+use super::{
+    classify_error, request_failed, short, Attempt, Client, ClientError, Consistency, KeySet,
+};
 use crate::kv::WatchEvent;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -230,10 +232,7 @@ impl Client {
         // Bounds the connection and the answer's head only: the body is the stream.
         let resp = match tokio::time::timeout(self.timeout, self.http.get(url).send()).await {
             Err(_) => return Err(Attempt::Unknown("timed out".into())),
-            Ok(Err(e)) if e.is_connect() || e.is_builder() => {
-                return Err(Attempt::Unreachable(short(&e)))
-            }
-            Ok(Err(e)) => return Err(Attempt::Unknown(short(&e))),
+            Ok(Err(e)) => return Err(request_failed(e)),
             Ok(Ok(resp)) => resp,
         };
         if !resp.status().is_success() {

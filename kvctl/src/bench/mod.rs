@@ -31,7 +31,10 @@ use workload::{client_loop, Shared, Stats};
 pub async fn run(ctx: &Context, args: &BenchArgs, out: &mut dyn Write) -> Result<(), Error> {
     let plan = Plan::from_args(args)?;
     let endpoints = ctx.selected_endpoints()?;
-    let drivers = connections(&plan, &endpoints, |eps| Client::new(eps, ctx.timeout))?;
+    let credentials = ctx.credentials()?;
+    let drivers = connections(&plan, &endpoints, |eps| {
+        Client::with_credentials(eps, ctx.timeout, &credentials)
+    })?;
     let report = measure("omnikv", &plan, ctx.consistency, drivers).await;
     report.write(out, ctx.output).map_err(Error::stdout)?;
     report.check()

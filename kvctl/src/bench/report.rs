@@ -194,6 +194,17 @@ impl BenchReport {
             .values()
             .next()
             .map_or_else(String::new, |m| format!(" (first error: {m})"));
+        // Refused credentials are the only errors whose message starts so (ClientError's
+        // Display): the run failed for who we are, not for the cluster (exit 7).
+        if self
+            .first_errors
+            .values()
+            .any(|m| m.starts_with("not permitted: "))
+        {
+            return Err(Error::Client(ClientError::NotPermitted(format!(
+                "no operation succeeded{why}"
+            ))));
+        }
         Err(Error::Client(ClientError::Unavailable(format!(
             "no operation succeeded{why}"
         ))))

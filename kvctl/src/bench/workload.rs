@@ -32,10 +32,12 @@ fn classify(e: &ClientError) -> ErrorClass {
     match e {
         ClientError::Unavailable(_) => ErrorClass::Unavailable,
         ClientError::Indeterminate(_) => ErrorClass::Indeterminate,
-        // Not found only for a write, or a client-side refusal: both "refused on its merits".
-        ClientError::Rejected { .. } | ClientError::NotFound | ClientError::Usage(_) => {
-            ErrorClass::Rejected
-        }
+        // Not found only for a write, a client-side refusal, or refused credentials: all
+        // "refused" (nothing applied).
+        ClientError::Rejected { .. }
+        | ClientError::NotFound
+        | ClientError::Usage(_)
+        | ClientError::NotPermitted(_) => ErrorClass::Rejected,
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per command; each calls the client and prints through `output`. The one-shot
 //! commands and the shell share these functions.
 
+pub mod certs;
 pub mod delete;
 pub mod elect;
 pub mod get;
@@ -14,6 +15,7 @@ pub mod range;
 pub mod reconfigure;
 pub mod snapshot;
 pub mod status;
+pub mod token;
 pub mod txn;
 pub mod txn_text;
 pub mod watch;

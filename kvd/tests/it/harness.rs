@@ -1,6 +1,7 @@
 //! Test harness: real kvd processes on loopback, each with its own data dir and log file,
 //! plus helpers to kill, restart and query them. Everything polls with deadlines.
 
+use crate::pki::PkiDir;
 use omnikv_common::{Client, ClientError, Consistency, Role, StatusView};
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -55,12 +56,17 @@ pub struct Node {
     pub log_path: PathBuf,
     /// CONFIG_ID and NODES this replica is started with (env only bootstraps an empty dir).
     pub config_env: (u32, Vec<u64>),
+    /// Serves its client API over HTTPS (`Opts::tls`).
+    pub https: bool,
     child: Option<Child>,
 }
 
 impl Node {
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        match self.https {
+            true => format!("https://127.0.0.1:{}", self.client_port),
+            false => format!("127.0.0.1:{}", self.client_port),
+        }
     }
 }
 
@@ -70,6 +76,10 @@ pub struct Opts {
     pub snapshot_interval: u64,
     pub snapshot_keep: u64,
     pub extra_env: Vec<(String, String)>,
+    /// TLS everywhere with this PKI: replica N serves HTTPS with `replica-N.crt`/`.key`,
+    /// verifies client certificates against `ca.crt`, and uses the same files for peer mTLS.
+    /// Endpoints are then `https://127.0.0.1:port`.
+    pub tls: Option<PkiDir>,
 }
 
 impl Opts {
@@ -89,6 +99,7 @@ impl Default for Opts {
             snapshot_interval: 10_000,
             snapshot_keep: 1_000,
             extra_env: vec![],
+            tls: None,
         }
     }
 }
@@ -136,6 +147,7 @@ impl Cluster {
                     data_dir: dir.path().join(format!("data-{pid}")),
                     log_path: dir.path().join(format!("kvd-{pid}.log")),
                     config_env: (1, members.clone()),
+                    https: opts.tls.is_some(),
                     child: None,
                 },
             );
@@ -179,6 +191,7 @@ impl Cluster {
             data_dir: self.dir.path().join(format!("data-{pid}")),
             log_path: self.dir.path().join(format!("kvd-{pid}.log")),
             config_env: (2, nodes),
+            https: self.opts.tls.is_some(),
             child: None,
         };
         self.nodes.insert(pid, node);
@@ -229,6 +242,15 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(pki) = &opts.tls {
+            let (cert, key, ca) = (pki.replica_cert(pid), pki.replica_key(pid), pki.ca());
+            cmd.env("KVD_CERT_FILE", &cert)
+                .env("KVD_KEY_FILE", &key)
+                .env("KVD_CLIENT_CA_FILE", &ca)
+                .env("KVD_PEER_CERT_FILE", &cert)
+                .env("KVD_PEER_KEY_FILE", &key)
+                .env("KVD_PEER_CA_FILE", &ca);
+        }
         for (k, v) in &opts.extra_env {
             cmd.env(k, v);
         }
@@ -316,7 +338,30 @@ impl Cluster {
     }
 
     pub async fn status(&self, pid: u64) -> Result<StatusView, ClientError> {
+        if self.opts.tls.is_some() {
+            let url = format!("{}/v1/status", self.endpoint(pid));
+            let fail = |e: reqwest::Error| ClientError::Unavailable(e.to_string());
+            let resp = self.https_client().get(url).send().await.map_err(fail)?;
+            return resp
+                .error_for_status()
+                .map_err(fail)?
+                .json()
+                .await
+                .map_err(fail);
+        }
         self.client_of(pid, Duration::from_secs(2)).status().await
+    }
+
+    /// An HTTPS client trusting the cluster's CA (`Opts::tls`), presenting no certificate.
+    pub fn https_client(&self) -> reqwest::Client {
+        let pki = self.opts.tls.as_ref().expect("a TLS cluster");
+        let ca = std::fs::read(pki.ca()).unwrap();
+        reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
     }
 
     pub fn log_text(&self, pid: u64) -> String {

@@ -21,5 +21,7 @@ mod linearizability;
 mod lock;
 mod membership;
 mod nemesis;
+mod pki;
 mod reference_histories;
+mod tls;
 mod watch;
