@@ -9,6 +9,7 @@ use etcd_client::{
 };
 use kvctl::bench::Outcome;
 use omnikv_common::api::{HEADER_CLIENT_ID, HEADER_SEQ, HEADER_TIMEOUT_MS};
+use omnikv_common::client::Credentials;
 use omnikv_common::keys::encode_key;
 use omnikv_common::kv::{self, RangeResult, TxnRequest, TxnResult, WatchEvent};
 use omnikv_common::{Client, ClientError, Consistency, ErrorCode};
@@ -34,27 +35,21 @@ impl Target {
     }
 }
 
-/// How connections reach the system under load: the time allowed per request and, for TLS,
-/// the files named by --cacert/--cert/--key (read when a connection is made).
+/// How connections reach the system under load: the time allowed per request and kvctl's
+/// credentials (--cacert, --cert, --key, --token/--token-file; files read when a connection
+/// is made). omnikv gets them as kvctl sends them; etcd gets the TLS files (etcdctl's flags
+/// of the same names) and no token (etcd's own authentication is not driven).
 #[derive(Debug, Clone)]
 pub struct Dial {
     pub timeout: Duration,
-    /// The CA that signed the servers' certificates: TLS is on when it is set.
-    pub cacert: Option<PathBuf>,
-    /// A client certificate and its key, presented to the servers (both or neither).
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
+    pub credentials: Credentials,
 }
 
 impl Dial {
-    /// Whether connections use TLS.
-    pub fn tls(&self) -> bool {
-        self.cacert.is_some()
-    }
-
-    /// An endpoint as a URL: its own scheme, else https:// with TLS and http:// without.
-    pub fn url(&self, endpoint: &str) -> String {
-        if self.tls() && !endpoint.contains("://") {
+    /// An etcd endpoint as a URL: its own scheme, else https:// with --cacert (as etcdctl)
+    /// and http:// without.
+    fn etcd_url(&self, endpoint: &str) -> String {
+        if self.credentials.cacert.is_some() && !endpoint.contains("://") {
             url(&format!("https://{}", endpoint.trim()))
         } else {
             url(endpoint)
@@ -62,10 +57,16 @@ impl Dial {
     }
 
     /// etcd-client's TLS settings (rustls with ring): the CA and the client identity, or
-    /// None without --cacert. An https:// endpoint without --cacert is a usage error (the
-    /// driver trusts no system roots).
+    /// None without --cacert. An https:// endpoint without --cacert, and a token, are usage
+    /// errors (the driver trusts no system roots; it does not log in to etcd).
     fn etcd_tls(&self, endpoint: &str) -> Result<Option<TlsOptions>, ClientError> {
-        let Some(ca) = &self.cacert else {
+        let c = &self.credentials;
+        if c.token.is_some() {
+            return Err(ClientError::Usage(
+                "a token is for omnikv: the driver does not use etcd's authentication".into(),
+            ));
+        }
+        let Some(ca) = &c.cacert else {
             if endpoint.starts_with("https://") {
                 return Err(ClientError::Usage(format!(
                     "{endpoint}: an https endpoint needs --cacert"
@@ -74,7 +75,7 @@ impl Dial {
             return Ok(None);
         };
         let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        match (&self.cert, &self.key) {
+        match (&c.cert, &c.key) {
             (Some(cert), Some(key)) => {
                 tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
             }
@@ -187,19 +188,16 @@ impl Conn {
         let timeout = dial.timeout;
         match target {
             Target::Omnikv => {
-                if dial.tls() {
-                    return Err(ClientError::Usage(
-                        "omnikv over TLS needs kvctl's TLS client".into(),
-                    ));
-                }
-                let http = reqwest::Client::builder()
+                let builder = reqwest::Client::builder()
                     .connect_timeout(Duration::from_millis(1000).min(timeout))
                     .pool_max_idle_per_host(1024)
-                    .tcp_nodelay(true)
-                    .build()
-                    .map_err(|e| ClientError::Usage(format!("cannot build HTTP client: {e}")))?;
+                    .tcp_nodelay(true);
+                let http =
+                    dial.credentials.apply(builder)?.build().map_err(|e| {
+                        ClientError::Usage(format!("cannot build HTTP client: {e}"))
+                    })?;
                 Ok(Conn::Omnikv(OmnikvConn {
-                    client: Client::new(endpoints, timeout)?,
+                    client: Client::with_credentials(endpoints, timeout, &dial.credentials)?,
                     http,
                     endpoint: url(first),
                     timeout,
@@ -208,7 +206,7 @@ impl Conn {
                 }))
             }
             Target::Etcd => {
-                let first = dial.url(first);
+                let first = dial.etcd_url(first);
                 let mut options = ConnectOptions::new()
                     .with_timeout(timeout)
                     .with_connect_timeout(Duration::from_millis(1000).min(timeout));

@@ -17,7 +17,6 @@ use kvctl::cli::BenchArgs;
 use kvctl::{Context, Error, GlobalOpts, OutputFormat};
 use omnikv_common::ClientError;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use workload::{Kind, Load};
@@ -30,24 +29,8 @@ struct Cli {
     /// The system under load.
     #[arg(long, value_enum, default_value_t = Target::Omnikv, global = true)]
     target: Target,
-    #[command(flatten)]
-    tls: TlsOpts,
     #[command(subcommand)]
     command: Cmd,
-}
-
-/// TLS to the system under load, named as etcdctl's and kvctl's flags.
-#[derive(Debug, clap::Args)]
-struct TlsOpts {
-    /// CA certificate (PEM) that signed the servers' certificates: connect over TLS.
-    #[arg(long, value_name = "FILE", global = true)]
-    cacert: Option<PathBuf>,
-    /// Client certificate (PEM) to present (with --key).
-    #[arg(long, value_name = "FILE", global = true, requires = "key")]
-    cert: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, value_name = "FILE", global = true, requires = "cert")]
-    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,13 +83,7 @@ fn main() -> ExitCode {
     };
     let ctx = Context::new(&cli.global);
     let mut out = std::io::stdout();
-    let dial = Dial {
-        timeout: ctx.timeout,
-        cacert: cli.tls.cacert,
-        cert: cli.tls.cert,
-        key: cli.tls.key,
-    };
-    match runtime.block_on(run(&ctx, &dial, cli.target, cli.command, &mut out)) {
+    match runtime.block_on(run(&ctx, cli.target, cli.command, &mut out)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             kvctl::output::write_error(&mut std::io::stderr(), ctx.output, &e);
@@ -115,13 +92,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(
-    ctx: &Context,
-    dial: &Dial,
-    target: Target,
-    cmd: Cmd,
-    out: &mut dyn Write,
-) -> Result<(), Error> {
+async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Result<(), Error> {
+    let dial = &Dial {
+        timeout: ctx.timeout,
+        credentials: ctx.credentials()?,
+    };
     let endpoints = ctx.selected_endpoints()?;
     let (name, args, kind) = match cmd {
         Cmd::Watch(w) => {
@@ -139,8 +114,10 @@ async fn run(
             }
             return Ok(());
         }
-        Cmd::Writes(_) | Cmd::Verify(_) if dial.tls() => {
-            return Err(Error::usage("writes and verify run over plaintext only"));
+        Cmd::Writes(_) | Cmd::Verify(_) if !dial.credentials.is_empty() => {
+            return Err(Error::usage(
+                "writes and verify run plaintext and anonymous only",
+            ));
         }
         Cmd::Writes(w) => {
             let r = rolling_restart::writes(target, &endpoints, &w)
