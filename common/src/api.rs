@@ -38,6 +38,12 @@ pub enum ErrorCode {
     Rejected,
     /// A bug on the server side (HTTP 500).
     Internal,
+    /// No credentials, or credentials that name no user (HTTP 401).
+    Unauthenticated,
+    /// An authenticated user whose role or prefix does not allow the call (HTTP 403).
+    PermissionDenied,
+    /// Plaintext HTTP sent to an endpoint that serves HTTPS (HTTP 400).
+    TlsRequired,
 }
 
 impl ErrorCode {
@@ -51,6 +57,9 @@ impl ErrorCode {
             ErrorCode::Indeterminate => 504,
             ErrorCode::Rejected => 409,
             ErrorCode::Internal => 500,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::PermissionDenied => 403,
+            ErrorCode::TlsRequired => 400,
         }
     }
 }
@@ -325,6 +334,22 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"error":{"code":"indeterminate","message":"x"}}"#
         );
+    }
+
+    #[test]
+    fn security_codes_keep_their_names_and_statuses() {
+        for (code, name, status) in [
+            (ErrorCode::Unauthenticated, "unauthenticated", 401),
+            (ErrorCode::PermissionDenied, "permission_denied", 403),
+            (ErrorCode::TlsRequired, "tls_required", 400),
+        ] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{name}\""));
+            assert_eq!(
+                serde_json::from_str::<ErrorCode>(&format!("\"{name}\"")).unwrap(),
+                code
+            );
+            assert_eq!(code.http_status(), status);
+        }
     }
 
     /// The JSON of roles and phases is the strings kvd sent before they were enums.

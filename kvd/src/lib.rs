@@ -2,6 +2,7 @@
 //! key-value state machine, served over HTTP. `docs/architecture.md` tells the whole story.
 
 pub mod api;
+pub mod auth;
 pub mod backup;
 // The pure decoders live in omnikv-wire (fuzzable without RocksDB); same paths as before.
 pub use omnikv_wire::{codec, command, frame};

@@ -13,6 +13,12 @@ pub struct OpLabel {
     pub op: String,
 }
 
+/// Why the client API refused a request (`unauthenticated`, `permission_denied`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
 /// Which OmniPaxos 0.2.4 workaround acted (`omnipaxos_workarounds.rs`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkaroundLabel {
@@ -65,6 +71,8 @@ pub struct Metrics {
     pub leases: Gauge,
     /// Leases the leader expired (expiry entries proposed).
     pub lease_expiries: Counter,
+    /// Client requests refused by authentication or roles, by reason.
+    pub auth_denied: Family<ReasonLabel, Counter>,
     /// Request latency by op (put, delete, txn, get_linearizable, get_local), seconds.
     pub request_seconds: Family<OpLabel, Histogram>,
 }
@@ -102,6 +110,7 @@ impl Metrics {
             watchers: Gauge::default(),
             leases: Gauge::default(),
             lease_expiries: Counter::default(),
+            auth_denied: Family::default(),
             request_seconds: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
@@ -204,6 +213,11 @@ impl Metrics {
             m.lease_expiries.clone(),
         );
         m.registry.register(
+            "auth_denied",
+            "Client requests refused by authentication (401) or roles (403)",
+            m.auth_denied.clone(),
+        );
+        m.registry.register(
             "request_duration_seconds",
             "Client request latency",
             m.request_seconds.clone(),
@@ -227,6 +241,15 @@ impl Metrics {
                 workaround: name.to_string(),
             })
             .get()
+    }
+
+    /// Counts one request refused for `reason`.
+    pub fn count_denied(&self, reason: &str) {
+        self.auth_denied
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn observe(&self, op: &str, seconds: f64) {

@@ -228,6 +228,8 @@ pub async fn serve(
         }
         _ => None,
     };
+    // Likewise the users: a bad auth file stops the start.
+    let auth = crate::auth::Auth::start(&cfg).map_err(|e| NodeError::Config(e.to_string()))?;
     let client_addr = client_listener.local_addr()?;
     if client_tls.is_none() && !client_addr.ip().is_loopback() {
         warn!(
@@ -305,6 +307,7 @@ pub async fn serve(
         watch_hub,
         max_value_bytes: cfg.max_value_bytes,
         default_timeout: Duration::from_millis(cfg.request_timeout_ms),
+        auth,
     };
     info!(pid = cfg.pid, client = %client_addr, peer = %peer_addr,
           client_tls = client_tls.is_some(), peer_tls = peer_tls.is_some(), "kvd serving");

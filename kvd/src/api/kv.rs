@@ -1,8 +1,10 @@
 //! One key: `PUT`, `GET` and `DELETE /v1/kv/{key}`, and the write path every write shares.
 
 use super::convert::key_value;
+use super::gate::Caller;
 use super::query::QueryParams;
 use super::{ask, deadline, err, key_from, write_id, ApiState, Error};
+use crate::auth::Call;
 use crate::command::{KeyRange, ReadOpts};
 use crate::inbox::{ClientRequest, ReadAnswer, WriteAnswer, WriteKind};
 use crate::state_machine::{LeaseResult, OpResult};
@@ -76,12 +78,15 @@ fn write_result(answer: WriteAnswer, prev: bool) -> WriteResult {
 
 pub(crate) async fn put_key(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Error> {
+    caller.may(Call::Put)?;
     let started = Instant::now();
     let key = key_from(&uri)?;
+    caller.may_key(Call::Put, &key)?;
     let params = QueryParams::parse(uri.query(), &["prev", "lease"])?;
     let prev = params.flag("prev")?;
     let lease = params.u64("lease")?.unwrap_or(0);
@@ -111,11 +116,14 @@ pub(crate) async fn put_key(
 
 pub(crate) async fn delete_key(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::Delete)?;
     let started = Instant::now();
     let key = key_from(&uri)?;
+    caller.may_key(Call::Delete, &key)?;
     let prev = QueryParams::parse(uri.query(), &["prev"])?.flag("prev")?;
     let answer = submit_write(
         &state,
@@ -179,11 +187,14 @@ pub(crate) async fn position(
 
 pub(crate) async fn get_key(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::Get)?;
     let started = Instant::now();
     let key = key_from(&uri)?;
+    caller.may_key(Call::Get, &key)?;
     let linearizable = QueryParams::parse(uri.query(), &["consistency"])?.linearizable()?;
     let r = read(
         &state,

@@ -4,9 +4,11 @@
 //! replica's applied state, after a read barrier unless `consistency=local`: once the barrier
 //! is applied here, that state holds every write acknowledged before the request.
 
+use super::gate::Caller;
 use super::kv::{lease_not_found as not_found, submit_write};
 use super::query::QueryParams;
 use super::{ask, err, write_id, ApiState, Error};
+use crate::auth::Call;
 use crate::command::{KeyRange, LeaseOp, ReadOpts};
 use crate::inbox::{ClientRequest, LeaseInfo, WriteAnswer, WriteKind};
 use crate::state_machine::{LeaseResult, OpResult};
@@ -51,9 +53,11 @@ async fn lease_write(
 
 pub(crate) async fn grant(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Error> {
+    caller.may(Call::LeaseGrant)?;
     let started = Instant::now();
     let body: Bytes = axum::body::to_bytes(body, MAX_GRANT_BODY)
         .await
@@ -112,9 +116,11 @@ pub(crate) async fn grant(
 
 pub(crate) async fn keepalive(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::LeaseKeepAlive)?;
     let started = Instant::now();
     let id = parse_id(&raw)?;
     let answer = lease_write(&state, &headers, LeaseOp::KeepAlive { id }, started).await?;
@@ -141,11 +147,21 @@ pub(crate) async fn keepalive(
 
 pub(crate) async fn revoke(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(raw): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::LeaseRevoke)?;
     let started = Instant::now();
     let id = parse_id(&raw)?;
+    if caller.prefixed() {
+        // Revoking deletes the lease's keys: a prefix-limited user may revoke a lease only
+        // when every key attached to it is inside the prefix, as a linearizable read of the
+        // lease (the time-to-live path) shows it now. A key attached between this read and
+        // the revoke's application is deleted with the rest: the check cannot see it.
+        let keys = lease_keys(&state, &headers, true, id).await?;
+        caller.may_use_lease_keys(Call::LeaseRevoke, id, &keys)?;
+    }
     let answer = lease_write(&state, &headers, LeaseOp::Revoke { id }, started).await?;
     let revision = answer.outcome.revision;
     match answer.results.as_deref() {
@@ -189,6 +205,18 @@ async fn ask_leases(
     .map_err(Error)
 }
 
+/// The keys attached to lease `id`, read as `GET /v1/lease/{id}?keys=true` reads them.
+async fn lease_keys(
+    state: &ApiState,
+    headers: &HeaderMap,
+    linearizable: bool,
+    id: u64,
+) -> Result<Vec<Vec<u8>>, Error> {
+    let mut answer = ask_leases(state, headers, linearizable, Some(id), true).await?;
+    let info = answer.leases.pop().ok_or_else(|| not_found(id))?;
+    Ok(info.keys.unwrap_or_default())
+}
+
 /// Lease `id` as this replica has applied it.
 async fn one(state: &ApiState, headers: &HeaderMap, id: u64) -> Result<LeaseInfo, Error> {
     let mut answer = ask_leases(state, headers, false, Some(id), false).await?;
@@ -208,9 +236,11 @@ fn status(info: LeaseInfo) -> LeaseStatus {
 
 pub(crate) async fn list(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::LeaseList)?;
     let linearizable = QueryParams::parse(uri.query(), &["consistency"])?.linearizable()?;
     let answer = ask_leases(&state, &headers, linearizable, None, false).await?;
     Ok(Json(LeaseList {
@@ -222,14 +252,20 @@ pub(crate) async fn list(
 
 pub(crate) async fn time_to_live(
     State(state): State<ApiState>,
+    caller: Caller,
     Path(raw): Path<String>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::LeaseTimeToLive)?;
     let id = parse_id(&raw)?;
     let query = QueryParams::parse(uri.query(), &["keys", "consistency"])?;
     let keys = query.flag("keys")?;
     let mut answer = ask_leases(&state, &headers, query.linearizable()?, Some(id), keys).await?;
     let info = answer.leases.pop().ok_or_else(|| not_found(id))?;
+    if let Some(keys) = &info.keys {
+        // A prefix-limited user sees the keys only when they are all inside its prefix.
+        caller.may_use_lease_keys(Call::LeaseTimeToLive, id, keys)?;
+    }
     Ok(Json(status(info)).into_response())
 }

@@ -1,9 +1,14 @@
 //! The client HTTP API (axum): `/v1/kv/{key}`, `/v1/kv?prefix=`, `/v1/txn`, `/v1/lease`,
 //! `/v1/status`, `/v1/log`, `/v1/members`, `/v1/reconfigure`, `/v1/move-leader`, `/healthz`,
 //! `/readyz`, `/metrics`. Handlers never touch consensus state: they send a request to the
-//! loop's inbox and wait for its answer. The contract is docs/api.md.
+//! loop's inbox and wait for its answer. Every route but /healthz, /readyz (and /metrics
+//! unless --metrics-auth) passes the authentication layer (`gate`) when an auth file is set.
+//! The contract is docs/api.md.
 
+#[cfg(test)]
+mod auth_tests;
 mod convert;
+mod gate;
 mod kv;
 mod lease;
 mod move_leader;
@@ -13,6 +18,7 @@ mod snapshot;
 mod txn;
 mod watch;
 
+use crate::auth::Call;
 use crate::inbox::{ClientRequest, Input};
 use crate::metrics::Metrics;
 use axum::body::Body;
@@ -21,6 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use gate::Caller;
 use omnikv_common::api::{
     ApiError, ErrorCode, ReconfigureRequest, Role, HEADER_CLIENT_ID, HEADER_IDEMPOTENCY_KEY,
     HEADER_SEQ, HEADER_TIMEOUT_MS, MAX_KEY_BYTES,
@@ -41,10 +48,16 @@ pub struct ApiState {
     pub watch_hub: crate::watch::Hub,
     pub max_value_bytes: usize,
     pub default_timeout: Duration,
+    /// Who may call what (`Auth::open()`: everyone, everything).
+    pub auth: crate::auth::Auth,
 }
 
 /// The router over `state`.
 pub fn router(state: ApiState) -> Router {
+    let gate = gate::Gate {
+        auth: state.auth.clone(),
+        metrics: state.metrics.clone(),
+    };
     Router::new()
         .route(
             "/v1/kv/{*key}",
@@ -70,6 +83,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found_route)
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            gate::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -207,7 +224,8 @@ pub(crate) async fn ask<T>(
     }
 }
 
-async fn status(State(state): State<ApiState>) -> Result<Response, Error> {
+async fn status(State(state): State<ApiState>, caller: Caller) -> Result<Response, Error> {
+    caller.may(Call::Status)?;
     let until = Instant::now() + state.default_timeout;
     let s = ask(&state, |reply| ClientRequest::Status { reply }, until).await?;
     Ok(Json(s).into_response())
@@ -215,8 +233,10 @@ async fn status(State(state): State<ApiState>) -> Result<Response, Error> {
 
 async fn log(
     State(state): State<ApiState>,
+    caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Error> {
+    caller.may(Call::Log)?;
     let limit = match q.get("limit") {
         None => 50,
         Some(s) => s
@@ -235,7 +255,8 @@ async fn log(
     Ok(Json(v).into_response())
 }
 
-async fn members(State(state): State<ApiState>) -> Result<Response, Error> {
+async fn members(State(state): State<ApiState>, caller: Caller) -> Result<Response, Error> {
+    caller.may(Call::Members)?;
     let until = Instant::now() + state.default_timeout;
     let m = ask(&state, |reply| ClientRequest::Members { reply }, until).await?;
     Ok(Json(m).into_response())
@@ -267,9 +288,11 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 
 async fn reconfigure(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
+    caller.may(Call::Reconfigure)?;
     let request: ReconfigureRequest = json_body(
         &body,
         MAX_RECONFIGURE_BYTES,

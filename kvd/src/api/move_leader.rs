@@ -2,7 +2,9 @@
 //! answers once N leads (replica/handoff.rs). Other replicas refuse with `unavailable`, as
 //! for `/v1/reconfigure`, so a client that tries the endpoints in turn lands on the leader.
 
+use super::gate::Caller;
 use super::{ask, deadline, json_body, ApiState, Error};
+use crate::auth::Call;
 use crate::inbox::ClientRequest;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -15,9 +17,11 @@ const MAX_BODY_BYTES: usize = 4 * 1024;
 
 pub(super) async fn move_leader(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, Error> {
+    caller.may(Call::MoveLeader)?;
     let request: MoveLeaderRequest =
         json_body(&body, MAX_BODY_BYTES, "move-leader", r#"{"to": 2}"#)?;
     let until = deadline(&state, &headers)?;

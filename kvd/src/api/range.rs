@@ -2,9 +2,11 @@
 //! `DELETE /v1/kv?prefix=P` (one transaction under one revision).
 
 use super::convert::{key_range_from_query, key_value, page_limit};
+use super::gate::Caller;
 use super::kv::{read, submit_write};
 use super::query::QueryParams;
 use super::{err, ApiState, Error};
+use crate::auth::Call;
 use crate::command::{KeyRange, ReadOpts, Txn, TxnOp};
 use crate::inbox::WriteKind;
 use crate::state_machine::OpResult;
@@ -16,10 +18,12 @@ use omnikv_common::api::ErrorCode;
 use omnikv_common::kv::{DeleteRangeResult, RangeResult};
 use std::time::Instant;
 
-/// The range a request names (`prefix`, or `start` with an optional `end`), moved on to
-/// where a page ended by `continue`.
-fn range_from(q: &QueryParams) -> Result<KeyRange, Error> {
+/// The range a request names (`prefix`, or `start` with an optional `end`), once `caller`
+/// may make `call` on it, moved on to where a page ended by `continue` (which only narrows
+/// it).
+fn range_from(q: &QueryParams, caller: &Caller, call: Call) -> Result<KeyRange, Error> {
     let range = key_range_from_query(q, false)?;
+    caller.may_touch(call, &range)?;
     let Some(token) = q.text("continue")? else {
         return Ok(range);
     };
@@ -58,9 +62,11 @@ fn decode_token(token: &str) -> Option<Vec<u8>> {
 
 pub(crate) async fn get_range(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::Range)?;
     let started = Instant::now();
     let q = QueryParams::parse(
         uri.query(),
@@ -75,7 +81,7 @@ pub(crate) async fn get_range(
             "continue",
         ],
     )?;
-    let range = range_from(&q)?;
+    let range = range_from(&q, &caller, Call::Range)?;
     let opts = ReadOpts {
         limit: page_limit(q.u64("limit")?)?,
         keys_only: q.flag("keys_only")?,
@@ -110,12 +116,14 @@ pub(crate) async fn get_range(
 
 pub(crate) async fn delete_range(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::DeleteRange)?;
     let started = Instant::now();
     let q = QueryParams::parse(uri.query(), &["prefix", "start", "end", "prev"])?;
-    let range = range_from(&q)?;
+    let range = range_from(&q, &caller, Call::DeleteRange)?;
     let prev = q.flag("prev")?;
     let txn = Txn {
         compares: Vec::new(),

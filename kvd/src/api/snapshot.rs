@@ -7,9 +7,11 @@
 //! At most `MAX_STREAMS` snapshots stream at once per replica; a reader that goes away, or
 //! takes nothing for `READER_STALL`, stops its stream and releases the RocksDB snapshot.
 
+use super::gate::Caller;
 use super::kv::position;
 use super::query::QueryParams;
 use super::{err, ApiState, Error};
+use crate::auth::Call;
 use crate::backup;
 use crate::checkpoint::{StateView, ViewError};
 use crate::membership::{ClusterMeta, Lifecycle};
@@ -52,9 +54,11 @@ impl Drop for Slot {
 
 pub(crate) async fn snapshot(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::Snapshot)?;
     let linearizable = QueryParams::parse(uri.query(), &["consistency"])?.linearizable()?;
     let slot = Slot::take().ok_or_else(|| {
         err(

@@ -2,8 +2,10 @@
 //! 200 with `succeeded: false` and the `failure` branch's results.
 
 use super::convert::{self, txn_results};
+use super::gate::Caller;
 use super::kv::submit_write;
 use super::{err, ApiState, Error};
+use crate::auth::Call;
 use crate::inbox::WriteKind;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,9 +18,11 @@ use std::time::Instant;
 
 pub(crate) async fn txn(
     State(state): State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, Error> {
+    caller.may(Call::Txn)?;
     let started = Instant::now();
     let body: Bytes = axum::body::to_bytes(body, MAX_TXN_BODY_BYTES)
         .await
@@ -35,6 +39,7 @@ pub(crate) async fn txn(
         )
     })?;
     let txn = convert::txn(&request, state.max_value_bytes)?;
+    caller.may_txn(&txn)?;
     let answer = submit_write(&state, &headers, WriteKind::Txn(txn), "txn", started).await?;
     if let Some(e) = super::kv::missing_lease(&answer) {
         return Err(e);

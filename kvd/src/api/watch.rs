@@ -8,9 +8,11 @@
 //! events share one revision and one applied batch).
 
 use super::convert::key_range_from_query;
+use super::gate::Caller;
 use super::kv::position;
 use super::query::QueryParams;
 use super::{err, ApiState, Error};
+use crate::auth::Call;
 use crate::command::KeyRange;
 use crate::state_machine::history::{self, HistoryRead};
 use crate::state_machine::{Event, EventKind};
@@ -30,9 +32,11 @@ const HISTORY_CHUNK: usize = 1000;
 
 pub(crate) async fn watch(
     State(state): State<ApiState>,
+    caller: Caller,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
+    caller.may(Call::Watch)?;
     let q = QueryParams::parse(
         uri.query(),
         &[
@@ -47,6 +51,7 @@ pub(crate) async fn watch(
         ],
     )?;
     let filter = key_range_from_query(&q, true)?;
+    caller.may_touch(Call::Watch, &filter)?;
     let prev = q.flag("prev_value")?;
     let progress_ms = q.u64("progress_ms")?.unwrap_or(DEFAULT_PROGRESS_MS);
     if !(100..=MAX_PROGRESS_MS).contains(&progress_ms) {

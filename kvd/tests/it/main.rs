@@ -1,5 +1,6 @@
 //! End-to-end tests of kvd: real processes, real TCP on loopback, real RocksDB.
 
+mod auth;
 mod backup;
 mod bad_input;
 mod chaos;
