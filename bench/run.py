@@ -245,6 +245,19 @@ class Cluster:
         return total
 
 
+def stopper(live, work, remove):
+    """A function that stops every cluster in `live` (a list the caller keeps current) and,
+    with `remove`, deletes `work`; also run on SIGTERM (then exit 143)."""
+    def stop_all():
+        for c in live:
+            c.stop()
+        if remove:
+            shutil.rmtree(work, ignore_errors=True)
+
+    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    return stop_all
+
+
 # ---------------------------------------------------------------- one load run
 
 
@@ -855,14 +868,7 @@ def main():
     args.systems = [s for p in pairs for s in p[:2]]
     runs, failover, adds = [], [], []
     live = []
-
-    def stop_all(*_):
-        for c in live:
-            c.stop()
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-
-    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    stop_all = stopper(live, work, remove=not args.work)
     if args.from_json:
         with open(args.from_json) as f:
             old = json.load(f)

@@ -24,8 +24,6 @@ against etcd-tls.
 import argparse
 import os
 import shlex
-import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -233,8 +231,20 @@ def report(args, meta, runs):
                   f"{base.fmt(r['errors'])} |")
     A("")
     A("## Ratios\n")
+    A("Ratios of the medians above; in brackets the median of the ratios within each round "
+      "(the two runs compared within a round are at most a minute apart, so these follow "
+      "the machine's load drift less).\n")
     A("| comparison | clients | puts/s | p50 | p99 | CPU/put |")
     A("|---|---|---|---|---|---|")
+
+    def paired(a, b, c, f):
+        by = {}
+        for r in runs:
+            if r["clients"] == c and r["system"] in (a, b):
+                by.setdefault(r["round"], {})[r["system"]] = r[f]
+        xs = [v[a] / v[b] for v in by.values() if v.get(a) and v.get(b)]
+        return statistics.median(xs) if xs else None
+
     for a, b, what in (("omnikv-3-tls", "omnikv-3", "omnikv: TLS / plaintext"),
                        ("etcd-3-tls", "etcd-3", "etcd: TLS / plaintext"),
                        ("omnikv-3-tls", "etcd-3-tls", "TLS: omnikv / etcd"),
@@ -242,7 +252,7 @@ def report(args, meta, runs):
         for c in args.clients:
             ra, rb = g(a, c), g(b, c)
             if ra and rb:
-                cells = [f"{ra[f] / rb[f]:.2f}x" if rb[f] else "n/a"
+                cells = [f"{ra[f] / rb[f]:.2f}x ({paired(a, b, c, f):.2f}x)" if rb[f] else "n/a"
                          for f in ("ops_per_sec", "p50_ms", "p99_ms", "cpu_us_per_op")]
                 A(f"| {what} | {c} | " + " | ".join(cells) + " |")
     A("")
@@ -268,9 +278,17 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS-tls.md"))
     ap.add_argument("--json", default=os.path.join(ROOT, "bench", "results", "tls.json"),
                     help="raw runs")
+    ap.add_argument("--from-json", help="only rewrite the report from the raw runs of an "
+                    "earlier run (its --clients, --systems, --rounds, --duration)")
     args = ap.parse_args()
-    base.resolve_binaries(args, extra=("openssl",))
     args.clients = [int(x) for x in args.clients.split(",")]
+    if args.from_json:
+        with open(args.from_json) as f:
+            old = base.json.load(f)
+        args.systems = [s for s in SYSTEMS if any(r["system"] == s for r in old["runs"])]
+        report(args, old["meta"], old["runs"])
+        return
+    base.resolve_binaries(args, extra=("openssl",))
     args.systems = [s for s in args.systems.split(",") if s]
     if not args.systems or set(args.systems) - set(SYSTEMS):
         sys.exit(f"bench: --systems takes a comma list of {', '.join(SYSTEMS)}")
@@ -292,13 +310,7 @@ def main():
     clusters = [make[s]() for s in SYSTEMS if s in args.systems]
     live = []
 
-    def stop_all(*_):
-        for c in live:
-            c.stop()
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-
-    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    stop_all = base.stopper(live, work, remove=not args.work)
     runs = []
     try:
         for c in clusters:
