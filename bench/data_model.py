@@ -23,8 +23,6 @@ import copy
 import json
 import os
 import shlex
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -351,13 +349,7 @@ def main():
             "etcd_client": "native-grpc"}
     live = []
 
-    def stop_all(*_):
-        for c in live:
-            c.stop()
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-
-    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    stop_all = base.stopper(live, work, remove=not args.work)
     cmp_runs, rev_runs = [], []
     try:
         if "compare" not in skip:

@@ -255,13 +255,7 @@ def main():
         clusters.append(WithoutHandoff("omnikv-3-no-handoff", "omnikv", 3, args.port_base + 200,
                                        work, args))
 
-    def stop_all(*_):
-        for c in clusters:
-            c.stop()
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-
-    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    stop_all = base.stopper(clusters, work, remove=not args.work)
     runs = []
     try:
         for c in clusters:

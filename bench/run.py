@@ -49,11 +49,12 @@ def log(*a):
 # ---------------------------------------------------------------- HTTP helpers (probes only)
 
 
-def http(method, url, body=None, headers=None, timeout=1.0):
-    """(status, body bytes); status 0 when nothing answered in time."""
+def http(method, url, body=None, headers=None, timeout=1.0, context=None):
+    """(status, body bytes); status 0 when nothing answered in time. `context`: an
+    ssl.SSLContext for https:// URLs."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -114,6 +115,9 @@ class Cluster:
 
     def __init__(self, name, kind, size, port_base, work, args):
         self.name, self.kind, self.size, self.args = name, kind, size, args
+        # How clients reach it: the URL scheme, the ssl.SSLContext for https, and headers
+        # every probe sends (bench/tls.py sets them for its secured clusters).
+        self.scheme, self.ssl, self.headers = "http", None, {}
         self.dir = os.path.join(work, name)
         self.members = [
             Member(i + 1, f"127.0.0.1:{port_base + i}", f"127.0.0.1:{port_base + 50 + i}",
@@ -130,6 +134,12 @@ class Cluster:
     def start_member(self, i):
         m = self.members[i]
         m.logf = open(os.path.join(self.dir, f"member-{m.label}.log"), "ab")
+        cmd, env = self.command(m)
+        m.proc = subprocess.Popen(cmd, env=env, stdout=m.logf, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    def command(self, m):
+        """The command line and environment of member `m`."""
         if self.kind == "omnikv":
             nodes = ",".join(str(x.label) for x in self.members)
             peers = ",".join(f"{x.label}={x.peer}" for x in self.members)
@@ -149,8 +159,7 @@ class Cluster:
                    "--initial-cluster", cluster, "--initial-cluster-token", self.name,
                    "--initial-cluster-state", m.etcd_state, "--logger", "zap",
                    "--log-level", "warn"]
-        m.proc = subprocess.Popen(cmd, env=env, stdout=m.logf, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        return cmd, env
 
     def kill(self, i, sig=signal.SIGKILL):
         m = self.members[i]
@@ -175,27 +184,38 @@ class Cluster:
         eps = self.endpoints()
         return eps[first:] + eps[:first]
 
+    def url(self, endpoint, path=""):
+        return f"{self.scheme}://{endpoint}{path}"
+
+    def bench_flags(self):
+        """omnikv-bench flags a client needs to reach this cluster (TLS, token)."""
+        return []
+
     # -- probes
+    def probe(self, method, endpoint, path, body=None, headers=None, timeout=1.0):
+        return http(method, self.url(endpoint, path), body, {**self.headers, **(headers or {})},
+                    timeout, self.ssl)
+
     def put(self, endpoint, key, value, timeout):
         if self.kind == "omnikv":
-            st, _ = http("PUT", f"http://{endpoint}/v1/kv/{key}", value.encode(),
-                         {"omnikv-timeout-ms": str(int(timeout * 1000))}, timeout)
+            st, _ = self.probe("PUT", endpoint, f"/v1/kv/{key}", value.encode(),
+                               {"omnikv-timeout-ms": str(int(timeout * 1000))}, timeout)
         else:
             body = json.dumps({"key": b64(key), "value": b64(value)}).encode()
-            st, _ = http("POST", f"http://{endpoint}/v3/kv/put", body, None, timeout)
+            st, _ = self.probe("POST", endpoint, "/v3/kv/put", body, None, timeout)
         return st == 200
 
     def leader(self):
         """Index of the leader member, or None."""
         if self.kind == "omnikv":
             for m in self.members:
-                st, b = http("GET", f"http://{m.client}/v1/status")
+                st, b = self.probe("GET", m.client, "/v1/status")
                 if st == 200 and json.loads(b).get("leader") is not None:
                     return int(json.loads(b)["leader"]) - 1
             return None
         ids, lead = {}, None
         for j, m in enumerate(self.members):
-            st, b = http("POST", f"http://{m.client}/v3/maintenance/status", b"{}")
+            st, b = self.probe("POST", m.client, "/v3/maintenance/status", b"{}")
             if st == 200:
                 s = json.loads(b)
                 ids[str(s["header"]["member_id"])] = j
@@ -216,13 +236,26 @@ class Cluster:
         """The servers' own count of WAL syncs (fallback when perf cannot count syscalls)."""
         total = 0
         for m in self.members:
-            st, b = http("GET", f"http://{m.client}/metrics")
+            st, b = self.probe("GET", m.client, "/metrics")
             for line in b.decode(errors="replace").splitlines():
                 name = line.split(" ")[0]
                 if name in ("omnikv_fsyncs_total", "etcd_disk_wal_fsync_duration_seconds_count",
                             "etcd_disk_backend_commit_duration_seconds_count"):
                     total += float(line.split()[-1])
         return total
+
+
+def stopper(live, work, remove):
+    """A function that stops every cluster in `live` (a list the caller keeps current) and,
+    with `remove`, deletes `work`; also run on SIGTERM (then exit 143)."""
+    def stop_all():
+        for c in live:
+            c.stop()
+        if remove:
+            shutil.rmtree(work, ignore_errors=True)
+
+    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    return stop_all
 
 
 # ---------------------------------------------------------------- one load run
@@ -235,8 +268,8 @@ def run_load(cluster, clients, read_ratio=0.0, consistency="linearizable", args=
     operations go to that member; with more, connections spread over all members."""
     lead = cluster.leader() or 0
     first = lead if via == "leader" or cluster.size == 1 else (lead + 1) % cluster.size
-    cmd = [args.bench, "--target", cluster.kind, "--endpoints",
-           ",".join(cluster.endpoints_from(first)), "--consistency",
+    cmd = [args.bench, *cluster.bench_flags(), "--target", cluster.kind, "--endpoints",
+           ",".join(map(cluster.url, cluster.endpoints_from(first))), "--consistency",
            consistency, "-o", "json", "--timeout", "5s", "kv",
            "--clients", str(clients), "--duration", f"{args.duration}s",
            "--warmup", f"{args.warmup}s", "--value-size", str(args.value_size),
@@ -835,14 +868,7 @@ def main():
     args.systems = [s for p in pairs for s in p[:2]]
     runs, failover, adds = [], [], []
     live = []
-
-    def stop_all(*_):
-        for c in live:
-            c.stop()
-        if not args.work:
-            shutil.rmtree(work, ignore_errors=True)
-
-    signal.signal(signal.SIGTERM, lambda *a: (stop_all(), sys.exit(143)))
+    stop_all = stopper(live, work, remove=not args.work)
     if args.from_json:
         with open(args.from_json) as f:
             old = json.load(f)

@@ -4,13 +4,16 @@
 //! API (the `etcd-client` crate).
 
 use etcd_client::{
-    Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use kvctl::bench::Outcome;
 use omnikv_common::api::{HEADER_CLIENT_ID, HEADER_SEQ, HEADER_TIMEOUT_MS};
+use omnikv_common::client::Credentials;
 use omnikv_common::keys::encode_key;
 use omnikv_common::kv::{self, RangeResult, TxnRequest, TxnResult, WatchEvent};
 use omnikv_common::{Client, ClientError, Consistency, ErrorCode};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,6 +33,67 @@ impl Target {
             Target::Etcd => "etcd",
         }
     }
+}
+
+/// How connections reach the system under load: the time allowed per request and kvctl's
+/// credentials (--cacert, --cert, --key, --token/--token-file; files read when a connection
+/// is made). omnikv gets them as kvctl sends them; etcd gets the TLS files (etcdctl's flags
+/// of the same names) and no token (etcd's own authentication is not driven).
+#[derive(Debug, Clone)]
+pub struct Dial {
+    pub timeout: Duration,
+    pub credentials: Credentials,
+}
+
+impl Dial {
+    /// An etcd endpoint as a URL: its own scheme, else https:// with --cacert (as etcdctl)
+    /// and http:// without.
+    fn etcd_url(&self, endpoint: &str) -> String {
+        if self.credentials.cacert.is_some() && !endpoint.contains("://") {
+            url(&format!("https://{}", endpoint.trim()))
+        } else {
+            url(endpoint)
+        }
+    }
+
+    /// etcd-client's TLS settings (rustls with ring): the CA and the client identity, or
+    /// None without --cacert. An https:// endpoint without --cacert, and a token, are usage
+    /// errors (the driver trusts no system roots; it does not log in to etcd).
+    fn etcd_tls(&self, endpoint: &str) -> Result<Option<TlsOptions>, ClientError> {
+        let c = &self.credentials;
+        if c.token.is_some() {
+            return Err(ClientError::Usage(
+                "a token is for omnikv: the driver does not use etcd's authentication".into(),
+            ));
+        }
+        let Some(ca) = &c.cacert else {
+            if endpoint.starts_with("https://") {
+                return Err(ClientError::Usage(format!(
+                    "{endpoint}: an https endpoint needs --cacert"
+                )));
+            }
+            return Ok(None);
+        };
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        match (&c.cert, &c.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClientError::Usage(
+                    "--cert and --key go together".to_string(),
+                ))
+            }
+        }
+        Ok(Some(tls))
+    }
+}
+
+/// A PEM file's bytes, or a usage error naming it.
+fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))
 }
 
 /// A connection (pool) to one system, starting on `endpoints[0]`.
@@ -116,21 +180,24 @@ impl Conn {
     pub async fn connect(
         target: Target,
         endpoints: &[String],
-        timeout: Duration,
+        dial: &Dial,
     ) -> Result<Conn, ClientError> {
         let first = endpoints
             .first()
             .ok_or_else(|| ClientError::Usage("no endpoints given".into()))?;
+        let timeout = dial.timeout;
         match target {
             Target::Omnikv => {
-                let http = reqwest::Client::builder()
+                let builder = reqwest::Client::builder()
                     .connect_timeout(Duration::from_millis(1000).min(timeout))
                     .pool_max_idle_per_host(1024)
-                    .tcp_nodelay(true)
-                    .build()
-                    .map_err(|e| ClientError::Usage(format!("cannot build HTTP client: {e}")))?;
+                    .tcp_nodelay(true);
+                let http =
+                    dial.credentials.apply(builder)?.build().map_err(|e| {
+                        ClientError::Usage(format!("cannot build HTTP client: {e}"))
+                    })?;
                 Ok(Conn::Omnikv(OmnikvConn {
-                    client: Client::new(endpoints, timeout)?,
+                    client: Client::with_credentials(endpoints, timeout, &dial.credentials)?,
                     http,
                     endpoint: url(first),
                     timeout,
@@ -139,10 +206,14 @@ impl Conn {
                 }))
             }
             Target::Etcd => {
-                let options = ConnectOptions::new()
+                let first = dial.etcd_url(first);
+                let mut options = ConnectOptions::new()
                     .with_timeout(timeout)
                     .with_connect_timeout(Duration::from_millis(1000).min(timeout));
-                etcd_client::Client::connect([url(first)], Some(options))
+                if let Some(tls) = dial.etcd_tls(&first)? {
+                    options = options.with_tls(tls);
+                }
+                etcd_client::Client::connect([first.as_str()], Some(options))
                     .await
                     .map(|c| Conn::Etcd(Box::new(c)))
                     .map_err(|e| ClientError::Unavailable(format!("etcd connect {first}: {e}")))

@@ -11,7 +11,7 @@ mod watch;
 mod workload;
 
 use clap::{Parser, Subcommand};
-use conn::{Conn, Target};
+use conn::{Conn, Dial, Target};
 use kvctl::bench::{connections, measure, Plan};
 use kvctl::cli::BenchArgs;
 use kvctl::{Context, Error, GlobalOpts, OutputFormat};
@@ -93,10 +93,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Result<(), Error> {
+    let dial = &Dial {
+        timeout: ctx.timeout,
+        credentials: ctx.credentials()?,
+    };
     let endpoints = ctx.selected_endpoints()?;
     let (name, args, kind) = match cmd {
         Cmd::Watch(w) => {
-            let r = watch::run(target, &endpoints, ctx.timeout, &w).await?;
+            let r = watch::run(target, &endpoints, dial, &w).await?;
             let written = match ctx.output {
                 OutputFormat::Json => kvctl::output::json_line(out, &r),
                 OutputFormat::Text => out.write_all(r.text().as_bytes()),
@@ -109,6 +113,11 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
                 ))));
             }
             return Ok(());
+        }
+        Cmd::Writes(_) | Cmd::Verify(_) if !dial.credentials.is_empty() => {
+            return Err(Error::usage(
+                "writes and verify run plaintext and anonymous only",
+            ));
         }
         Cmd::Writes(w) => {
             let r = rolling_restart::writes(target, &endpoints, &w)
@@ -125,7 +134,7 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
         Cmd::Kv(b) => ("kv", b, Kind::Kv),
         Cmd::Cas(mut b) => {
             b.read_ratio = 0.0;
-            let conn = Conn::connect(target, &endpoints, ctx.timeout).await?;
+            let conn = Conn::connect(target, &endpoints, dial).await?;
             ("cas", b, Kind::cas(conn.mod_revisions(b"bench-").await?))
         }
         Cmd::Range {
@@ -134,7 +143,7 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
             prefix,
         } => {
             bench.read_ratio = 1.0;
-            let conn = Conn::connect(target, &endpoints, ctx.timeout).await?;
+            let conn = Conn::connect(target, &endpoints, dial).await?;
             load_prefix(&conn, prefix.as_bytes(), range_keys, bench.value_size).await?;
             let kind = Kind::Range {
                 prefix: prefix.into_bytes(),
@@ -148,7 +157,7 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
     let eps = connections(&plan, &endpoints, |e| Ok::<_, ClientError>(e.to_vec()))?;
     let mut loads = Vec::with_capacity(eps.len());
     for e in eps {
-        let conn = Conn::connect(target, &e, ctx.timeout).await?;
+        let conn = Conn::connect(target, &e, dial).await?;
         loads.push(Arc::new(Load {
             conn,
             kind: kind.clone(),

@@ -4,7 +4,7 @@
 //! number, so a watcher knows when that put was sent and acknowledged: the delay from the
 //! acknowledgement to the delivery, and from the send, are measured per delivered event.
 
-use crate::conn::{Conn, Target};
+use crate::conn::{Conn, Dial, Target};
 use kvctl::bench::{process_cpu_time, Histogram, Outcome};
 use omnikv_common::ClientError;
 use serde::Serialize;
@@ -168,7 +168,7 @@ struct Watched {
 pub async fn run(
     target: Target,
     endpoints: &[String],
-    timeout: Duration,
+    dial: &Dial,
     args: &WatchArgs,
 ) -> Result<WatchReport, ClientError> {
     let n = endpoints.len();
@@ -178,9 +178,9 @@ pub async fn run(
     for j in 0..n {
         let mut eps = endpoints.to_vec();
         eps.rotate_left(j);
-        conns.push(Conn::connect(target, &eps, timeout).await?);
+        conns.push(Conn::connect(target, &eps, dial).await?);
     }
-    let writer = Arc::new(Conn::connect(target, endpoints, timeout).await?);
+    let writer = Arc::new(Conn::connect(target, endpoints, dial).await?);
     let prefix = args.prefix.as_bytes();
     let mut streams = Vec::new();
     for i in 0..args.watchers {
@@ -199,7 +199,7 @@ pub async fn run(
     // writer is done): a watcher stops once it saw that many events, or then.
     let expected = Arc::new(AtomicU64::new(u64::MAX));
     let stop_at = Arc::new(AtomicU64::new(u64::MAX));
-    let hard_stop = base + args.warmup + args.duration + args.drain + timeout;
+    let hard_stop = base + args.warmup + args.duration + args.drain + dial.timeout;
 
     let watchers: Vec<_> = streams
         .into_iter()

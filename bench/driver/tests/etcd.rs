@@ -1,8 +1,14 @@
 //! Runs `omnikv-bench --target etcd` (the built binary) against a real one-member etcd on
-//! loopback: every workload, through the native gRPC client. Skipped (with a note) when no
-//! `etcd` is on PATH (bench/install-etcd.sh installs Debian's).
+//! loopback: every workload, through the native gRPC client, in plaintext and over TLS
+//! (certificates made here with rcgen). Fails when no `etcd` is on PATH
+//! (bench/install-etcd.sh installs Debian's).
 
-use std::net::TcpListener;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
+};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -48,7 +54,46 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// PEM files of a test CA and of one certificate for 127.0.0.1 it signed (serverAuth and
+/// clientAuth: etcd presents it on its client and its peer port).
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn make_pki(dir: &Path, name: &str) -> Pki {
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, name);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    leaf.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &ca).unwrap();
+    let pki = Pki {
+        ca: dir.join(format!("{name}-ca.crt")),
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    std::fs::write(&pki.ca, ca.pem()).unwrap();
+    std::fs::write(&pki.cert, cert.pem()).unwrap();
+    std::fs::write(&pki.key, key.serialize_pem()).unwrap();
+    pki
+}
+
 fn start_etcd() -> Etcd {
+    start_etcd_with(None)
+}
+
+/// One etcd member; with `tls`, client TLS and peer TLS (client certificates required on
+/// the peer port) with that certificate, https URLs.
+fn start_etcd_with(tls: Option<&Pki>) -> Etcd {
     let ok = Command::new("etcd")
         .arg("--version")
         .stdout(Stdio::null())
@@ -63,25 +108,43 @@ fn start_etcd() -> Etcd {
     let dir = tempfile::tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let endpoint = format!("127.0.0.1:{client}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut tls_args: Vec<&std::ffi::OsStr> = Vec::new();
+    let mut probe = Vec::new();
+    if let Some(p) = tls {
+        for (flag, file) in [
+            ("--cert-file", &p.cert),
+            ("--key-file", &p.key),
+            ("--peer-cert-file", &p.cert),
+            ("--peer-key-file", &p.key),
+            ("--peer-trusted-ca-file", &p.ca),
+        ] {
+            tls_args.extend([flag.as_ref(), file.as_os_str()]);
+        }
+        tls_args.push("--peer-client-cert-auth".as_ref());
+        probe.extend(["--cacert", p.ca.to_str().unwrap()]);
+    }
+    probe.extend(["kv", "--ops", "1", "--warmup", "0"]);
     let child = Command::new("etcd")
         .args(["--name", "t", "--data-dir"])
         .arg(dir.path().join("data"))
         .args([
             "--listen-client-urls",
-            &format!("http://{endpoint}"),
+            &format!("{scheme}://{endpoint}"),
             "--advertise-client-urls",
-            &format!("http://{endpoint}"),
+            &format!("{scheme}://{endpoint}"),
             "--listen-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
+            &format!("{scheme}://127.0.0.1:{peer}"),
             "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
+            &format!("{scheme}://127.0.0.1:{peer}"),
             "--initial-cluster",
-            &format!("t=http://127.0.0.1:{peer}"),
+            &format!("t={scheme}://127.0.0.1:{peer}"),
             "--log-level",
             "error",
             "--logger",
             "zap",
         ])
+        .args(tls_args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -93,7 +156,7 @@ fn start_etcd() -> Etcd {
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let o = bench(&etcd.endpoint, &["kv", "--ops", "1", "--warmup", "0"]);
+        let o = bench(&etcd.endpoint, &probe);
         if o.status.success() {
             return etcd;
         }
@@ -186,4 +249,81 @@ fn every_workload_drives_etcd_natively() {
     let events = watch["events"].as_u64().unwrap();
     assert!(events > 0, "{watch}");
     assert_eq!(Some(events), watch["events_expected"].as_u64(), "{watch}");
+}
+
+#[test]
+fn etcd_over_tls_with_its_ca_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path(), "etcd");
+    let etcd = start_etcd_with(Some(&pki));
+    let (ep, ca) = (etcd.endpoint.as_str(), pki.ca.to_str().unwrap());
+    let https = format!("https://{ep}");
+
+    // --cacert alone turns TLS on for a bare host:port; an https:// URL works the same.
+    for endpoint in [ep, https.as_str()] {
+        let kv = json(&bench(
+            endpoint,
+            &[
+                "--cacert",
+                ca,
+                "kv",
+                "--ops",
+                "50",
+                "--clients",
+                "2",
+                "--warmup",
+                "0",
+            ],
+        ));
+        assert_eq!(kv["ok"].as_u64(), Some(50), "{kv}");
+    }
+    // With a client certificate too (etcd accepts it on the client port without asking).
+    let (cert, key) = (pki.cert.to_str().unwrap(), pki.key.to_str().unwrap());
+    let kv = json(&bench(
+        ep,
+        &[
+            "--cacert", ca, "--cert", cert, "--key", key, "kv", "--ops", "20", "--warmup", "0",
+        ],
+    ));
+    assert_eq!(kv["ok"].as_u64(), Some(20), "{kv}");
+    let watch = json(&bench(
+        ep,
+        &[
+            "--cacert",
+            ca,
+            "watch",
+            "--watchers",
+            "2",
+            "--rate",
+            "50",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0",
+        ],
+    ));
+    assert!(watch["events"].as_u64().unwrap() > 0, "{watch}");
+
+    // An https endpoint without a CA is refused up front (exit 2, usage).
+    let o = bench(&https, &["kv", "--ops", "1", "--warmup", "0"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--cacert"),
+        "{o:?}"
+    );
+    // Plaintext to the TLS port, and TLS trusting another CA: nothing succeeds.
+    let other = make_pki(dir.path(), "other");
+    for flags in [vec![], vec!["--cacert", other.ca.to_str().unwrap()]] {
+        let mut args = flags.clone();
+        args.extend(["--timeout", "2s", "kv", "--ops", "1", "--warmup", "0"]);
+        let o = bench(ep, &args);
+        assert!(!o.status.success(), "{flags:?}: {o:?}");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("no operation succeeded"),
+            "{flags:?}: {o:?}"
+        );
+    }
+    // --cert without --key is a usage error.
+    let o = bench(ep, &["--cacert", ca, "--cert", cert, "kv", "--ops", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
