@@ -115,7 +115,8 @@ pub struct Client {
     seq: AtomicU64,
 }
 
-fn normalize(endpoint: &str) -> Result<String, ClientError> {
+/// `endpoint` as a URL; a bare `host:port` gets `scheme`.
+fn normalize(endpoint: &str, scheme: &str) -> Result<String, ClientError> {
     let e = endpoint.trim().trim_end_matches('/');
     if e.is_empty() {
         return Err(ClientError::Usage("empty endpoint".into()));
@@ -123,7 +124,7 @@ fn normalize(endpoint: &str) -> Result<String, ClientError> {
     let url = if e.contains("://") {
         e.to_string()
     } else {
-        format!("http://{e}")
+        format!("{scheme}://{e}")
     };
     reqwest::Url::parse(&url)
         .map_err(|err| ClientError::Usage(format!("bad endpoint {e:?}: {err}")))?;
@@ -161,9 +162,13 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::Usage("no endpoints given".into()));
         }
+        // A CA or a client certificate means TLS: a bare `host:port` is then https (as
+        // etcdctl does); a written-out `http://` stays plaintext.
+        let tls = credentials.cacert.is_some() || credentials.cert.is_some();
+        let scheme = if tls { "https" } else { "http" };
         let endpoints = endpoints
             .iter()
-            .map(|e| normalize(e))
+            .map(|e| normalize(e, scheme))
             .collect::<Result<Vec<_>, _>>()?;
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(1000).min(timeout))
@@ -534,5 +539,19 @@ async fn classify_error<T>(resp: reqwest::Response) -> Attempt<T> {
         ErrorCode::Unavailable => Attempt::Refused(message),
         ErrorCode::Indeterminate => Attempt::Unknown(message),
         code => Attempt::Done(Err(ClientError::Rejected { code, message })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_endpoint_takes_the_scheme_given() {
+        let plain = Client::new(&["127.0.0.1:8001".into()], Duration::from_secs(1)).unwrap();
+        assert_eq!(plain.endpoints(), ["http://127.0.0.1:8001"]);
+        assert_eq!(normalize("h:1", "https").unwrap(), "https://h:1");
+        assert_eq!(normalize("http://h:1/", "https").unwrap(), "http://h:1");
+        assert_eq!(normalize(" h:1 ", "http").unwrap(), "http://h:1");
     }
 }

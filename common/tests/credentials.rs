@@ -310,6 +310,12 @@ async fn server_certificates_we_do_not_trust_are_not_permitted() {
         .get(b"k", Consistency::Local)
         .await
         .unwrap();
+    // A bare host:port with a CA given is https, as with etcdctl.
+    let bare = good.strip_prefix("https://").unwrap();
+    client(bare, creds.clone())
+        .get(b"k", Consistency::Local)
+        .await
+        .unwrap();
 
     // No CA given (only the public roots), or another CA.
     let m = not_permitted(

@@ -83,11 +83,11 @@ async fn scale_up_waits_for_a_live_joiner_then_reconfigures_once_and_records_it(
         kube.annotation(CM, "omnikv.io/applied-members").as_deref(),
         Some("1,2,3,4")
     );
-    assert!(
-        has_event(&kube, "Reconfigured", "-> 2 [1, 2, 3, 4]"),
-        "{:?}",
-        kube.events()
-    );
+    // The event is posted after the annotation: wait for it rather than race it.
+    wait_for("the Reconfigured event", T, logs, || {
+        has_event(&kube, "Reconfigured", "-> 2 [1, 2, 3, 4]").then_some(())
+    })
+    .await;
 
     // Duplicate events and a few resync periods later: still exactly one kvctl run, made by
     // the leader's watcher, with the explicit config id.
