@@ -1,7 +1,7 @@
 //! Proof that the simulator catches real bugs: each test switches on one deliberate defect
 //! in the shipped loop (`kvd::replica::Defect`) and runs the random schedule of the seed that
 //! catches it, which must fail with the defect and pass without it. The seeds are the first
-//! ones (from 0) a search over the random schedules found, within CI's budget of 3000 seeds;
+//! ones (from 0) a search over the random schedules found, within a budget of 3000 seeds;
 //! one defect no random seed catches within it has a scripted schedule instead.
 //! `OMNIKV_SIM_MUTATION_SEARCH=1 cargo test -p kvd --test sim mutation_search -- --nocapture`
 //! searches again (after a change to the simulator or the loop moves the seeds).
@@ -9,7 +9,8 @@
 use crate::{params_for, run_world, Failure};
 use kvd::replica::Defect;
 
-/// CI runs this many random seeds; a defect must be caught within them.
+/// A defect must be caught within this many random seeds (CI runs fewer, but each defect's seed
+/// runs in its own test).
 const BUDGET: u64 = 3000;
 
 /// Seed `seed`'s random schedule with `defect` switched on.
@@ -33,7 +34,7 @@ fn caught(defect: Defect, seed: u64) {
 
 #[test]
 fn apply_ignoring_dedup_is_caught() {
-    caught(Defect::ApplyIgnoresDedup, 548);
+    caught(Defect::ApplyIgnoresDedup, 0);
 }
 
 /// No random seed within the budget catches this one (losing an acknowledged write needs a
@@ -58,8 +59,8 @@ fn an_apply_cursor_trusting_the_library_compaction_is_caught() {
 }
 
 #[test]
-fn answering_a_read_before_its_barrier_is_caught() {
-    caught(Defect::ReadBeforeBarrier, 7);
+fn serving_a_read_before_its_quorum_round_is_caught() {
+    caught(Defect::ReadBeforeQuorum, 90);
 }
 
 /// The stale AcceptDecide that the model of the loop found as its seed 3 (OmniPaxos 0.2.4
@@ -86,7 +87,7 @@ fn mutation_search() {
         Defect::ApplyIgnoresDedup,
         Defect::SendBeforeSync,
         Defect::TrustLibraryCompaction,
-        Defect::ReadBeforeBarrier,
+        Defect::ReadBeforeQuorum,
         Defect::OutgoingOncePerIteration,
     ] {
         if which != "1" && format!("{defect:?}") != which {
