@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 /// Read consistency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Consistency {
-    /// Through a read barrier in the log: sees every write acknowledged before the read began.
+    /// Confirmed by a quorum round (no log write): sees every write acknowledged before the
+    /// read began.
     #[default]
     Linearizable,
     /// From the asked replica's own state: may be stale, works in a minority partition.

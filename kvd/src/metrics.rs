@@ -35,6 +35,9 @@ pub struct Metrics {
     pub applied: Counter,
     /// Times the known leader changed.
     pub leader_changes: Counter,
+    /// Quorum rounds this replica started as leader to confirm linearizable reads (one serves
+    /// every read waiting when it starts).
+    pub read_rounds: Counter,
     /// WAL syncs (fsyncs).
     pub fsyncs: Counter<u64, AtomicU64>,
     /// Peer frames dropped (full queue, non-member sender, wrong configuration).
@@ -91,6 +94,7 @@ impl Metrics {
             decided: Counter::default(),
             applied: Counter::default(),
             leader_changes: Counter::default(),
+            read_rounds: Counter::default(),
             fsyncs: Counter::default(),
             peer_frames_dropped: Counter::default(),
             requests_refused: Counter::default(),
@@ -131,6 +135,11 @@ impl Metrics {
             "leader_changes",
             "Times the known leader changed",
             m.leader_changes.clone(),
+        );
+        m.registry.register(
+            "read_rounds",
+            "Quorum rounds started to confirm linearizable reads",
+            m.read_rounds.clone(),
         );
         m.registry
             .register("fsyncs", "WAL syncs performed", m.fsyncs.clone());

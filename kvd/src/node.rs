@@ -161,7 +161,7 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
         started,
         started_unix_ms,
         seed,
-        defect: None,
+        defect: test_defect(),
         max_leases: cfg.max_leases,
         dedup: cfg.dedup_limits(),
         history: cfg.history_limits(),
@@ -339,4 +339,20 @@ pub async fn serve(
     }
     let _ = tokio::task::spawn_blocking(move || loop_thread.join()).await;
     Ok(())
+}
+
+/// The deliberate defect `KVD_TEST_DEFECT` names, for omnikv's own tests (the chaos test shows
+/// its checker catches a deposed leader serving reads); never set in a deployment.
+fn test_defect() -> Option<crate::replica::Defect> {
+    let name = std::env::var("KVD_TEST_DEFECT").ok()?;
+    match crate::replica::Defect::parse(&name) {
+        Some(d) => {
+            tracing::warn!(defect = %name, "KVD_TEST_DEFECT is set: this replica runs with a deliberate defect and is NOT safe to use");
+            Some(d)
+        }
+        None => {
+            tracing::warn!(defect = %name, "KVD_TEST_DEFECT names no defect: ignored");
+            None
+        }
+    }
 }

@@ -5,6 +5,7 @@
 use crate::codec;
 use crate::command::LogCmd;
 use crate::state::SmMeta;
+use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::messages::Message;
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +112,37 @@ pub enum PeerFrame {
         config_id: u32,
         reason: String,
     },
+    /// Linearizable reads: the leader of `config_id` asks whether the receiver still follows
+    /// `ballot` (its promise is exactly that ballot). Sent after the reads of round `seq`
+    /// arrived; an answer confirms every round up to `seq`. `nonce` names the leader's run
+    /// (drawn at its start) and comes back in the answer.
+    ReadProbe {
+        config_id: u32,
+        ballot: Ballot,
+        nonce: u64,
+        seq: u64,
+    },
+    /// Answer to `ReadProbe`: the sender's promise was `ballot` when the probe arrived.
+    ReadProbeAck {
+        config_id: u32,
+        ballot: Ballot,
+        nonce: u64,
+        seq: u64,
+    },
+    /// A follower asks the leader of `config_id` for a read index for its reads waiting
+    /// under `id`.
+    ReadIndexRequest {
+        config_id: u32,
+        id: u64,
+    },
+    /// The leader's answer to `ReadIndexRequest` `id`: after a quorum confirmed its
+    /// leadership, the reads may be served once the asker applied up to `index` (exclusive);
+    /// `None` when the receiver is not a leader able to answer (ask again).
+    ReadIndexReply {
+        config_id: u32,
+        id: u64,
+        index: Option<u64>,
+    },
 }
 
 /// What a decided StopSign says, with what a joiner needs to trust it.
@@ -162,7 +194,11 @@ impl PeerFrame {
             | PeerFrame::Entries { config_id, .. }
             | PeerFrame::EntriesUnavailable { config_id, .. }
             | PeerFrame::TakeLeadership { config_id, .. }
-            | PeerFrame::LeadershipRefused { config_id, .. } => Some(*config_id),
+            | PeerFrame::LeadershipRefused { config_id, .. }
+            | PeerFrame::ReadProbe { config_id, .. }
+            | PeerFrame::ReadProbeAck { config_id, .. }
+            | PeerFrame::ReadIndexRequest { config_id, .. }
+            | PeerFrame::ReadIndexReply { config_id, .. } => Some(*config_id),
             _ => None,
         }
     }

@@ -1,8 +1,8 @@
 //! Leases: `POST /v1/lease` (grant), `POST /v1/lease/{id}/keepalive`, `DELETE /v1/lease/{id}`
 //! (revoke), `GET /v1/lease` and `GET /v1/lease/{id}`. Grants, keepalives and revokes are
 //! writes (one log entry each, deduplicated like every write). Listing reads the answering
-//! replica's applied state, after a read barrier unless `consistency=local`: once the barrier
-//! is applied here, that state holds every write acknowledged before the request.
+//! replica's applied state, after a linearizable read unless `consistency=local`: once that
+//! read is answered here, that state holds every write acknowledged before the request.
 
 use super::gate::Caller;
 use super::kv::{lease_not_found as not_found, submit_write};
@@ -187,7 +187,7 @@ async fn ask_leases(
     keys: bool,
 ) -> Result<crate::inbox::LeasesAnswer, Error> {
     if linearizable {
-        // Any linearizable read passes a barrier; the lease view is read after it.
+        // A linearizable read of nothing; the lease view is read after it.
         let nothing = KeyRange::Key(vec![0]);
         let opts = ReadOpts {
             count_only: true,

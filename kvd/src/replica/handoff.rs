@@ -7,8 +7,8 @@
 //! 1. The leader checks the target: a member, connected (our session to it is up), and not
 //!    behind: OmniPaxos's leader state (`get_ui_states().cluster_state.accepted_indexes`)
 //!    records, per follower, the highest index it acknowledged as accepted in our ballot.
-//! 2. Once that index reaches our decided index, the leader holds new proposals (writes and
-//!    read barriers wait in their queues), so its accepted index stops moving; once the
+//! 2. Once that index reaches our decided index, the leader holds new proposals (writes wait
+//!    in their queue), so its accepted index stops moving; once the
 //!    target's reaches it, the target holds every entry the leader holds.
 //! 3. The leader sends `TakeLeadership { accepted_idx }` (again every `ASK_AGAIN` while it
 //!    leads). The target checks that the sender is the leader it follows and that its own

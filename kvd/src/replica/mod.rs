@@ -11,7 +11,8 @@
 //! that covers it, except a leader's AcceptDecide/Decide (docs/architecture.md, "Design
 //! decisions": the durability rule).
 //!
-//! The loop is split by concern: `requests` (writes, reads, barriers, timeouts), `reconfig`
+//! The loop is split by concern: `requests` (writes, local reads, timeouts), `read_index`
+//! (linearizable reads: quorum rounds, no log writes), `reconfig`
 //! (changes, announcements, joining, retiring), `catchup` (fetching entries, checkpoints),
 //! `views` (status and the other read-only answers), `handoff` (moving leadership, the drain
 //! before a stop); the OmniPaxos 0.2.4 workarounds live in
@@ -20,6 +21,7 @@
 mod catchup;
 mod handoff;
 mod leases;
+mod read_index;
 mod reconfig;
 mod requests;
 #[cfg(test)]
@@ -46,9 +48,9 @@ use omnipaxos::messages::Message;
 use omnipaxos::storage::{Storage, StorageOp};
 use omnipaxos::{ClusterConfig, OmniPaxos, OmniPaxosConfig, ServerConfig};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use reconfig::{Announcing, ReconfigInFlight};
-use requests::{BarrierWait, PendingRead, PendingWrite};
+use requests::PendingWrite;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +67,8 @@ const FETCH_BYTES: usize = 4 * 1024 * 1024;
 pub struct Timers {
     /// One OmniPaxos tick (its election, resend and flush clocks count these).
     pub tick: Duration,
-    /// A write or read barrier not decided after this is proposed again (backing off), and a
+    /// A write not decided after this is proposed again (backing off), a read round not
+    /// confirmed (or a read-index request not answered) starts over, and a
     /// StopSign not stored after this is proposed again.
     pub retry: Duration,
     /// A catch-up request unanswered this long goes to another peer.
@@ -98,8 +101,9 @@ impl Default for Timers {
     }
 }
 
-/// A deliberate defect, switched on only by the simulator's mutation tests to show that it
-/// catches each one (kvd never sets one). Each breaks one rule the loop depends on.
+/// A deliberate defect, switched on only by tests to show that they catch each one: the
+/// simulator's mutation tests, and the chaos test through kvd's `KVD_TEST_DEFECT` (never set
+/// in a deployment; kvd logs a warning when it is). Each breaks one rule the loop depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Defect {
     /// Apply ignores the dedup table: a retried write is applied again.
@@ -110,11 +114,39 @@ pub enum Defect {
     /// The apply cursor trusts the library's compaction: when the compacted index passes it,
     /// it jumps there instead of fetching the missing entries.
     TrustLibraryCompaction,
-    /// A linearizable read is answered when its barrier is proposed, not once it is applied.
-    ReadBeforeBarrier,
+    /// A linearizable read is served by the leader at once, before the quorum round that
+    /// confirms it still leads (a deposed leader then serves stale values).
+    ReadBeforeQuorum,
     /// OmniPaxos's outgoing messages are taken once per iteration instead of after each
     /// handled message (the loop before the fix for simulator seed 3: a stale AcceptDecide).
     OutgoingOncePerIteration,
+}
+
+impl Defect {
+    const ALL: [Defect; 5] = [
+        Defect::ApplyIgnoresDedup,
+        Defect::SendBeforeSync,
+        Defect::TrustLibraryCompaction,
+        Defect::ReadBeforeQuorum,
+        Defect::OutgoingOncePerIteration,
+    ];
+
+    /// The defect named in kebab case (`read-before-quorum`), as `KVD_TEST_DEFECT` names it.
+    pub fn parse(name: &str) -> Option<Defect> {
+        Defect::ALL.into_iter().find(|d| d.name() == name)
+    }
+
+    /// Its kebab-case name.
+    pub fn name(self) -> String {
+        let mut out = String::new();
+        for (i, ch) in format!("{self:?}").chars().enumerate() {
+            if ch.is_ascii_uppercase() && i > 0 {
+                out.push('-');
+            }
+            out.push(ch.to_ascii_lowercase());
+        }
+        out
+    }
 }
 
 /// Static settings of the loop.
@@ -147,7 +179,8 @@ pub struct LoopConfig {
     pub started_unix_ms: u64,
     /// Seeds the loop's RNG (client ids of anonymous writes, barrier and checkpoint ids).
     pub seed: u64,
-    /// Test-only: a deliberate defect (`Defect`). Always None in kvd.
+    /// Test-only: a deliberate defect (`Defect`). None in kvd unless `KVD_TEST_DEFECT` names
+    /// one.
     pub defect: Option<Defect>,
     /// Leases that may exist at once: a grant beyond them is refused (by the proposer).
     pub max_leases: usize,
@@ -203,9 +236,8 @@ pub struct Replica<P: Peers> {
     // it), and the simulator needs a run to be a function of its seed.
     pending_writes: BTreeMap<(u64, u64), PendingWrite>,
     to_propose: Vec<Op>,
-    reads_waiting: Vec<PendingRead>,
-    barriers: BTreeMap<u64, BarrierWait>,
-    next_id: u64,
+    /// Linearizable reads in flight (`read_index`).
+    reads: read_index::Reads,
     /// Replies held until the iteration's sync.
     write_replies: Vec<(Reply<WriteAnswer>, Result<WriteAnswer, ApiError>)>,
     read_replies: Vec<(Reply<ReadAnswer>, Result<ReadAnswer, ApiError>)>,
@@ -316,9 +348,7 @@ impl<P: Peers> Replica<P> {
             )?,
         };
         let mut rng = StdRng::seed_from_u64(cfg.seed);
-        // Barrier ids must not repeat across restarts (an old barrier decided late would
-        // answer a new one's reads): start at a random point of a 2^63 space.
-        let next_id = rng.random::<u64>() >> 1;
+        let reads = read_index::Reads::new(&mut rng);
         // A new leader gives clients the time an election takes (about three rounds) to reach
         // it with their keepalives.
         let lease_grace = cfg.timers.tick * (cfg.election_ticks as u32).saturating_mul(3);
@@ -345,9 +375,7 @@ impl<P: Peers> Replica<P> {
             metrics,
             pending_writes: BTreeMap::new(),
             to_propose: Vec::new(),
-            reads_waiting: Vec::new(),
-            barriers: BTreeMap::new(),
-            next_id,
+            reads,
             write_replies: Vec::new(),
             read_replies: Vec::new(),
             catchup: None,
@@ -457,7 +485,9 @@ impl<P: Peers> Replica<P> {
         if !self.holds_proposals() {
             self.propose_queued();
         }
+        self.start_reads();
         self.apply_decided();
+        self.serve_confirmed();
         if scan || self.reconfig.is_some() {
             // Storage is checked, not `is_reconfigured()` (0.2.4 re-sync bug, docs/architecture.md).
             self.check_stopsign();
@@ -666,6 +696,14 @@ impl<P: Peers> Replica<P> {
             PeerFrame::LeadershipRefused { reason, .. } => {
                 self.on_leadership_refused(from, &reason)
             }
+            PeerFrame::ReadProbe {
+                ballot, nonce, seq, ..
+            } => self.on_read_probe(from, ballot, nonce, seq),
+            PeerFrame::ReadProbeAck {
+                ballot, nonce, seq, ..
+            } => self.on_read_probe_ack(from, ballot, nonce, seq),
+            PeerFrame::ReadIndexRequest { id, .. } => self.on_read_index_request(from, id),
+            PeerFrame::ReadIndexReply { id, index, .. } => self.on_read_index_reply(id, index),
         }
     }
 

@@ -1,11 +1,9 @@
 //! Client requests in the loop: writes (deduplicated by (client, seq), retried until decided
-//! or past their deadline), linearizable reads through read barriers, local reads, and the
-//! answers once entries are applied.
-//!
-//! Read barrier rule: a read is only answered by a barrier proposed after the read arrived;
-//! reads queued before a proposal share one barrier, later ones wait for the next.
+//! or past their deadline), reads (local ones answered at once, linearizable ones handed to
+//! `read_index`), and the answers once entries are applied.
 
-use super::{unavailable, AppendError, Defect, Replica, MAX_ENTRY_BYTES};
+use super::read_index::PendingRead;
+use super::{unavailable, AppendError, Replica, MAX_ENTRY_BYTES};
 use crate::command::{KeyRange, LeaseOp, LogCmd, Op, ReadOpts, ReqId};
 use crate::inbox::{
     ClientRequest, LeaseInfo, LeasesAnswer, ReadAnswer, Reply, WriteAnswer, WriteKind,
@@ -33,18 +31,6 @@ pub(super) struct PendingWrite {
     /// applied: it may have been applied (its record evicted), so it is never answered as
     /// certainly not applied.
     unsure: bool,
-}
-
-pub(super) struct PendingRead {
-    range: KeyRange,
-    opts: ReadOpts,
-    deadline: Instant,
-    reply: Reply<ReadAnswer>,
-}
-
-pub(super) struct BarrierWait {
-    reads: Vec<PendingRead>,
-    next_retry: Instant,
 }
 
 impl<P: Peers> Replica<P> {
@@ -86,7 +72,7 @@ impl<P: Peers> Replica<P> {
                     self.metrics.requests_refused.inc();
                     let _ = reply.send(Err(unavailable(self.no_leader_message())));
                 } else {
-                    self.reads_waiting.push(PendingRead {
+                    self.reads.push(PendingRead {
                         range,
                         opts,
                         deadline,
@@ -276,38 +262,12 @@ impl<P: Peers> Replica<P> {
         self.to_propose.extend(ops);
     }
 
-    /// Proposes the writes queued this iteration, plus one read barrier for the reads that
-    /// arrived before it (a read is only answered by a barrier proposed after it arrived).
+    /// Proposes the writes queued this iteration.
     pub(super) fn propose_queued(&mut self) {
-        if !self.reads_waiting.is_empty() {
-            let id = self.next_id;
-            self.next_id += 1;
-            self.to_propose.push(Op::Barrier {
-                origin: self.cfg.pid,
-                id,
-            });
-            let reads = std::mem::take(&mut self.reads_waiting);
-            if self.cfg.defect == Some(Defect::ReadBeforeBarrier) {
-                // The defect: answer from the local state without waiting for the barrier.
-                for r in reads {
-                    let answer = self.read_local(&r.range, &r.opts);
-                    self.read_replies.push((r.reply, answer));
-                }
-            } else {
-                self.barriers.insert(
-                    id,
-                    BarrierWait {
-                        reads,
-                        next_retry: self.now + self.cfg.timers.retry,
-                    },
-                );
-            }
-        }
         if self.growth_pending {
             // Grown from a single server, the state not yet held by a majority: writes wait
-            // (pending, retried once it is); read barriers go ahead.
-            self.to_propose
-                .retain(|op| matches!(op, Op::Barrier { .. }));
+            // (pending, retried once it is).
+            self.to_propose.clear();
         }
         if self.to_propose.is_empty() {
             return;
@@ -345,7 +305,7 @@ impl<P: Peers> Replica<P> {
             }
             Err(AppendError::Reconfiguring) => {
                 // The configuration is closing: these go again in the next one (same ids, so
-                // never applied twice). Barriers are simply proposed again by their retry.
+                // never applied twice).
                 debug!(
                     "proposal refused: a StopSign is stored; retrying in the next configuration"
                 );
@@ -367,8 +327,8 @@ impl<P: Peers> Replica<P> {
         }
     }
 
-    /// Retries writes and barriers that were not decided in time (a lost forward is never
-    /// resent by OmniPaxos) and answers those past their deadline.
+    /// Retries writes that were not decided in time (a lost forward is never resent by
+    /// OmniPaxos) and answers those past their deadline; then the reads' timeouts.
     pub(super) fn scan_timeouts(&mut self) {
         let now = self.now;
         let leader_known = self.current_leader().is_some();
@@ -396,36 +356,10 @@ impl<P: Peers> Replica<P> {
                 self.write_replies.push((r, Err(err.clone())));
             }
         }
-        let mut retry = Vec::new();
-        let mut gone = Vec::new();
-        for (id, b) in self.barriers.iter_mut() {
-            let (late, live): (Vec<_>, Vec<_>) = b.reads.drain(..).partition(|r| now >= r.deadline);
-            b.reads = live;
-            for r in late {
-                self.read_replies.push((
-                    r.reply,
-                    Err(unavailable(
-                        "linearizable read not confirmed before the deadline (no quorum?)",
-                    )),
-                ));
-            }
-            if b.reads.is_empty() {
-                gone.push(*id);
-            } else if now >= b.next_retry && leader_known {
-                retry.push(*id);
-            }
-        }
-        for id in gone {
-            self.barriers.remove(&id);
-        }
-        for id in retry {
-            // Re-propose under a fresh barrier; the old one answers nobody if it shows up.
-            let b = self.barriers.remove(&id).expect("present");
-            self.reads_waiting.extend(b.reads);
-        }
+        self.scan_read_timeouts();
     }
 
-    /// Answers the writes and barrier reads that `results` (just applied) complete.
+    /// Answers the writes that `results` (just applied) complete.
     pub(super) fn answer_applied(&mut self, results: Vec<Applied>) {
         for r in results {
             match r {
@@ -447,17 +381,9 @@ impl<P: Peers> Replica<P> {
                         }
                     }
                 }
-                Applied::Barrier { origin, id } => {
-                    if origin != self.cfg.pid {
-                        continue;
-                    }
-                    if let Some(b) = self.barriers.remove(&id) {
-                        for r in b.reads {
-                            let answer = self.read_local(&r.range, &r.opts);
-                            self.read_replies.push((r.reply, answer));
-                        }
-                    }
-                }
+                // Barrier entries (written by older versions, and the no-op entries of the
+                // OmniPaxos workarounds) answer nobody.
+                Applied::Barrier { .. } => {}
             }
         }
     }
@@ -490,11 +416,7 @@ impl<P: Peers> Replica<P> {
         for p in self.pending_writes.values_mut() {
             p.next_retry = now;
         }
-        let waiting: Vec<PendingRead> = std::mem::take(&mut self.barriers)
-            .into_values()
-            .flat_map(|b| b.reads)
-            .collect();
-        self.reads_waiting.extend(waiting);
+        self.restart_reads();
     }
 
     /// Answers every waiting client: this replica will not apply their requests. `seen_all`:
@@ -515,15 +437,7 @@ impl<P: Peers> Replica<P> {
             }
         }
         self.to_propose.clear();
-        let reads: Vec<PendingRead> = std::mem::take(&mut self.barriers)
-            .into_values()
-            .flat_map(|b| b.reads)
-            .chain(self.reads_waiting.drain(..))
-            .collect();
-        for r in reads {
-            self.read_replies
-                .push((r.reply, Err(unavailable(msg.clone()))));
-        }
+        self.fail_reads(&msg);
     }
 
     pub(super) fn not_serving_message(&self) -> String {

@@ -358,37 +358,51 @@ fn decided(c: &Cluster, pid: u64) -> u64 {
     c.replicas[&pid].decided_idx()
 }
 
+/// Quorum rounds `pid` has started to confirm reads.
+fn read_rounds(c: &Cluster, pid: u64) -> u64 {
+    c.replicas[&pid].metrics.read_rounds.get()
+}
+
+fn value_of(r: Option<Result<ReadAnswer, ApiError>>) -> Option<Vec<u8>> {
+    match r {
+        Some(Ok(a)) => a.result.kvs.first().map(|kv| kv.value.clone()),
+        other => panic!("expected a read answer, got {other:?}"),
+    }
+}
+
 #[test]
-fn reads_queued_before_a_proposal_share_one_barrier() {
+fn reads_of_one_iteration_share_one_quorum_round_and_write_nothing() {
     let mut c = Cluster::new(&[1, 2, 3]);
     let l = c.leader();
     c.steps(5);
     let before = decided(&c, l);
-    // Three reads in one iteration: one barrier, one entry.
+    let rounds = read_rounds(&c, l);
+    // Three reads in one iteration: one round.
     let mut rs: Vec<_> = (0..3).map(|_| c.read(l, "k")).collect();
     c.step();
-    // A read that arrives after that barrier was proposed waits for the next one.
+    // A read that arrives after that round began waits for the next one.
     let mut late = c.read(l, "k");
     for _ in 0..20 {
         c.step();
     }
     for r in &mut rs {
-        assert!(matches!(answer(r), Some(Ok(ReadAnswer { result, .. })) if result.kvs.is_empty()));
+        assert_eq!(value_of(answer(r)), None);
     }
-    assert!(matches!(answer(&mut late), Some(Ok(_))));
+    assert_eq!(value_of(answer(&mut late)), None);
     assert_eq!(
-        decided(&c, l) - before,
+        read_rounds(&c, l) - rounds,
         2,
-        "two barriers: one for the three early reads, one for the late read"
+        "two rounds: one for the three early reads, one for the late read"
     );
+    assert_eq!(decided(&c, l), before, "reads appended nothing to the log");
 }
 
 #[test]
-fn a_read_is_not_answered_before_its_barrier_is_decided() {
+fn a_read_is_not_answered_before_a_quorum_confirms_the_leader() {
     let mut c = Cluster::new(&[1, 2, 3]);
     let l = c.leader();
     c.steps(5);
-    // The followers hear nothing: the barrier cannot be decided.
+    // The followers hear nothing: no round can be confirmed.
     c.isolate(l);
     let mut r = c.read(l, "k");
     for _ in 0..50 {
@@ -398,6 +412,115 @@ fn a_read_is_not_answered_before_its_barrier_is_decided() {
     // Past its deadline it fails, saying why.
     c.steps(60);
     assert_eq!(code(answer(&mut r)), ErrorCode::Unavailable);
+}
+
+/// What a deposed leader, which has not heard of its successor and still believes it leads,
+/// answers to a read of the key its successor overwrote.
+fn read_on_a_deposed_leader(defect: Option<Defect>) -> Result<ReadAnswer, ApiError> {
+    let mut c = Cluster::with_defect(&[1, 2, 3], defect);
+    let old = c.leader();
+    let mut w = c.put(old, "k", (7, 1));
+    c.steps(10);
+    assert!(matches!(answer(&mut w), Some(Ok(_))));
+    c.isolate(old);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&p| p != old).collect();
+    for &a in &others {
+        for &b in &others {
+            if a != b {
+                c.reachable.borrow_mut().insert((a, b));
+            }
+        }
+    }
+    // The other two elect a leader among themselves and delete k.
+    let mut new_leader = None;
+    for _ in 0..400 {
+        c.step();
+        let l = c.replicas[&others[0]].current_leader();
+        if l.is_some() && l != Some(old) && l == c.replicas[&others[1]].current_leader() {
+            new_leader = l;
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("the majority side elected a leader");
+    let (reply, mut rx) = oneshot::channel();
+    let deadline = c.now + TICK * 100;
+    c.client(
+        new_leader,
+        ClientRequest::Write {
+            kind: WriteKind::Delete { key: "k".into() },
+            id: Some((7, 2)),
+            deadline,
+            reply,
+        },
+    );
+    c.steps(20);
+    assert!(matches!(answer(&mut rx), Some(Ok(_))));
+    assert_eq!(
+        c.replicas[&old].current_leader(),
+        Some(old),
+        "still believes it leads"
+    );
+    let mut r = c.read(old, "k");
+    for _ in 0..150 {
+        c.step();
+        if let Some(a) = answer(&mut r) {
+            return a;
+        }
+    }
+    panic!("the read was never answered");
+}
+
+#[test]
+fn a_deposed_leader_never_serves_a_stale_value() {
+    let a = read_on_a_deposed_leader(None);
+    assert!(
+        matches!(&a, Err(e) if e.error.code == ErrorCode::Unavailable),
+        "the deposed leader answered {a:?}"
+    );
+    // The same schedule catches a leader that serves before its quorum round: it returns the
+    // deleted value.
+    let stale = read_on_a_deposed_leader(Some(Defect::ReadBeforeQuorum)).expect("served");
+    assert_eq!(
+        stale.result.kvs.len(),
+        1,
+        "the defect served the deleted key"
+    );
+}
+
+#[test]
+fn a_follower_serves_a_linearizable_read_from_its_own_state() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    let l = c.leader();
+    let f = if l == 1 { 2 } else { 1 };
+    c.steps(5);
+    let before = decided(&c, l);
+    let mut w = c.put(l, "k", (8, 1));
+    // The read arrives at the follower right after the leader acknowledged the write.
+    let mut r = None;
+    for _ in 0..50 {
+        c.step();
+        if let Some(a) = answer(&mut w) {
+            assert!(a.is_ok());
+            r = Some(c.read(f, "k"));
+            break;
+        }
+    }
+    let mut r = r.expect("the write was acknowledged");
+    let mut got = None;
+    for _ in 0..50 {
+        c.step();
+        if let Some(a) = answer(&mut r) {
+            got = Some(a);
+            break;
+        }
+    }
+    assert_eq!(value_of(got), Some(b"v".to_vec()));
+    assert_eq!(read_rounds(&c, f), 0, "the follower led no round");
+    assert!(
+        read_rounds(&c, l) >= 1,
+        "the leader confirmed the follower's read"
+    );
+    assert_eq!(decided(&c, l), before + 1, "only the write was logged");
 }
 
 #[test]

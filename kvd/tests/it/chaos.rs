@@ -804,14 +804,44 @@ fn i_of(t: Target) -> usize {
 /// checks everything. With `tls`, clients speak HTTPS and peers mutual TLS (the proxies
 /// forward the encrypted bytes), with certificates for every pid the run may add.
 pub async fn chaos(n: u64, secs: u64, tls: bool) {
+    chaos_run(Spec {
+        n,
+        secs,
+        tls,
+        isolate_leader_only: false,
+        defect: None,
+    })
+    .await
+}
+
+/// One chaos run.
+struct Spec {
+    n: u64,
+    secs: u64,
+    tls: bool,
+    /// Every fault isolates the leader from its peers (clients still reach it), instead of
+    /// the seeded mix.
+    isolate_leader_only: bool,
+    /// A deliberate defect switched on in every kvd (`KVD_TEST_DEFECT`).
+    defect: Option<&'static str>,
+}
+
+async fn chaos_run(spec: Spec) {
+    let Spec { n, secs, tls, .. } = spec;
     let seed = seed();
     eprintln!(
-        "chaos: seed {seed} (OMNIKV_CHAOS_SEED), {n} replicas, {secs} s of faults, tls {tls}"
+        "chaos: seed {seed} (OMNIKV_CHAOS_SEED), {n} replicas, {secs} s of faults, tls {tls}, \
+         leader isolations only {}, defect {:?}",
+        spec.isolate_leader_only, spec.defect
     );
     let pki_dir = tempfile::tempdir().unwrap();
     let opts = Opts {
         tls: tls.then(|| lay_out(&Ca::new("chaos CA"), pki_dir.path(), 1..=n + MAX_ADDED)),
         peer_ip_per_pid: tls,
+        extra_env: spec
+            .defect
+            .map(|d| vec![("KVD_TEST_DEFECT".to_string(), d.to_string())])
+            .unwrap_or_default(),
         ..Opts::default()
     };
     let mut c = Cluster::new_stopped(n, opts);
@@ -865,7 +895,14 @@ pub async fn chaos(n: u64, secs: u64, tls: bool) {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut faults = 0;
     while Instant::now() < end {
-        let fault = schedule.next();
+        let fault = if spec.isolate_leader_only {
+            Fault::IsolateLeader {
+                cut: Cut::Blackhole,
+                ms: settle_rng.random_range(1500..2500),
+            }
+        } else {
+            schedule.next()
+        };
         run.run_fault(fault).await;
         faults += 1;
         let settle = settle_rng.random_range(300..1500);
@@ -1095,4 +1132,47 @@ async fn chaos_three_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_five_replicas_over_tls() {
     chaos(5, secs(35), true).await;
+}
+
+/// The read path's rule on real processes: a leader cut from its peers while its clients still
+/// reach it keeps believing it leads. Every fault here does that; the real loop passes, and
+/// with `read-before-quorum` (the leader serves reads before its quorum round confirms it
+/// still leads) the checker catches stale reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_isolated_leaders_serve_no_stale_reads() {
+    chaos_run(Spec {
+        n: 3,
+        secs: secs(12),
+        tls: false,
+        isolate_leader_only: true,
+        defect: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_catches_a_leader_serving_reads_before_its_quorum_round() {
+    let run = tokio::spawn(chaos_run(Spec {
+        n: 3,
+        secs: secs(12),
+        tls: false,
+        isolate_leader_only: true,
+        defect: Some("read-before-quorum"),
+    }))
+    .await;
+    let panic = match run {
+        Ok(()) => panic!("the defect read-before-quorum went unnoticed"),
+        Err(e) => e.into_panic(),
+    };
+    let msg = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    let first = msg.lines().next().unwrap_or_default();
+    eprintln!("read-before-quorum caught: {first}");
+    assert!(
+        msg.contains("not linearizable"),
+        "caught, but not as stale reads: {first}"
+    );
 }

@@ -23,6 +23,7 @@ mod lock;
 mod membership;
 mod nemesis;
 mod pki;
+mod reads;
 mod reference_histories;
 mod tls;
 mod watch;

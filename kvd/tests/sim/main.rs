@@ -4,7 +4,7 @@
 //! crashes and power-cuts replicas and restarts them from their persisted stores, while an
 //! operator adds, removes and replaces members. See `world.rs` for the checks.
 //!
-//! - `random_seeds_*`: `OMNIKV_SIM_SEEDS` seeds (default 1000; CI runs 3000) split over four
+//! - `random_seeds_*`: `OMNIKV_SIM_SEEDS` seeds (default 1000; CI runs 1200) split over four
 //!   tests.
 //! - `OMNIKV_SIM_SEED=S`: replay seed S alone with a verbose trace (every frame).
 //! - `scenarios.rs`: named, scripted schedules (past regressions among them).

@@ -95,6 +95,14 @@ impl Msg {
                 format!("TakeLeadership at {accepted_idx}")
             }
             PeerFrame::LeadershipRefused { reason, .. } => format!("LeadershipRefused: {reason}"),
+            PeerFrame::ReadProbe { ballot, seq, .. } => format!("ReadProbe #{seq} n{}", ballot.n),
+            PeerFrame::ReadProbeAck { ballot, seq, .. } => {
+                format!("ReadProbeAck #{seq} n{}", ballot.n)
+            }
+            PeerFrame::ReadIndexRequest { id, .. } => format!("ReadIndexRequest {id:x}"),
+            PeerFrame::ReadIndexReply { id, index, .. } => {
+                format!("ReadIndexReply {id:x} {index:?}")
+            }
         };
         let c = self.config().map_or(String::new(), |c| format!(" c{c}"));
         format!("{}->{}{c} {what}", self.from, self.to)

@@ -328,19 +328,35 @@ fn a_restart_behind_its_own_unseen_ballot_rejoins() {
 
 /// A replacement whose new members all join without state (a bug the earlier model of the
 /// loop could not reach, having no joiners; found by the real-loop simulator as seeds 2172 and
-/// 2548, and seed 744 of today's schedule): the members of the new configuration were
+/// 2548, later as seed 744, now as seed 0): the members of the new configuration were
 /// catching up when the change was decided and joined it without state, so only the replica
 /// that left held the state, and kvd refused to serve a checkpoint from a leaving replica:
 /// the new configuration never served. A leaving replica now serves the state the new
-/// configuration starts from. Seed 744 fails to converge without that; it must still reach
-/// the situation (a checkpoint streamed by a leaving replica), or the test says so.
+/// configuration starts from. The seed must still reach the situation (a checkpoint streamed
+/// by a leaving replica), or the test says so.
 #[test]
-fn only_the_replica_that_left_holds_the_starting_state_seed_744() {
-    let (stats, _) = ok(crate::run_seed(744, false));
+fn only_the_replica_that_left_holds_the_starting_state() {
+    const SEED: u64 = 0;
+    let (stats, _) = ok(crate::run_seed(SEED, false));
     assert!(
         stats.checkpoints_from_leaving > 0,
-        "seed 744 no longer has a leaving replica serve the state: {stats:?}"
+        "seed {SEED} no longer has a leaving replica serve the state (find another with \
+         OMNIKV_SIM_SITUATION_SEARCH=1 ... situation_search): {stats:?}"
     );
+}
+
+/// `OMNIKV_SIM_SITUATION_SEARCH=1`: the first seed whose run has a leaving replica stream the
+/// state (for the test above, after a change to the loop moves it; not part of the suite:
+/// without the variable it does nothing).
+#[test]
+fn situation_search() {
+    if std::env::var("OMNIKV_SIM_SITUATION_SEARCH").is_err() {
+        return;
+    }
+    let found = (0..20_000u64).find(|&seed| {
+        crate::run_seed(seed, false).is_ok_and(|(stats, _)| stats.checkpoints_from_leaving > 0)
+    });
+    eprintln!("first seed with a checkpoint from a leaving replica: {found:?}");
 }
 
 /// The durability rule, on a schedule built for it: a follower acknowledges an entry, then
