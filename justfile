@@ -112,7 +112,7 @@ lint:
 image:
     ./scripts/image.sh
 
-# Start the compose cluster: s1-s3 and client (VARIANT: cluster, single = Demo 0, snapshot = Demo 2, grow = Demo 0 grown).
+# Start the compose cluster of docker-compose.yml: s1-s3 and network-actor (VARIANT: cluster, single = Demo 0, snapshot = Demo 2, grow = Demo 0 grown).
 compose-up VARIANT="cluster":
     ./scripts/docker-compose.sh up {{VARIANT}}
 
@@ -132,7 +132,7 @@ compose-down:
 compose-clean:
     ./scripts/docker-compose.sh clean
 
-# `kvctl status --all` from the compose client container.
+# `kvctl status --all` from the compose client container network-actor.
 compose-status:
     ./scripts/docker-compose.sh status
 

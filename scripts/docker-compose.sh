@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# The compose cluster of deploy/docker-compose.yml (the `just compose-*` recipes).
+# The compose cluster of the root docker-compose.yml (the `just compose-*` recipes).
 #
 #   docker-compose.sh up [cluster|single|snapshot|grow]  build the image if missing, (re)create
 #                          the containers, wait until every replica is ready (appends nothing)
 #   docker-compose.sh down       stop and remove the containers and network; volumes kept
 #   docker-compose.sh clean      the same, and remove the volumes (all data)
-#   docker-compose.sh status     kvctl status --all, from the client container
+#   docker-compose.sh status     kvctl status --all, from the client container network-actor
 #   docker-compose.sh grow       Demo 0 -> Demo 1: start s2, s3 (empty joiners) next to the
 #                          single server s1 and reconfigure to 1,2,3 (compose.grow.yml)
 #   docker-compose.sh rolling-restart   stop and start s1, s2, s3 in turn (SIGTERM: a leader
 #                          hands leadership over first), each serving again before the next
 #   docker-compose.sh compose [VARIANT] ARGS...   any compose command, e.g. `compose ps`
 #
-# Variants: cluster (s1-s3 + client), single (Demo 0: s1 alone + client, compose.single.yml),
-# snapshot (Demo 2: compaction every 5 entries, compose.snapshot.yml), grow (the single
-# server grown into s1-s3: compose.single.yml + compose.grow.yml).
+# Variants: cluster (s1-s3 + network-actor), single (Demo 0: s1 alone + network-actor,
+# compose.single.yml), snapshot (Demo 2: compaction every 5 entries, compose.snapshot.yml),
+# grow (the single server grown into s1-s3: compose.single.yml + compose.grow.yml); the
+# variant files live in deploy/ and go on top of the root docker-compose.yml.
 #
 # Uses `docker compose` (v2) when present, else `docker-compose` (v1). Compose v1 (1.29)
 # cannot recreate a container on Docker 25+ (KeyError: 'ContainerConfig', docker/compose#11742),
@@ -29,7 +30,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 deploy=$root/deploy
 project=${OMNIKV_COMPOSE_PROJECT:-omnikv}
 export OMNIKV_IMAGE=${OMNIKV_IMAGE:-omnikv:dev}
-client=${OMNIKV_NAME_PREFIX:-}client
+client=${OMNIKV_NAME_PREFIX:-}network-actor
 
 if docker compose version >/dev/null 2>&1; then
   compose_cmd=(docker compose)
@@ -43,7 +44,7 @@ fi
 # compose VARIANT ARGS...: the compose command with the variant's files.
 compose() {
   local variant=$1; shift
-  local files=(-f "$deploy/docker-compose.yml")
+  local files=(-f "$root/docker-compose.yml")
   case "$variant" in
     cluster) ;;
     single) files+=(-f "$deploy/compose.single.yml") ;;
@@ -166,7 +167,7 @@ case "$cmd" in
   up)
     variant=${1:-cluster}
     services=()
-    [ "$variant" = single ] && services=(s1 client)
+    [ "$variant" = single ] && services=(s1 network-actor)
     docker image inspect "$OMNIKV_IMAGE" >/dev/null 2>&1 || OMNIKV_IMAGE=$OMNIKV_IMAGE "$root/scripts/image.sh"
     # Never recreate (see above): remove the containers, then create them anew.
     compose all rm -fsv >/dev/null 2>&1 || true
@@ -181,8 +182,8 @@ case "$cmd" in
     ;;
   grow)
     # s1 runs alone (up single). Only s2, s3 and the client are (re)created: s1 keeps running.
-    compose grow rm -fsv s2 s3 client >/dev/null 2>&1 || true
-    compose grow up -d --no-build --no-deps s2 s3 client
+    compose grow rm -fsv s2 s3 network-actor >/dev/null 2>&1 || true
+    compose grow up -d --no-build --no-deps s2 s3 network-actor
     kvctl --timeout 30s reconfigure --nodes 1,2,3
     # The new replicas take the state by checkpoint; ready once all three serve.
     wait_serving 120

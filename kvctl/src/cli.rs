@@ -250,6 +250,8 @@ pub enum Command {
     /// majority at once, leave fewer than two members, or (without --force) leave the new
     /// configuration without a reachable majority, or while another change is in flight.
     /// Exit 4: proposed but not confirmed in time; retry with the same --config-id.
+    /// Exit 0, "already in place", when these are the members already (with --config-id:
+    /// of that configuration): nothing is proposed.
     Reconfigure {
         /// The complete new member list, e.g. `1,2,3,4`, `[1, 2, 3, 4]` or `1 2 3 4`.
         #[arg(long, value_name = "PIDS", value_parser = parse_nodes)]

@@ -366,14 +366,34 @@ pub fn status_text(s: &StatusView) -> String {
     out
 }
 
-/// Result of `reconfigure`: `OK: configuration N, members 1,2,3,4`, or the JSON result.
+/// Result of `reconfigure`: `OK: configuration N, members 1,2,3,4`, or, when that was in
+/// place before (`already`), `already in place: configuration N with members [1, 2, 3, 4]`;
+/// JSON the result with `"already_in_place"`.
 pub fn write_reconfigured(
     out: &mut dyn Write,
     format: OutputFormat,
     r: &ReconfigureResult,
+    already: bool,
 ) -> io::Result<()> {
+    #[derive(Serialize)]
+    struct Reconfigured<'a> {
+        #[serde(flatten)]
+        result: &'a ReconfigureResult,
+        already_in_place: bool,
+    }
     match format {
-        OutputFormat::Json => json_line(out, r),
+        OutputFormat::Json => json_line(
+            out,
+            &Reconfigured {
+                result: r,
+                already_in_place: already,
+            },
+        ),
+        OutputFormat::Text if already => writeln!(
+            out,
+            "already in place: configuration {} with members {:?}",
+            r.config_id, r.members
+        ),
         OutputFormat::Text => writeln!(
             out,
             "OK: configuration {}, members {}",

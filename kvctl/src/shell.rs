@@ -11,8 +11,12 @@
 //!   `members [PORT]`.
 //! - `get --prefix P [PORT]` lists the keys starting with P; `delete --prefix P [PORT]`
 //!   deletes them.
+//! - `get ... --local` (the word anywhere after `get`) reads the asked replica's own state,
+//!   possibly stale, which answers without a majority (the seed's `get a 8003` while s2 is
+//!   paused); `consistency local|linearizable` sets how every later read is made
+//!   (`consistency` alone prints it). Both start from the `--consistency` flag.
 //! - `reconfigure N [PORT]` adds node N to the members (the seed's `reconfigure 4`);
-//!   `reconfigure 1,2,4` sets them.
+//!   `reconfigure 1,2,4` sets them. Asking for what is already in place succeeds and says so.
 //! - `move-leader N [PORT]` makes member N the leader.
 //! - `txn [PORT]` reads the lines that follow, up to a line `end`, as one transaction (the
 //!   API's JSON or etcdctl's text: compares, a blank line, success ops, a blank line, failure
@@ -27,8 +31,9 @@
 //! A trailing all-digit word in 1..=65535 is a PORT only when the command already has its
 //! required arguments without it (`get 8001` reads key `8001`; `put a 8001` writes value
 //! `8001`; `put a 1 8001` writes `1` via port 8001; note `put a x 2` goes to port 2). The
-//! command is then sent only to the endpoint of the list with that port, or, when none has
-//! it, to the first endpoint's host at that port.
+//! command is then sent only to one endpoint, [`endpoint_for_port`]'s: the one with that
+//! port; else, for port 800N (8001-8099), replica N wherever it listens (the seed's port to
+//! server mapping); else the first endpoint's host at that port.
 
 use crate::cli::{DEFAULT_LOG_LIMIT, DEFAULT_WATCH_PROGRESS_MS};
 use crate::commands::lease::LeaseRequest;
@@ -42,7 +47,7 @@ use crate::output::{self, ListMode};
 use omnikv_common::client::{parse_lease_id, KeySet, WatchRequest};
 use omnikv_common::lease::MAX_TTL_SECS;
 use omnikv_common::membership::parse_nodes;
-use omnikv_common::Client;
+use omnikv_common::{Client, Consistency};
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
@@ -58,6 +63,9 @@ commands:
   put KEY VALUE --if-mod-revision N [PORT] only if KEY's mod_revision is N
   get KEY [PORT]         print the value of KEY
   get --prefix P [PORT]  print every key starting with P and its value
+  get ... --local        read from the asked replica's own state (possibly stale; answers
+                         without a majority), e.g. get a 8003 --local
+  consistency [local|linearizable]  how reads are made from now on (alone: print it)
   delete KEY [PORT]      delete KEY (alias: del)
   delete --prefix P [PORT]  delete every key starting with P
   status [PORT]          status of a replica
@@ -65,6 +73,7 @@ commands:
   members [PORT]         the current configuration
   reconfigure N [PORT]   add node N to the members (config id: current + 1)
   reconfigure 1,2,4      change the members to exactly these
+                         (either: OK, already in place, when these are the members)
   move-leader N [PORT]   make member N the leader
   txn [PORT]             a transaction: the lines that follow, up to a line `end`
                          (etcdctl's text: compares, blank line, success ops, blank line, failure ops)
@@ -78,16 +87,20 @@ commands:
   lease timetolive ID [--keys] [PORT]      its TTL and time left (and keys)
   help                   this text
   exit | quit            leave (so does end of input)
-A trailing PORT (1-65535) sends the command only to the endpoint with that port.
+A trailing PORT (1-65535) sends the command only to the endpoint with that port; port 800N
+(8001-8099) addresses replica N wherever it listens: the endpoint with port 800N, else, when
+the replicas share one port (Kubernetes: 8000), the N-th endpoint.
 ";
 
 /// One parsed shell line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShellCommand {
-    /// A request, and the port it is addressed to (`None`: the usual endpoints).
+    /// A request, and the port it is addressed to (`None`: the usual endpoints); `local`:
+    /// read at [`Consistency::Local`] whatever the shell's consistency (`get ... --local`).
     Request {
         req: Request,
         port: Option<u16>,
+        local: bool,
     },
     /// `txn`: the transaction is on the lines that follow, up to `end`.
     Txn {
@@ -98,6 +111,8 @@ pub enum ShellCommand {
         count: Option<u64>,
         port: Option<u16>,
     },
+    /// `consistency [local|linearizable]`: set how later reads are made (`None`: print it).
+    Consistency(Option<Consistency>),
     Help,
     Exit,
 }
@@ -180,7 +195,16 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
     let Some((&cmd, args)) = words.split_first() else {
         return Ok(None);
     };
-    let request = |req, port| Ok(Some(ShellCommand::Request { req, port }));
+    // `get ... --local`: the flag may stand anywhere after `get`.
+    let local = cmd == b"get" && args.contains(&&b"--local"[..]);
+    let kept: Vec<&[u8]>;
+    let args = if local {
+        kept = args.iter().copied().filter(|w| *w != b"--local").collect();
+        &kept[..]
+    } else {
+        args
+    };
+    let request = |req, port| Ok(Some(ShellCommand::Request { req, port, local }));
     match cmd {
         b"put" => put_line(args),
         b"watch" => watch_line(args),
@@ -274,10 +298,19 @@ pub fn parse_line(line: &[u8]) -> Result<Option<ShellCommand>, String> {
                 _ => Err(usage()),
             }
         }
+        b"consistency" => match args {
+            [] => Ok(Some(ShellCommand::Consistency(None))),
+            [mode] => std::str::from_utf8(mode)
+                .ok()
+                .and_then(|m| m.parse().ok())
+                .map(|c| Some(ShellCommand::Consistency(Some(c))))
+                .ok_or_else(|| "usage: consistency [local|linearizable]".to_string()),
+            _ => Err("usage: consistency [local|linearizable]".into()),
+        },
         b"help" | b"?" => Ok(Some(ShellCommand::Help)),
         b"exit" | b"quit" => Ok(Some(ShellCommand::Exit)),
         other => Err(format!(
-            "unknown command {:?} (commands: put, get, delete, status, log, members, reconfigure, move-leader, txn, watch, lease, help, exit)",
+            "unknown command {:?} (commands: put, get, delete, status, log, members, reconfigure, move-leader, txn, watch, lease, consistency, help, exit)",
             String::from_utf8_lossy(other)
         )),
     }
@@ -333,6 +366,7 @@ fn lease_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
     Ok(Some(ShellCommand::Request {
         req: Request::Lease(req),
         port,
+        local: false,
     }))
 }
 
@@ -400,7 +434,11 @@ fn put_line(args: &[&[u8]]) -> Result<Option<ShellCommand>, String> {
             condition,
         },
     };
-    Ok(Some(ShellCommand::Request { req, port }))
+    Ok(Some(ShellCommand::Request {
+        req,
+        port,
+        local: false,
+    }))
 }
 
 /// Splits an endpoint into (scheme with `://` or empty, host, port if written).
@@ -416,17 +454,54 @@ fn split_endpoint(endpoint: &str) -> (&str, &str, Option<u16>) {
     }
 }
 
-/// The endpoint a PORT addresses: the first of `endpoints` with that port, else the first
-/// endpoint's host (and scheme) at that port. `None` when `endpoints` is empty.
-pub fn endpoint_for_port(endpoints: &[String], port: u16) -> Option<String> {
-    if let Some(e) = endpoints
-        .iter()
-        .find(|e| split_endpoint(e.trim()).2 == Some(port))
-    {
-        return Some(e.clone());
+/// The client ports of the seed's port-to-server mapping: port 8000 + N is replica N's.
+const REPLICA_PORTS: std::ops::RangeInclusive<u16> = 8001..=8099;
+
+/// The endpoint a PORT addresses, in this order:
+/// 1. the first of `endpoints` with exactly that port;
+/// 2. for a port 800N of [`REPLICA_PORTS`], replica N wherever it listens: when no endpoint
+///    uses such a port, the replicas are told apart by host (Kubernetes: every replica on
+///    8000), and the N-th endpoint is replica N (an error when there are fewer); when they are
+///    told apart by port and all on one host (the local cluster), that host at port 800N;
+///    otherwise (compose: `sN:800N`) an error, since no endpoint is replica N;
+/// 3. any other port: the first endpoint's host (and scheme) at that port.
+///
+/// The error says which endpoints there are; so does the one for an empty list.
+pub fn endpoint_for_port(endpoints: &[String], port: u16) -> Result<String, String> {
+    let parts: Vec<(&str, &str, Option<u16>)> =
+        endpoints.iter().map(|e| split_endpoint(e.trim())).collect();
+    let Some(&(scheme, host, _)) = parts.first() else {
+        return Err("no endpoints given (--endpoints)".into());
+    };
+    if let Some(i) = parts.iter().position(|p| p.2 == Some(port)) {
+        return Ok(endpoints[i].clone());
     }
-    let (scheme, host, _) = split_endpoint(endpoints.first()?.trim());
-    Some(format!("{scheme}{host}:{port}"))
+    let at_port = format!("{scheme}{host}:{port}");
+    if !REPLICA_PORTS.contains(&port) {
+        return Ok(at_port);
+    }
+    let n = usize::from(port - 8000);
+    let by_port = parts
+        .iter()
+        .any(|p| p.2.is_some_and(|q| REPLICA_PORTS.contains(&q)));
+    if !by_port {
+        return endpoints.get(n - 1).cloned().ok_or_else(|| {
+            format!(
+                "port {port} addresses replica {n}, but only {} endpoints are given (the N-th \
+                 is replica N): add replica {n}'s to --endpoints / KVCTL_ENDPOINTS ({})",
+                endpoints.len(),
+                endpoints.join(",")
+            )
+        });
+    }
+    if parts.iter().all(|p| p.1 == host) {
+        return Ok(at_port);
+    }
+    Err(format!(
+        "port {port} addresses replica {n}, but no endpoint has port {port}: add replica \
+         {n}'s to --endpoints / KVCTL_ENDPOINTS ({})",
+        endpoints.join(",")
+    ))
 }
 
 /// Reads commands from `input` until end of input or `exit`, printing results to `out` and
@@ -440,6 +515,8 @@ pub async fn run(
     prompt: bool,
 ) -> Result<(), Error> {
     let default = ctx.client()?;
+    // The shell's own settings: `consistency` changes them for the lines after it.
+    let mut ctx = ctx.clone();
     let mut by_endpoint: HashMap<String, Client> = HashMap::new();
     let mut line = Vec::new();
     loop {
@@ -457,15 +534,28 @@ pub async fn run(
             Ok(None) => continue,
             Ok(Some(ShellCommand::Exit)) => return Ok(()),
             Ok(Some(ShellCommand::Help)) => out.write_all(HELP.as_bytes()).map_err(Error::stdout),
-            Ok(Some(ShellCommand::Request { req, port })) => {
-                match client_for(ctx, &default, &mut by_endpoint, port) {
-                    Ok(client) => commands::execute(ctx, client, req, out).await,
+            Ok(Some(ShellCommand::Consistency(set))) => {
+                if let Some(c) = set {
+                    ctx.consistency = c;
+                }
+                writeln!(out, "{}", consistency_line(ctx.consistency)).map_err(Error::stdout)
+            }
+            Ok(Some(ShellCommand::Request { req, port, local })) => {
+                match client_for(&ctx, &default, &mut by_endpoint, port) {
+                    Ok(client) if local => {
+                        let local_ctx = Context {
+                            consistency: Consistency::Local,
+                            ..ctx.clone()
+                        };
+                        commands::execute(&local_ctx, client, req, out).await
+                    }
+                    Ok(client) => commands::execute(&ctx, client, req, out).await,
                     Err(e) => Err(e),
                 }
             }
             Ok(Some(ShellCommand::Txn { port })) => match read_txn(&mut input) {
-                Ok(txn) => match client_for(ctx, &default, &mut by_endpoint, port) {
-                    Ok(client) => commands::execute(ctx, client, Request::Txn(txn), out).await,
+                Ok(txn) => match client_for(&ctx, &default, &mut by_endpoint, port) {
+                    Ok(client) => commands::execute(&ctx, client, Request::Txn(txn), out).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
@@ -475,18 +565,34 @@ pub async fn run(
                     consistency: ctx.consistency,
                     ..req
                 };
-                match client_for(ctx, &default, &mut by_endpoint, port) {
+                match client_for(&ctx, &default, &mut by_endpoint, port) {
                     Ok(client) => {
                         commands::watch::run(client, req, count, ctx.output, out, err).await
                     }
                     Err(e) => Err(e),
                 }
             }
-            Err(msg) => Err(Error::Usage(msg)),
+            // Usage messages may say `usage: ...` themselves; the error prints it once.
+            Err(msg) => Err(Error::Usage(match msg.strip_prefix("usage: ") {
+                Some(rest) => rest.to_string(),
+                None => msg,
+            })),
         };
         out.flush().map_err(Error::stdout)?;
         if let Err(e) = result {
             output::write_error(err, ctx.output, &e);
+        }
+    }
+}
+
+/// What `consistency` prints: how reads are made now.
+fn consistency_line(c: Consistency) -> &'static str {
+    match c {
+        Consistency::Linearizable => {
+            "reads: linearizable (each sees every write acknowledged before it; needs a majority)"
+        }
+        Consistency::Local => {
+            "reads: local (the asked replica's own state, possibly stale; answers without a majority)"
         }
     }
 }
@@ -520,8 +626,7 @@ fn client_for<'a>(
     let Some(port) = port else {
         return Ok(default);
     };
-    let endpoint = endpoint_for_port(&ctx.endpoints, port)
-        .ok_or_else(|| Error::usage("no endpoints given (--endpoints)"))?;
+    let endpoint = endpoint_for_port(&ctx.endpoints, port).map_err(Error::Usage)?;
     if !cache.contains_key(&endpoint) {
         let client = ctx.client_for(std::slice::from_ref(&endpoint))?;
         cache.insert(endpoint.clone(), client);
@@ -535,7 +640,11 @@ mod tests {
 
     fn req(line: &str) -> (Request, Option<u16>) {
         match parse_line(line.as_bytes()) {
-            Ok(Some(ShellCommand::Request { req, port })) => (req, port),
+            Ok(Some(ShellCommand::Request {
+                req,
+                port,
+                local: false,
+            })) => (req, port),
             other => panic!("{line:?} parsed as {other:?}"),
         }
     }
@@ -851,7 +960,11 @@ mod tests {
     #[test]
     fn binary_words() {
         let (r, _) = match parse_line(b"put \xff \xfe\x01") {
-            Ok(Some(ShellCommand::Request { req, port })) => (req, port),
+            Ok(Some(ShellCommand::Request {
+                req,
+                port,
+                local: false,
+            })) => (req, port),
             other => panic!("{other:?}"),
         };
         assert_eq!(
@@ -864,27 +977,125 @@ mod tests {
         );
     }
 
+    fn strings(endpoints: &[&str]) -> Vec<String> {
+        endpoints.iter().map(|e| e.to_string()).collect()
+    }
+
     #[test]
     fn ports_to_endpoints() {
-        let eps: Vec<String> = ["127.0.0.1:8001", "http://10.0.0.2:8002/", "h3:8003"]
-            .map(String::from)
-            .to_vec();
+        // Local and compose: each replica on its own port 800N.
+        let eps = strings(&["127.0.0.1:8001", "http://10.0.0.2:8002/", "h3:8003"]);
         assert_eq!(endpoint_for_port(&eps, 8001).unwrap(), "127.0.0.1:8001");
         assert_eq!(
             endpoint_for_port(&eps, 8002).unwrap(),
             "http://10.0.0.2:8002/"
         );
         assert_eq!(endpoint_for_port(&eps, 8003).unwrap(), "h3:8003");
+        // Not a replica port: the first endpoint's host at that port.
         assert_eq!(endpoint_for_port(&eps, 9000).unwrap(), "127.0.0.1:9000");
-        let eps = vec!["http://[::1]:8001".to_string()];
+        // Replica 4 is none of three hosts.
+        let e = endpoint_for_port(&eps, 8004).unwrap_err();
+        assert!(e.contains("port 8004 addresses replica 4"), "{e}");
+        assert!(
+            e.contains("127.0.0.1:8001,http://10.0.0.2:8002/,h3:8003"),
+            "{e}"
+        );
+        // The port's endpoint wins wherever it stands in the list.
+        let eps = strings(&["s3:8003", "s1:8001", "s2:8002"]);
+        assert_eq!(endpoint_for_port(&eps, 8001).unwrap(), "s1:8001");
+        // All on one host (the local cluster): a replica added later is that host at 800N.
+        let eps = strings(&["http://[::1]:8001"]);
         assert_eq!(endpoint_for_port(&eps, 8001).unwrap(), "http://[::1]:8001");
         assert_eq!(endpoint_for_port(&eps, 8004).unwrap(), "http://[::1]:8004");
-        let eps = vec!["http://example".to_string()];
+        let eps = strings(&["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]);
+        assert_eq!(endpoint_for_port(&eps, 8004).unwrap(), "127.0.0.1:8004");
+        assert_eq!(endpoint_for_port(&eps, 8010).unwrap(), "127.0.0.1:8010");
+        let eps = strings(&["http://example"]);
         assert_eq!(
-            endpoint_for_port(&eps, 8004).unwrap(),
-            "http://example:8004"
+            endpoint_for_port(&eps, 9004).unwrap(),
+            "http://example:9004"
         );
-        assert_eq!(endpoint_for_port(&[], 8001), None);
+        assert!(endpoint_for_port(&[], 8001)
+            .unwrap_err()
+            .contains("no endpoints"));
+    }
+
+    /// Kubernetes: every replica listens on 8000, told apart by host; port 800N is the N-th
+    /// endpoint (pod kv-store-(N-1)).
+    #[test]
+    fn replica_ports_when_all_replicas_share_a_port() {
+        let eps = strings(&[
+            "kv-store-0.kv-store:8000",
+            "kv-store-1.kv-store:8000",
+            "https://kv-store-2.kv-store:8000",
+            "kv-store-3.kv-store:8000",
+        ]);
+        for (port, want) in [
+            (8001, "kv-store-0.kv-store:8000"),
+            (8002, "kv-store-1.kv-store:8000"),
+            (8003, "https://kv-store-2.kv-store:8000"),
+            (8004, "kv-store-3.kv-store:8000"),
+            // The port itself still wins.
+            (8000, "kv-store-0.kv-store:8000"),
+        ] {
+            assert_eq!(endpoint_for_port(&eps, port).unwrap(), want, "{port}");
+        }
+        let e = endpoint_for_port(&eps, 8005).unwrap_err();
+        assert!(
+            e.starts_with("port 8005 addresses replica 5, but only 4 endpoints are given"),
+            "{e}"
+        );
+        // Not a replica port: as before, the first host at that port.
+        assert_eq!(
+            endpoint_for_port(&eps, 9000).unwrap(),
+            "kv-store-0.kv-store:9000"
+        );
+        // Endpoints without a port are told apart by host too.
+        let eps = strings(&["http://a", "http://b"]);
+        assert_eq!(endpoint_for_port(&eps, 8002).unwrap(), "http://b");
+        // One service name on 8000: replica 1 is it, there is no replica 2 to address.
+        let eps = strings(&["kv-client:8000"]);
+        assert_eq!(endpoint_for_port(&eps, 8001).unwrap(), "kv-client:8000");
+        assert!(endpoint_for_port(&eps, 8002).is_err());
+    }
+
+    #[test]
+    fn local_reads_and_the_consistency_toggle() {
+        let local = |line: &str| match parse_line(line.as_bytes()) {
+            Ok(Some(ShellCommand::Request { req, port, local })) => (req, port, local),
+            other => panic!("{line:?} parsed as {other:?}"),
+        };
+        // The seed's Demo 1 step 4, and the flag anywhere after `get`.
+        assert_eq!(local("get a 8003 --local"), (get("a"), Some(8003), true));
+        assert_eq!(local("get a --local 8003"), (get("a"), Some(8003), true));
+        assert_eq!(local("get --local a"), (get("a"), None, true));
+        assert_eq!(local("get a 8003"), (get("a"), Some(8003), false));
+        let (req, port, is_local) = local("get --prefix cfg/ --local 8002");
+        assert!(matches!(req, Request::Range { .. }), "{req:?}");
+        assert_eq!((port, is_local), (Some(8002), true));
+        // Only `get` reads: elsewhere the word is what it was (a value, a usage error).
+        assert_eq!(local("put a --local"), (put("a", "--local"), None, false));
+        assert!(parse_line(b"delete a --local").is_err());
+        assert!(parse_line(b"get --local").is_err());
+        assert!(parse_line(b"get a b --local").is_err());
+        assert_eq!(
+            parse_line(b"consistency"),
+            Ok(Some(ShellCommand::Consistency(None)))
+        );
+        assert_eq!(
+            parse_line(b"consistency local"),
+            Ok(Some(ShellCommand::Consistency(Some(Consistency::Local))))
+        );
+        assert_eq!(
+            parse_line(b"consistency linearizable\n"),
+            Ok(Some(ShellCommand::Consistency(Some(
+                Consistency::Linearizable
+            ))))
+        );
+        for bad in ["consistency strong", "consistency local 8001"] {
+            let e = parse_line(bad.as_bytes()).unwrap_err();
+            assert!(e.starts_with("usage: consistency"), "{bad}: {e}");
+        }
     }
 
     #[tokio::test]
@@ -913,5 +1124,40 @@ mod tests {
         );
         assert!(lines[1].contains("0 of 1 replicas reachable"), "{err}");
         assert!(lines[2].contains("0 of 1 replicas reachable"), "{err}");
+    }
+
+    /// `consistency` switches how the lines after it read; a replica port past the list is
+    /// refused before anything is sent.
+    #[tokio::test]
+    async fn shell_settings_and_unaddressable_replicas() {
+        let cli = <crate::cli::Cli as clap::Parser>::try_parse_from([
+            "kvctl",
+            "--endpoints",
+            "127.0.0.1:1,127.0.0.2:1",
+            "--timeout",
+            "200ms",
+            "shell",
+        ])
+        .unwrap();
+        let ctx = Context::new(&cli.global);
+        let input: &[u8] = b"consistency\nconsistency local\nconsistency\nconsistency x\nget a 8003\nconsistency linearizable\n";
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        run(&ctx, input, &mut out, &mut err, false).await.unwrap();
+        let (lin, loc) = (
+            consistency_line(Consistency::Linearizable),
+            consistency_line(Consistency::Local),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!("{lin}\n{loc}\n{loc}\n{lin}\n")
+        );
+        let err = String::from_utf8(err).unwrap();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{err}");
+        assert!(lines[0].starts_with("error: usage: consistency"), "{err}");
+        assert!(
+            lines[1].contains("port 8003 addresses replica 3, but only 2 endpoints"),
+            "{err}"
+        );
     }
 }

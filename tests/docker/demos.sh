@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The seed's demos on the compose cluster, automated (`just test-docker`, part of `just test`).
 #
+#   As typed   the seed's `docker compose up -d` at the repository root (without --build: the
+#              image is built offline first) and `docker attach network-actor` through a
+#              terminal: put a 1, get a 8001, get a 8003, detach with Ctrl-P Ctrl-Q
 #   Demo 0     single server: put/get; docker kill; kvctl exits 3 with a clear message
 #   Growing    Demo 0 -> Demo 1: the single server with data grows into s1-s3 (compose grow);
 #              s2 and s3 serve its keys; kill s1: the majority serves
@@ -40,9 +43,9 @@ scenario() { [ -z "$current" ] || scenarios+=("$current"); current=$1; say "$1";
 say() { printf '[docker-test %3ds] %s\n' $((SECONDS - t_start)) "$*"; }
 fail() { printf '[docker-test %3ds] FAIL: %s\n' $((SECONDS - t_start)) "$*" >&2; exit 1; }
 ctr() { echo "$OMNIKV_NAME_PREFIX$1"; }
-kv() { docker exec "$(ctr client)" kvctl "$@"; }
-# Pipes stdin into the client container's kvctl shell.
-kv_shell() { docker exec -i "$(ctr client)" kvctl "$@" shell; }
+kv() { docker exec "$(ctr network-actor)" kvctl "$@"; }
+# Pipes stdin into the client container's (network-actor's) kvctl shell.
+kv_shell() { docker exec -i "$(ctr network-actor)" kvctl "$@" shell; }
 compose() { "$compose_sh" "$@"; }
 
 cleanup() {
@@ -147,6 +150,64 @@ say "  image runs $out"
 for n in 1 2 3; do export "OMNIKV_PORT_$n=$(free_port)"; done
 
 # ------------------------------------------------------------------------------------------
+scenario "The seed's commands as typed: compose up at the root, docker attach network-actor"
+# The same command line as the seed's, minus --build (no registry here: the image was built
+# above), in the project this test owns (the environment wins over the root .env's name).
+if docker compose version >/dev/null 2>&1; then typed=(docker compose up -d); else typed=(docker-compose up -d); fi
+(cd "$root" && COMPOSE_PROJECT_NAME=$OMNIKV_COMPOSE_PROJECT "${typed[@]}") >"$tmp/up.log" 2>&1 ||
+  { cat "$tmp/up.log" >&2; fail "${typed[*]} at the repository root"; }
+say "  ${typed[*]}: $(docker ps --filter label=com.docker.compose.project="$OMNIKV_COMPOSE_PROJECT" --format '{{.Names}}' | sort | paste -sd' ' -)"
+wait_for 60 "the cluster takes a write" kv --timeout 2s put ready 1
+command -v python3 >/dev/null || fail "python3 is needed to type at docker attach through a terminal"
+# docker attach network-actor in a pseudo-terminal, as typed at a terminal: each line typed
+# after the prompt, its answer read up to the next prompt; Ctrl-P Ctrl-Q detaches.
+try python3 - "$(ctr network-actor)" <<'PY'
+import os, pty, select, sys, time
+prompt = b"Type a command here <put/delete/get> <args>: "
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("docker", ["docker", "attach", sys.argv[1]])
+def read_until(marker, secs=20):
+    buf, end = b"", time.time() + secs
+    while marker not in buf:
+        left = end - time.time()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            sys.exit("no %r within %ss; got %r" % (marker, secs, buf))
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            sys.exit("docker attach ended; got %r" % buf)
+        if not chunk:
+            sys.exit("docker attach ended; got %r" % buf)
+        buf += chunk
+    return buf
+time.sleep(1)  # the attach is in place before typing (the prompt was printed before it)
+for line in (b"put a 1", b"get a 8001", b"get a 8003"):
+    os.write(fd, line + b"\r")
+    out = read_until(prompt).replace(b"\r\n", b"\n").decode()
+    answer = out.split(line.decode() + "\n", 1)[-1].replace(prompt.decode(), "").strip()
+    print("%s%s -> %s" % (prompt.decode(), line.decode(), answer))
+os.write(fd, b"\x10\x11")  # Ctrl-P Ctrl-Q: detach, the shell keeps running
+end = time.time() + 10
+while time.time() < end:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    try:
+        os.read(fd, 4096)
+    except OSError:
+        pass
+    time.sleep(0.1)
+else:
+    sys.exit("docker attach did not detach on Ctrl-P Ctrl-Q")
+PY
+[ "$rc" -eq 0 ] || fail "docker attach network-actor: $err $out"
+sed 's/^/  /' <<<"$out"
+[ "$(sed -E 's/.* -> //' <<<"$out" | paste -sd' ' -)" = "OK 1 1" ] || fail "docker attach network-actor answered: $out"
+[ "$(docker inspect -f '{{.State.Running}}' "$(ctr network-actor)")" = true ] || fail "network-actor stopped on detaching"
+compose clean >/dev/null 2>&1
+
+# ------------------------------------------------------------------------------------------
 scenario "Demo 0: a single server"
 compose up single >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log" >&2; fail "compose up single"; }
 expect OK kv put a 1
@@ -196,6 +257,8 @@ try kv --timeout 3s put a 9
 [ "$took_ms" -lt 7000 ] || fail "put took ${took_ms}ms with a 3s timeout"
 say "  s2 paused: put exit $rc in ${took_ms}ms: $err"
 expect 2 kv --node 3 --consistency local get a
+# The seed's step 4 as typed at the prompt: a read from s3 (port 8003) of its own state.
+expect 2 kv_shell <<<"get a 8003 --local"
 # The seed's step 5: `put a 2 8002` and `put a 3 8003` while s2 is paused. Neither can be
 # decided before s2 is back, and with a 20s client timeout both are once it is: kvd holds a
 # write for 90% of the time budget kvctl sends (omnikv-timeout-ms), proposing it again after
@@ -239,7 +302,7 @@ say "  decided order on s2 and s3: $(awk '{ printf "%s%s put a %s%s", (NR > 1 ? 
 local_is() { [ "$(kv --node "$1" --consistency local get a)" = "$2" ]; }
 wait_for 10 "s2 applies a = $final" local_is 2 "$final"
 wait_for 10 "s3 applies a = $final" local_is 3 "$final"
-[ "$(docker inspect -f '{{.State.Running}} {{.Config.Tty}} {{.Config.OpenStdin}}' "$(ctr client)")" = "true true true" ] ||
+[ "$(docker inspect -f '{{.State.Running}} {{.Config.Tty}} {{.Config.OpenStdin}}' "$(ctr network-actor)")" = "true true true" ] ||
   fail "the client container does not run an attachable shell"
 docker start "$(ctr s1)" >/dev/null
 wait_for 30 "the restarted s1 catches up" same_state 1 3
@@ -305,8 +368,8 @@ scenario "Rolling restart: s1, s2, s3 in turn under writes (compose rolling-rest
 # each, until /tmp/roll-stop exists. Per put it records "<i> <exit status> <start> <answer>
 # <exit>" (ms): <answer> when kvctl printed OK or its error, <exit> when the process ended.
 # Exit 0 is an acknowledged write: every one must be there after the restarts.
-docker exec "$(ctr client)" rm -f /tmp/roll-stop
-docker exec "$(ctr client)" sh -c '
+docker exec "$(ctr network-actor)" rm -f /tmp/roll-stop
+docker exec "$(ctr network-actor)" sh -c '
   i=0
   while [ ! -e /tmp/roll-stop ]; do
     i=$((i + 1)) s=$(date +%s%3N)
@@ -321,12 +384,12 @@ acks() { awk '$2 == 0 && NF == 5' "$tmp/writes" | wc -l; }
 acks_at_least() { [ "$(acks)" -ge "$1" ]; }
 wait_for 20 "the writer's first 10 acknowledged puts" acks_at_least 10
 try compose rolling-restart
-[ "$rc" -eq 0 ] || { docker exec "$(ctr client)" touch /tmp/roll-stop; fail "compose rolling-restart: exit $rc: $out $err"; }
+[ "$rc" -eq 0 ] || { docker exec "$(ctr network-actor)" touch /tmp/roll-stop; fail "compose rolling-restart: exit $rc: $out $err"; }
 grep -E '^s[123]: ' <<<"$out" | sed 's/^/  /'
 # Writes go on after the last restart (10 more acknowledged), then the writer stops.
 n=$(acks)
 wait_for 20 "10 acknowledged puts after the rolling restart" acks_at_least $((n + 10))
-docker exec "$(ctr client)" touch /tmp/roll-stop
+docker exec "$(ctr network-actor)" touch /tmp/roll-stop
 wait $writer || fail "the writer failed: $(cat "$tmp/writer.err")"
 awk 'NF != 5 || $1 != NR { bad = 1 } END { exit bad }' "$tmp/writes" || fail "the writer's record is malformed: $(head -3 "$tmp/writes")"
 # The longest time between two acknowledged puts (each put starts when the one before has

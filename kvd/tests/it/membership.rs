@@ -402,13 +402,17 @@ async fn replace_a_member_then_compact_and_restart_everyone_with_old_env() {
         &["--nodes", "1,2,4", "--peer", &peer, "--config-id", "2"],
     ));
     assert_eq!(out.trim(), "OK: configuration 2, members 1,2,4");
-    // A retry of the same change with the same id succeeds without a new change.
+    // A retry of the same change with the same id succeeds without a new change (kvctl sees
+    // it in place and says so).
     let out = stdout_ok(reconfigure(
         &c,
         &[1, 2, 4],
         &["--nodes", "1,2,4", "--config-id", "2"],
     ));
-    assert_eq!(out.trim(), "OK: configuration 2, members 1,2,4");
+    assert_eq!(
+        out.trim(),
+        "already in place: configuration 2 with members [1, 2, 4]"
+    );
     wait_status(&c, 3, Duration::from_secs(30), "removed", |s| {
         s.role == Role::Removed
     })
