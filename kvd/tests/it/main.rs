@@ -24,5 +24,6 @@ mod membership;
 mod nemesis;
 mod pki;
 mod reference_histories;
+mod regrow;
 mod tls;
 mod watch;
