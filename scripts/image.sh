@@ -16,7 +16,7 @@
 #   OMNIKV_IMAGE_MODE   auto (default) | offline | registry. auto takes the registry path only
 #                       when $OMNIKV_RUST_IMAGE and debian:bookworm-slim are already local
 #                       (it never pulls to find out); otherwise offline.
-#   OMNIKV_RUST_IMAGE   builder image of the registry path (default rust:1.88-bookworm)
+#   OMNIKV_RUST_IMAGE   builder image of the registry path (default rust:1.89-bookworm)
 #   OMNIKV_BASE_IMAGE   base image of the offline path (default omnikv-base:bookworm)
 #   OMNIKV_BIN_DIR      offline: take kvd/kvctl/watcher from this dir instead of building them
 #   OMNIKV_DEBIAN_MIRROR  debootstrap mirror (default: the bookworm mirror in apt's sources)
@@ -27,7 +27,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 image=${OMNIKV_IMAGE:-omnikv:dev}
 mode=${OMNIKV_IMAGE_MODE:-auto}
-rust_image=${OMNIKV_RUST_IMAGE:-rust:1.88-bookworm}
+rust_image=${OMNIKV_RUST_IMAGE:-rust:1.89-bookworm}
 base=${OMNIKV_BASE_IMAGE:-omnikv-base:bookworm}
 cache=${OMNIKV_CACHE:-$HOME/.cache/omnikv}
 suite=bookworm

@@ -4,8 +4,10 @@
 # checks every object against the Kubernetes OpenAPI schemas of K8S_VERSION with
 # `kubernetes-validate --strict` (PyPI; ships the schemas, so nothing is fetched), which
 # rejects unknown fields. The example patches are applied to the ConfigMap and checked too.
-# The TLS variant (deploy/k8s-tls: the base plus components/tls) is rendered and checked the
-# same way, then by tls-check.py (every certificate, key, CA and token file a container is
+# The manual variant (deploy/k8s-manual: the base plus components/no-watcher) and the TLS one
+# with no-watcher too are rendered and checked the same way, and must hold no watcher container,
+# no watcher RBAC and no API token. The TLS variant (deploy/k8s-tls: the base plus
+# components/tls) is rendered and checked the same way, then by tls-check.py (every certificate, key, CA and token file a container is
 # pointed at is a key of a mounted Secret; HTTPS probes and endpoints; ca.key never mounted);
 # with a built kvctl that has `certs`, tls-secrets.sh makes the two Secrets, which must be
 # valid and hold every key the pods mount.
@@ -74,6 +76,44 @@ check "TLS variant: schemas of Kubernetes $version, strict" \
   kubernetes-validate --strict --quiet -k "$version" "$out/tls.yaml"
 check "TLS variant: mounted files, HTTPS probes and endpoints (pids 1-5)" \
   "$py" "$here/tls-check.py" "$out/tls.yaml" 5 "$out/needed"
+
+# The manual variants: no watcher anywhere, nothing that talks to the API server.
+no_watcher() { # rendered file
+  "$py" - "$1" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = {d["kind"] for d in docs}
+assert not kinds & {"ServiceAccount", "Role", "RoleBinding"}, f"watcher RBAC left: {kinds}"
+sts = next(d for d in docs if d["kind"] == "StatefulSet")
+pod = sts["spec"]["template"]["spec"]
+names = [c["name"] for c in pod["containers"]]
+assert names == ["kvd"], f"containers {names}"
+assert "serviceAccountName" not in pod, pod.get("serviceAccountName")
+assert pod.get("automountServiceAccountToken") is False, "an API token is mounted"
+volumes = {v["name"] for v in pod.get("volumes") or []}
+mounted = {m["name"] for c in pod["containers"] for m in c.get("volumeMounts") or []}
+assert volumes <= mounted, f"volumes nobody mounts: {sorted(volumes - mounted)}"
+PY
+}
+kubectl kustomize "$root/deploy/k8s-manual" >"$out/manual.yaml"
+kinds=$(grep -c '^kind:' "$out/manual.yaml")
+check "manual variant: kustomize build ($kinds objects)" test "$kinds" -eq 6
+check "manual variant: schemas of Kubernetes $version, strict" \
+  kubernetes-validate --strict --quiet -k "$version" "$out/manual.yaml"
+check "manual variant: kvd alone, no watcher RBAC, no API token" no_watcher "$out/manual.yaml"
+# TLS without the watcher: a kustomization of the user's own, as the component's header says.
+mkdir "$out/tls-manual"
+rel=$(realpath --relative-to="$out/tls-manual" "$here")
+printf 'resources:\n  - %s\ncomponents:\n  - %s/components/tls\n  - %s/components/no-watcher\n' \
+  "$rel" "$rel" "$rel" >"$out/tls-manual/kustomization.yaml"
+kubectl kustomize "$out/tls-manual" >"$out/tls-manual.yaml"
+kinds=$(grep -c '^kind:' "$out/tls-manual.yaml")
+check "TLS manual variant: kustomize build ($kinds objects)" test "$kinds" -eq 6
+check "TLS manual variant: schemas of Kubernetes $version, strict" \
+  kubernetes-validate --strict --quiet -k "$version" "$out/tls-manual.yaml"
+check "TLS manual variant: kvd alone, no watcher RBAC, no API token" no_watcher "$out/tls-manual.yaml"
+check "TLS manual variant: mounted files, HTTPS probes and endpoints (pids 1-5)" \
+  "$py" "$here/tls-check.py" "$out/tls-manual.yaml" 5 "$out/needed-manual"
 
 if "$kvctl" certs new --help >/dev/null 2>&1; then
   check "tls-secrets.sh makes the Secrets (kvctl certs new, token new)" \

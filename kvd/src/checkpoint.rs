@@ -14,16 +14,13 @@
 use crate::codec::{decode, encode};
 use crate::frame::{crc_items, CheckpointItem, PeerFrame};
 use crate::state_machine::SmMeta;
-use crate::storage::{Db, StoreError, CF_META, CF_STAGE, STATE_CFS};
+use crate::storage::{Db, StoreError, CF_META, CF_STAGE, KEYS_END, STATE_CFS};
 use rocksdb::{IteratorMode, WriteBatch};
 use tracing::{info, warn};
 
 /// Largest chunk payload, in bytes.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 const META_INSTALLING: &[u8] = b"checkpoint_installing";
-/// Exclusive upper bound above every key of a state column family and of the stage (keys
-/// are at most 1 KiB; a lease or stage prefix adds a few bytes).
-const KEYS_END: [u8; 4096] = [0xff; 4096];
 
 /// Why the state cannot be read as one consistent view.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use crate::api::{router, ApiState};
 use crate::config::Config;
 use crate::inbox::Input;
-use crate::membership::{cluster_id, ClusterMeta, Lifecycle};
+use crate::membership::{cluster_id, start_over, ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::replica::{Drained, LoopConfig, Replica, Timers};
 use crate::storage::{Db, StoreError};
@@ -38,7 +38,9 @@ pub enum NodeError {
 
 /// Loads the persisted identity and configuration, or bootstraps them from `cfg`: as a
 /// member of the initial configuration (CONFIG_ID 1), or as a joiner (an empty replica
-/// started with a later CONFIG_ID never starts a configuration on its own).
+/// started with a later CONFIG_ID never starts a configuration on its own). A removed
+/// replica whose env names it in a later configuration starts over as a joiner, its old
+/// data wiped (`ClusterMeta::starts_over`).
 pub fn load_or_bootstrap(db: &Db, cfg: &Config) -> Result<ClusterMeta, NodeError> {
     if let Some(meta) = ClusterMeta::load(db)? {
         if meta.pid != cfg.pid {
@@ -48,6 +50,21 @@ pub fn load_or_bootstrap(db: &Db, cfg: &Config) -> Result<ClusterMeta, NodeError
                 meta.pid,
                 cfg.pid
             )));
+        }
+        if meta.starts_over(cfg.config_id, &cfg.nodes.0) {
+            let fresh = meta.starting_over();
+            start_over(db, &fresh)?;
+            info!(
+                removed_by = meta.config_id,
+                env_config = cfg.config_id,
+                env_members = ?cfg.nodes.0,
+                "this replica was removed by configuration {}, and CONFIG_ID {} names it again: \
+                 its old data is wiped; it starts over as a joiner, waiting for the members to \
+                 announce the configuration that adds it",
+                meta.config_id,
+                cfg.config_id
+            );
+            return Ok(fresh);
         }
         if meta.members != cfg.nodes.0 || meta.config_id != cfg.config_id {
             info!(persisted_config = meta.config_id, persisted_members = ?meta.members,

@@ -32,12 +32,16 @@ pub const CF_STAGE: &str = "stage";
 pub const CF_HISTORY: &str = "history";
 /// Leases: their records and which keys each holds (`state_machine/lease.rs`).
 pub const CF_LEASE: &str = "lease";
-const ALL_CFS: [&str; 8] = [
+/// Every column family, in the order they are opened.
+pub const ALL_CFS: [&str; 8] = [
     CF_LOG, CF_PAXOS, CF_KV, CF_DEDUP, CF_META, CF_STAGE, CF_HISTORY, CF_LEASE,
 ];
 /// The column families that make up the replicated state a checkpoint or a backup carries
 /// (with `meta/sm`): everything applying the log produces except the change history.
 pub const STATE_CFS: [&str; 3] = [CF_KV, CF_DEDUP, CF_LEASE];
+/// Exclusive upper bound above every key of every column family (user keys are at most
+/// 1 KiB; a lease, stage or history prefix adds a few bytes; the log's keys are 12 bytes).
+pub const KEYS_END: [u8; 4096] = [0xff; 4096];
 
 /// Storage failures. The library panics on any error we return to it (upstream #124), which
 /// ends the process (kvd installs an aborting panic hook): never a zombie replica.
@@ -180,6 +184,14 @@ impl Db {
 
     pub fn get(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.inner.get_cf(self.cf(cf), key)?)
+    }
+
+    /// Adds to `batch` the deletion of everything stored, in every column family; what the
+    /// caller puts into the same batch afterwards survives (a batch applies in order).
+    pub fn wipe_into(&self, batch: &mut WriteBatch) {
+        for name in ALL_CFS {
+            batch.delete_range_cf(self.cf(name), [].as_slice(), KEYS_END.as_slice());
+        }
     }
 }
 

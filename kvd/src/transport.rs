@@ -16,6 +16,7 @@
 use crate::checkpoint::{self, ChunkSink};
 use crate::frame::{Hello, PeerFrame, HELLO_ACK, HELLO_MAX_BYTES, MAGIC, PROTOCOL_VERSION};
 use crate::inbox::Input;
+use crate::membership::{disk_pinned, peer_storage_key};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::storage::{Db, CF_META};
@@ -60,19 +61,14 @@ pub struct TransportCtx {
     pub inbox: SyncSender<Input>,
     pub metrics: Arc<Metrics>,
     pub db: Db,
-    /// Storage id last seen per pid: a pid presenting another disk is refused (a wiped disk
-    /// must come back as a new member, never silently under its old pid).
-    pub known_storage: Mutex<HashMap<u64, u64>>,
+    /// Serialises the check and recording of peers' storage ids (`check_storage`).
+    storage_check: Mutex<()>,
     /// Mutual TLS for every session; `None`: plaintext.
     pub tls: Option<PeerTls>,
     /// The IP our dials leave from: that of the peer listen address when it names one
     /// (not 0.0.0.0 or ::), so peers see us at the address we serve on; else the system's
     /// choice.
     source_ip: Option<std::net::IpAddr>,
-}
-
-fn peer_storage_key(pid: u64) -> Vec<u8> {
-    format!("peer_storage/{pid}").into_bytes()
 }
 
 impl TransportCtx {
@@ -92,7 +88,7 @@ impl TransportCtx {
             inbox,
             metrics,
             db,
-            known_storage: Mutex::new(HashMap::new()),
+            storage_check: Mutex::new(()),
             tls,
             source_ip: (!listen.ip().is_unspecified()).then_some(listen.ip()),
         })
@@ -138,35 +134,40 @@ impl TransportCtx {
         self.cluster_id.load(Ordering::Relaxed)
     }
 
-    /// Accepts `pid` presenting `storage_id`, remembering it on first sight.
+    /// Accepts `pid` presenting `storage_id` and remembers it (in `meta`, so across
+    /// restarts): a member presenting another disk than the one remembered is refused (a
+    /// wiped disk must come back as a new member, never silently under its old pid). A pid
+    /// that is no member (`membership::disk_pinned`) may bring another disk: it can only
+    /// join as new. A change that removes a pid forgets its disk (`release_disks`).
     fn check_storage(&self, pid: u64, storage_id: u64) -> Result<(), String> {
-        let mut known = self.known_storage.lock().expect("lock");
-        let seen = match known.get(&pid) {
-            Some(s) => Some(*s),
-            None => self
-                .db
-                .get(CF_META, &peer_storage_key(pid))
-                .map_err(|e| e.to_string())?
-                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes)),
-        };
+        let _serial = self.storage_check.lock().expect("lock");
+        let seen = self
+            .db
+            .get(CF_META, &peer_storage_key(pid))
+            .map_err(|e| e.to_string())?
+            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes));
         match seen {
-            Some(s) if s != storage_id => Err(format!(
-                "pid {pid} presents storage id {storage_id:x}, but we know it as {s:x}: its disk \
-                 was replaced; remove it and add it back as a new member"
-            )),
-            Some(_) => Ok(()),
-            None => {
-                let mut batch = rocksdb::WriteBatch::default();
-                batch.put_cf(
-                    self.db.cf(CF_META),
-                    peer_storage_key(pid),
-                    storage_id.to_be_bytes(),
-                );
-                self.db.write_synced(batch).map_err(|e| e.to_string())?;
-                known.insert(pid, storage_id);
-                Ok(())
+            Some(s) if s == storage_id => return Ok(()),
+            Some(s) if disk_pinned(&self.db, pid).map_err(|e| e.to_string())? => {
+                return Err(format!(
+                    "pid {pid} presents storage id {storage_id:x}, but we know it as {s:x}: its \
+                     disk was replaced; remove it and add it back as a new member"
+                ))
             }
+            Some(s) => info!(
+                peer = pid,
+                "pid {pid} is no member and comes back with another disk ({s:x} -> \
+                 {storage_id:x}): it can only join as new"
+            ),
+            None => {}
         }
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.db.cf(CF_META),
+            peer_storage_key(pid),
+            storage_id.to_be_bytes(),
+        );
+        self.db.write_synced(batch).map_err(|e| e.to_string())
     }
 
     fn to_inbox(&self, input: Input) {

@@ -56,6 +56,9 @@ struct Controller {
     last_report: Option<String>,
     /// Failed attempts at `failing` in a row, and when to try it again.
     failing: Option<(Change, u32, Instant)>,
+    /// The configuration whose Event this watcher has seen to exist (it makes sure once per
+    /// configuration: a watcher restarted between the annotation and the Event adds it).
+    announced: Option<u32>,
 }
 
 /// Runs the watcher until `shutdown` resolves: RBAC check (retried until it passes, so a
@@ -130,6 +133,7 @@ pub async fn run(
         pods,
         last_report: None,
         failing: None,
+        announced: None,
     };
 
     let ready = async {
@@ -257,20 +261,19 @@ impl Controller {
                 )
                 .await;
                 self.failing = None;
+                if self.announced != Some(config_id) {
+                    let members = input.status.map(|s| s.members).unwrap_or_default();
+                    let message = format!("configuration {config_id} {members:?} in force");
+                    self.announce(config_id, &message).await;
+                }
                 resync
             }
             Plan::Record { config_id } => {
                 let members = input.status.map(|s| s.members).unwrap_or_default();
-                match k8s::record_applied(&self.client, &self.cfg, config_id, &members).await {
-                    Ok(()) => {
-                        tracing::info!(config_id, ?members, "recorded the applied configuration");
-                        // The watch event of our own patch wakes the next pass.
-                        resync
-                    }
-                    Err(e) => {
-                        tracing::warn!("cannot record the applied configuration: {e}");
-                        self.backoff.initial
-                    }
+                match self.record(config_id, &members, None).await {
+                    // The watch event of our own patch wakes the next pass.
+                    true => resync,
+                    false => self.backoff.initial,
                 }
             }
             Plan::Wait(why) => {
@@ -408,6 +411,65 @@ impl Controller {
         }
     }
 
+    /// Records configuration `config_id` (`members`) as applied on the ConfigMap, then makes
+    /// sure its Event exists, with `message` (the change as this watcher made it) or one
+    /// built from the annotation it replaced. False if the annotation could not be written.
+    async fn record(&mut self, config_id: u32, members: &[u64], message: Option<String>) -> bool {
+        let message = match k8s::record_applied(&self.client, &self.cfg, config_id, members).await {
+            Ok(k8s::Recorded::Now { before }) => {
+                tracing::info!(config_id, ?members, "recorded the applied configuration");
+                message.unwrap_or_else(|| match before {
+                    Some((id, before)) => {
+                        format!("configuration {id} [{before}] -> {config_id} {members:?}")
+                    }
+                    None => format!("configuration {config_id} {members:?} in force"),
+                })
+            }
+            Ok(k8s::Recorded::Already(id)) => {
+                tracing::info!(
+                    config_id,
+                    recorded = id,
+                    "the applied configuration is recorded"
+                );
+                message.unwrap_or_else(|| format!("configuration {config_id} {members:?} in force"))
+            }
+            Err(e) => {
+                tracing::warn!("cannot record the applied configuration: {e}");
+                return false;
+            }
+        };
+        self.announce(config_id, &message).await;
+        true
+    }
+
+    /// Makes sure the one Event about configuration `config_id` exists (reason
+    /// `Reconfigured`); none for the initial configuration 1.
+    async fn announce(&mut self, config_id: u32, message: &str) {
+        if config_id <= 1 || self.announced == Some(config_id) {
+            return;
+        }
+        let cm = self.configmap();
+        match k8s::ensure_config_event(
+            &self.client,
+            &self.cfg,
+            cm.as_deref(),
+            config_id,
+            "Reconfigured",
+            message,
+        )
+        .await
+        {
+            Ok(created) => {
+                if created {
+                    tracing::info!(config_id, "Event: {message}");
+                }
+                self.announced = Some(config_id);
+            }
+            // The next pass tries again.
+            Err(e) => tracing::warn!(config_id, "cannot emit the Reconfigured Event: {e}"),
+        }
+    }
+
     /// Runs kvctl for `change` (unless a failed earlier attempt's backoff is still running)
     /// and records the result.
     async fn reconfigure<'a>(
@@ -468,14 +530,8 @@ impl Controller {
                 if r.config_id != change.config_id || r.members != change.nodes {
                     tracing::warn!(?r, ?change, "kvctl applied something else than planned");
                 }
-                if let Err(e) =
-                    k8s::record_applied(&self.client, &self.cfg, r.config_id, &r.members).await
-                {
-                    // The next pass (Plan::Record) retries it.
-                    tracing::warn!("cannot record the applied configuration: {e}");
-                }
-                self.event(EventType::Normal, "Reconfigured", &message)
-                    .await;
+                // On failure the next pass (Plan::Record) retries it.
+                self.record(r.config_id, &r.members, Some(message)).await;
                 Duration::from_millis(1)
             }
             other => {

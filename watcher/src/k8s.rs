@@ -1,6 +1,11 @@
 //! Everything the watcher asks of the Kubernetes API besides watching: the start-up RBAC check
 //! (SelfSubjectAccessReview, with an actionable error), the applied-config annotation on the
 //! ConfigMap, Events, and reading pods into the planner's terms.
+//!
+//! Writes are safe to repeat and to race (two watchers, a watcher restarted mid-change): the
+//! annotation is patched with the ConfigMap's resourceVersion as a precondition and never
+//! moves backwards (a `409 Conflict` re-reads and tries again), and the one Event per
+//! configuration has a name derived from its id, so a second create is `409 AlreadyExists`.
 
 use crate::config::Config;
 use crate::planner::PodState;
@@ -42,9 +47,11 @@ pub enum Error {
 /// One permission the watcher needs: (verb, resource, resource name).
 pub type Permission = (&'static str, &'static str, Option<String>);
 
-/// The permissions the watcher uses, exactly (deploy/k8s/rbac.yaml grants these and `get`).
+/// The permissions the watcher uses, exactly (deploy/k8s/rbac.yaml grants these and `get`
+/// on pods).
 pub fn required_permissions(cfg: &Config) -> Vec<Permission> {
     vec![
+        ("get", "configmaps", Some(cfg.configmap.clone())),
         ("list", "configmaps", None),
         ("watch", "configmaps", None),
         ("patch", "configmaps", Some(cfg.configmap.clone())),
@@ -94,32 +101,77 @@ pub async fn check_rbac(client: &Client, cfg: &Config) -> Result<(), Error> {
     }
 }
 
-/// Records `config_id` / `members` as applied on the ConfigMap (a merge patch of two
-/// annotations: idempotent, and it never touches NODES / CONFIG_ID).
+/// Attempts at recording against concurrent writers (each a `409 Conflict`) before giving up
+/// until the next pass.
+const RECORD_ATTEMPTS: u32 = 5;
+
+/// How recording an applied configuration ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// This call moved the annotation to the configuration; the one recorded before, if any
+    /// (id and members as written, `1,2,3`).
+    Now { before: Option<(u32, String)> },
+    /// The annotation already named this configuration or a later one: nothing written.
+    Already(u32),
+}
+
+/// Records `config_id` / `members` as applied on the ConfigMap: a merge patch of two
+/// annotations (never NODES / CONFIG_ID), made only while the annotation is behind and with
+/// the resourceVersion it was read at, so concurrent recorders write it once and it never
+/// moves backwards.
 pub async fn record_applied(
     client: &Client,
     cfg: &Config,
     config_id: u32,
     members: &[u64],
-) -> Result<(), Error> {
+) -> Result<Recorded, Error> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.namespace);
     let members: Vec<String> = members.iter().map(u64::to_string).collect();
-    let patch = serde_json::json!({
-        "metadata": { "annotations": {
-            ANNOTATION_CONFIG_ID: config_id.to_string(),
-            ANNOTATION_MEMBERS: members.join(","),
-        }}
-    });
-    api.patch(
-        &cfg.configmap,
-        &PatchParams {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let cm = api.get(&cfg.configmap).await?;
+        let before = recorded_config_id(&cm);
+        if let Some(id) = before.filter(|&id| id >= config_id) {
+            return Ok(Recorded::Already(id));
+        }
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": cm.metadata.resource_version,
+                "annotations": {
+                    ANNOTATION_CONFIG_ID: config_id.to_string(),
+                    ANNOTATION_MEMBERS: members.join(","),
+                },
+            }
+        });
+        let params = PatchParams {
             field_manager: Some(COMPONENT.into()),
             ..Default::default()
-        },
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+        };
+        match api
+            .patch(&cfg.configmap, &params, &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                let members_before = cm
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNOTATION_MEMBERS).cloned())
+                    .unwrap_or_default();
+                return Ok(Recorded::Now {
+                    before: before.map(|id| (id, members_before)),
+                });
+            }
+            Err(kube::Error::Api(s)) if s.is_conflict() && attempt < RECORD_ATTEMPTS => {
+                tracing::debug!(
+                    attempt,
+                    "the ConfigMap changed under the annotation patch: {s}"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The applied config id recorded on `cm`, if any.
@@ -139,7 +191,7 @@ pub enum EventType {
     Warning,
 }
 
-/// Creates a core/v1 Event about the ConfigMap `cm`.
+/// Creates a core/v1 Event about the ConfigMap `cm` (a generated name: one per call).
 pub async fn emit_event(
     client: &Client,
     cfg: &Config,
@@ -149,15 +201,54 @@ pub async fn emit_event(
     message: &str,
 ) -> Result<(), Error> {
     let api: Api<Event> = Api::namespaced(client.clone(), &cfg.namespace);
+    let mut event = event(cfg, cm, kind, reason, message);
+    event.metadata.generate_name = Some(format!("{}.", cfg.configmap));
+    api.create(&PostParams::default(), &event).await?;
+    Ok(())
+}
+
+/// The name of the one Event about configuration `config_id` (`kv-config.config-4`).
+pub fn config_event_name(cfg: &Config, config_id: u32) -> String {
+    format!("{}.config-{config_id}", cfg.configmap)
+}
+
+/// Makes sure the Event about configuration `config_id` exists, creating it with this
+/// reason and message if not: true if this call created it, false if it was there (its
+/// first creator's message stands).
+pub async fn ensure_config_event(
+    client: &Client,
+    cfg: &Config,
+    cm: Option<&ConfigMap>,
+    config_id: u32,
+    reason: &str,
+    message: &str,
+) -> Result<bool, Error> {
+    let api: Api<Event> = Api::namespaced(client.clone(), &cfg.namespace);
+    let mut event = event(cfg, cm, EventType::Normal, reason, message);
+    event.metadata.name = Some(config_event_name(cfg, config_id));
+    match api.create(&PostParams::default(), &event).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An Event about the ConfigMap `cm`, unnamed.
+fn event(
+    cfg: &Config,
+    cm: Option<&ConfigMap>,
+    kind: EventType,
+    reason: &str,
+    message: &str,
+) -> Event {
     let now = k8s_openapi::jiff::Timestamp::now();
     let instance = if cfg.pod_name.is_empty() {
         COMPONENT.to_string()
     } else {
         cfg.pod_name.clone()
     };
-    let event = Event {
+    Event {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", cfg.configmap)),
             namespace: Some(cfg.namespace.clone()),
             ..Default::default()
         },
@@ -186,15 +277,13 @@ pub async fn emit_event(
         last_timestamp: Some(Time(now)),
         event_time: Some(MicroTime(now)),
         reporting_component: Some(COMPONENT.into()),
-        reporting_instance: Some(instance.clone()),
+        reporting_instance: Some(instance),
         source: Some(EventSource {
             component: Some(COMPONENT.into()),
             host: None,
         }),
         ..Default::default()
-    };
-    api.create(&PostParams::default(), &event).await?;
-    Ok(())
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -18,10 +18,12 @@
 //!    and a majority of the new configuration must be up now.
 //! 5. Every added node's pod must be Running (not terminating) with its kvd answering
 //!    /healthz and reporting the role `joining` (an empty replica started with a later
-//!    CONFIG_ID; one that bootstrapped a configuration of its own, or kept an old disk, is
-//!    refused: the change could not complete). Not Ready: a joiner is Ready only once it
-//!    holds state, which it only gets after this change. Removed nodes need nothing: the
-//!    change comes first, the StatefulSet is scaled down after.
+//!    CONFIG_ID, or a removed one restarted so, which starts over) or `removed` (removed
+//!    earlier and still running: it joins as new when told of the change). One still
+//!    `leaving` is waited for; one that bootstrapped a configuration of its own is refused:
+//!    the change could not complete. Not Ready: a joiner is Ready only once it holds state,
+//!    which it only gets after this change. Removed nodes need nothing: the change comes
+//!    first, the StatefulSet is scaled down after.
 
 use omnikv_common::membership::{check_change, grows_from_one, majority, parse_nodes};
 use omnikv_common::{Role, StatusView};
@@ -272,7 +274,14 @@ pub fn plan(input: &Input) -> Plan {
                         p.name
                     ))
                 }
-                Some(s) if s.role != Role::Joining => {
+                Some(s) if s.role == Role::Leaving => {
+                    return Plan::Wait(format!(
+                        "waiting for kvd in pod {} (node {pid}) to finish leaving (it hands \
+                         its state over before it can join again)",
+                        p.name
+                    ))
+                }
+                Some(s) if !matches!(s.role, Role::Joining | Role::Removed) => {
                     return Plan::Refuse(format!(
                         "pod {} (node {pid}) is not a joiner: its kvd reports role {} in \
                          configuration {} {}; an added replica must start with an empty data \
@@ -621,6 +630,22 @@ mod tests {
                  configuration 1 [4]; an added replica must start with an empty data dir and \
                  CONFIG_ID 2",
             )),
+        ));
+        let mut returning = input(3, &[1, 2, 3], &[1, 2, 3, 4], 4);
+        let mut r4 = status(4, None, 3, &[1, 2, 3]);
+        r4.role = Role::Removed;
+        returning.added_status.insert(4, r4.clone());
+        cases.push((
+            "re-adding a removed node whose kvd still runs (it joins as new)",
+            returning.clone(),
+            Box::new(reconfigure(&[1, 2, 3, 4], 4)),
+        ));
+        r4.role = Role::Leaving;
+        returning.added_status.insert(4, r4);
+        cases.push((
+            "re-adding a removed node still handing over",
+            returning,
+            Box::new(waits_with("kv-store-3 (node 4) to finish leaving")),
         ));
         let mut no_status = input(1, &[1, 2, 3], &[1, 2, 3, 4], 2);
         no_status.added_status.remove(&4);

@@ -10,8 +10,8 @@ use crate::codec::encode;
 use crate::frame::{Announcement, PeerFrame, Transition};
 use crate::inbox::Reply;
 use crate::membership::{
-    check_change, cluster_id, grows_from_one, majority_holds, stored_stopsign, Lifecycle,
-    StopSignMeta,
+    check_change, cluster_id, grows_from_one, majority_holds, release_disks, stored_stopsign,
+    Lifecycle, StopSignMeta,
 };
 use crate::omnipaxos_workarounds::decided_stopsign;
 use crate::peers::Peers;
@@ -395,16 +395,20 @@ impl<P: Peers> Replica<P> {
         }
         self.ensure_links(&t.members);
         let grown = grows_from_one(&self.meta.members);
+        let gone: Vec<u64> = (self.meta.members.iter().copied())
+            .filter(|p| !t.members.contains(p))
+            .collect();
         self.meta.last_transition = Some(t.clone());
         if t.members.contains(&self.cfg.pid) {
             self.meta.config_id = t.config_id;
             self.meta.members = t.members.clone();
             self.meta.lifecycle = Lifecycle::Serving;
             crate::failpoint::hit("switch");
-            // The new configuration's log starts at 0; the state carries over. Meta and
-            // position in one synced batch.
+            // The new configuration's log starts at 0; the state carries over. Meta,
+            // position and the removed members' disks forgotten in one synced batch.
             let mut batch = rocksdb::WriteBatch::default();
             self.meta.put(&self.db, &mut batch);
+            release_disks(&self.db, &mut batch, &gone);
             self.sm.set_applied_in(
                 Position {
                     config_id: t.config_id,

@@ -25,5 +25,6 @@ mod nemesis;
 mod pki;
 mod reads;
 mod reference_histories;
+mod regrow;
 mod tls;
 mod watch;

@@ -14,7 +14,7 @@ const CM: &str = "kv-config";
 const ANN: &str = "omnikv.io/applied-config-id";
 const T: Duration = Duration::from_secs(60);
 
-fn bin_dir() -> PathBuf {
+pub(crate) fn bin_dir() -> PathBuf {
     let dir = std::env::var_os("OMNIKV_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -33,9 +33,9 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-struct Kvd {
+pub(crate) struct Kvd {
     child: Child,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Drop for Kvd {
@@ -45,14 +45,14 @@ impl Drop for Kvd {
     }
 }
 
-struct Ports {
-    client: u16,
-    peer: u16,
+pub(crate) struct Ports {
+    pub(crate) client: u16,
+    pub(crate) peer: u16,
 }
 
 impl Ports {
     /// Client and peer ports free on 127.0.0.1 .. 127.0.0.n.
-    fn on(n: u8) -> Ports {
+    pub(crate) fn on(n: u8) -> Ports {
         Ports {
             client: free_port_on(n),
             peer: free_port_on(n),
@@ -60,8 +60,15 @@ impl Ports {
     }
 }
 
-fn start_kvd(dir: &Path, pid: u64, nodes: &str, config_id: u32, ports: &Ports) -> Kvd {
+/// Starts kvd `pid` with `NODES` / `CONFIG_ID` over `dir/data-<pid>` (kept across restarts, as
+/// a PVC is); its log, `dir/kvd-<pid>.log`, is appended to.
+pub(crate) fn start_kvd(dir: &Path, pid: u64, nodes: &str, config_id: u32, ports: &Ports) -> Kvd {
     let log = dir.join(format!("kvd-{pid}.log"));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
     let child = Command::new(bin_dir().join("kvd"))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -77,16 +84,14 @@ fn start_kvd(dir: &Path, pid: u64, nodes: &str, config_id: u32, ports: &Ports) -
         )
         .env("KVD_CLUSTER_TOKEN", "watcher-e2e")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(
-            std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-        ))
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
         .spawn()
         .expect("spawn kvd");
     Kvd { child, log }
 }
 
-fn url(pid: u64, ports: &Ports) -> String {
+pub(crate) fn url(pid: u64, ports: &Ports) -> String {
     format!("http://127.0.0.{pid}:{}", ports.client)
 }
 
@@ -122,7 +127,7 @@ fn logs(kube: &FakeKube, kvds: &[Kvd], watchers: &[Watcher]) -> String {
     s
 }
 
-async fn status(pid: u64, ports: &Ports) -> Option<StatusView> {
+pub(crate) async fn status(pid: u64, ports: &Ports) -> Option<StatusView> {
     Client::new(&[url(pid, ports)], Duration::from_secs(1))
         .ok()?
         .status()
@@ -131,7 +136,7 @@ async fn status(pid: u64, ports: &Ports) -> Option<StatusView> {
 }
 
 /// Polls `f` (async) until Some, with the logs of everything on timeout.
-async fn eventually<T, F, Fut>(what: &str, ctx: &dyn Fn() -> String, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, ctx: &dyn Fn() -> String, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

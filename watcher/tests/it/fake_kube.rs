@@ -1,7 +1,14 @@
-//! An in-process fake Kubernetes API server over real HTTP: just what the watcher uses.
-//! ConfigMaps and Pods with list and watch (resourceVersion, field and label selectors,
-//! chunked JSON-lines watch streams), merge-patch of a ConfigMap, Event creation, and
-//! SelfSubjectAccessReview answering from a deny list.
+//! An in-process fake Kubernetes API server over real HTTP: just what the watcher and the
+//! seed's kubectl sequences use. ConfigMaps and Pods with list and watch (resourceVersion,
+//! field and label selectors, chunked JSON-lines watch streams), get and merge-patch of a
+//! ConfigMap (a resourceVersion in the patch is a precondition: `409 Conflict`), Event
+//! creation (a named one once: `409 AlreadyExists`), a StatefulSet with its `scale`
+//! subresource, and SelfSubjectAccessReview answering from a deny list.
+//!
+//! Faults, as a real API server shows them: open watch streams cut, watch requests refused
+//! for a while (`503`), the change history compacted (a watch from before it gets a `410
+//! Gone` ERROR event, "too old resource version"), and the next writes of a kind answered
+//! `409 Conflict`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -30,9 +37,17 @@ struct Store {
     /// (resource, name) -> object.
     objects: BTreeMap<(&'static str, String), Value>,
     log: Vec<Change>,
+    /// Changes at or below this resourceVersion are forgotten: older watches get 410.
+    compacted: u64,
     events: Vec<Value>,
     denied: BTreeSet<(String, String)>,
     requests: Vec<String>,
+    /// While set, watch requests are answered 503.
+    watches_held: bool,
+    /// Writes still to answer with 409 Conflict, by "METHOD resource" (`PATCH configmaps`).
+    conflicts: HashMap<String, u32>,
+    /// Every move of the applied-config annotation: (from, to).
+    annotation_moves: Vec<(Option<String>, String)>,
 }
 
 #[derive(Clone)]
@@ -41,6 +56,10 @@ pub struct FakeKube {
     pub namespace: String,
     store: Arc<Mutex<Store>>,
     tx: broadcast::Sender<Change>,
+    /// Bumped to cut every open watch stream.
+    cuts: tokio::sync::watch::Sender<u64>,
+    /// Watch streams open now.
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[derive(Clone)]
@@ -58,6 +77,8 @@ impl FakeKube {
             namespace: "default".into(),
             store: Arc::default(),
             tx,
+            cuts: tokio::sync::watch::channel(0).0,
+            open: Arc::default(),
         };
         let app = Router::new()
             .route("/api/v1/namespaces/{ns}/configmaps", get(list_configmaps))
@@ -67,6 +88,14 @@ impl FakeKube {
             )
             .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
             .route("/api/v1/namespaces/{ns}/events", post(create_event))
+            .route(
+                "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+                get(get_statefulset),
+            )
+            .route(
+                "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/scale",
+                get(get_scale).patch(patch_scale),
+            )
             .route(
                 "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
                 post(access_review),
@@ -93,8 +122,19 @@ impl FakeKube {
         )
     }
 
-    fn put(&self, resource: &'static str, name: &str, mut object: Value) -> Value {
+    fn put(&self, resource: &'static str, name: &str, object: Value) -> Value {
         let mut s = self.store.lock().unwrap();
+        self.put_in(&mut s, resource, name, object)
+    }
+
+    /// `put` with the store's lock held by the caller.
+    fn put_in(
+        &self,
+        s: &mut Store,
+        resource: &'static str,
+        name: &str,
+        mut object: Value,
+    ) -> Value {
         s.rv += 1;
         let rv = s.rv;
         let key = (resource, name.to_string());
@@ -161,6 +201,110 @@ impl FakeKube {
             ]},
         });
         self.put("pods", name, pod);
+    }
+
+    /// Deletes pod `name` (a watch reports DELETED), as the StatefulSet controller does on a
+    /// scale-down.
+    pub fn delete_pod(&self, name: &str) {
+        let mut s = self.store.lock().unwrap();
+        let Some(object) = s.objects.remove(&("pods", name.to_string())) else {
+            return;
+        };
+        s.rv += 1;
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+        let change = Change {
+            rv: s.rv,
+            resource: "pods",
+            kind: "DELETED",
+            object,
+        };
+        s.log.push(change.clone());
+        let _ = self.tx.send(change);
+    }
+
+    /// Creates StatefulSet `name` with `replicas`.
+    pub fn set_statefulset(&self, name: &str, replicas: u32) {
+        let sts = json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": { "name": name },
+            "spec": {
+                "replicas": replicas,
+                "serviceName": name,
+                "selector": { "matchLabels": { "app": name } },
+                "template": { "metadata": { "labels": { "app": name } },
+                              "spec": { "containers": [ { "name": "kvd" } ] } },
+            },
+        });
+        self.put("statefulsets", name, sts);
+    }
+
+    /// The replicas StatefulSet `name` asks for.
+    pub fn replicas(&self, name: &str) -> Option<u32> {
+        let s = self.store.lock().unwrap();
+        let sts = s.objects.get(&("statefulsets", name.to_string()))?;
+        sts["spec"]["replicas"].as_u64().map(|r| r as u32)
+    }
+
+    /// Cuts every open watch stream (mid-body, as a dropped connection does).
+    pub fn cut_watches(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Watch streams open now (a cut one closes at once).
+    pub fn open_watches(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// While `held`, new watch requests are answered 503 (open ones are not touched).
+    pub fn hold_watches(&self, held: bool) {
+        self.store.lock().unwrap().watches_held = held;
+    }
+
+    /// Forgets the change history up to now: a watch from an older resourceVersion gets a
+    /// `410 Gone` ERROR event and must list again.
+    pub fn compact(&self) {
+        let mut s = self.store.lock().unwrap();
+        s.compacted = s.rv;
+        s.log.clear();
+    }
+
+    /// Answers the next `n` requests `what` with `409 Conflict`, without doing them: "PATCH
+    /// configmaps FIELD-MANAGER" (`-` for none), "POST events named" (an Event with a name).
+    pub fn conflict_next(&self, what: &str, n: u32) {
+        *self
+            .store
+            .lock()
+            .unwrap()
+            .conflicts
+            .entry(what.to_string())
+            .or_default() += n;
+    }
+
+    /// Takes one injected conflict for `what`, if any is left.
+    fn take_conflict(&self, what: &str) -> bool {
+        let mut s = self.store.lock().unwrap();
+        match s.conflicts.get_mut(what) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every write that moved the applied-config annotation: (from, to).
+    pub fn annotation_moves(&self) -> Vec<(Option<String>, String)> {
+        self.store.lock().unwrap().annotation_moves.clone()
+    }
+
+    /// Events with this name (a named Event exists at most once).
+    pub fn events_named(&self, name: &str) -> usize {
+        let s = self.store.lock().unwrap();
+        s.events
+            .iter()
+            .filter(|e| e["metadata"]["name"] == name)
+            .count()
     }
 
     /// Events created so far: (type, reason, message).
@@ -241,6 +385,14 @@ fn list_or_watch(
     query.sort();
     kube.note(format!("GET {resource}?{}", query.join("&")));
     if q.get("watch").map(String::as_str) == Some("true") {
+        if kube.store.lock().unwrap().watches_held {
+            kube.note(format!("503 watch {resource}"));
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "held",
+            );
+        }
         return watch(kube, resource, q);
     }
     let s = kube.store.lock().unwrap();
@@ -259,7 +411,8 @@ fn list_or_watch(
 }
 
 /// A watch stream: the changes after `resourceVersion`, then live ones, until
-/// `timeoutSeconds` (capped at 30 s so reconnects are exercised).
+/// `timeoutSeconds` (capped at 30 s so reconnects are exercised) or a cut. From before the
+/// compacted history: one `410 Gone` ERROR event.
 fn watch(kube: FakeKube, resource: &'static str, q: HashMap<String, String>) -> Response {
     let from: u64 = q
         .get("resourceVersion")
@@ -272,18 +425,47 @@ fn watch(kube: FakeKube, resource: &'static str, q: HashMap<String, String>) -> 
         .min(30);
     // Subscribe before reading the backlog, so nothing falls between the two.
     let mut rx = kube.tx.subscribe();
-    let backlog: Vec<Change> = {
+    let mut cut = kube.cuts.subscribe();
+    let (backlog, expired): (Vec<Change>, bool) = {
         let s = kube.store.lock().unwrap();
-        s.log
+        // Held since the caller looked (a cut comes after the hold): not subscribed in time
+        // to see the cut, so refused.
+        if s.watches_held {
+            drop(s);
+            kube.note(format!("503 watch {resource}"));
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "held",
+            );
+        }
+        let backlog = s
+            .log
             .iter()
             .filter(|c| c.rv > from && c.resource == resource)
             .cloned()
-            .collect()
+            .collect();
+        (backlog, from < s.compacted)
     };
+    if expired {
+        kube.note(format!("410 watch {resource} from {from}"));
+        let gone = json!({ "type": "ERROR", "object": {
+            "apiVersion": "v1", "kind": "Status", "status": "Failure",
+            "message": format!("too old resource version: {from}"),
+            "reason": "Expired", "code": 410,
+        }});
+        let mut line = serde_json::to_vec(&gone).unwrap();
+        line.push(b'\n');
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from(line))
+            .unwrap();
+    }
     let last = backlog.last().map(|c| c.rv).unwrap_or(from);
-    let (out_tx, out_rx) =
-        tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(64);
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+    let open = OpenWatch::new(&kube.open);
     tokio::spawn(async move {
+        let _open = open;
         let line = |c: &Change| {
             let mut l = serde_json::to_vec(&json!({ "type": c.kind, "object": c.object })).unwrap();
             l.push(b'\n');
@@ -297,6 +479,13 @@ fn watch(kube: FakeKube, resource: &'static str, q: HashMap<String, String>) -> 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         loop {
             let c = tokio::select! {
+                // A cut wins over a change arriving at the same moment.
+                biased;
+                _ = cut.changed() => {
+                    // An error in the body aborts the chunked response mid-stream.
+                    let _ = out_tx.send(Err(std::io::Error::other("cut"))).await;
+                    return;
+                }
                 _ = tokio::time::sleep_until(deadline) => return,
                 c = rx.recv() => match c { Ok(c) => c, Err(_) => return },
             };
@@ -313,6 +502,22 @@ fn watch(kube: FakeKube, resource: &'static str, q: HashMap<String, String>) -> 
         .header("content-type", "application/json")
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+/// Counts a watch stream as open while it lives.
+struct OpenWatch(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenWatch {
+    fn new(open: &Arc<std::sync::atomic::AtomicUsize>) -> OpenWatch {
+        open.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenWatch(open.clone())
+    }
+}
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn tokio_stream<T: Send + 'static>(
@@ -332,16 +537,35 @@ async fn get_configmap(
     }
 }
 
-fn not_found(resource: &str, name: &str) -> Response {
+/// A metav1 Status answer.
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
     (
-        StatusCode::NOT_FOUND,
+        code,
         Json(json!({
             "apiVersion": "v1", "kind": "Status", "status": "Failure",
-            "message": format!("{resource} \"{name}\" not found"),
-            "reason": "NotFound", "code": 404
+            "message": message, "reason": reason, "code": code.as_u16(),
         })),
     )
         .into_response()
+}
+
+fn not_found(resource: &str, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{resource} \"{name}\" not found"),
+    )
+}
+
+fn conflict(what: &str) -> Response {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        &format!(
+            "Operation cannot be fulfilled on {what}: the object has been modified; please \
+             apply your changes to the latest version and try again"
+        ),
+    )
 }
 
 /// RFC 7386 JSON merge patch.
@@ -367,6 +591,7 @@ fn merge(target: &mut Value, patch: &Value) {
 async fn patch_configmap(
     State(s): State<Shared>,
     Path((_ns, name)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -393,15 +618,105 @@ async fn patch_configmap(
     if denied {
         return (StatusCode::FORBIDDEN, "forbidden").into_response();
     }
-    let Some(mut cm) = s.kube.configmap(&name) else {
-        return not_found("configmaps", &name);
-    };
+    let manager = q.get("fieldManager").map_or("-", String::as_str);
+    if s.kube.take_conflict(&format!("PATCH configmaps {manager}")) {
+        s.kube
+            .note(format!("409 PATCH configmaps/{name} (injected)"));
+        return conflict(&format!("configmaps \"{name}\""));
+    }
     let patch: Value = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
+    // Read, check and write under one lock: concurrent patches are serialised.
+    let mut st = s.kube.store.lock().unwrap();
+    let Some(mut cm) = st.objects.get(&("configmaps", name.clone())).cloned() else {
+        return not_found("configmaps", &name);
+    };
+    // A resourceVersion in the patch is a precondition, as on a real API server.
+    if let Some(want) = patch["metadata"]["resourceVersion"].as_str() {
+        if cm["metadata"]["resourceVersion"] != want {
+            st.requests
+                .push(format!("409 PATCH configmaps/{name} (stale {want})"));
+            return conflict(&format!("configmaps \"{name}\""));
+        }
+    }
+    let key = "omnikv.io/applied-config-id";
+    let before = cm["metadata"]["annotations"][key]
+        .as_str()
+        .map(String::from);
     merge(&mut cm, &patch);
-    Json(s.kube.put("configmaps", &name, cm)).into_response()
+    let after = cm["metadata"]["annotations"][key]
+        .as_str()
+        .map(String::from);
+    let stored = s.kube.put_in(&mut st, "configmaps", &name, cm);
+    if let Some(after) = after.filter(|a| before.as_ref() != Some(a)) {
+        st.annotation_moves.push((before, after));
+    }
+    Json(stored).into_response()
+}
+
+async fn get_statefulset(
+    State(s): State<Shared>,
+    Path((_ns, name)): Path<(String, String)>,
+) -> Response {
+    let st = s.kube.store.lock().unwrap();
+    match st.objects.get(&("statefulsets", name.clone())) {
+        Some(sts) => Json(sts.clone()).into_response(),
+        None => not_found("statefulsets.apps", &name),
+    }
+}
+
+/// The autoscaling/v1 Scale of a StatefulSet.
+fn scale_of(sts: &Value) -> Value {
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {
+            "name": sts["metadata"]["name"],
+            "namespace": sts["metadata"]["namespace"],
+            "resourceVersion": sts["metadata"]["resourceVersion"],
+        },
+        "spec": { "replicas": sts["spec"]["replicas"] },
+        "status": { "replicas": sts["spec"]["replicas"] },
+    })
+}
+
+async fn get_scale(State(s): State<Shared>, Path((_ns, name)): Path<(String, String)>) -> Response {
+    let st = s.kube.store.lock().unwrap();
+    match st.objects.get(&("statefulsets", name.clone())) {
+        Some(sts) => Json(scale_of(sts)).into_response(),
+        None => not_found("statefulsets.apps", &name),
+    }
+}
+
+/// `kubectl scale statefulset NAME --replicas=N`: a merge patch of the scale subresource.
+async fn patch_scale(
+    State(s): State<Shared>,
+    Path((_ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    s.kube.note(format!("PATCH statefulsets/{name}/scale"));
+    let patch: Value = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let Some(replicas) = patch["spec"]["replicas"].as_u64() else {
+        return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "spec.replicas");
+    };
+    let sts = s
+        .kube
+        .store
+        .lock()
+        .unwrap()
+        .objects
+        .get(&("statefulsets", name.clone()))
+        .cloned();
+    let Some(mut sts) = sts else {
+        return not_found("statefulsets.apps", &name);
+    };
+    sts["spec"]["replicas"] = json!(replicas);
+    let sts = s.kube.put("statefulsets", &name, sts);
+    Json(scale_of(&sts)).into_response()
 }
 
 async fn create_event(
@@ -409,15 +724,34 @@ async fn create_event(
     Path(_ns): Path<String>,
     Json(mut event): Json<Value>,
 ) -> Response {
+    if event["metadata"]["name"].is_string() && s.kube.take_conflict("POST events named") {
+        s.kube.note("409 POST events (injected)".into());
+        return conflict("events");
+    }
     let mut st = s.kube.store.lock().unwrap();
     let n = st.events.len();
-    let prefix = event["metadata"]["generateName"]
-        .as_str()
-        .unwrap_or("event.")
-        .to_string();
-    event["metadata"]["name"] = json!(format!("{prefix}{n}"));
+    match event["metadata"]["name"].as_str().map(String::from) {
+        Some(name) => {
+            if st.events.iter().any(|e| e["metadata"]["name"] == name) {
+                st.requests.push(format!("409 POST events {name} (exists)"));
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("events \"{name}\" already exists"),
+                );
+            }
+            st.requests.push(format!("POST events {name}"));
+        }
+        None => {
+            let prefix = event["metadata"]["generateName"]
+                .as_str()
+                .unwrap_or("event.")
+                .to_string();
+            event["metadata"]["name"] = json!(format!("{prefix}{n}"));
+            st.requests.push("POST events".into());
+        }
+    }
     st.events.push(event.clone());
-    st.requests.push("POST events".into());
     (StatusCode::CREATED, Json(event)).into_response()
 }
 
