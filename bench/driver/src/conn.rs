@@ -250,6 +250,75 @@ impl Conn {
         }
     }
 
+    /// Puts of every key of `keys` to `value`, as one transaction (no compare).
+    pub async fn put_many(&self, keys: &[Vec<u8>], value: &[u8]) -> Result<(), ClientError> {
+        match self {
+            Conn::Omnikv(c) => {
+                let txn = TxnRequest {
+                    compare: vec![],
+                    success: keys
+                        .iter()
+                        .map(|k| {
+                            kv::TxnOp::Put(kv::PutOp {
+                                key: k.as_slice().into(),
+                                value: value.into(),
+                                prev: false,
+                                lease: 0,
+                            })
+                        })
+                        .collect(),
+                    failure: vec![],
+                };
+                let req = c
+                    .http
+                    .post(format!("{}/v1/txn", c.endpoint))
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&txn).expect("a txn serializes"));
+                let r: TxnResult = c.call(req, true).await?;
+                if r.succeeded {
+                    Ok(())
+                } else {
+                    Err(rejected("a transaction without compares failed".into()))
+                }
+            }
+            Conn::Etcd(c) => {
+                let puts: Vec<_> = keys
+                    .iter()
+                    .map(|k| TxnOp::put(k.clone(), value, None))
+                    .collect();
+                c.kv_client()
+                    .txn(Txn::new().and_then(puts))
+                    .await
+                    .map(|_| ())
+                    .map_err(etcd_error)
+            }
+        }
+    }
+
+    /// How many keys start with `prefix` (a linearizable count, no keys sent).
+    pub async fn count(&self, prefix: &[u8]) -> Result<u64, ClientError> {
+        match self {
+            Conn::Omnikv(c) => {
+                let url = format!(
+                    "{}/v1/kv?prefix={}&count_only=true",
+                    c.endpoint,
+                    encode_key(prefix)
+                );
+                let r: RangeResult = c.call(c.http.get(url), false).await?;
+                Ok(r.count)
+            }
+            Conn::Etcd(c) => {
+                let opts = GetOptions::new().with_prefix().with_count_only();
+                let r = c
+                    .kv_client()
+                    .get(prefix, Some(opts))
+                    .await
+                    .map_err(etcd_error)?;
+                Ok(u64::try_from(r.count()).unwrap_or(0))
+            }
+        }
+    }
+
     /// Every key starting with `prefix`, values included, decoded: the number of keys.
     pub async fn range(
         &self,

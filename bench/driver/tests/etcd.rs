@@ -7,10 +7,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, SanType,
 };
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::{first_write, free_port, json};
+
+mod support;
 
 struct Etcd {
     child: Child,
@@ -25,33 +28,8 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn bench(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_omnikv-bench"))
-        .args(["--target", "etcd", "--endpoints", endpoint, "-o", "json"])
-        .args(args)
-        .env_remove("KVCTL_ENDPOINTS")
-        .env_remove("KVCTL_NODE")
-        .output()
-        .unwrap()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    support::bench("etcd", endpoint, args)
 }
 
 /// PEM files of a test CA and of one certificate for 127.0.0.1 it signed (serverAuth and
@@ -124,7 +102,8 @@ fn start_etcd_with(tls: Option<&Pki>) -> Etcd {
         tls_args.push("--peer-client-cert-auth".as_ref());
         probe.extend(["--cacert", p.ca.to_str().unwrap()]);
     }
-    probe.extend(["kv", "--ops", "1", "--warmup", "0"]);
+    // One put of bench-0 (inside every key space the tests load).
+    probe.extend(["kv", "--ops", "1", "--warmup", "0", "--keys", "1"]);
     let child = Command::new("etcd")
         .args(["--name", "t", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -326,4 +305,78 @@ fn etcd_over_tls_with_its_ca_only() {
     // --cert without --key is a usage error.
     let o = bench(ep, &["--cacert", ca, "--cert", cert, "kv", "--ops", "1"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
+}
+
+/// `load` writes exactly the `kv` workload's keys (a read-only `kv` run over them then finds
+/// every one), in batches that stay under etcd's request limit also for 16 KiB values; the
+/// failover probe `first-write` writes.
+#[test]
+fn load_writes_the_kv_key_space_into_etcd() {
+    let etcd = start_etcd();
+    let ep = etcd.endpoint.as_str();
+    let l = json(&bench(
+        ep,
+        &["load", "--keys", "1000", "--batch", "100", "--clients", "4"],
+    ));
+    assert_eq!(
+        (
+            l["target"].as_str(),
+            l["count"].as_u64(),
+            l["batch"].as_u64(),
+            l["transactions"].as_u64()
+        ),
+        (Some("etcd"), Some(1000), Some(100), Some(10)),
+        "{l}"
+    );
+    let kv = json(&bench(
+        ep,
+        &[
+            "kv",
+            "--ops",
+            "300",
+            "--clients",
+            "4",
+            "--warmup",
+            "0",
+            "--keys",
+            "1000",
+            "--read-ratio",
+            "1",
+        ],
+    ));
+    assert_eq!(
+        (kv["ok"].as_u64(), kv["misses"].as_u64()),
+        (Some(300), Some(0)),
+        "{kv}"
+    );
+    // 16 KiB values: 63 puts per transaction (just under 1 MiB), which etcd accepts.
+    let big = json(&bench(
+        ep,
+        &[
+            "load",
+            "--keys",
+            "100",
+            "--value-size",
+            "16384",
+            "--clients",
+            "2",
+        ],
+    ));
+    assert_eq!(
+        (big["batch"].as_u64(), big["transactions"].as_u64()),
+        (Some(63), Some(2)),
+        "{big}"
+    );
+    // The failover probe, with nothing failed: the first attempt is acknowledged.
+    let f = first_write("etcd", ep);
+    assert_eq!(
+        (
+            f["target"].as_str(),
+            f["attempts"].as_u64(),
+            f["endpoint"].as_str()
+        ),
+        (Some("etcd"), Some(1), Some(ep)),
+        "{f}"
+    );
+    assert!(f["seconds"].as_f64().unwrap() < 5.0, "{f}");
 }
