@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{first_write, free_port, json};
+use support::{free_port, json};
 
 mod support;
 
@@ -307,76 +307,9 @@ fn etcd_over_tls_with_its_ca_only() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
 }
 
-/// `load` writes exactly the `kv` workload's keys (a read-only `kv` run over them then finds
-/// every one), in batches that stay under etcd's request limit also for 16 KiB values; the
-/// failover probe `first-write` writes.
+/// `load` and `first-write` against etcd (support::load_and_first_write).
 #[test]
 fn load_writes_the_kv_key_space_into_etcd() {
     let etcd = start_etcd();
-    let ep = etcd.endpoint.as_str();
-    let l = json(&bench(
-        ep,
-        &["load", "--keys", "1000", "--batch", "100", "--clients", "4"],
-    ));
-    assert_eq!(
-        (
-            l["target"].as_str(),
-            l["count"].as_u64(),
-            l["batch"].as_u64(),
-            l["transactions"].as_u64()
-        ),
-        (Some("etcd"), Some(1000), Some(100), Some(10)),
-        "{l}"
-    );
-    let kv = json(&bench(
-        ep,
-        &[
-            "kv",
-            "--ops",
-            "300",
-            "--clients",
-            "4",
-            "--warmup",
-            "0",
-            "--keys",
-            "1000",
-            "--read-ratio",
-            "1",
-        ],
-    ));
-    assert_eq!(
-        (kv["ok"].as_u64(), kv["misses"].as_u64()),
-        (Some(300), Some(0)),
-        "{kv}"
-    );
-    // 16 KiB values: 63 puts per transaction (just under 1 MiB), which etcd accepts.
-    let big = json(&bench(
-        ep,
-        &[
-            "load",
-            "--keys",
-            "100",
-            "--value-size",
-            "16384",
-            "--clients",
-            "2",
-        ],
-    ));
-    assert_eq!(
-        (big["batch"].as_u64(), big["transactions"].as_u64()),
-        (Some(63), Some(2)),
-        "{big}"
-    );
-    // The failover probe, with nothing failed: the first attempt is acknowledged.
-    let f = first_write("etcd", ep);
-    assert_eq!(
-        (
-            f["target"].as_str(),
-            f["attempts"].as_u64(),
-            f["endpoint"].as_str()
-        ),
-        (Some("etcd"), Some(1), Some(ep)),
-        "{f}"
-    );
-    assert!(f["seconds"].as_f64().unwrap() < 5.0, "{f}");
+    support::load_and_first_write("etcd", &etcd.endpoint);
 }

@@ -5,7 +5,7 @@
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::{bench_bin, first_write, free_port, json};
+use support::{bench_bin, free_port};
 
 mod support;
 
@@ -68,77 +68,11 @@ fn start_kvd() -> Kvd {
     }
 }
 
+/// `load` and `first-write` against kvd (support::load_and_first_write).
 #[test]
 fn load_writes_the_kv_key_space_into_omnikv() {
     let kvd = start_kvd();
-    let ep = kvd.endpoint.as_str();
-    let l = json(&bench(
-        ep,
-        &["load", "--keys", "1000", "--batch", "100", "--clients", "4"],
-    ));
-    // The readiness probe wrote one key of the same space (bench-0): still 1000.
-    assert_eq!(
-        (
-            l["target"].as_str(),
-            l["count"].as_u64(),
-            l["batch"].as_u64(),
-            l["transactions"].as_u64(),
-            l["retries"].as_u64()
-        ),
-        (Some("omnikv"), Some(1000), Some(100), Some(10), Some(0)),
-        "{l}"
-    );
-    let kv = json(&bench(
-        ep,
-        &[
-            "kv",
-            "--ops",
-            "300",
-            "--clients",
-            "4",
-            "--warmup",
-            "0",
-            "--keys",
-            "1000",
-            "--read-ratio",
-            "1",
-        ],
-    ));
-    assert_eq!(
-        (kv["ok"].as_u64(), kv["misses"].as_u64()),
-        (Some(300), Some(0)),
-        "{kv}"
-    );
-    // 16 KiB values: 63 puts per transaction, a JSON body under kvd's 2 MiB limit.
-    let big = json(&bench(
-        ep,
-        &[
-            "load",
-            "--keys",
-            "100",
-            "--value-size",
-            "16384",
-            "--clients",
-            "2",
-        ],
-    ));
-    assert_eq!(
-        (big["batch"].as_u64(), big["transactions"].as_u64()),
-        (Some(63), Some(2)),
-        "{big}"
-    );
-    // The failover probe, with nothing failed: the first attempt is acknowledged.
-    let f = first_write("omnikv", ep);
-    assert_eq!(
-        (
-            f["target"].as_str(),
-            f["attempts"].as_u64(),
-            f["endpoint"].as_str()
-        ),
-        (Some("omnikv"), Some(1), Some(ep)),
-        "{f}"
-    );
-    assert!(f["seconds"].as_f64().unwrap() < 5.0, "{f}");
+    support::load_and_first_write("omnikv", &kvd.endpoint);
 }
 
 #[test]
