@@ -128,27 +128,12 @@ COMPARE_POINTS = [
 ]
 
 
-def start(pair, live):
-    """Starts both clusters of a pair (stopped by stop_all on the way out) and waits for them."""
-    for c in pair:
-        live.append(c)
-        c.start()
-    for c in pair:
-        c.wait_ready()
-
-
-def stop(pair, live):
-    for c in pair:
-        c.stop()
-        live.remove(c)
-
-
 def compare(args, work, live):
     pb = args.port_base
     pair = [base.Cluster("omnikv-3", "omnikv", 3, pb, work, args),
             base.Cluster("etcd-3", "etcd", 3, pb + 100, work, args)]
     runs = []
-    start(pair, live)
+    base.start_pair(pair, live)
     for c in pair:
         load_keys(args, c)
     for rnd in range(args.rounds):
@@ -162,7 +147,7 @@ def compare(args, work, live):
         if args.watchers:
             for c in pair:
                 runs.append(watch_point(args, c, c.name))
-    stop(pair, live)
+    base.stop_pair(pair, live)
     return runs
 
 
@@ -173,13 +158,13 @@ def revisions(args, work, live):
     pair = [base.Cluster("before", "omnikv", 3, pb, work, old_args),
             base.Cluster("after", "omnikv", 3, pb + 100, work, args)]
     runs = []
-    start(pair, live)
+    base.start_pair(pair, live)
     for rnd in range(args.rounds):
         log(f"revisions: round {rnd + 1} of {args.rounds}")
         for clients in (1, 64):
             for c in pair:
                 runs.append(closed_loop(args, c, c.name, f"put c={clients}", "kv", clients))
-    stop(pair, live)
+    base.stop_pair(pair, live)
     return runs
 
 

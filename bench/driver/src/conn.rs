@@ -141,6 +141,18 @@ fn rejected(message: String) -> ClientError {
 
 /// etcd's errors in our classes: gRPC Unavailable is unavailable, a deadline or a transport
 /// failure after sending is indeterminate, the rest rejected.
+/// A get of every key under `prefix`, with `opts` (their prefix flag set here).
+async fn etcd_prefix(
+    c: &etcd_client::Client,
+    prefix: &[u8],
+    opts: GetOptions,
+) -> Result<etcd_client::GetResponse, ClientError> {
+    c.kv_client()
+        .get(prefix, Some(opts.with_prefix()))
+        .await
+        .map_err(etcd_error)
+}
+
 fn etcd_error(e: etcd_client::Error) -> ClientError {
     use etcd_client::Error as E;
     match e {
@@ -250,6 +262,65 @@ impl Conn {
         }
     }
 
+    /// Puts of every key of `keys` to `value`, as one transaction (no compare).
+    pub async fn put_many(&self, keys: &[Vec<u8>], value: &[u8]) -> Result<(), ClientError> {
+        match self {
+            Conn::Omnikv(c) => {
+                let txn = TxnRequest {
+                    compare: vec![],
+                    success: keys
+                        .iter()
+                        .map(|k| {
+                            kv::TxnOp::Put(kv::PutOp {
+                                key: k.as_slice().into(),
+                                value: value.into(),
+                                prev: false,
+                                lease: 0,
+                            })
+                        })
+                        .collect(),
+                    failure: vec![],
+                };
+                let r = c.txn(&txn).await?;
+                if r.succeeded {
+                    Ok(())
+                } else {
+                    Err(rejected("a transaction without compares failed".into()))
+                }
+            }
+            Conn::Etcd(c) => {
+                let puts: Vec<_> = keys
+                    .iter()
+                    .map(|k| TxnOp::put(k.clone(), value, None))
+                    .collect();
+                c.kv_client()
+                    .txn(Txn::new().and_then(puts))
+                    .await
+                    .map(|_| ())
+                    .map_err(etcd_error)
+            }
+        }
+    }
+
+    /// How many keys start with `prefix` (a linearizable count, no keys sent).
+    pub async fn count(&self, prefix: &[u8]) -> Result<u64, ClientError> {
+        match self {
+            Conn::Omnikv(c) => {
+                let url = format!(
+                    "{}/v1/kv?prefix={}&count_only=true",
+                    c.endpoint,
+                    encode_key(prefix)
+                );
+                let r: RangeResult = c.call(c.http.get(url), false).await?;
+                Ok(r.count)
+            }
+            Conn::Etcd(c) => {
+                let r = etcd_prefix(c, prefix, GetOptions::new().with_count_only()).await?;
+                Ok(u64::try_from(r.count()).unwrap_or(0))
+            }
+        }
+    }
+
     /// Every key starting with `prefix`, values included, decoded: the number of keys.
     pub async fn range(
         &self,
@@ -268,16 +339,11 @@ impl Conn {
                 Ok(r.kvs.len())
             }
             Conn::Etcd(c) => {
-                let mut opts = GetOptions::new().with_prefix();
+                let mut opts = GetOptions::new();
                 if consistency == Consistency::Local {
                     opts = opts.with_serializable();
                 }
-                let r = c
-                    .kv_client()
-                    .get(prefix, Some(opts))
-                    .await
-                    .map_err(etcd_error)?;
-                Ok(r.kvs().len())
+                Ok(etcd_prefix(c, prefix, opts).await?.kvs().len())
             }
         }
     }
@@ -306,12 +372,7 @@ impl Conn {
                 }
             }
             Conn::Etcd(c) => {
-                let opts = GetOptions::new().with_prefix().with_keys_only();
-                let r = c
-                    .kv_client()
-                    .get(prefix, Some(opts))
-                    .await
-                    .map_err(etcd_error)?;
+                let r = etcd_prefix(c, prefix, GetOptions::new().with_keys_only()).await?;
                 for kv in r.kvs() {
                     let rev = u64::try_from(kv.mod_revision()).unwrap_or(0);
                     out.push((kv.key().to_vec(), rev));
@@ -350,12 +411,7 @@ impl Conn {
                         count_only: false,
                     })],
                 };
-                let req = c
-                    .http
-                    .post(format!("{}/v1/txn", c.endpoint))
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(&txn).expect("a txn serializes"));
-                let r: TxnResult = c.call(req, true).await?;
+                let r = c.txn(&txn).await?;
                 let mod_revision = if r.succeeded {
                     r.revision
                 } else {
@@ -435,6 +491,16 @@ impl Conn {
 }
 
 impl OmnikvConn {
+    /// A transaction (`POST /v1/txn`), with the dedup headers of a write.
+    async fn txn(&self, txn: &TxnRequest) -> Result<TxnResult, ClientError> {
+        let req = self
+            .http
+            .post(format!("{}/v1/txn", self.endpoint))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(txn).expect("a txn serializes"));
+        self.call(req, true).await
+    }
+
     /// One request to the first endpoint, with the dedup headers when it is a write; the
     /// JSON answer or the error's class.
     async fn call<T: serde::de::DeserializeOwned>(

@@ -3,9 +3,12 @@
 //! generator: the same closed loop, key space, value size, connection count and histogram
 //! for both. Workloads: `kv` (puts and gets, as `kvctl bench`), `range` (a range read of a
 //! prefix), `cas` (compare-and-swap on the mod revision), `watch` (fan-out of one writer's
-//! puts to many watchers). One JSON object per run with `-o json` (bench/*.py read it).
+//! puts to many watchers); `load` writes `kv`'s key space in batches first (a large data
+//! set in little time). One JSON object per run with `-o json` (bench/*.py read it).
 
 mod conn;
+mod failover;
+mod load;
 mod rolling_restart;
 mod watch;
 mod workload;
@@ -52,6 +55,9 @@ enum Cmd {
     /// before the run), else reads it back; a failed compare counts as a success in `misses`
     /// (`cas_failed`).
     Cas(BenchArgs),
+    /// Writes the data set bench-0 .. bench-<N-1> (the `kv` keys) once, in transactions of
+    /// --batch puts, --clients in flight: how long it took.
+    Load(load::LoadArgs),
     /// Watch fan-out: watchers of one prefix, a writer at a fixed rate; events delivered per
     /// second and the delay from each put's acknowledgement to its delivery.
     Watch(watch::WatchArgs),
@@ -61,6 +67,10 @@ enum Cmd {
     Writes(rolling_restart::WritesArgs),
     /// Reads back every key of a `writes` run's --acks file: how many are missing.
     Verify(rolling_restart::VerifyArgs),
+    /// Failover probe (bench/run.py): warms a connection to every endpoint, prints `ready`,
+    /// waits for a line on stdin, then puts through the endpoints in turn until one
+    /// acknowledges: the seconds from that line.
+    FirstWrite(failover::FirstWriteArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,7 +78,8 @@ fn main() -> ExitCode {
     let threads = match &cli.command {
         Cmd::Kv(b) | Cmd::Cas(b) | Cmd::Range { bench: b, .. } => b.threads.map(|t| t as usize),
         Cmd::Watch(w) => w.threads,
-        Cmd::Writes(_) | Cmd::Verify(_) => None,
+        Cmd::Load(l) => l.threads,
+        Cmd::Writes(_) | Cmd::Verify(_) | Cmd::FirstWrite(_) => None,
     };
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
@@ -114,10 +125,29 @@ async fn run(ctx: &Context, target: Target, cmd: Cmd, out: &mut dyn Write) -> Re
             }
             return Ok(());
         }
-        Cmd::Writes(_) | Cmd::Verify(_) if !dial.credentials.is_empty() => {
+        Cmd::Load(l) => {
+            let r = load::run(target, &endpoints, dial, &l).await?;
+            let written = match ctx.output {
+                OutputFormat::Json => kvctl::output::json_line(out, &r),
+                OutputFormat::Text => out.write_all(r.text().as_bytes()),
+            };
+            return written.map_err(Error::stdout);
+        }
+        Cmd::Writes(_) | Cmd::Verify(_) | Cmd::FirstWrite(_) if !dial.credentials.is_empty() => {
             return Err(Error::usage(
-                "writes and verify run plaintext and anonymous only",
+                "writes, verify and first-write run plaintext and anonymous only",
             ));
+        }
+        Cmd::FirstWrite(f) => {
+            let r = failover::run(target, &endpoints, &f, out).await?;
+            kvctl::output::json_line(out, &r).map_err(Error::stdout)?;
+            if r.seconds.is_none() {
+                return Err(Error::Client(ClientError::Unavailable(format!(
+                    "no write acknowledged within {:?}",
+                    f.within
+                ))));
+            }
+            return Ok(());
         }
         Cmd::Writes(w) => {
             let r = rolling_restart::writes(target, &endpoints, &w)
@@ -225,4 +255,13 @@ async fn load_prefix(
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -74,8 +74,8 @@ pub struct VerifyReport {
     pub first_missing: Vec<String>,
 }
 
-/// One writer's connection to one member.
-enum Member {
+/// One writer's connection to one member (also the failover probe's, `first_write`).
+pub(crate) enum Member {
     Omnikv {
         http: reqwest::Client,
         base: String,
@@ -88,7 +88,7 @@ enum Member {
 }
 
 impl Member {
-    fn new(target: Target, endpoint: &str, timeout: Duration) -> Member {
+    pub(crate) fn new(target: Target, endpoint: &str, timeout: Duration) -> Member {
         match target {
             Target::Omnikv => Member::Omnikv {
                 http: reqwest::Client::builder()
@@ -106,7 +106,7 @@ impl Member {
     }
 
     /// One attempt to put `key`; `id` is the omnikv dedup id (client, seq).
-    async fn put(
+    pub(crate) async fn put(
         &self,
         key: &str,
         value: &[u8],

@@ -7,10 +7,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, SanType,
 };
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::{free_port, json};
+
+mod support;
 
 struct Etcd {
     child: Child,
@@ -25,33 +28,8 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn bench(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_omnikv-bench"))
-        .args(["--target", "etcd", "--endpoints", endpoint, "-o", "json"])
-        .args(args)
-        .env_remove("KVCTL_ENDPOINTS")
-        .env_remove("KVCTL_NODE")
-        .output()
-        .unwrap()
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    support::bench("etcd", endpoint, args)
 }
 
 /// PEM files of a test CA and of one certificate for 127.0.0.1 it signed (serverAuth and
@@ -124,7 +102,8 @@ fn start_etcd_with(tls: Option<&Pki>) -> Etcd {
         tls_args.push("--peer-client-cert-auth".as_ref());
         probe.extend(["--cacert", p.ca.to_str().unwrap()]);
     }
-    probe.extend(["kv", "--ops", "1", "--warmup", "0"]);
+    // One put of bench-0 (inside every key space the tests load).
+    probe.extend(["kv", "--ops", "1", "--warmup", "0", "--keys", "1"]);
     let child = Command::new("etcd")
         .args(["--name", "t", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -326,4 +305,11 @@ fn etcd_over_tls_with_its_ca_only() {
     // --cert without --key is a usage error.
     let o = bench(ep, &["--cacert", ca, "--cert", cert, "kv", "--ops", "1"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
+}
+
+/// `load` and `first-write` against etcd (support::load_and_first_write).
+#[test]
+fn load_writes_the_kv_key_space_into_etcd() {
+    let etcd = start_etcd();
+    support::load_and_first_write("etcd", &etcd.endpoint);
 }
