@@ -7,9 +7,9 @@
 
 #[cfg(test)]
 mod auth_tests;
-mod convert;
+pub(crate) mod convert;
 mod gate;
-mod kv;
+pub(crate) mod kv;
 mod lease;
 mod move_leader;
 mod query;
@@ -91,6 +91,13 @@ pub fn router(state: ApiState) -> Router {
 }
 
 pub(crate) struct Error(ApiError);
+
+impl Error {
+    /// The error as the API's JSON vocabulary has it (the etcd API maps it onto gRPC codes).
+    pub(crate) fn into_api(self) -> ApiError {
+        self.0
+    }
+}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

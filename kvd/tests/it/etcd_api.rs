@@ -1,0 +1,261 @@
+//! etcd's v3 API (kvd/src/etcd) driven by Debian's `etcdctl` 3.4 against real replicas, each
+//! command compared with the same command against a real etcd 3.4 (`/usr/bin/etcd`,
+//! bench/install-etcd.sh): put/get/del with `--prefix`, `--prev-kv`, `--from-key`,
+//! `--keys-only`, `--limit`, sorting, `txn -i` from stdin, a lease that does not exist;
+//! then `endpoint status`, `endpoint health` and `member list`, whose fields differ by
+//! nature (ids, versions, sizes), checked for their shape and values.
+
+use crate::harness::*;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A real etcd 3.4, single member, on loopback ports; killed on drop.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Etcd {
+        let (client, peer) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
+        let child = Command::new("etcd")
+            .args([
+                "--name=etcd-test",
+                &format!("--data-dir={}", dir.join("etcd-data").display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                &format!("--initial-cluster=etcd-test=http://127.0.0.1:{peer}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd 3.4 must be installed (bench/install-etcd.sh, run by scripts/setup.sh)");
+        Etcd {
+            child,
+            endpoint: format!("127.0.0.1:{client}"),
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `etcdctl --endpoints=<endpoint> <args>`, with `stdin` fed in.
+fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=5s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl 3.4 must be installed (Debian's etcd-client, bench/install-etcd.sh)");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// Exit success, stdout and stderr, without the client's JSON log lines on stderr (they hold
+/// a time, a connection id and the port; the `Error:` line after them carries the message).
+fn text(out: &Output) -> (bool, String, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("{\"level\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// Polls `etcdctl endpoint health` on `endpoint` until it says healthy.
+fn wait_healthy(endpoint: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = etcdctl(endpoint, &["endpoint", "health"], None);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{endpoint} not healthy in {within:?}: {:?}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts replicas 1..=3 each serving etcd's API; returns the cluster and the etcd endpoints.
+async fn cluster_with_etcd_api() -> (Cluster, Vec<String>) {
+    let mut c = Cluster::new_stopped(3, Opts::default());
+    let mut endpoints = Vec::new();
+    for pid in 1..=3 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        c.spawn_with(pid, &[("KVD_ETCD_ADDR", &addr)]);
+        endpoints.push(addr);
+    }
+    c.wait_leader(Duration::from_secs(20)).await;
+    (c, endpoints)
+}
+
+/// Every KV command gives etcd's output, byte for byte, through a follower (writes and
+/// linearizable reads go through the leader).
+#[tokio::test]
+async fn etcdctl_kv_commands_answer_as_etcd_does() {
+    let (c, endpoints) = cluster_with_etcd_api().await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|&p| p != leader).unwrap();
+    let ours = endpoints[follower as usize - 1].clone();
+    let etcd = Etcd::start(c.dir.path());
+    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
+    wait_healthy(&ours, Duration::from_secs(20));
+
+    let txn_ok = "mod(\"app/a\") > \"0\"\nvalue(\"app/b\") = \"2\"\n\nput app/t yes\nget app/a\n\nput app/f no\n\n";
+    let txn_fail =
+        "version(\"app/a\") = \"7\"\n\nput app/t never\n\nget app/ --prefix\ndel app/t\n\n";
+    let steps: &[(&[&str], Option<&str>)] = &[
+        (&["put", "app/a", "1"], None),
+        (&["put", "app/b", "2"], None),
+        (&["put", "app/c", "3"], None),
+        (&["put", "other", "x"], None),
+        (&["put", "app/a", "10", "--prev-kv"], None),
+        (&["get", "app/a"], None),
+        (&["get", "app/", "--prefix"], None),
+        (&["get", "app/", "--prefix", "--keys-only"], None),
+        (&["get", "app/", "--prefix", "--limit=2"], None),
+        (&["get", "app/b", "--from-key"], None),
+        (&["get", "app/a", "app/c"], None),
+        (&["get", "", "--prefix"], None),
+        (
+            &[
+                "get",
+                "app/",
+                "--prefix",
+                "--sort-by=MODIFY",
+                "--order=DESCEND",
+            ],
+            None,
+        ),
+        (&["get", "app/", "--prefix", "--order=DESCEND"], None),
+        (
+            &[
+                "get",
+                "app/",
+                "--prefix",
+                "--sort-by=VALUE",
+                "--order=ASCEND",
+                "--limit=1",
+            ],
+            None,
+        ),
+        (&["get", "missing"], None),
+        (&["txn", "-i"], Some(txn_ok)),
+        (&["txn", "-i"], Some(txn_fail)),
+        (&["get", "app/t"], None),
+        (&["put", "app/l", "v", "--lease=1234"], None),
+        (&["put", "", "v"], None),
+        (&["del", "app/a", "--prev-kv"], None),
+        (&["del", "app/", "--prefix"], None),
+        (&["del", "nothing"], None),
+        (&["get", "", "--from-key"], None),
+    ];
+    let mut differ = Vec::new();
+    for (args, stdin) in steps {
+        let want = text(&etcdctl(&etcd.endpoint, args, *stdin));
+        let got = text(&etcdctl(&ours, args, *stdin));
+        eprintln!("etcdctl {args:?}: etcd {want:?} / omnikv {got:?}");
+        if want != got {
+            differ.push(format!(
+                "etcdctl {args:?}\n  etcd:   {want:?}\n  omnikv: {got:?}"
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "outputs differ:\n{}", differ.join("\n"));
+}
+
+/// `endpoint status`, `endpoint health` and `member list`: etcd's shape, our values (member
+/// ids are pids, the leader is the cluster's, the version is 3.4's with ours appended).
+#[tokio::test]
+async fn etcdctl_endpoint_and_member_commands_show_the_cluster() {
+    let (c, endpoints) = cluster_with_etcd_api().await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let all = endpoints.join(",");
+    for e in &endpoints {
+        wait_healthy(e, Duration::from_secs(20));
+    }
+    let (ok, out, err) = text(&etcdctl(&all, &["endpoint", "health"], None));
+    assert!(ok, "{err}");
+    // etcdctl 3.4 prints the health lines on stderr.
+    let out = out + &err;
+    for e in &endpoints {
+        assert!(
+            out.contains(&format!("{e} is healthy: successfully committed proposal")),
+            "{out}"
+        );
+    }
+
+    // `<endpoint>, <id hex>, <version>, <db size>, <is leader>, <is learner>, <term>,
+    // <raft index>, <applied index>, <errors>`; after a write, the leader's log holds it.
+    let (ok, _, err) = text(&etcdctl(&endpoints[0], &["put", "k", "v"], None));
+    assert!(ok, "{err}");
+    let (ok, out, err) = text(&etcdctl(&all, &["endpoint", "status"], None));
+    assert!(ok, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split(", ").map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for (pid, row) in (1..=3u64).zip(&rows) {
+        assert_eq!(row.len(), 10, "{out}");
+        assert_eq!(row[0], endpoints[pid as usize - 1]);
+        assert_eq!(row[1], format!("{pid:x}"));
+        assert!(row[2].starts_with("3.4.0+omnikv."), "{out}");
+        assert!(row[3].ends_with('B'), "db size: {out}");
+        assert_eq!(row[4], (pid == leader).to_string(), "{out}");
+        assert_eq!(row[5], "false");
+        assert_eq!(row[6], "1", "configuration id as the term: {out}");
+        let (index, applied): (u64, u64) = (row[7].parse().unwrap(), row[8].parse().unwrap());
+        assert!(applied <= index, "{out}");
+        if pid == leader {
+            assert!(applied >= 1, "{out}");
+        }
+        assert_eq!(row[9], "", "{out}");
+    }
+
+    // `<id hex>, started, <name>, <peer urls>, <client urls>, <is learner>`
+    let (ok, out, err) = text(&etcdctl(&endpoints[0], &["member", "list"], None));
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    for (pid, row) in (1..=3u64).zip(&rows) {
+        let client_url = if pid == 1 {
+            format!("http://{}", endpoints[0])
+        } else {
+            String::new()
+        };
+        assert_eq!(
+            *row,
+            format!(
+                "{pid:x}, started, kvd-{pid}, http://{}, {client_url}, false",
+                c.peer_addr(pid)
+            ),
+            "{out}"
+        );
+    }
+}
