@@ -2,8 +2,9 @@
 # Installs what building and testing omnikv needs on a Debian/Ubuntu machine (Debian 12 is
 # the reference) that has the Rust toolchain and apt:
 #   - libclang-dev (RocksDB's bindings) and a C++ compiler (g++; RocksDB's C++), from apt
-#   - protoc (Debian's protobuf-compiler): the benchmark tool's etcd client (bench/driver,
-#     the etcd-client crate) compiles etcd's .proto files when it is built
+#   - protoc (Debian's protobuf-compiler): kvd's build compiles its etcd API protos
+#     (kvd/build.rs), and the benchmark tool's etcd client (bench/driver, the etcd-client
+#     crate) etcd's .proto files
 #   - etcd and etcdctl (Debian's etcd-server and etcd-client, bench/install-etcd.sh): the
 #     benchmark tool's etcd test, and the etcd API tests (etcdctl against omnikv and etcd)
 #   - just (the task runner), with cargo
