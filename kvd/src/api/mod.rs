@@ -10,7 +10,7 @@ mod auth_tests;
 pub(crate) mod convert;
 mod gate;
 pub(crate) mod kv;
-mod lease;
+pub(crate) mod lease;
 mod move_leader;
 mod query;
 mod range;

@@ -259,3 +259,78 @@ async fn etcdctl_endpoint_and_member_commands_show_the_cluster() {
         );
     }
 }
+
+/// The hex id in `lease <hex> granted with TTL(<n>s)`.
+fn granted(out: &str) -> String {
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        matches!(words[..], ["lease", _, "granted", "with", _]),
+        "{out:?}"
+    );
+    words[1].to_string()
+}
+
+/// `out` with lease id `id` written `<ID>` and a `remaining(Ns)` within `ttl` written
+/// `remaining(N)` (the seconds left differ by when each system was asked).
+fn normalized(out: &str, id: &str, ttl: u64) -> String {
+    let out = out.replace(id, "<ID>");
+    match out.split_once("remaining(") {
+        Some((head, tail)) => {
+            let (secs, rest) = tail.split_once("s)").unwrap();
+            let secs: u64 = secs.parse().unwrap();
+            assert!((1..=ttl).contains(&secs), "{out}");
+            format!("{head}remaining(N){rest}")
+        }
+        None => out,
+    }
+}
+
+/// `lease grant/timetolive/keep-alive --once/list/revoke` and a put attached to the lease
+/// give etcd's output once the lease ids (random in each system) are set aside.
+#[tokio::test]
+async fn etcdctl_lease_commands_answer_as_etcd_does() {
+    let (c, endpoints) = cluster_with_etcd_api().await;
+    let ours = endpoints[0].clone();
+    let etcd = Etcd::start(c.dir.path());
+    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
+    wait_healthy(&ours, Duration::from_secs(20));
+    let grant = |e: &str| {
+        let (ok, out, err) = text(&etcdctl(e, &["lease", "grant", "30"], None));
+        assert!(ok, "{err}");
+        (granted(&out), out)
+    };
+    let (etcd_id, etcd_out) = grant(&etcd.endpoint);
+    let (our_id, our_out) = grant(&ours);
+    assert_eq!(
+        normalized(&etcd_out, &etcd_id, 30),
+        normalized(&our_out, &our_id, 30)
+    );
+    let steps: &[&[&str]] = &[
+        &["put", "--lease=ID", "lk", "lv"],
+        &["lease", "timetolive", "ID", "--keys"],
+        &["lease", "keep-alive", "--once", "ID"],
+        &["lease", "list"],
+        &["lease", "revoke", "ID"],
+        &["get", "lk"],
+        &["lease", "timetolive", "ID"],
+        &["lease", "revoke", "ID"],
+    ];
+    let mut differ = Vec::new();
+    for args in steps {
+        let run = |endpoint: &str, id: &str| {
+            let args: Vec<String> = args.iter().map(|a| a.replace("ID", id)).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out, err) = text(&etcdctl(endpoint, &args, None));
+            (ok, normalized(&out, id, 30), normalized(&err, id, 30))
+        };
+        let want = run(&etcd.endpoint, &etcd_id);
+        let got = run(&ours, &our_id);
+        eprintln!("etcdctl {args:?}: etcd {want:?} / omnikv {got:?}");
+        if want != got {
+            differ.push(format!(
+                "etcdctl {args:?}\n  etcd:   {want:?}\n  omnikv: {got:?}"
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "outputs differ:\n{}", differ.join("\n"));
+}
