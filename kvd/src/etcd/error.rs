@@ -14,6 +14,7 @@ pub const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
 pub const TIMEOUT: &str = "etcdserver: request timed out";
 pub const KEY_NOT_PROVIDED: &str = "etcdserver: key is not provided";
 pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
 
 /// The gRPC status for an error of the HTTP API's vocabulary.

@@ -27,7 +27,7 @@ pub struct KvService(pub EtcdState);
 
 /// An etcd key/range_end pair as a range: empty range_end is the key alone, "\0" every key
 /// from the key on, anything else the span `[key, range_end)`.
-fn range_of(key: &[u8], range_end: &[u8]) -> Result<KeyRange, Status> {
+pub(super) fn range_of(key: &[u8], range_end: &[u8]) -> Result<KeyRange, Status> {
     if key.is_empty() && range_end.is_empty() {
         return Err(Status::invalid_argument(KEY_NOT_PROVIDED));
     }
@@ -85,6 +85,30 @@ fn sort_of(r: &pb::RangeRequest) -> Result<Option<(SortOrder, SortTarget)>, Stat
         (SortOrder::None, t) => Some((SortOrder::Ascend, t)),
         (o, t) => Some((o, t)),
     })
+}
+
+/// Whether a range's answer is sorted or filtered after it is read (read whole for that).
+fn needs_shaping(r: &pb::RangeRequest) -> Result<bool, Status> {
+    Ok(!r.count_only && (sort_of(r)?.is_some() || has_filters(r)))
+}
+
+/// A range's keys, read whole (`more`: a page's worth, more follow), filtered, sorted and cut
+/// to its limit as etcd does; and whether more keys follow. Unchanged when it needs no
+/// shaping (its limit was applied by the read).
+fn shape(mut kvs: Vec<KeyValue>, more: bool, r: &pb::RangeRequest) -> (Vec<KeyValue>, bool) {
+    if !needs_shaping(r).unwrap_or(false) {
+        return (kvs, more);
+    }
+    filter(&mut kvs, r);
+    if let Ok(Some((order, target))) = sort_of(r) {
+        sort(&mut kvs, order, target);
+    }
+    let limit = usize::try_from(r.limit).unwrap_or(0);
+    if limit > 0 && kvs.len() > limit {
+        kvs.truncate(limit);
+        return (kvs, true);
+    }
+    (kvs, more)
 }
 
 fn has_filters(r: &pb::RangeRequest) -> bool {
@@ -210,15 +234,15 @@ fn txn_op(op: &pb::RequestOp) -> Result<kv::TxnOp, Status> {
             prev: d.prev_kv,
         }),
         Some(Request::RequestRange(g)) => {
-            if sort_of(g)?.is_some() || has_filters(g) || g.revision != 0 {
-                return Err(unsupported(
-                    "sort, revision filters or a past revision in a transaction's range",
-                ));
+            if g.revision != 0 {
+                return Err(unsupported("a past revision in a transaction's range"));
             }
             let limit = non_negative(g.limit, "limit")?;
+            // Sorted or filtered: read whole (a page), shaped once answered (`shape`).
+            let whole = needs_shaping(g)? || limit == 0;
             kv::TxnOp::Get(kv::GetOp {
                 range: range_spec(&g.key, &g.range_end),
-                limit: (limit > 0).then_some(limit.min(MAX_PAGE_KEYS)),
+                limit: (!whole).then_some(limit.min(MAX_PAGE_KEYS)),
                 keys_only: g.keys_only,
                 count_only: g.count_only,
             })
@@ -288,12 +312,18 @@ fn txn_responses(
                         },
                     })
                 }
-                (OpResult::Get(r), _) => OpResponse::ResponseRange(pb::RangeResponse {
-                    header,
-                    more: r.more,
-                    count: to_i64(r.count),
-                    kvs: r.kvs.into_iter().map(key_value).collect(),
-                }),
+                (OpResult::Get(r), req) => {
+                    let (kvs, more) = match req {
+                        Some(Request::RequestRange(g)) => shape(r.kvs, r.more, g),
+                        _ => (r.kvs, r.more),
+                    };
+                    OpResponse::ResponseRange(pb::RangeResponse {
+                        header,
+                        more,
+                        count: to_i64(r.count),
+                        kvs: kvs.into_iter().map(key_value).collect(),
+                    })
+                }
                 // A put's result always pairs with its put; a failed lease is an error.
                 (OpResult::Put { .. } | OpResult::Lease(_), _) => {
                     OpResponse::ResponsePut(pb::PutResponse {
@@ -318,11 +348,10 @@ impl pb::kv_server::Kv for KvService {
         let started = Instant::now();
         let r = request.into_inner();
         let range = range_of(&r.key, &r.range_end)?;
-        let sorting = sort_of(&r)?;
         let limit = non_negative(r.limit, "limit")?;
         let revision = non_negative(r.revision, "revision")?;
         // Sorting and filtering need every key of the range (at most a page of them).
-        let post = !r.count_only && (sorting.is_some() || has_filters(&r));
+        let post = needs_shaping(&r)?;
         let opts = ReadOpts {
             limit: if post || limit == 0 {
                 MAX_PAGE_KEYS
@@ -347,26 +376,16 @@ impl pb::kv_server::Kv for KvService {
         if revision != 0 && revision < answer.revision {
             return Err(unsupported("reading at a past revision"));
         }
-        let mut result = answer.result;
-        let mut more = result.more;
-        if post {
-            if result.more {
-                return Err(invalid(format!(
-                    "sorting or filtering a range of more than {MAX_PAGE_KEYS} keys"
-                )));
-            }
-            filter(&mut result.kvs, &r);
-            if let Some((order, target)) = sorting {
-                sort(&mut result.kvs, order, target);
-            }
-            more = limit > 0 && result.kvs.len() as u64 > limit;
-            if more {
-                result.kvs.truncate(limit as usize);
-            }
+        let result = answer.result;
+        if post && result.more {
+            return Err(invalid(format!(
+                "sorting or filtering a range of more than {MAX_PAGE_KEYS} keys"
+            )));
         }
+        let (kvs, more) = shape(result.kvs, result.more, &r);
         Ok(Response::new(pb::RangeResponse {
             header: self.0.header(answer.revision),
-            kvs: result.kvs.into_iter().map(key_value).collect(),
+            kvs: kvs.into_iter().map(key_value).collect(),
             more,
             count: to_i64(result.count),
         }))

@@ -1,8 +1,8 @@
 //! etcd's v3 gRPC API (tonic), a second front door onto the same state machine as the HTTP
 //! API: each call becomes the same inbox request (`api::kv::read`, `api::kv::submit_write`,
 //! `ClientRequest::Status`, ...) with the same limits, and its answer is put into etcd's
-//! messages. `kv` serves the KV service, `lease` the Lease service, `maintenance` Status and
-//! Alarm, `cluster` MemberList; `error` maps our errors onto etcd's gRPC codes and messages. The `.proto`
+//! messages. `kv` serves the KV service, `lease` the Lease service, `watch` the Watch
+//! service, `maintenance` Status and Alarm, `cluster` MemberList; `error` maps our errors onto etcd's gRPC codes and messages. The `.proto`
 //! files (kvd/proto, a subset of etcd 3.4's) are compiled by kvd/build.rs.
 
 mod cluster;
@@ -10,6 +10,7 @@ mod error;
 mod kv;
 mod lease;
 mod maintenance;
+mod watch;
 
 /// The code generated from kvd/proto (etcd's packages and names).
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -113,6 +114,7 @@ pub async fn serve(
     use pb::etcdserverpb::kv_server::KvServer;
     use pb::etcdserverpb::lease_server::LeaseServer;
     use pb::etcdserverpb::maintenance_server::MaintenanceServer;
+    use pb::etcdserverpb::watch_server::WatchServer;
     let max = max_message_bytes(state.api.max_value_bytes);
     tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
@@ -121,6 +123,7 @@ pub async fn serve(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(usize::MAX),
         )
+        .add_service(WatchServer::new(watch::WatchService(state.clone())))
         .add_service(LeaseServer::new(lease::LeaseService(state.clone())))
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
             state.clone(),

@@ -334,3 +334,173 @@ async fn etcdctl_lease_commands_answer_as_etcd_does() {
     }
     assert!(differ.is_empty(), "outputs differ:\n{}", differ.join("\n"));
 }
+
+/// `etcdctl watch` in the background, its output going to `out`.
+fn watch_in_background(endpoint: &str, args: &[&str], out: &Path) -> Child {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("watch")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `out` until it holds `events` PUT/DELETE lines; returns its text.
+fn wait_events(out: &Path, events: usize, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let n = text
+            .lines()
+            .filter(|l| matches!(*l, "PUT" | "DELETE"))
+            .count();
+        if n >= events {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {events} events in {within:?}:\n{text}",
+            n
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `watch --prefix` from the first revision (the history) on into live changes, with and
+/// without `--prev-kv`, prints what etcd's does.
+#[tokio::test]
+async fn etcdctl_watch_answers_as_etcd_does() {
+    let (c, endpoints) = cluster_with_etcd_api().await;
+    let ours = endpoints[1].clone();
+    let etcd = Etcd::start(c.dir.path());
+    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
+    wait_healthy(&ours, Duration::from_secs(20));
+    let run = |endpoint: &str, args: &[&str]| {
+        let (ok, _, err) = text(&etcdctl(endpoint, args, None));
+        assert!(ok, "{args:?}: {err}");
+    };
+    let before: &[&[&str]] = &[
+        &["put", "w/a", "1"],
+        &["put", "w/b", "2"],
+        &["del", "w/a"],
+        &["put", "other", "x"],
+        &["put", "w/b", "3"],
+    ];
+    let after: &[&[&str]] = &[&["put", "w/c", "4"], &["del", "w/", "--prefix"]];
+    let mut outputs = Vec::new();
+    for (name, endpoint) in [("etcd", etcd.endpoint.as_str()), ("omnikv", &ours)] {
+        for args in before {
+            run(endpoint, args);
+        }
+        let plain = c.dir.path().join(format!("{name}-watch"));
+        let prev = c.dir.path().join(format!("{name}-watch-prev"));
+        let mut watchers = [
+            watch_in_background(endpoint, &["--prefix", "w/", "--rev=1"], &plain),
+            watch_in_background(endpoint, &["--prefix", "w/", "--rev=1", "--prev-kv"], &prev),
+        ];
+        // The history's four events reach both watchers, then the live ones follow.
+        wait_events(&plain, 4, Duration::from_secs(20));
+        wait_events(&prev, 4, Duration::from_secs(20));
+        for args in after {
+            run(endpoint, args);
+        }
+        let texts = (
+            wait_events(&plain, 7, Duration::from_secs(20)),
+            wait_events(&prev, 7, Duration::from_secs(20)),
+        );
+        for w in &mut watchers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        outputs.push(texts);
+    }
+    eprintln!("etcd: {:?}\nomnikv: {:?}", outputs[0], outputs[1]);
+    assert_eq!(outputs[0], outputs[1]);
+}
+
+/// etcdctl's own recipes on our API (Txn, Range with create-revision sort and filters, Watch,
+/// Lease): `lock` runs commands one at a time, and `elect -l` sees the leader `elect` made.
+#[tokio::test]
+async fn etcdctl_lock_and_elect_run_on_omnikv() {
+    let (c, endpoints) = cluster_with_etcd_api().await;
+    let ours = endpoints[2].clone();
+    wait_healthy(&ours, Duration::from_secs(20));
+    let dir = c.dir.path();
+    let (acquired, held) = (dir.join("acquired"), dir.join("held"));
+    let mut first = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={ours}"))
+        .args(["lock", "L", "--", "sh", "-c"])
+        .arg(format!(
+            "touch {}; sleep 1; echo first > {}",
+            acquired.display(),
+            held.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !acquired.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first holder never got the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Waits for the first holder (its lock key is deleted when it exits), then reads what
+    // the first wrote under the lock.
+    let second = etcdctl(
+        &ours,
+        &["lock", "L", "cat", &held.display().to_string()],
+        None,
+    );
+    assert_eq!(text(&second), (true, "first\n".to_string(), String::new()));
+    assert!(first.wait().unwrap().success());
+
+    let leader_out = dir.join("elect");
+    let mut candidate = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={ours}"))
+        .args(["elect", "E", "p1"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&leader_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let observer_out = dir.join("observe");
+    let mut observer = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints[0]))
+        .args(["elect", "-l", "E"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&observer_out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (won, seen) = loop {
+        let won = std::fs::read_to_string(&leader_out).unwrap_or_default();
+        let seen = std::fs::read_to_string(&observer_out).unwrap_or_default();
+        if won.lines().count() >= 2 && seen.lines().count() >= 2 {
+            break (won, seen);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader seen: candidate {won:?}, observer {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for p in [&mut candidate, &mut observer] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let won: Vec<&str> = won.lines().collect();
+    assert!(won[0].starts_with("E/") && won[1] == "p1", "{won:?}");
+    assert_eq!(seen.lines().take(2).collect::<Vec<_>>(), won[..2]);
+}
