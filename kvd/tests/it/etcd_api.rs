@@ -504,3 +504,43 @@ async fn etcdctl_lock_and_elect_run_on_omnikv() {
     assert!(won[0].starts_with("E/") && won[1] == "p1", "{won:?}");
     assert_eq!(seen.lines().take(2).collect::<Vec<_>>(), won[..2]);
 }
+
+/// A watch from a revision the history no longer holds is canceled as etcd cancels it
+/// (`compact_revision`, etcd's message): etcd after `etcdctl compact`, omnikv keeping two
+/// events of history (`KVD_HISTORY_EVENTS`; `compact` does not trim it, docs/api.md).
+#[tokio::test]
+async fn etcdctl_watch_from_a_compacted_revision_is_canceled_as_by_etcd() {
+    let opts = Opts {
+        extra_env: vec![("KVD_HISTORY_EVENTS".into(), "2".into())],
+        ..Opts::default()
+    };
+    let mut c = Cluster::new_stopped(1, opts);
+    let ours = format!("127.0.0.1:{}", free_port());
+    c.spawn_with(1, &[("KVD_ETCD_ADDR", &ours)]);
+    c.wait_ready(1, Duration::from_secs(20)).await;
+    let etcd = Etcd::start(c.dir.path());
+    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
+    wait_healthy(&ours, Duration::from_secs(20));
+    let mut outputs = Vec::new();
+    for endpoint in [&etcd.endpoint, &ours] {
+        for v in ["1", "2", "3", "4", "5"] {
+            let (ok, _, err) = text(&etcdctl(endpoint, &["put", "k", v], None));
+            assert!(ok, "{err}");
+        }
+        if *endpoint == etcd.endpoint {
+            let (ok, _, err) = text(&etcdctl(endpoint, &["compact", "4"], None));
+            assert!(ok, "{err}");
+        }
+        let out = etcdctl(endpoint, &["watch", "k", "--rev=1"], None);
+        outputs.push(text(&out));
+    }
+    eprintln!("etcd: {:?}\nomnikv: {:?}", outputs[0], outputs[1]);
+    assert_eq!(outputs[0], outputs[1]);
+    assert!(
+        outputs[1].2.contains(
+            "watch was canceled (etcdserver: mvcc: required revision has been compacted)"
+        ),
+        "{:?}",
+        outputs[1]
+    );
+}
