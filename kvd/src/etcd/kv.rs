@@ -250,7 +250,10 @@ fn txn_op(op: &pb::RequestOp) -> Result<kv::TxnOp, Status> {
     })
 }
 
-fn compare(c: &pb::Compare) -> Result<kv::Compare, Status> {
+/// An etcd compare as ours: one compare, or two where etcd's rule needs it (a value compare
+/// on a missing key fails in etcd whatever its op; ours holds `!=` for a missing key, so
+/// `!=` also asks that the key exists).
+fn compare(c: &pb::Compare) -> Result<Vec<kv::Compare>, Status> {
     use pb::compare::{CompareResult, CompareTarget as T, TargetUnion as U};
     if !c.range_end.is_empty() {
         return Err(unsupported("a compare over a key range (range_end)"));
@@ -276,11 +279,19 @@ fn compare(c: &pb::Compare) -> Result<kv::Compare, Status> {
         (Err(_), _) => return Err(invalid("unknown compare target")),
         _ => return Err(invalid("a compare's target and operand disagree")),
     };
-    Ok(kv::Compare {
+    let exists = (op == kv::CompareOp::NotEqual && matches!(target, kv::CompareTarget::Value(_)))
+        .then(|| kv::Compare {
+            key: Bytes64(c.key.clone()),
+            op: kv::CompareOp::Greater,
+            target: kv::CompareTarget::Version(0),
+        });
+    Ok(std::iter::once(kv::Compare {
         key: Bytes64(c.key.clone()),
         op,
         target,
     })
+    .chain(exists)
+    .collect())
 }
 
 /// The responses of the branch that ran (`branch` is its request), each with `header`.
@@ -465,8 +476,12 @@ impl pb::kv_server::Kv for KvService {
     async fn txn(&self, request: Req<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
         let ops = |ops: &[pb::RequestOp]| ops.iter().map(txn_op).collect::<Result<Vec<_>, _>>();
+        let mut compares = Vec::with_capacity(r.compare.len());
+        for c in &r.compare {
+            compares.extend(compare(c)?);
+        }
         let request = kv::TxnRequest {
-            compare: r.compare.iter().map(compare).collect::<Result<_, _>>()?,
+            compare: compares,
             success: ops(&r.success)?,
             failure: ops(&r.failure)?,
         };

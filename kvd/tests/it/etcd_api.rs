@@ -129,6 +129,8 @@ async fn etcdctl_kv_commands_answer_as_etcd_does() {
     let txn_ok = "mod(\"app/a\") > \"0\"\nvalue(\"app/b\") = \"2\"\n\nput app/t yes\nget app/a\n\nput app/f no\n\n";
     let txn_fail =
         "version(\"app/a\") = \"7\"\n\nput app/t never\n\nget app/ --prefix\ndel app/t\n\n";
+    // A value compare on a missing key fails whatever its op (etcd's rule).
+    let txn_missing = "value(\"nokey\") != \"x\"\n\nput app/never 1\n\nget nokey\n\n";
     let steps: &[(&[&str], Option<&str>)] = &[
         (&["put", "app/a", "1"], None),
         (&["put", "app/b", "2"], None),
@@ -167,6 +169,7 @@ async fn etcdctl_kv_commands_answer_as_etcd_does() {
         (&["get", "missing"], None),
         (&["txn", "-i"], Some(txn_ok)),
         (&["txn", "-i"], Some(txn_fail)),
+        (&["txn", "-i"], Some(txn_missing)),
         (&["get", "app/t"], None),
         (&["put", "app/l", "v", "--lease=1234"], None),
         (&["put", "", "v"], None),
