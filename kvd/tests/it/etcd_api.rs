@@ -316,6 +316,7 @@ async fn etcdctl_lease_commands_answer_as_etcd_does() {
         &["lease", "revoke", "ID"],
         &["get", "lk"],
         &["lease", "timetolive", "ID"],
+        &["lease", "keep-alive", "--once", "ID"],
         &["lease", "revoke", "ID"],
     ];
     let mut differ = Vec::new();
