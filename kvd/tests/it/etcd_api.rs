@@ -548,3 +548,70 @@ async fn etcdctl_watch_from_a_compacted_revision_is_canceled_as_by_etcd() {
         outputs[1]
     );
 }
+
+/// kvd will not serve etcd's API beside authentication (the API has none yet); over it, a
+/// value over the cap, a key over 1024 bytes and a transaction of 129 puts get etcd's errors,
+/// and nothing of them is written.
+#[tokio::test]
+async fn etcd_api_refuses_what_is_over_its_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth");
+    std::fs::write(&auth, "").unwrap();
+    let mut kvd = Command::new(kvd_bin())
+        .env("PID", "1")
+        .env("NODES", "[1]")
+        .env("KVD_DATA_DIR", dir.path().join("data"))
+        .env("KVD_CLIENT_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("KVD_PEER_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("KVD_AUTH_FILE", &auth)
+        .env("KVD_ETCD_ADDR", format!("127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while kvd.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = kvd.kill();
+            panic!("kvd kept running with --etcd-addr and --auth-file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = kvd.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("it cannot be combined with --auth-file or --cert-file"),
+        "{err}"
+    );
+
+    let mut c = Cluster::new_stopped(1, Opts::default());
+    let ours = format!("127.0.0.1:{}", free_port());
+    c.spawn_with(1, &[("KVD_ETCD_ADDR", &ours)]);
+    c.wait_ready(1, Duration::from_secs(20)).await;
+    wait_healthy(&ours, Duration::from_secs(20));
+    let too_large = "Error: etcdserver: request is too large\n".to_string();
+    let big_value = "v".repeat(70_000);
+    let long_key = "k".repeat(1025);
+    for args in [["put", "k", big_value.as_str()], ["put", &long_key, "v"]] {
+        assert_eq!(
+            text(&etcdctl(&ours, &args, None)),
+            (false, String::new(), too_large.clone())
+        );
+    }
+    let puts: String = (0..129).map(|i| format!("put t{i} v\n")).collect();
+    let (ok, _, err) = text(&etcdctl(
+        &ours,
+        &["txn", "-i"],
+        Some(&format!("\n{puts}\n\n")),
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("etcdserver: too many operations in txn request"),
+        "{err}"
+    );
+    let (ok, out, err) = text(&etcdctl(&ours, &["get", "", "--prefix"], None));
+    assert!(ok, "{err}");
+    assert_eq!(out, "");
+}
