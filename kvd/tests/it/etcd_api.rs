@@ -615,3 +615,41 @@ async fn etcd_api_refuses_what_is_over_its_limits() {
     assert!(ok, "{err}");
     assert_eq!(out, "");
 }
+
+/// `etcdctl watch --prefix` on a follower keeps its stream while the leader is killed: the
+/// writes before, and those through another replica once a new leader is elected, all
+/// arrive, in order.
+#[tokio::test]
+async fn etcdctl_watch_survives_a_leader_kill() {
+    let (mut c, endpoints) = cluster_with_etcd_api().await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let followers: Vec<u64> = (1..=3).filter(|&p| p != leader).collect();
+    let (watched, writer) = (
+        endpoints[followers[0] as usize - 1].clone(),
+        endpoints[followers[1] as usize - 1].clone(),
+    );
+    wait_healthy(&watched, Duration::from_secs(20));
+    let out = c.dir.path().join("watch");
+    let mut watcher = watch_in_background(&watched, &["--prefix", "w/", "--rev=1"], &out);
+    let put = |key: &str| {
+        // Through the election, a put may be refused (no leader): retried until applied.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (ok, _, err) = text(&etcdctl(&writer, &["put", key, "v"], None));
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "put {key}: {err}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    put("w/1");
+    wait_events(&out, 1, Duration::from_secs(20));
+    c.kill(leader);
+    put("w/2");
+    put("w/3");
+    let seen = wait_events(&out, 3, Duration::from_secs(20));
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert_eq!(seen, "PUT\nw/1\nv\nPUT\nw/2\nv\nPUT\nw/3\nv\n");
+}
