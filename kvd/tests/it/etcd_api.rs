@@ -1,9 +1,12 @@
 //! etcd's v3 API (kvd/src/etcd) driven by Debian's `etcdctl` 3.4 against real replicas, each
 //! command compared with the same command against a real etcd 3.4 (`/usr/bin/etcd`,
-//! bench/install-etcd.sh): put/get/del with `--prefix`, `--prev-kv`, `--from-key`,
-//! `--keys-only`, `--limit`, sorting, `txn -i` from stdin, a lease that does not exist;
-//! then `endpoint status`, `endpoint health` and `member list`, whose fields differ by
-//! nature (ids, versions, sizes), checked for their shape and values.
+//! bench/install-etcd.sh) where the output should match: put/get/del with `--prefix`,
+//! `--prev-kv`, `--from-key`, `--keys-only`, `--limit`, sorting, `txn -i` from stdin, a lease
+//! that does not exist; lease grant/timetolive/keep-alive/list/revoke; watch from the history
+//! into live changes and from a compacted revision. Then what differs by nature (ids,
+//! versions, sizes), checked for shape and values: `endpoint status`/`health`, `member list`;
+//! etcdctl's `lock` and `elect` recipes; a watch across a leader kill; the refusals (limits,
+//! `--etcd-addr` with `--auth-file`).
 
 use crate::harness::*;
 use std::path::Path;
