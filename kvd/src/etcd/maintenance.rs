@@ -73,7 +73,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: s.applied_idx,
             errors,
             db_size_in_use: to_i64(db_size),
-            is_learner: matches!(s.role, Role::Joining | Role::CatchingUp),
+            is_learner: s.role == Role::Joining,
         }))
     }
 }
