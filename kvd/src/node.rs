@@ -394,9 +394,10 @@ pub async fn serve(
         }
     }
     if let Some(etcd) = etcd {
-        // Streams (watches, keepalives) may hold a graceful stop open: bounded.
+        // Open streams (watches, keepalives) would hold a graceful stop open: calls in flight
+        // get a moment to finish, then the streams are cut (etcd clients reconnect).
         let abort = etcd.abort_handle();
-        match tokio::time::timeout(Duration::from_secs(2), etcd).await {
+        match tokio::time::timeout(Duration::from_millis(500), etcd).await {
             Ok(Ok(Err(e))) => warn!(error = %e, "etcd API server ended with an error"),
             Ok(_) => {}
             Err(_) => abort.abort(),
