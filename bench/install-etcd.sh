@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs Debian's etcd (etcd-server, etcd-client) for the benchmarks, unless `etcd` is
-# already on PATH. The packaged service is not started (bench/run.py starts its own members
+# Installs Debian's etcd (etcd-server, etcd-client) for the benchmarks and the etcd API tests
+# (kvd/tests/it/etcd_api.rs: etcdctl against omnikv and etcd), unless `etcd` and `etcdctl`
+# are already on PATH. The packaged service is not started (bench/run.py starts its own members
 # on loopback ports). usage: bench/install-etcd.sh
 set -euo pipefail
-if command -v etcd >/dev/null; then
+if command -v etcd >/dev/null && command -v etcdctl >/dev/null; then
   etcd --version | head -1
   exit 0
 fi

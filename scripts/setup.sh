@@ -2,9 +2,11 @@
 # Installs what building and testing omnikv needs on a Debian/Ubuntu machine (Debian 12 is
 # the reference) that has the Rust toolchain and apt:
 #   - libclang-dev (RocksDB's bindings) and a C++ compiler (g++; RocksDB's C++), from apt
-#   - protoc (Debian's protobuf-compiler): the benchmark tool's etcd client (bench/driver,
-#     the etcd-client crate) compiles etcd's .proto files when it is built
-#   - etcd (Debian's etcd-server, bench/install-etcd.sh): the benchmark tool's etcd test
+#   - protoc (Debian's protobuf-compiler): kvd's build compiles its etcd API protos
+#     (kvd/build.rs), and the benchmark tool's etcd client (bench/driver, the etcd-client
+#     crate) etcd's .proto files
+#   - etcd and etcdctl (Debian's etcd-server and etcd-client, bench/install-etcd.sh): the
+#     benchmark tool's etcd test, and the etcd API tests (etcdctl against omnikv and etcd)
 #   - just (the task runner), with cargo
 #   - python3 (apt), used by the offline manifest check (`just test-k8s`)
 #   - kubectl (Debian's kubernetes-client, for `kubectl kustomize`; any kubectl already on PATH
@@ -56,9 +58,11 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # Debian's kubernetes-client provides kubectl (kustomize builds).
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
-# etcd (Debian's etcd-server) for the benchmark tool's native-client test and the comparison
-# runs; its packaged service is kept off (bench/install-etcd.sh).
-command -v etcd >/dev/null 2>&1 || "$(dirname "$0")/../bench/install-etcd.sh" >/dev/null
+# etcd and etcdctl (Debian's etcd-server, etcd-client) for the benchmark tool's native-client
+# test, the comparison runs and the etcd API tests; the packaged service is kept off
+# (bench/install-etcd.sh).
+{ command -v etcd && command -v etcdctl; } >/dev/null 2>&1 ||
+  "$(dirname "$0")/../bench/install-etcd.sh" >/dev/null
 
 if ! command -v just >/dev/null 2>&1; then
   echo "setup: installing just (cargo install)"

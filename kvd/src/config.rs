@@ -35,6 +35,12 @@ pub struct Config {
     #[arg(long, env = "KVD_CLIENT_ADDR", default_value = "0.0.0.0:8000")]
     pub client_addr: String,
 
+    /// Address etcd's v3 gRPC API listens on (kvd/src/etcd; docs/api.md, "etcd v3 API");
+    /// unset: not served. Plaintext and unauthenticated: refused with --auth-file or
+    /// --cert-file.
+    #[arg(long, env = "KVD_ETCD_ADDR")]
+    pub etcd_addr: Option<String>,
+
     /// Address the peer transport listens on.
     #[arg(long, env = "KVD_PEER_ADDR", default_value = "0.0.0.0:7000")]
     pub peer_addr: String,

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod client_conn;
 pub mod config;
 pub mod consensus_thread;
+pub mod etcd;
 pub mod failpoint;
 pub mod inbox;
 pub mod logging;

@@ -247,6 +247,21 @@ pub async fn serve(
     };
     // Likewise the users: a bad auth file stops the start.
     let auth = crate::auth::Auth::start(&cfg).map_err(|e| NodeError::Config(e.to_string()))?;
+    // etcd's API neither authenticates nor encrypts yet: never a way around either.
+    let etcd_listener =
+        match &cfg.etcd_addr {
+            Some(_) if cfg.auth_file.is_some() || client_tls.is_some() => {
+                return Err(NodeError::Config(
+                    "--etcd-addr/KVD_ETCD_ADDR serves etcd's API in plaintext without \
+                 authentication: it cannot be combined with --auth-file or --cert-file"
+                        .into(),
+                ))
+            }
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+                NodeError::Config(format!("binding the etcd API address {addr}: {e}"))
+            })?),
+            None => None,
+        };
     let client_addr = client_listener.local_addr()?;
     if client_tls.is_none() && !client_addr.ip().is_loopback() {
         warn!(
@@ -265,6 +280,7 @@ pub async fn serve(
     let db = Db::open_with(&cfg.data_dir, cfg.buffered_wal)?;
     let meta = load_or_bootstrap(&db, &cfg)?;
     let metrics = Arc::new(Metrics::new());
+    let (cluster_id, config_id) = (meta.cluster_id, meta.config_id);
     let (inbox_tx, inbox_rx) = std::sync::mpsc::sync_channel::<Input>(INBOX);
 
     let ctx = TransportCtx::new(
@@ -329,6 +345,32 @@ pub async fn serve(
     };
     info!(pid = cfg.pid, client = %client_addr, peer = %peer_addr,
           client_tls = client_tls.is_some(), peer_tls = peer_tls.is_some(), "kvd serving");
+    // Told once the drain is done: etcd's API stops with the HTTP API.
+    let (etcd_stop_tx, etcd_stop_rx) = tokio::sync::watch::channel(false);
+    let etcd = match etcd_listener {
+        Some(listener) => {
+            let addr = listener.local_addr()?;
+            let etcd_state = crate::etcd::EtcdState::new(
+                state.clone(),
+                cluster_id,
+                cfg.pid,
+                format!("http://{addr}"),
+                cfg.data_dir.clone(),
+                peer_tls.is_some(),
+                config_id,
+            );
+            info!(etcd = %addr, "serving etcd's v3 API");
+            let mut stop_rx = etcd_stop_rx;
+            Some(tokio::spawn(crate::etcd::serve(
+                listener,
+                etcd_state,
+                async move {
+                    let _ = stop_rx.wait_for(|stop| *stop).await;
+                },
+            )))
+        }
+        None => None,
+    };
     // On the stop signal: drain first (a leader hands leadership over, new requests are
     // refused), then stop taking connections and let in-flight requests finish.
     let drain_inbox = inbox_tx.clone();
@@ -336,6 +378,7 @@ pub async fn serve(
     let stop = async move {
         shutdown.await;
         drain(&drain_inbox, handoff_timeout).await;
+        let _ = etcd_stop_tx.send(true);
     };
     let app = router(state).into_make_service_with_connect_info::<crate::client_conn::ClientConn>();
     match client_tls {
@@ -348,6 +391,16 @@ pub async fn serve(
             axum::serve(TlsListener::new(client_listener, config)?, app)
                 .with_graceful_shutdown(stop)
                 .await?
+        }
+    }
+    if let Some(etcd) = etcd {
+        // Open streams (watches, keepalives) would hold a graceful stop open: calls in flight
+        // get a moment to finish, then the streams are cut (etcd clients reconnect).
+        let abort = etcd.abort_handle();
+        match tokio::time::timeout(Duration::from_millis(500), etcd).await {
+            Ok(Ok(Err(e))) => warn!(error = %e, "etcd API server ended with an error"),
+            Ok(_) => {}
+            Err(_) => abort.abort(),
         }
     }
     info!("client API stopped; stopping the consensus loop");

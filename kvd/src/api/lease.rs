@@ -179,7 +179,8 @@ pub(crate) async fn revoke(
     }
 }
 
-async fn ask_leases(
+/// Leases as this replica applied them (all, or `id`), after a linearizable read when asked.
+pub(crate) async fn ask_leases(
     state: &ApiState,
     headers: &HeaderMap,
     linearizable: bool,

@@ -7,10 +7,10 @@
 
 #[cfg(test)]
 mod auth_tests;
-mod convert;
+pub(crate) mod convert;
 mod gate;
-mod kv;
-mod lease;
+pub(crate) mod kv;
+pub(crate) mod lease;
 mod move_leader;
 mod query;
 mod range;
@@ -91,6 +91,13 @@ pub fn router(state: ApiState) -> Router {
 }
 
 pub(crate) struct Error(ApiError);
+
+impl Error {
+    /// The error as the API's JSON vocabulary has it (the etcd API maps it onto gRPC codes).
+    pub(crate) fn into_api(self) -> ApiError {
+        self.0
+    }
+}
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

@@ -10,6 +10,7 @@ mod compaction;
 mod crash;
 mod data_model;
 mod disk_full;
+mod etcd_api;
 mod faults;
 mod growth;
 mod handoff;
