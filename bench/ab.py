@@ -5,7 +5,11 @@ that machine noise hits both; every figure is the median of --rounds runs. Both 
 loaded first (every key written once), so puts overwrite as in a long run.
 
   usage: bench/ab.py --old OLD_KVD --new NEW_KVD --bin DIR [--clients 64,256] [--rounds 3]
-                     [--duration 5] [--read-ratio 0] [--json FILE]
+                     [--duration 5] [--read-ratio 0] [--old-env K=V,..] [--new-env K=V,..]
+                     [--json FILE]
+
+--old-env and --new-env add environment variables to one build's replicas (to compare two
+settings of one binary, say KVD_IO_THREADS=1 against 2).
 
 DIR holds omnikv-bench (--bench names it). Uses bench/run.py's cluster and load code.
 """
@@ -21,6 +25,23 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
+
+class EnvCluster(run.Cluster):
+    """A cluster whose replicas get `extra_env` on top of bench/run.py's environment."""
+
+    def __init__(self, *a, extra_env):
+        super().__init__(*a)
+        self.extra_env = extra_env
+
+    def command(self, m):
+        cmd, env = super().command(m)
+        env.update(self.extra_env)
+        return cmd, env
+
+
+def env_pairs(text):
+    return dict(kv.split("=", 1) for kv in text.split(",") if kv)
+
 
 FIELDS = ["ops_per_sec", "p50_ms", "p99_ms", "cpu_us_per_op", "fsyncs_per_op", "errors"]
 
@@ -42,6 +63,8 @@ def main():
     ap.add_argument("--clients", default="64,256")
     ap.add_argument("--read-ratio", type=float, default=0.0)
     ap.add_argument("--port-base", type=int, default=28100)
+    ap.add_argument("--old-env", default="", help="K=V,... for the old build's replicas")
+    ap.add_argument("--new-env", default="", help="K=V,... for the new build's replicas")
     ap.add_argument("--json", help="write every run and the medians here")
     args = ap.parse_args()
     args.kvd = args.new
@@ -50,8 +73,10 @@ def main():
     work = tempfile.mkdtemp(prefix="omnikv-ab-")
     old_args = copy.copy(args)
     old_args.kvd = args.old
-    pair = [run.Cluster("old", "omnikv", 3, args.port_base, work, old_args),
-            run.Cluster("new", "omnikv", 3, args.port_base + 100, work, args)]
+    pair = [EnvCluster("old", "omnikv", 3, args.port_base, work, old_args,
+                       extra_env=env_pairs(args.old_env)),
+            EnvCluster("new", "omnikv", 3, args.port_base + 100, work, args,
+                       extra_env=env_pairs(args.new_env))]
     live = []
     stop_all = run.stopper(live, work, remove=True)
     runs = []
@@ -90,7 +115,8 @@ def main():
         if o and n:
             table.append(f"\nc={clients}: new/old puts/s {n['ops_per_sec'] / o['ops_per_sec']:.2f}x, "
                          f"p99 {n['p99_ms'] / o['p99_ms']:.2f}x")
-    text = (f"old: {args.old}\nnew: {args.new}\nload average at end {os.getloadavg()}\n\n"
+    text = (f"old: {args.old} {args.old_env}\nnew: {args.new} {args.new_env}\n"
+            f"load average at end {os.getloadavg()}\n\n"
             + "\n".join(table))
     print(text)
     if args.json:

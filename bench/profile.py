@@ -5,9 +5,9 @@ perf (default): a CPU profile of every process at once (perf record -e cpu-clock
   counters needed) of omnikv or etcd, plus optionally a syscall count of the leader (strace -c).
   Wall-clock shares: noisy on a shared machine.
 
-callgrind (--callgrind): the omnikv leader runs under valgrind's callgrind (the followers and
-  the load generator natively) and the script reports the leader's **instructions per
-  committed put**, all its threads together, over a fixed number of operations, with the
+callgrind (--callgrind): the omnikv leader (--follower: a follower) runs under valgrind's
+  callgrind (the other replicas and the load generator natively) and the script reports its
+  **instructions per committed put**, all its threads together, over a fixed number of operations, with the
   functions that cost the most (inclusive and self). Instruction counts do not depend on how
   busy the machine is, so two builds can be compared on a shared machine. The data set is
   loaded first (every key written once) with instrumentation off; then a warmup, then the
@@ -16,7 +16,8 @@ callgrind (--callgrind): the omnikv leader runs under valgrind's callgrind (the 
 
   usage: bench/profile.py --bin DIR [--system omnikv|etcd] [--clients 64] [--seconds 8]
                           [--strace] [--out FILE]
-         bench/profile.py --bin DIR --callgrind [--clients 64] [--ops 3000] [--out FILE]
+         bench/profile.py --bin DIR --callgrind [--follower] [--clients 64] [--ops 3000]
+                          [--out FILE]
 
 DIR holds kvd and omnikv-bench (release builds; --kvd and --bench name them one by one).
 Uses bench/run.py's cluster code.
@@ -72,18 +73,19 @@ def callgrind_control(*args):
     subprocess.run(["callgrind_control", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def lead_from_member_1(c):
-    """Moves leadership to member 1 (the one under valgrind); waits until it leads."""
+def move_leader(c, to):
+    """Moves leadership to member index `to`; waits until it leads."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         lead = c.leader()
-        if lead == 0:
+        if lead == to:
             return
         if lead is not None:
-            c.probe("POST", c.members[lead].client, "/v1/move-leader", b'{"to": 1}',
+            c.probe("POST", c.members[lead].client, "/v1/move-leader",
+                    json.dumps({"to": to + 1}).encode(),
                     {"content-type": "application/json", "omnikv-timeout-ms": "20000"}, 25)
         time.sleep(1)
-    raise RuntimeError("member 1 did not take leadership")
+    raise RuntimeError(f"member {to + 1} did not take leadership")
 
 
 def top_functions(dump, inclusive, n):
@@ -115,7 +117,8 @@ def callgrind(a):
     try:
         c.start()
         c.wait_ready(deadline_s=300)
-        lead_from_member_1(c)
+        # Member 1 runs under valgrind: the leader, or with --follower a follower.
+        move_leader(c, 1 if a.follower else 0)
         pid = c.members[0].proc.pid
         # The data set, every key once, uninstrumented (the leader runs ~5x slower only).
         run_json(bench_cmd(a, c, 64, "--ops", str(a.keys), "--key-order", "sequential",
@@ -134,12 +137,13 @@ def callgrind(a):
                 if line.startswith(("summary:", "totals:")):
                     totals = int(line.split()[1])
         ok = r["ok"]
-        report.append(f"# callgrind of the omnikv leader (member 1, pid {pid}), "
+        role = "a follower" if a.follower else "the leader"
+        report.append(f"# callgrind of {role} of omnikv-3 (member 1, pid {pid}), "
                       f"{a.clients} clients, {a.value_size}-byte puts, {a.keys} keys\n")
         report.append(f"kvd: {a.kvd}")
         report.append(f"counted run: {r['ops']} operations, {ok} ok, errors {r['errors']}; "
                       f"leader afterwards: member {None if lead_after is None else lead_after + 1}")
-        report.append(f"instructions (all threads of the leader): {totals:,}")
+        report.append(f"instructions (all threads of member 1): {totals:,}")
         report.append(f"**instructions per put: {totals / max(ok, 1):,.0f}**\n")
         for inclusive, n in ((True, 60), (False, 40)):
             kind = "inclusive" if inclusive else "self"
@@ -215,6 +219,8 @@ def main():
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per put of the leader under callgrind (see above)")
     ap.add_argument("--ops", type=int, default=3000, help="callgrind: operations counted")
+    ap.add_argument("--follower", action="store_true",
+                    help="callgrind: profile a follower (member 2 leads) instead of the leader")
     ap.add_argument("--port-base", type=int, default=27700)
     ap.add_argument("--out")
     a = ap.parse_args()

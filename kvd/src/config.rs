@@ -138,6 +138,11 @@ pub struct Config {
     #[arg(long, env = "KVD_MAX_LEASES", default_value_t = 100_000)]
     pub max_leases: usize,
 
+    /// Worker threads of the async runtime that serves the client API and the peer
+    /// transport (the consensus loop and RocksDB have threads of their own).
+    #[arg(long, env = "KVD_IO_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub io_threads: u64,
+
     /// A consensus loop stuck this long in one iteration (storage not answering: a full or
     /// failing disk) ends the process, so that a restart recovers, in seconds. 0: never.
     #[arg(long, env = "KVD_LOOP_STALL_SECS", default_value_t = 60)]

@@ -35,16 +35,10 @@ pub enum Op {
     },
     /// A read barrier: reads queued on `origin` before it was proposed are answered once it
     /// is applied.
-    Barrier {
-        origin: u64,
-        id: u64,
-    },
+    Barrier { origin: u64, id: u64 },
     /// A transaction: compares, then one branch of puts, deletes and reads, applied
     /// atomically under one revision. Conditional writes and range deletes are transactions.
-    Txn {
-        req: ReqId,
-        txn: Txn,
-    },
+    Txn { req: ReqId, txn: Txn },
     // Variants below were added after entries of the ones above were logged: new variants go
     // at the end, so every logged entry still decodes.
     /// A put that attaches the key to lease `lease` (which must exist, else nothing is
@@ -58,22 +52,14 @@ pub enum Op {
         lease: u64,
     },
     /// A client's lease operation.
-    Lease {
-        req: ReqId,
-        op: LeaseOp,
-    },
+    Lease { req: ReqId, op: LeaseOp },
     /// The leader's decision that lease `id` ran out: it applies only if the lease was not
     /// renewed since the renewal count the leader saw (`renewals`), so a stale leader's late
     /// expiry cannot undo a keepalive decided before it. Deletes the lease's keys.
-    LeaseExpire {
-        id: u64,
-        renewals: u64,
-    },
+    LeaseExpire { id: u64, renewals: u64 },
     /// The leader's record of leases' remaining time (`(id, remaining_ms)`), so that a
     /// replica that restarts or becomes leader does not give them their full TTL again.
-    LeaseCheckpoint {
-        leases: Vec<(u64, u64)>,
-    },
+    LeaseCheckpoint { leases: Vec<(u64, u64)> },
 }
 
 /// What a client asks of a lease.
