@@ -68,7 +68,10 @@ def main():
     ap.add_argument("--json", help="write every run and the medians here")
     args = ap.parse_args()
     args.kvd = args.new
-    run.resolve_binaries(args)
+    args.bench = args.bench or os.path.join(args.bin, "omnikv-bench")
+    for b in (args.old, args.new, args.bench):
+        if not (os.path.isfile(b) and os.access(b, os.X_OK)):
+            sys.exit(f"ab: {b} not found")
     args.perf = run.perf_usable()
     work = tempfile.mkdtemp(prefix="omnikv-ab-")
     old_args = copy.copy(args)

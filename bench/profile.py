@@ -14,8 +14,12 @@ callgrind (--callgrind): the omnikv leader (--follower: a follower) runs under v
   counted run. Under valgrind the leader is ~50x slower, so its batches are larger than in a
   native run: compare builds at the same --clients, not with native figures.
 
+syscalls (--syscalls): context switches and syscalls per put of each kvd (perf stat, software
+  events and syscall tracepoints: counts, not times).
+
   usage: bench/profile.py --bin DIR [--system omnikv|etcd] [--clients 64] [--seconds 8]
                           [--strace] [--out FILE]
+         bench/profile.py --bin DIR --syscalls [--clients 64] [--seconds 8]
          bench/profile.py --bin DIR --callgrind [--follower] [--clients 64] [--ops 3000]
                           [--out FILE]
 
@@ -157,6 +161,60 @@ def callgrind(a):
     return "\n".join(report)
 
 
+SYSCALLS = ["futex", "epoll_wait", "read", "write", "writev", "recvfrom", "sendto", "fdatasync",
+            "sched_yield"]
+
+
+def syscalls(a):
+    """Context switches and syscalls per committed put of every kvd (perf stat, -A per
+    process), in a run of --seconds under load."""
+    work = tempfile.mkdtemp(prefix="omnikv-syscalls-")
+    c = run.Cluster("omnikv-3", "omnikv", 3, a.port_base, work, a)
+    try:
+        c.start()
+        c.wait_ready()
+        lead = c.leader() or 0
+        run_json(bench_cmd(a, c, 64, "--ops", str(a.keys), "--key-order", "sequential",
+                           "--warmup", "0"))
+        events = ["context-switches"] + [f"syscalls:sys_enter_{x}" for x in SYSCALLS]
+        bench = subprocess.Popen(
+            [a.bench, "--target", "omnikv", "--endpoints",
+             ",".join(map(c.url, c.endpoints_from(lead))), "-o", "json", "kv",
+             "--clients", str(a.clients), "--duration", f"{a.seconds}s", "--warmup", "1s",
+             "--value-size", str(a.value_size), "--keys", str(a.keys)],
+            stdout=subprocess.PIPE)
+        time.sleep(1.5)
+        counts = {}
+        for i, m in enumerate(c.members):
+            counts[i] = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", ",".join(events), "-p", str(m.proc.pid), "--",
+                 "sleep", str(a.seconds - 1)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                text=True)
+        per = {}
+        for i, p in counts.items():
+            _, err = p.communicate()
+            for line in err.splitlines():
+                f = line.split(",")
+                if len(f) > 2 and f[0].strip().isdigit():
+                    per.setdefault(f[2].replace("syscalls:sys_enter_", ""), {})[i] = int(f[0])
+        out, _ = bench.communicate()
+        r = json.loads(out)
+        puts = r["ops_per_sec"] * (a.seconds - 1)
+        lines = [f"# kvd context switches and syscalls per put, {a.clients} clients "
+                 f"({r['ops_per_sec']:,.0f} puts/s, p99 {r['latency_ms']['p99']} ms); "
+                 f"leader member {lead + 1}; kvd {a.kvd}", "",
+                 "| event | " + " | ".join(f"member {i + 1}" + (" (leader)" if i == lead else "")
+                                          for i in range(3)) + " | all |",
+                 "|---|---|---|---|---|"]
+        for ev, by in per.items():
+            vals = [by.get(i, 0) / puts for i in range(3)]
+            lines.append(f"| {ev} | " + " | ".join(f"{v:.2f}" for v in vals)
+                         + f" | {sum(vals):.2f} |")
+        return "\n".join(lines)
+    finally:
+        c.stop()
+
+
 def perf(a):
     work = tempfile.mkdtemp(prefix="omnikv-profile-")
     c = run.Cluster(f"{a.system}-3", a.system, 3, a.port_base, work, a)
@@ -218,6 +276,8 @@ def main():
     ap.add_argument("--strace", action="store_true", help="perf: count the leader's syscalls")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per put of the leader under callgrind (see above)")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="context switches and syscalls per put of each kvd (perf stat)")
     ap.add_argument("--ops", type=int, default=3000, help="callgrind: operations counted")
     ap.add_argument("--follower", action="store_true",
                     help="callgrind: profile a follower (member 2 leads) instead of the leader")
@@ -226,7 +286,7 @@ def main():
     a = ap.parse_args()
     a.kvd = a.kvd or os.path.join(a.bin, "kvd")
     a.bench = a.bench or os.path.join(a.bin, "omnikv-bench")
-    text = callgrind(a) if a.callgrind else perf(a)
+    text = callgrind(a) if a.callgrind else syscalls(a) if a.syscalls else perf(a)
     print(text)
     if a.out:
         with open(a.out, "w") as f:

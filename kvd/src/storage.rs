@@ -10,7 +10,8 @@
 //! - `stage`: a checkpoint being received, switched in once complete and verified
 //! - `history`: `revision (u64 BE) ++ n (u32 BE)` -> encoded change event (watch)
 //!
-//! Every write goes to the WAL unsynced; the consensus loop makes them durable with one
+//! Every write goes to the WAL unsynced (by default kept in the process's WAL buffer until the
+//! next sync: `open_with`'s `buffered_wal`); the consensus loop makes them durable with one
 //! `flush_wal(true)` per iteration (group commit) before a client is answered or a message
 //! that depends on them leaves (docs/architecture.md, the durability rule).
 
@@ -69,8 +70,9 @@ impl Db {
 
     /// `open`, with `buffered_wal` keeping unsynced WAL writes in this process's memory until
     /// the next `sync` (RocksDB's manual WAL flush) instead of handing each to the OS. A crash
-    /// of the process then loses every unsynced write, exactly what a power cut loses: the
-    /// tests run replicas this way, so that each kill -9 is a power cut. RocksDB still writes
+    /// of the process then loses every unsynced write, exactly what a power cut loses (kvd's
+    /// default, `KVD_BUFFERED_WAL`: one write(2) per sync; the tests run replicas this way too,
+    /// so that each kill -9 is a power cut). RocksDB still writes
     /// and syncs closed WALs before a memtable flush, so no column family gets ahead of the WAL.
     pub fn open_with(dir: &Path, buffered_wal: bool) -> Result<Db, StoreError> {
         Db::open_opts(dir, buffered_wal, true)
