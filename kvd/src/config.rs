@@ -139,10 +139,10 @@ pub struct Config {
     pub max_leases: usize,
 
     /// Worker threads of the async runtime that serves the client API and the peer
-    /// transport (the consensus loop and RocksDB have threads of their own). One by default:
-    /// with a second, requests and answers cross threads more often (twice the context
-    /// switches per write in bench/PROFILE.md's measurement) for no gain on small machines.
-    #[arg(long, env = "KVD_IO_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// transport (the consensus loop and RocksDB have threads of their own). On a busy
+    /// two-core machine one halves the context switches per write and the CPU per write under
+    /// heavy load, but doubles a lone client's latency (bench/PROFILE.md).
+    #[arg(long, env = "KVD_IO_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub io_threads: u64,
 
     /// A consensus loop stuck this long in one iteration (storage not answering: a full or
@@ -254,7 +254,7 @@ mod tests {
     fn the_write_path_defaults_and_their_overrides() {
         let c = Config::parse_from(["kvd", "--pid", "1", "--nodes", "1"]);
         assert!(c.buffered_wal);
-        assert_eq!(c.io_threads, 1);
+        assert_eq!(c.io_threads, 2);
         let c = Config::parse_from([
             "kvd",
             "--pid",
@@ -264,10 +264,10 @@ mod tests {
             "--buffered-wal",
             "false",
             "--io-threads",
-            "2",
+            "1",
         ]);
         assert!(!c.buffered_wal);
-        assert_eq!(c.io_threads, 2);
+        assert_eq!(c.io_threads, 1);
         assert!(Config::try_parse_from(["kvd", "--pid", "1", "--io-threads", "0"]).is_err());
     }
 
