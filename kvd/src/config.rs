@@ -139,9 +139,10 @@ pub struct Config {
     pub max_leases: usize,
 
     /// Worker threads of the async runtime that serves the client API and the peer
-    /// transport (the consensus loop and RocksDB have threads of their own). On a busy
-    /// two-core machine one halves the context switches per write and the CPU per write under
-    /// heavy load, but doubles a lone client's latency (bench/PROFILE.md).
+    /// transport (the consensus loop and RocksDB have threads of their own). On a two-core
+    /// machine one halves the context switches per write and serves more writes under heavy
+    /// load, but a lone client waits longer, up to twice as long when other work competes for
+    /// the cores (bench/PROFILE.md).
     #[arg(long, env = "KVD_IO_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub io_threads: u64,
 
