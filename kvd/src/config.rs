@@ -144,6 +144,14 @@ pub struct Config {
     #[arg(long, env = "KVD_MAX_LEASES", default_value_t = 100_000)]
     pub max_leases: usize,
 
+    /// Worker threads of the async runtime that serves the client API and the peer
+    /// transport (the consensus loop and RocksDB have threads of their own). On a two-core
+    /// machine one halves the context switches per write and serves more writes under heavy
+    /// load, but a lone client waits longer, up to twice as long when other work competes for
+    /// the cores (bench/PROFILE.md).
+    #[arg(long, env = "KVD_IO_THREADS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub io_threads: u64,
+
     /// A consensus loop stuck this long in one iteration (storage not answering: a full or
     /// failing disk) ends the process, so that a restart recovers, in seconds. 0: never.
     #[arg(long, env = "KVD_LOOP_STALL_SECS", default_value_t = 60)]
@@ -187,9 +195,11 @@ pub struct Config {
     pub metrics_auth: bool,
 
     /// Keep unsynced WAL writes in the process until the loop's sync (RocksDB manual WAL
-    /// flush): a crash of the process then loses what a power cut would. For crash tests; the
-    /// durability rule holds either way, as only synced writes are relied on.
-    #[arg(long, env = "KVD_BUFFERED_WAL", value_parser = clap::builder::BoolishValueParser::new())]
+    /// flush): one write(2) per sync instead of one per RocksDB write. A crash of the process
+    /// then loses what a power cut would: only writes that may be lost (applied batches, a
+    /// decided index) were not synced; the durability rule relies on synced writes alone.
+    /// `false` hands every write to the OS at once.
+    #[arg(long, env = "KVD_BUFFERED_WAL", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub buffered_wal: bool,
 }
 
@@ -245,6 +255,27 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_write_path_defaults_and_their_overrides() {
+        let c = Config::parse_from(["kvd", "--pid", "1", "--nodes", "1"]);
+        assert!(c.buffered_wal);
+        assert_eq!(c.io_threads, 2);
+        let c = Config::parse_from([
+            "kvd",
+            "--pid",
+            "1",
+            "--nodes",
+            "1",
+            "--buffered-wal",
+            "false",
+            "--io-threads",
+            "1",
+        ]);
+        assert!(!c.buffered_wal);
+        assert_eq!(c.io_threads, 1);
+        assert!(Config::try_parse_from(["kvd", "--pid", "1", "--io-threads", "0"]).is_err());
     }
 
     #[test]

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         std::process::abort();
     }));
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(cfg.io_threads as usize)
         .enable_all()
         .build()?;
     rt.block_on(async move {

@@ -10,7 +10,8 @@
 //! - `stage`: a checkpoint being received, switched in once complete and verified
 //! - `history`: `revision (u64 BE) ++ n (u32 BE)` -> encoded change event (watch)
 //!
-//! Every write goes to the WAL unsynced; the consensus loop makes them durable with one
+//! Every write goes to the WAL unsynced (by default kept in the process's WAL buffer until the
+//! next sync: `open_with`'s `buffered_wal`); the consensus loop makes them durable with one
 //! `flush_wal(true)` per iteration (group commit) before a client is answered or a message
 //! that depends on them leaves (docs/architecture.md, the durability rule).
 
@@ -73,8 +74,9 @@ impl Db {
 
     /// `open`, with `buffered_wal` keeping unsynced WAL writes in this process's memory until
     /// the next `sync` (RocksDB's manual WAL flush) instead of handing each to the OS. A crash
-    /// of the process then loses every unsynced write, exactly what a power cut loses: the
-    /// tests run replicas this way, so that each kill -9 is a power cut. RocksDB still writes
+    /// of the process then loses every unsynced write, exactly what a power cut loses (kvd's
+    /// default, `KVD_BUFFERED_WAL`: one write(2) per sync; the tests run replicas this way too,
+    /// so that each kill -9 is a power cut). RocksDB still writes
     /// and syncs closed WALs before a memtable flush, so no column family gets ahead of the WAL.
     pub fn open_with(dir: &Path, buffered_wal: bool) -> Result<Db, StoreError> {
         Db::open_opts(dir, buffered_wal, true)
@@ -105,7 +107,16 @@ impl Db {
         opts.set_max_write_buffer_number(2);
         opts.set_db_write_buffer_size(32 * 1024 * 1024);
         let db = if preallocate {
-            DB::open_cf(&opts, dir, ALL_CFS)?
+            // Column families with RocksDB's default options (their memtables bounded by the
+            // shared budget above), the dedup family with insert hints (`cf_options`).
+            let mut cfs = Vec::with_capacity(ALL_CFS.len());
+            for name in ALL_CFS {
+                cfs.push(rocksdb::ColumnFamilyDescriptor::new(
+                    name,
+                    cf_options(name, Options::default())?,
+                ));
+            }
+            DB::open_cf_descriptors(&opts, dir, cfs)?
         } else {
             // Not among the crate's setters; RocksDB's own option names.
             opts = opts.get_options_from_string(
@@ -113,7 +124,13 @@ impl Db {
             )?;
             // Column-family options (no automatic compaction) must be given to each family:
             // `open_cf` opens the named ones with RocksDB's defaults.
-            let cfs = ALL_CFS.map(|name| rocksdb::ColumnFamilyDescriptor::new(name, opts.clone()));
+            let mut cfs = Vec::with_capacity(ALL_CFS.len());
+            for name in ALL_CFS {
+                cfs.push(rocksdb::ColumnFamilyDescriptor::new(
+                    name,
+                    cf_options(name, opts.clone())?,
+                ));
+            }
             DB::open_cf_descriptors(&opts, dir, cfs)?
         };
         Ok(Db {
@@ -193,6 +210,22 @@ impl Db {
             batch.delete_range_cf(self.cf(name), [].as_slice(), KEYS_END.as_slice());
         }
     }
+}
+
+/// Column family `name`'s options, from `base`. The dedup family's keys are
+/// `client ++ seq`: each client's records are inserted in order, but the clients' records
+/// interleave, so a memtable insert searches the skiplist from its top. With the client id as
+/// an insert-hint prefix, RocksDB keeps the last insert position per client and starts there.
+/// (The log and history families' keys only grow: the skiplist's own last-insert position
+/// serves them already.) Changes how fast records are inserted, never what is stored.
+fn cf_options(name: &str, mut base: Options) -> Result<Options, StoreError> {
+    if name != CF_DEDUP {
+        return Ok(base);
+    }
+    // Not among the crate's setters; RocksDB's own option name.
+    Ok(base.get_options_from_string(
+        "memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8",
+    )?)
 }
 
 fn log_key(config_id: u32, idx: usize) -> [u8; 12] {

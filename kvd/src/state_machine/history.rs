@@ -22,8 +22,12 @@ pub enum EventKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     pub kind: EventKind,
+    /// Keys and values as bytes, not sequences of `u8`: the same bincode, one copy
+    /// (wire/src/command.rs).
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The new value (empty for a delete).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The revision of the write (the key's mod revision after a put).
     pub revision: u64,
@@ -32,6 +36,7 @@ pub struct Event {
     /// The key's version after a put (0 for a delete).
     pub version: u64,
     /// The value before the change, if the key existed.
+    #[serde(with = "serde_bytes")]
     pub prev_value: Option<Vec<u8>>,
 }
 

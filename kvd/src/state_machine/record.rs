@@ -33,6 +33,8 @@ pub struct KvRecord {
     pub mod_revision: u64,
     /// Puts since the key was (last) created: 1 after the first.
     pub version: u64,
+    /// Bytes, not a sequence of `u8`: the same bincode, one copy (wire/src/command.rs).
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The lease the key is attached to (0: none); it is deleted when the lease ends.
     pub lease: u64,
@@ -294,6 +296,70 @@ mod tests {
         assert_eq!(load_meta(&db).unwrap(), m);
         let again = KvRecord::decode(&db.get(CF_KV, b"a").unwrap().unwrap()).unwrap();
         assert_eq!(again.value, b"1");
+    }
+
+    /// Records and history events encode exactly as before their byte fields became
+    /// `serde_bytes` (plain `Vec<u8>` sequences), both ways: stores written before still open.
+    #[test]
+    fn records_and_events_encode_as_before_byte_strings() {
+        use super::super::history::{Event, EventKind};
+        #[derive(Serialize, Deserialize)]
+        struct KvRecordPlain {
+            create_revision: u64,
+            mod_revision: u64,
+            version: u64,
+            value: Vec<u8>,
+            lease: u64,
+        }
+        #[derive(Serialize, Deserialize)]
+        struct EventPlain {
+            kind: EventKind,
+            key: Vec<u8>,
+            value: Vec<u8>,
+            revision: u64,
+            create_revision: u64,
+            version: u64,
+            prev_value: Option<Vec<u8>>,
+        }
+        let value: Vec<u8> = (0..=255u8).collect();
+        let rec = KvRecord {
+            create_revision: 3,
+            mod_revision: 300,
+            version: 2,
+            value: value.clone(),
+            lease: 1 << 40,
+        };
+        let plain = KvRecordPlain {
+            create_revision: 3,
+            mod_revision: 300,
+            version: 2,
+            value: value.clone(),
+            lease: 1 << 40,
+        };
+        assert_eq!(encode(&rec), encode(&plain));
+        assert_eq!(KvRecord::decode(&encode(&plain)).unwrap(), rec);
+        for prev_value in [None, Some(Vec::new()), Some(b"old".to_vec())] {
+            let e = Event {
+                kind: EventKind::Put,
+                key: b"bench-1".to_vec(),
+                value: value.clone(),
+                revision: 9,
+                create_revision: 2,
+                version: 4,
+                prev_value: prev_value.clone(),
+            };
+            let p = EventPlain {
+                kind: EventKind::Put,
+                key: b"bench-1".to_vec(),
+                value: value.clone(),
+                revision: 9,
+                create_revision: 2,
+                version: 4,
+                prev_value,
+            };
+            assert_eq!(encode(&e), encode(&p));
+            assert_eq!(decode::<Event>(&encode(&p)).unwrap(), e);
+        }
     }
 
     /// A store written before leases opens with every key unleased, counters kept.

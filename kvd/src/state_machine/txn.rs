@@ -75,14 +75,17 @@ pub struct Executor<'a> {
 
 impl Executor<'_> {
     /// Puts `key` attached to `lease` (0: none), which the caller made sure exists; the key
-    /// leaves the lease it had, if another.
+    /// leaves the lease it had, if another. Returns the key as it was; when nobody waits for
+    /// the results (`answering` false) only its counters, key and value left empty (they would
+    /// be dropped unread).
     pub fn put(
         &mut self,
         key: &[u8],
         value: &[u8],
         lease: u64,
     ) -> Result<Option<KeyValue>, StoreError> {
-        let old = self.overlay.get(self.db, key)?;
+        let slot = self.overlay.slot(self.db, key)?;
+        let old = slot.take();
         let record = match &old {
             Some(o) => {
                 self.meta.hash ^= pair_hash(key, &o.value);
@@ -105,6 +108,10 @@ impl Executor<'_> {
                 }
             }
         };
+        self.meta.hash ^= pair_hash(key, value);
+        self.batch.put_cf(self.db.cf(CF_KV), key, encode(&record));
+        let (create_revision, version) = (record.create_revision, record.version);
+        *slot = Some(record);
         let old_lease = old.as_ref().map_or(0, |o| o.lease);
         if old_lease != lease {
             if old_lease != 0 {
@@ -114,20 +121,32 @@ impl Executor<'_> {
                 self.leases.attach(self.db, self.batch, lease, key);
             }
         }
-        self.meta.hash ^= pair_hash(key, value);
-        self.batch.put_cf(self.db.cf(CF_KV), key, encode(&record));
+        let (prev_value, prev) = match old {
+            Some(o) if self.answering => (Some(o.value.clone()), Some(o.into_kv(key.to_vec()))),
+            Some(o) => {
+                let counters = KeyValue {
+                    key: Vec::new(),
+                    value: Vec::new(),
+                    create_revision: o.create_revision,
+                    mod_revision: o.mod_revision,
+                    version: o.version,
+                    lease: o.lease,
+                };
+                (Some(o.value), Some(counters))
+            }
+            None => (None, None),
+        };
         self.events.push(Event {
             kind: EventKind::Put,
             key: key.to_vec(),
             value: value.to_vec(),
             revision: self.revision,
-            create_revision: record.create_revision,
-            version: record.version,
-            prev_value: old.as_ref().map(|o| o.value.clone()),
+            create_revision,
+            version,
+            prev_value,
         });
-        self.overlay.set(key.to_vec(), Some(record));
         self.wrote = true;
-        Ok(old.map(|o| o.into_kv(key.to_vec())))
+        Ok(prev)
     }
 
     /// Deletes every key of `range`; returns what they held.

@@ -1,6 +1,7 @@
 //! Reading the key space: the stored `kv` column family seen through the writes of a batch
 //! not yet written (`Overlay`), by key or by range. Apply reads through the overlay (a
-//! transaction sees the writes before it in the same batch); client reads use an empty one.
+//! transaction sees the writes before it in the same batch), after reading the keys its
+//! entries write in one batched read (`read_ahead`); client reads use an empty one.
 
 use super::record::{KeyValue, KvRecord};
 use crate::command::{KeyRange, ReadOpts};
@@ -12,7 +13,9 @@ use std::ops::Bound;
 /// reaches it (`more` is then true), so an answer stays bounded whatever the limit.
 pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Pending writes over the stored state: `None` is a delete.
+/// Pending writes over the stored state: `None` is a delete (or, for a key read ahead, an
+/// absent key). A key read ahead holds what the store holds, so it reads the same whether it
+/// is looked up here or in the store.
 #[derive(Default)]
 pub struct Overlay {
     map: BTreeMap<Vec<u8>, Option<KvRecord>>,
@@ -28,20 +31,52 @@ pub struct RangeResult {
     pub more: bool,
 }
 
+/// The record under `key` in the store.
+fn stored(db: &Db, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
+    db.raw()
+        .get_pinned_cf(db.cf(CF_KV), key)?
+        .map(|b| KvRecord::decode(&b))
+        .transpose()
+}
+
 impl Overlay {
     pub fn set(&mut self, key: Vec<u8>, record: Option<KvRecord>) {
         self.map.insert(key, record);
+    }
+
+    /// Reads the stored records of `keys` not held yet in one batched RocksDB read (sorted,
+    /// each key once), so that applying a batch of writes does not pay a point read per key.
+    pub fn read_ahead(&mut self, db: &Db, mut keys: Vec<&[u8]>) -> Result<(), StoreError> {
+        keys.retain(|k| !self.map.contains_key(*k));
+        if keys.is_empty() {
+            return Ok(());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let found = db.raw().batched_multi_get_cf(db.cf(CF_KV), &keys, true);
+        for (key, stored) in keys.into_iter().zip(found) {
+            let record = stored?.map(|b| KvRecord::decode(&b)).transpose()?;
+            self.map.insert(key.to_vec(), record);
+        }
+        Ok(())
     }
 
     /// The record under `key`, pending writes first.
     pub fn get(&self, db: &Db, key: &[u8]) -> Result<Option<KvRecord>, StoreError> {
         match self.map.get(key) {
             Some(r) => Ok(r.clone()),
-            None => db
-                .get(CF_KV, key)?
-                .map(|b| KvRecord::decode(&b))
-                .transpose(),
+            None => stored(db, key),
         }
+    }
+
+    /// The slot of `key` for a write, filled from the store when it holds nothing yet: the
+    /// caller takes the record it replaces out of it and puts the new one in (no clone).
+    pub fn slot(&mut self, db: &Db, key: &[u8]) -> Result<&mut Option<KvRecord>, StoreError> {
+        if !self.map.contains_key(key) {
+            let record = stored(db, key)?;
+            self.map.insert(key.to_vec(), record);
+        }
+        Ok(self.map.get_mut(key).expect("just inserted"))
     }
 
     /// Calls `visit` on every live key of `range` in key order until it returns false.
