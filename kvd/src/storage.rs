@@ -20,9 +20,10 @@ use crate::command::{LogCmd, Marker};
 use omnipaxos::ballot_leader_election::Ballot;
 use omnipaxos::storage::{StopSign, Storage, StorageOp, StorageResult};
 use rocksdb::{ColumnFamily, Options, WriteBatch, WriteOptions, DB};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub const CF_LOG: &str = "log";
 pub const CF_PAXOS: &str = "paxos";
@@ -64,6 +65,11 @@ pub struct Db {
     required: Arc<AtomicU64>,
     /// WAL syncs performed (exported as a metric; "fsyncs per committed write").
     pub syncs: Arc<AtomicU64>,
+    /// Puts into `paxos` that may be lost (a decided index written on its own), by key: held
+    /// until a later write carries them (`LogStore` writes, applied batches) or the loop's
+    /// end-of-iteration `sync_required` writes them. A leader moves its decided index once per
+    /// Accepted: this turns a RocksDB write per move into at most one per iteration.
+    deferred: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
 }
 
 impl Db {
@@ -138,6 +144,7 @@ impl Db {
             unsynced: Arc::new(AtomicU64::new(0)),
             required: Arc::new(AtomicU64::new(0)),
             syncs: Arc::new(AtomicU64::new(0)),
+            deferred: Arc::default(),
         })
     }
 
@@ -174,8 +181,63 @@ impl Db {
         Ok(true)
     }
 
-    /// Syncs if a write since the last sync requires it (`write`, not `write_lazy`).
+    /// Holds a put into `paxos` that may be lost until a later write carries it: a newer put
+    /// of the same key replaces it. Nothing reads it back before then but `LogStore::open`,
+    /// which writes it first.
+    fn defer_paxos(&self, key: Vec<u8>, value: Vec<u8>) {
+        self.deferred
+            .lock()
+            .expect("deferred puts")
+            .insert(key, value);
+    }
+
+    /// Writes a batch that `build` fills after the deferred puts (so its own writes come after
+    /// them), and forgets those. The lock is held until the batch is written: deferred values
+    /// reach the store in the order they were deferred, whichever thread writes them.
+    fn write_carrying(
+        &self,
+        build: impl FnOnce(&mut WriteBatch),
+        required: bool,
+    ) -> Result<bool, StoreError> {
+        let mut deferred = self.deferred.lock().expect("deferred puts");
+        let mut batch = WriteBatch::default();
+        let cf = self.cf(CF_PAXOS);
+        for (key, value) in deferred.iter() {
+            batch.put_cf(cf, key, value);
+        }
+        build(&mut batch);
+        let wrote = if required {
+            self.write(batch).map(|()| true)?
+        } else {
+            self.write_lazy(batch)?
+        };
+        deferred.clear();
+        Ok(wrote)
+    }
+
+    /// `write_lazy` for a batch that writes no `paxos` key (an applied batch), carrying the
+    /// deferred puts.
+    pub fn write_lazy_carrying(&self, batch: WriteBatch) -> Result<bool, StoreError> {
+        let mut deferred = self.deferred.lock().expect("deferred puts");
+        let mut batch = batch;
+        let cf = self.cf(CF_PAXOS);
+        for (key, value) in deferred.iter() {
+            batch.put_cf(cf, key, value);
+        }
+        let wrote = self.write_lazy(batch)?;
+        deferred.clear();
+        Ok(wrote)
+    }
+
+    /// Writes the deferred puts (unsynced, like every lazy write), if any.
+    fn write_deferred(&self) -> Result<(), StoreError> {
+        self.write_carrying(|_| {}, false).map(|_| ())
+    }
+
+    /// Writes the deferred puts, then syncs if a write since the last sync requires it
+    /// (`write`, not `write_lazy`). The loop calls it once at the end of every iteration.
     pub fn sync_required(&self) -> Result<(), StoreError> {
+        self.write_deferred()?;
         if self.required.swap(0, Ordering::AcqRel) == 0 {
             return Ok(());
         }
@@ -188,8 +250,10 @@ impl Db {
         self.sync()
     }
 
-    /// Makes every write so far durable (one WAL fsync), if there is anything to sync.
+    /// Writes the deferred puts, then makes every write so far durable (one WAL fsync), if
+    /// there is anything to sync.
     pub fn sync(&self) -> Result<(), StoreError> {
+        self.write_deferred()?;
         self.required.store(0, Ordering::Release);
         if self.unsynced.swap(0, Ordering::AcqRel) == 0 {
             return Ok(());
@@ -283,8 +347,10 @@ fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl LogStore {
-    /// Opens configuration `config_id`'s log (empty on a fresh store).
+    /// Opens configuration `config_id`'s log (empty on a fresh store), deferred puts written
+    /// first so that it reads what OmniPaxos last wrote.
     pub fn open(db: Db, config_id: u32) -> Result<LogStore, StoreError> {
+        db.write_deferred()?;
         let get = |tag| db.get(CF_PAXOS, &paxos_key(config_id, tag));
         let read_usize = |tag, what| -> Result<usize, StoreError> {
             match get(tag)? {
@@ -403,22 +469,35 @@ impl LogStore {
 
     fn write_ops(&mut self, ops: Vec<StorageOp<LogCmd>>) -> StorageResult<()> {
         let mut meta = self.meta.clone();
-        let mut batch = WriteBatch::default();
         // A decided index alone need not be synced before anything leaves: losing it is
-        // safe (it is learned again from the leader; the applied cursor is our own).
+        // safe (it is learned again from the leader; the applied cursor is our own). It is
+        // not even written at once: the next write, or the end of the iteration, carries it
+        // (`Db::defer_paxos`). Stored later than before, never sooner: a crash can only find
+        // an older decided index.
         let only_decided = ops
             .iter()
             .all(|op| matches!(op, StorageOp::SetDecidedIndex(_)));
-        for op in ops {
-            self.apply_op(&mut meta, &mut batch, op);
-        }
         // `decide` is a batch that only moves the decided index; `log-write` any other.
         crate::failpoint::hit(if only_decided { "decide" } else { "log-write" });
         if only_decided {
-            self.db.write_lazy(batch)?;
-        } else {
-            self.db.write(batch)?;
+            let mut unused = WriteBatch::default();
+            for op in ops {
+                self.apply_op(&mut meta, &mut unused, op);
+            }
+            let key = paxos_key(self.config_id, TAG_DECIDED);
+            self.db
+                .defer_paxos(key.to_vec(), encode(&(meta.decided as u64)));
+            self.meta = meta;
+            return Ok(());
         }
+        self.db.write_carrying(
+            |batch| {
+                for op in ops {
+                    self.apply_op(&mut meta, batch, op);
+                }
+            },
+            true,
+        )?;
         // Only now, with the batch written, does the cache move: all-or-nothing.
         self.meta = meta;
         Ok(())
@@ -530,6 +609,36 @@ mod tests {
         LogCmd {
             ops: vec![Op::Barrier { origin: 1, id: i }],
         }
+    }
+
+    /// A decided index moved on its own is written by the next write (a log write, an applied
+    /// batch) or at the end of the iteration, never by itself; its latest value wins.
+    #[test]
+    fn a_lone_decided_index_rides_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let stored = |db: &Db| {
+            db.get(CF_PAXOS, &paxos_key(1, TAG_DECIDED))
+                .unwrap()
+                .map(|b| decode::<u64>(&b).unwrap())
+        };
+        let mut s = LogStore::open(db.clone(), 1).unwrap();
+        s.append_entries(vec![cmd(1), cmd(2), cmd(3)]).unwrap();
+        s.set_decided_idx(1).unwrap();
+        s.set_decided_idx(2).unwrap();
+        assert_eq!((s.get_decided_idx().unwrap(), stored(&db)), (2, None));
+        s.append_entry(cmd(4)).unwrap();
+        assert_eq!(stored(&db), Some(2), "carried by the log write");
+        s.set_decided_idx(3).unwrap();
+        let mut applied = WriteBatch::default();
+        applied.put_cf(db.cf(CF_KV), b"k", b"v");
+        db.write_lazy_carrying(applied).unwrap();
+        assert_eq!(stored(&db), Some(3), "carried by the applied batch");
+        s.set_decided_idx(4).unwrap();
+        db.sync_required().unwrap();
+        assert_eq!(stored(&db), Some(4), "written at the end of the iteration");
+        s.set_decided_idx(5).unwrap();
+        assert_eq!(LogStore::open(db.clone(), 1).unwrap().meta.decided, 5);
     }
 
     /// The power-cut model the crash tests rely on (`KVD_BUFFERED_WAL`): a process that dies

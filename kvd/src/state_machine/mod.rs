@@ -320,7 +320,9 @@ impl StateMachine {
         // this batch only moves the applied position back (WAL order keeps a prefix), and the
         // entries are applied again. The next required sync covers it.
         crate::failpoint::hit("apply");
-        self.db.write_lazy(batch)?;
+        // A decided index waiting to be written rides along (`Db::write_lazy_carrying`; it is
+        // never below what this batch applies).
+        self.db.write_lazy_carrying(batch)?;
         self.leases.end_apply();
         Ok(results)
     }
