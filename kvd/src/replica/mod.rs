@@ -806,7 +806,13 @@ impl<P: Peers> Replica<P> {
 
     fn apply_entries(&mut self, entries: &[LogCmd]) {
         let first = self.sm.applied().index;
-        for (i, e) in entries.iter().enumerate() {
+        // The per-entry log line costs string building per operation: only when it is shown.
+        let described = if tracing::enabled!(tracing::Level::INFO) {
+            entries
+        } else {
+            &[][..]
+        };
+        for (i, e) in described.iter().enumerate() {
             let ops: Vec<String> = e.ops.iter().take(4).map(Op::describe).collect();
             let more = e.ops.len().saturating_sub(4);
             if more > 0 {
