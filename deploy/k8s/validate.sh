@@ -70,7 +70,7 @@ done
 py=$(sed -n '1s/^#! *//p' "$(command -v kubernetes-validate)" | cut -d' ' -f1)
 "$py" -c 'import yaml' 2>/dev/null || py=python3
 # etcd's API: the base serves it on port 2379 of every pod and both Services; the TLS
-# variants must not set KVD_ETCD_ADDR (kvd refuses to start with it beside --cert-file).
+# variants must not set KVD_ETCD_ADDR (kvd refuses to start with it beside --auth-file).
 etcd_port() { # rendered file, yes|no
   "$py" - "$@" <<'PY'
 import sys, yaml
@@ -86,7 +86,7 @@ if sys.argv[2] == "yes":
         named = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
         assert named.get("etcd") == (2379, "etcd"), (svc["metadata"]["name"], named)
 else:
-    assert "KVD_ETCD_ADDR" not in env, "KVD_ETCD_ADDR beside KVD_CERT_FILE: kvd refuses to start"
+    assert "KVD_ETCD_ADDR" not in env, "KVD_ETCD_ADDR beside KVD_AUTH_FILE: kvd refuses to start"
 PY
 }
 check "base: etcd's API on port 2379 (pods, Services)" etcd_port "$out/all.yaml" yes
@@ -97,7 +97,7 @@ check "TLS variant: schemas of Kubernetes $version, strict" \
   kubernetes-validate --strict --quiet -k "$version" "$out/tls.yaml"
 check "TLS variant: mounted files, HTTPS probes and endpoints (pids 1-5)" \
   "$py" "$here/tls-check.py" "$out/tls.yaml" 5 "$out/needed"
-check "TLS variant: no plaintext etcd API beside TLS" etcd_port "$out/tls.yaml" no
+check "TLS variant: no etcd API beside the auth file" etcd_port "$out/tls.yaml" no
 
 # The manual variants: no watcher anywhere, nothing that talks to the API server.
 no_watcher() { # rendered file
