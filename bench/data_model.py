@@ -40,8 +40,8 @@ def tool(args, cluster, argv, timeout_s):
     """One omnikv-bench run against `cluster` (endpoints leader first), with the CPU the
     server processes used meanwhile. Returns the tool's JSON plus server_cpu_s."""
     lead = cluster.leader() or 0
-    cmd = [args.bench, "--target", cluster.kind, "--endpoints",
-           ",".join(cluster.endpoints_from(lead)), "-o", "json", "--timeout", "5s"] + argv
+    cmd = [args.bench, "--target", cluster.bench_target(), "--endpoints",
+           ",".join(cluster.bench_endpoints(lead)), "-o", "json", "--timeout", "5s"] + argv
     pids = cluster.pids()
     cpu0 = {pid: base.cpu_seconds(pid) for pid in pids}
     t0 = time.monotonic()

@@ -206,6 +206,15 @@ class Cluster:
         eps = self.endpoints()
         return eps[first:] + eps[:first]
 
+    def bench_target(self):
+        """omnikv-bench's --target for this cluster: its own API."""
+        return self.kind
+
+    def bench_endpoints(self, first):
+        """omnikv-bench's endpoints, member index `first` first (bench/etcd_api.py points
+        it at kvd's etcd API instead)."""
+        return self.endpoints_from(first)
+
     def url(self, endpoint, path=""):
         return f"{self.scheme}://{endpoint}{path}"
 

@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/etcd/api/mvccpb/kv.proto",
                 "proto/etcd/api/etcdserverpb/rpc.proto",
+                "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
             ],
             &["proto"],
         )?;

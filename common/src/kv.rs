@@ -129,6 +129,8 @@ pub enum CompareTarget {
     CreateRevision(u64),
     /// Whether the key exists (`op` must be `equal`).
     Exists(bool),
+    /// The id of the lease the key is attached to (0: none, or the key is absent).
+    Lease(u64),
 }
 
 /// `{"key": "YQ==", "op": "equal", "value": "MQ=="}`; `op` defaults to `equal`.

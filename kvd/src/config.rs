@@ -36,8 +36,8 @@ pub struct Config {
     pub client_addr: String,
 
     /// Address etcd's v3 gRPC API listens on (kvd/src/etcd; docs/api.md, "etcd v3 API");
-    /// unset: not served. Plaintext and unauthenticated: refused with --auth-file or
-    /// --cert-file.
+    /// unset: not served. Over TLS with the client API's certificate (--cert-file); without
+    /// authentication: refused with --auth-file.
     #[arg(long, env = "KVD_ETCD_ADDR")]
     pub etcd_addr: Option<String>,
 

@@ -247,13 +247,14 @@ pub async fn serve(
     };
     // Likewise the users: a bad auth file stops the start.
     let auth = crate::auth::Auth::start(&cfg).map_err(|e| NodeError::Config(e.to_string()))?;
-    // etcd's API neither authenticates nor encrypts yet: never a way around either.
+    // etcd's API does not authenticate yet: never a way around the auth file. It is served
+    // over TLS with the client API's certificate when there is one.
     let etcd_listener =
         match &cfg.etcd_addr {
-            Some(_) if cfg.auth_file.is_some() || client_tls.is_some() => {
+            Some(_) if cfg.auth_file.is_some() => {
                 return Err(NodeError::Config(
-                    "--etcd-addr/KVD_ETCD_ADDR serves etcd's API in plaintext without \
-                 authentication: it cannot be combined with --auth-file or --cert-file"
+                    "--etcd-addr/KVD_ETCD_ADDR serves etcd's API without authentication: it \
+                 cannot be combined with --auth-file"
                         .into(),
                 ))
             }
@@ -350,20 +351,26 @@ pub async fn serve(
     let etcd = match etcd_listener {
         Some(listener) => {
             let addr = listener.local_addr()?;
+            let scheme = if client_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let etcd_state = crate::etcd::EtcdState::new(
                 state.clone(),
                 cluster_id,
                 cfg.pid,
-                format!("http://{addr}"),
+                format!("{scheme}://{addr}"),
                 cfg.data_dir.clone(),
                 peer_tls.is_some(),
                 config_id,
             );
-            info!(etcd = %addr, "serving etcd's v3 API");
+            info!(etcd = %addr, tls = client_tls.is_some(), "serving etcd's v3 API");
             let mut stop_rx = etcd_stop_rx;
             Some(tokio::spawn(crate::etcd::serve(
                 listener,
                 etcd_state,
+                client_tls.clone(),
                 async move {
                     let _ = stop_rx.wait_for(|stop| *stop).await;
                 },

@@ -149,6 +149,9 @@ pub enum CompareTarget {
     ModRevision(u64),
     /// Revision that created the key (0: absent).
     CreateRevision(u64),
+    /// The lease the key is attached to (0: none, or absent). Appended after the others:
+    /// logged entries decode.
+    Lease(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +203,10 @@ pub enum TxnOp {
         value: Vec<u8>,
         lease: u64,
     },
+    /// A transaction inside a branch (etcd's `RequestOp.request_txn`): its compares are
+    /// decided with the outer ones, against the state before any write of the request.
+    /// Appended after the others: logged entries decode.
+    Txn(Box<Txn>),
 }
 
 /// etcd's transaction: if every compare holds, `success` applies, else `failure`.
@@ -217,6 +224,7 @@ impl Txn {
                 24 + key.len() + value.len()
             }
             TxnOp::Delete { range } | TxnOp::Get { range, .. } => 16 + range.size(),
+            TxnOp::Txn(txn) => 16 + txn.size(),
         };
         let cmp_size = |c: &Compare| {
             16 + c.key.len()
@@ -228,6 +236,36 @@ impl Txn {
         self.compares.iter().map(cmp_size).sum::<usize>()
             + self.success.iter().map(op_size).sum::<usize>()
             + self.failure.iter().map(op_size).sum::<usize>()
+    }
+
+    /// For logs: `txn if N compares then {...} else {...}`.
+    pub fn describe(&self) -> String {
+        use omnikv_common::keys::display_bytes;
+        let branch = |ops: &[TxnOp]| -> String {
+            let parts: Vec<String> = ops
+                .iter()
+                .map(|op| match op {
+                    TxnOp::Put { key, value } => {
+                        format!("put {} {}", display_bytes(key), display_bytes(value))
+                    }
+                    TxnOp::PutLeased { key, value, lease } => format!(
+                        "put {} {} lease {lease:x}",
+                        display_bytes(key),
+                        display_bytes(value)
+                    ),
+                    TxnOp::Delete { range } => format!("delete {}", range.describe()),
+                    TxnOp::Get { range, .. } => format!("get {}", range.describe()),
+                    TxnOp::Txn(txn) => txn.describe(),
+                })
+                .collect();
+            parts.join("; ")
+        };
+        format!(
+            "txn if {} compares then {{{}}} else {{{}}}",
+            self.compares.len(),
+            branch(&self.success),
+            branch(&self.failure)
+        )
     }
 }
 
@@ -254,32 +292,7 @@ impl Op {
             }
             Op::Delete { key, .. } => format!("delete {}", display_bytes(key)),
             Op::Barrier { .. } => "read-barrier".to_string(),
-            Op::Txn { txn, .. } => {
-                let branch = |ops: &[TxnOp]| -> String {
-                    let parts: Vec<String> = ops
-                        .iter()
-                        .map(|op| match op {
-                            TxnOp::Put { key, value } => {
-                                format!("put {} {}", display_bytes(key), display_bytes(value))
-                            }
-                            TxnOp::PutLeased { key, value, lease } => format!(
-                                "put {} {} lease {lease:x}",
-                                display_bytes(key),
-                                display_bytes(value)
-                            ),
-                            TxnOp::Delete { range } => format!("delete {}", range.describe()),
-                            TxnOp::Get { range, .. } => format!("get {}", range.describe()),
-                        })
-                        .collect();
-                    parts.join("; ")
-                };
-                format!(
-                    "txn if {} compares then {{{}}} else {{{}}}",
-                    txn.compares.len(),
-                    branch(&txn.success),
-                    branch(&txn.failure)
-                )
-            }
+            Op::Txn { txn, .. } => txn.describe(),
             Op::PutLeased {
                 key, value, lease, ..
             } => format!(

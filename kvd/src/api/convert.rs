@@ -131,6 +131,9 @@ pub fn txn(req: &TxnRequest, max_value_bytes: usize) -> Result<command::Txn, Err
                 (CompareTarget::CreateRevision(n), op) => {
                     (compare_op(op), command::CompareTarget::CreateRevision(*n))
                 }
+                (CompareTarget::Lease(n), op) => {
+                    (compare_op(op), command::CompareTarget::Lease(*n))
+                }
             };
             Ok(command::Compare {
                 key: c.key.0.clone(),
@@ -244,8 +247,9 @@ pub fn txn_results(results: Vec<OpResult>, branch: &[kv::TxnOp]) -> Vec<TxnOpRes
                 prev: None,
             },
             (OpResult::Get(r), _) => TxnOpResult::Get(get_result(r, false)),
-            // A failed branch (its lease is missing) is answered as an error, never here.
-            (OpResult::Lease(_), _) => TxnOpResult::Put { prev: None },
+            // A failed branch (its lease is missing) is answered as an error, and a nested
+            // transaction comes from etcd's API only: never here.
+            (OpResult::Lease(_) | OpResult::Txn { .. }, _) => TxnOpResult::Put { prev: None },
         })
         .collect()
 }

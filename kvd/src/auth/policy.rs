@@ -180,7 +180,7 @@ pub fn may_touch(user: &User, call: Call, range: &KeyRange) -> Result<(), Denied
 }
 
 /// Whether `user` may run `txn`: the call, every compare key, and every key and range of
-/// both branches.
+/// both branches (and of the transactions nested in them).
 pub fn may_txn(user: &User, txn: &Txn) -> Result<(), Denied> {
     may_call(user, Call::Txn)?;
     for c in &txn.compares {
@@ -194,6 +194,7 @@ pub fn may_txn(user: &User, txn: &Txn) -> Result<(), Denied> {
             TxnOp::Delete { range } | TxnOp::Get { range, .. } => {
                 may_touch(user, Call::Txn, range)?
             }
+            TxnOp::Txn(nested) => may_txn(user, nested)?,
         }
     }
     Ok(())

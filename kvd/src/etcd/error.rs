@@ -16,6 +16,7 @@ pub const KEY_NOT_PROVIDED: &str = "etcdserver: key is not provided";
 pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
 pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
 pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+pub const DUPLICATE_KEY: &str = "etcdserver: duplicate key given in txn request";
 
 /// The gRPC status for an error of the HTTP API's vocabulary.
 pub fn status(e: ApiError) -> Status {

@@ -2,6 +2,7 @@
 //! HTTP API's (`api::kv::read`, `api::kv::submit_write`) with its limits.
 
 use super::error::{self, invalid, unsupported, KEY_NOT_PROVIDED, REQUEST_TOO_LARGE};
+use super::past::{self, NotReadable};
 use super::pb::etcdserverpb as pb;
 use super::pb::mvccpb;
 use super::{to_i64, EtcdState};
@@ -9,7 +10,7 @@ use crate::api::kv::{missing_lease, position, read, submit_write};
 use crate::api::{check_key_len, convert};
 use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
 use crate::inbox::WriteKind;
-use crate::state_machine::{KeyValue, OpResult};
+use crate::state_machine::{KeyValue, OpResult, RangeResult};
 use axum::http::HeaderMap;
 use omnikv_common::kv::{self, Bytes64, MAX_PAGE_KEYS};
 use pb::range_request::{SortOrder, SortTarget};
@@ -18,6 +19,14 @@ use pb::response_op::Response as OpResponse;
 use std::cmp::Ordering;
 use std::time::Instant;
 use tonic::{Request as Req, Response, Status};
+
+/// Reads of the history, 10 ms apart, a read at a past revision waits for it to catch up
+/// with the state it read.
+const PAST_ATTEMPTS: usize = 50;
+
+/// Levels of a transaction with nested ones (etcd sets no limit; each level has its own
+/// operation limit and the whole request the message size limit).
+pub const MAX_TXN_DEPTH: usize = 8;
 
 /// Attempts of a put with `ignore_value`/`ignore_lease` (a compare-and-put on the key's
 /// mod revision) before it gives up under contention.
@@ -44,6 +53,30 @@ pub(super) fn range_of(key: &[u8], range_end: &[u8]) -> Result<KeyRange, Status>
             end: Some(end.to_vec()),
         },
     })
+}
+
+/// A range read whole (rebuilt at a past revision), cut as the loop's read of `r` would cut
+/// it: counted, values dropped for `keys_only`, and (when it is not shaped after) limited.
+fn cut(mut kvs: Vec<KeyValue>, r: &pb::RangeRequest) -> RangeResult {
+    let count = kvs.len() as u64;
+    if r.count_only {
+        return RangeResult {
+            kvs: Vec::new(),
+            count,
+            more: false,
+        };
+    }
+    if r.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    let limit = usize::try_from(r.limit).unwrap_or(0);
+    let more = !needs_shaping(r).unwrap_or(false) && limit > 0 && kvs.len() > limit;
+    if more {
+        kvs.truncate(limit);
+    }
+    RangeResult { kvs, count, more }
 }
 
 /// The same pair in the HTTP API's vocabulary (for transactions, checked by `convert::txn`).
@@ -156,6 +189,37 @@ impl KvService {
         Ok(answer)
     }
 
+    /// `range` at revision `at`, from its keys `now` at revision `now_revision` and the
+    /// stored history. A history that has not stored the state's last batch yet is waited
+    /// for (briefly: the loop writes it right after answering).
+    async fn at_revision(
+        &self,
+        range: KeyRange,
+        at: u64,
+        now: Vec<KeyValue>,
+        now_revision: u64,
+    ) -> Result<Vec<KeyValue>, Status> {
+        for _ in 0..PAST_ATTEMPTS {
+            let (db, range, now) = (self.0.api.db.clone(), range.clone(), now.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                past::read_at(&db, range, at, now, now_revision)
+            })
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: reading the history: {e}")))?
+            .map_err(|e| Status::internal(format!("etcdserver: reading the history: {e}")))?;
+            match read {
+                Ok(kvs) => return Ok(kvs),
+                Err(NotReadable::Compacted) => return Err(Status::out_of_range(error::COMPACTED)),
+                Err(NotReadable::Behind) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+            }
+        }
+        Err(Status::unavailable(
+            "etcdserver: the change history lags the state; try again",
+        ))
+    }
+
     /// A put keeping the key's current value (`ignore_value`) or lease (`ignore_lease`): a
     /// compare-and-put on the mod revision read, retried while other writes get in between.
     async fn put_keeping(&self, r: pb::PutRequest) -> Result<Response<pb::PutResponse>, Status> {
@@ -210,12 +274,100 @@ impl KvService {
     }
 }
 
+/// An etcd transaction as ours: each level in the HTTP API's vocabulary, whose conversion
+/// checks its limits and shape (`convert::txn`), with its nested transactions (at most
+/// `MAX_TXN_DEPTH` levels in all) put back in their places. As etcd, a key put by a nested
+/// transaction must not be put or deleted by its level or by a nested one before it.
+fn command_txn(r: &pb::TxnRequest, max_value_bytes: usize, depth: usize) -> Result<Txn, Status> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(invalid(format!(
+            "transactions nested more than {MAX_TXN_DEPTH} deep"
+        )));
+    }
+    if [r.compare.len(), r.success.len(), r.failure.len()]
+        .iter()
+        .any(|&n| n > kv::MAX_TXN_OPS)
+    {
+        return Err(Status::invalid_argument(error::TOO_MANY_OPS));
+    }
+    let flat = |ops: &[pb::RequestOp]| {
+        ops.iter()
+            .filter(|op| !matches!(op.request, Some(Request::RequestTxn(_))))
+            .map(txn_op)
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let mut compares = Vec::with_capacity(r.compare.len());
+    for c in &r.compare {
+        compares.extend(compare(c)?);
+    }
+    let request = kv::TxnRequest {
+        compare: compares,
+        success: flat(&r.success)?,
+        failure: flat(&r.failure)?,
+    };
+    let mut txn = convert::txn(&request, max_value_bytes)?;
+    nest(&mut txn.success, &r.success, max_value_bytes, depth)?;
+    nest(&mut txn.failure, &r.failure, max_value_bytes, depth)?;
+    Ok(txn)
+}
+
+/// Puts the nested transactions of `ops` into `out` (`ops` without them, converted) at
+/// their places.
+fn nest(
+    out: &mut Vec<TxnOp>,
+    ops: &[pb::RequestOp],
+    max_value_bytes: usize,
+    depth: usize,
+) -> Result<(), Status> {
+    let (mut puts, mut deletes) = (Vec::new(), Vec::new());
+    writes(out, &mut puts, &mut deletes);
+    for (i, op) in ops.iter().enumerate() {
+        if let Some(Request::RequestTxn(t)) = &op.request {
+            let inner = command_txn(t, max_value_bytes, depth + 1)?;
+            let (mut inner_puts, mut inner_deletes) = (Vec::new(), Vec::new());
+            let branches: Vec<TxnOp> = inner
+                .success
+                .iter()
+                .chain(&inner.failure)
+                .cloned()
+                .collect();
+            writes(&branches, &mut inner_puts, &mut inner_deletes);
+            let taken =
+                |k: &Vec<u8>| puts.contains(k) || deletes.iter().any(|d: &KeyRange| d.contains(k));
+            if inner_puts.iter().any(taken) {
+                return Err(Status::invalid_argument(error::DUPLICATE_KEY));
+            }
+            puts.extend(inner_puts);
+            deletes.extend(inner_deletes);
+            out.insert(i, TxnOp::Txn(Box::new(inner)));
+        }
+    }
+    Ok(())
+}
+
+/// The keys `ops` put and the ranges they delete, those of nested transactions included
+/// (both branches).
+fn writes(ops: &[TxnOp], puts: &mut Vec<Vec<u8>>, deletes: &mut Vec<KeyRange>) {
+    for op in ops {
+        match op {
+            TxnOp::Put { key, .. } | TxnOp::PutLeased { key, .. } => puts.push(key.clone()),
+            TxnOp::Delete { range } => deletes.push(range.clone()),
+            TxnOp::Get { .. } => {}
+            TxnOp::Txn(t) => {
+                writes(&t.success, puts, deletes);
+                writes(&t.failure, puts, deletes);
+            }
+        }
+    }
+}
+
 /// A request op of a transaction in the HTTP API's vocabulary (whose conversion checks the
 /// limits and the shape: no key written twice in a branch).
 fn txn_op(op: &pb::RequestOp) -> Result<kv::TxnOp, Status> {
     Ok(match &op.request {
         None => return Err(invalid("empty request op in transaction")),
-        Some(Request::RequestTxn(_)) => return Err(unsupported("a nested transaction")),
+        // Converted level by level (`command_txn`).
+        Some(Request::RequestTxn(_)) => return Err(invalid("a nested transaction out of place")),
         Some(Request::RequestPut(p)) => {
             if p.ignore_value || p.ignore_lease {
                 return Err(unsupported(
@@ -275,7 +427,9 @@ fn compare(c: &pb::Compare) -> Result<Vec<kv::Compare>, Status> {
         (Ok(T::Mod), None) => kv::CompareTarget::ModRevision(0),
         (Ok(T::Value), Some(U::Value(v))) => kv::CompareTarget::Value(Bytes64(v.clone())),
         (Ok(T::Value), None) => kv::CompareTarget::Value(Bytes64(Vec::new())),
-        (Ok(T::Lease), _) => return Err(unsupported("a compare on a key's lease")),
+        // A lease id is etcd's int64 read as our u64 (as a put's lease is).
+        (Ok(T::Lease), Some(U::Lease(v))) => kv::CompareTarget::Lease(*v as u64),
+        (Ok(T::Lease), None) => kv::CompareTarget::Lease(0),
         (Err(_), _) => return Err(invalid("unknown compare target")),
         _ => return Err(invalid("a compare's target and operand disagree")),
     };
@@ -335,8 +489,17 @@ fn txn_responses(
                         kvs: kvs.into_iter().map(key_value).collect(),
                     })
                 }
-                // A put's result always pairs with its put; a failed lease is an error.
-                (OpResult::Put { .. } | OpResult::Lease(_), _) => {
+                (OpResult::Txn { succeeded, results }, Some(Request::RequestTxn(t))) => {
+                    let branch = if succeeded { &t.success } else { &t.failure };
+                    OpResponse::ResponseTxn(pb::TxnResponse {
+                        header,
+                        succeeded,
+                        responses: txn_responses(results, branch, header),
+                    })
+                }
+                // A put's result always pairs with its put, a nested transaction's with it;
+                // a failed lease is an error.
+                (OpResult::Put { .. } | OpResult::Lease(_) | OpResult::Txn { .. }, _) => {
                     OpResponse::ResponsePut(pb::PutResponse {
                         header,
                         prev_kv: None,
@@ -361,21 +524,23 @@ impl pb::kv_server::Kv for KvService {
         let range = range_of(&r.key, &r.range_end)?;
         let limit = non_negative(r.limit, "limit")?;
         let revision = non_negative(r.revision, "revision")?;
-        // Sorting and filtering need every key of the range (at most a page of them).
+        // Sorting and filtering need every key of the range (at most a page of them), and so
+        // does a read at a revision (rebuilt from the keys now, `past`).
         let post = needs_shaping(&r)?;
+        let whole = post || revision != 0;
         let opts = ReadOpts {
-            limit: if post || limit == 0 {
+            limit: if whole || limit == 0 {
                 MAX_PAGE_KEYS
             } else {
                 limit.min(MAX_PAGE_KEYS)
             },
-            keys_only: r.keys_only,
-            count_only: r.count_only,
+            keys_only: r.keys_only && revision == 0,
+            count_only: r.count_only && revision == 0,
         };
         let answer = read(
             &self.0.api,
             &HeaderMap::new(),
-            range,
+            range.clone(),
             opts,
             !r.serializable,
             started,
@@ -384,10 +549,19 @@ impl pb::kv_server::Kv for KvService {
         if revision > answer.revision {
             return Err(Status::out_of_range(error::FUTURE_REV));
         }
-        if revision != 0 && revision < answer.revision {
-            return Err(unsupported("reading at a past revision"));
-        }
-        let result = answer.result;
+        let result = match revision {
+            0 => answer.result,
+            _ if answer.result.more => {
+                return Err(invalid(format!(
+                    "reading a range of more than {MAX_PAGE_KEYS} keys at a revision"
+                )))
+            }
+            at => cut(
+                self.at_revision(range, at, answer.result.kvs, answer.revision)
+                    .await?,
+                &r,
+            ),
+        };
         if post && result.more {
             return Err(invalid(format!(
                 "sorting or filtering a range of more than {MAX_PAGE_KEYS} keys"
@@ -475,17 +649,7 @@ impl pb::kv_server::Kv for KvService {
 
     async fn txn(&self, request: Req<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
-        let ops = |ops: &[pb::RequestOp]| ops.iter().map(txn_op).collect::<Result<Vec<_>, _>>();
-        let mut compares = Vec::with_capacity(r.compare.len());
-        for c in &r.compare {
-            compares.extend(compare(c)?);
-        }
-        let request = kv::TxnRequest {
-            compare: compares,
-            success: ops(&r.success)?,
-            failure: ops(&r.failure)?,
-        };
-        let txn = convert::txn(&request, self.0.api.max_value_bytes)?;
+        let txn = command_txn(&r, self.0.api.max_value_bytes, 1)?;
         let answer = self.write(WriteKind::Txn(txn), "txn").await?;
         let o = answer.outcome;
         let header = self.0.header(o.revision);
@@ -585,19 +749,71 @@ mod tests {
     }
 
     #[test]
-    fn lease_compares_and_nested_txns_are_refused() {
-        let c = pb::Compare {
+    fn lease_compares_keep_the_ids_64_bits() {
+        use pb::compare::TargetUnion;
+        let c = |lease: Option<i64>| pb::Compare {
             target: pb::compare::CompareTarget::Lease as i32,
             key: b"k".to_vec(),
+            target_union: lease.map(TargetUnion::Lease),
             ..Default::default()
         };
-        assert_eq!(compare(&c).unwrap_err().code(), tonic::Code::Unimplemented);
-        let nested = pb::RequestOp {
-            request: Some(Request::RequestTxn(pb::TxnRequest::default())),
+        let target = |c: &pb::Compare| compare(c).unwrap()[0].target.clone();
+        assert_eq!(target(&c(None)), kv::CompareTarget::Lease(0));
+        assert_eq!(target(&c(Some(0x7a))), kv::CompareTarget::Lease(0x7a));
+        assert_eq!(target(&c(Some(-1))), kv::CompareTarget::Lease(u64::MAX));
+    }
+
+    fn put_op(key: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(Request::RequestPut(pb::PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    fn txn_op_of(success: Vec<pb::RequestOp>) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(Request::RequestTxn(pb::TxnRequest {
+                success,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn nested_txns_keep_their_places_depth_and_etcds_duplicate_rule() {
+        let r = pb::TxnRequest {
+            success: vec![put_op("a"), txn_op_of(vec![put_op("b")]), put_op("c")],
+            ..Default::default()
+        };
+        let txn = command_txn(&r, 1024, 1).unwrap();
+        assert!(
+            matches!(&txn.success[..], [TxnOp::Put { key: a, .. }, TxnOp::Txn(inner), TxnOp::Put { key: c, .. }]
+            if a == b"a" && c == b"c" && matches!(&inner.success[..], [TxnOp::Put { key, .. }] if key == b"b"))
+        );
+        // A nested put of a key the level puts: etcd's duplicate key error.
+        let dup = pb::TxnRequest {
+            success: vec![put_op("a"), txn_op_of(vec![put_op("a")])],
+            ..Default::default()
+        };
+        let e = command_txn(&dup, 1024, 1).unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::InvalidArgument, error::DUPLICATE_KEY)
+        );
+        let mut deep = txn_op_of(vec![put_op("x")]);
+        for _ in 0..MAX_TXN_DEPTH {
+            deep = txn_op_of(vec![deep]);
+        }
+        let deep = pb::TxnRequest {
+            success: vec![deep],
+            ..Default::default()
         };
         assert_eq!(
-            txn_op(&nested).unwrap_err().code(),
-            tonic::Code::Unimplemented
+            command_txn(&deep, 1024, 1).unwrap_err().code(),
+            tonic::Code::InvalidArgument
         );
     }
 }

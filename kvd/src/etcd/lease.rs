@@ -29,7 +29,7 @@ type KeepAliveStream =
     Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
 /// An etcd lease id (a positive int64) as ours.
-fn lease_id(id: i64) -> Result<u64, Status> {
+pub(super) fn lease_id(id: i64) -> Result<u64, Status> {
     u64::try_from(id)
         .ok()
         .filter(|&id| id > 0)

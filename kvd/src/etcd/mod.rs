@@ -2,14 +2,18 @@
 //! API: each call becomes the same inbox request (`api::kv::read`, `api::kv::submit_write`,
 //! `ClientRequest::Status`, ...) with the same limits, and its answer is put into etcd's
 //! messages. `kv` serves the KV service, `lease` the Lease service, `watch` the Watch
-//! service, `maintenance` Status and Alarm, `cluster` MemberList; `error` maps our errors onto etcd's gRPC codes and messages. The `.proto`
-//! files (kvd/proto, a subset of etcd 3.4's) are compiled by kvd/build.rs.
+//! service, `lock` the Lock service (v3lockpb), `maintenance` Status and Alarm, `cluster`
+//! MemberList, `past` ranges at a past revision, `tls` its connections over TLS; `error` maps our errors onto etcd's gRPC codes and messages. The `.proto` files
+//! (kvd/proto, a subset of etcd 3.4's) are compiled by kvd/build.rs.
 
 mod cluster;
 mod error;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
+mod past;
+mod tls;
 mod watch;
 
 /// The code generated from kvd/proto (etcd's packages and names).
@@ -20,6 +24,9 @@ pub mod pb {
     }
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
+    }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
     }
 }
 
@@ -104,10 +111,12 @@ pub fn max_message_bytes(max_value_bytes: usize) -> usize {
     MAX_TXN_BODY_BYTES.max(max_value_bytes.saturating_add(64 * 1024))
 }
 
-/// Serves etcd's API on `listener` until `shutdown` resolves.
+/// Serves etcd's API on `listener` until `shutdown` resolves; over TLS with the server
+/// configuration `tls` holds at each connection (the client API's), else in plaintext.
 pub async fn serve(
     listener: TcpListener,
     state: EtcdState,
+    tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     use pb::etcdserverpb::cluster_server::ClusterServer;
@@ -115,8 +124,9 @@ pub async fn serve(
     use pb::etcdserverpb::lease_server::LeaseServer;
     use pb::etcdserverpb::maintenance_server::MaintenanceServer;
     use pb::etcdserverpb::watch_server::WatchServer;
+    use pb::v3lockpb::lock_server::LockServer;
     let max = max_message_bytes(state.api.max_value_bytes);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(
             KvServer::new(kv::KvService(state.clone()))
@@ -125,13 +135,35 @@ pub async fn serve(
         )
         .add_service(WatchServer::new(watch::WatchService(state.clone())))
         .add_service(LeaseServer::new(lease::LeaseService(state.clone())))
+        .add_service(LockServer::new(lock::LockService(state.clone())))
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
             state.clone(),
         )))
-        .add_service(ClusterServer::new(cluster::ClusterService(state)))
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
-        .await
+        .add_service(ClusterServer::new(cluster::ClusterService(state)));
+    match tls {
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Some(config) => {
+            let h2 = Some(vec![b"h2".to_vec()]);
+            let listener = crate::tls::listener::TlsListener::with_alpn(listener, config, h2)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "etcd API TLS listener");
+                    e
+                });
+            match listener {
+                Ok(listener) => {
+                    let incoming = tls::incoming(listener);
+                    router
+                        .serve_with_incoming_shutdown(incoming, shutdown)
+                        .await
+                }
+                // Its local address is gone: nothing to serve on.
+                Err(_) => Ok(()),
+            }
+        }
+    }
 }

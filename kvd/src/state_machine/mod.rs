@@ -13,7 +13,7 @@ mod txn;
 mod view;
 
 use crate::codec::{decode, encode};
-use crate::command::{KeyRange, LeaseOp, LogCmd, Op, ReadOpts, ReqId, TxnOp};
+use crate::command::{KeyRange, LeaseOp, LogCmd, Op, ReadOpts, ReqId, Txn, TxnOp};
 use crate::storage::{Db, StoreError, CF_DEDUP, CF_META};
 use record::META_SM;
 use rocksdb::WriteBatch;
@@ -386,20 +386,16 @@ impl StateMachine {
                         (!prev.is_empty(), true, vec![OpResult::Delete { prev }])
                     }
                     Op::Txn { txn, .. } => {
-                        let succeeded = ex.compares_hold(&txn.compares)?;
-                        let branch = if succeeded {
-                            &txn.success
-                        } else {
-                            &txn.failure
-                        };
-                        match ex.missing_lease(branch) {
+                        let path = ex.path(txn)?;
+                        let succeeded = path.succeeded;
+                        match ex.missing_lease(txn, &path) {
                             // Like etcd: a put naming a missing lease fails the whole request.
                             Some(id) => (
                                 false,
                                 false,
                                 vec![OpResult::Lease(LeaseResult::NotFound { id })],
                             ),
-                            None => (false, succeeded, ex.run(branch)?),
+                            None => (false, succeeded, ex.run(txn, &path)?),
                         }
                     }
                     Op::Lease { op, .. } => {
@@ -472,26 +468,30 @@ impl StateMachine {
 fn op_keys<'k>(op: &'k Op, keys: &mut Vec<&'k [u8]>) {
     match op {
         Op::Put { key, .. } | Op::PutLeased { key, .. } | Op::Delete { key, .. } => keys.push(key),
-        Op::Txn { txn, .. } => {
-            keys.extend(txn.compares.iter().map(|c| c.key.as_slice()));
-            for op in txn.success.iter().chain(&txn.failure) {
-                match op {
-                    TxnOp::Put { key, .. } | TxnOp::PutLeased { key, .. } => keys.push(key),
-                    TxnOp::Delete {
-                        range: KeyRange::Key(key),
-                    }
-                    | TxnOp::Get {
-                        range: KeyRange::Key(key),
-                        ..
-                    } => keys.push(key),
-                    TxnOp::Delete { .. } | TxnOp::Get { .. } => {}
-                }
-            }
-        }
+        Op::Txn { txn, .. } => txn_keys(txn, keys),
         Op::Barrier { .. }
         | Op::Lease { .. }
         | Op::LeaseExpire { .. }
         | Op::LeaseCheckpoint { .. } => {}
+    }
+}
+
+/// The single keys a transaction (and those nested in it) compares, reads or writes.
+fn txn_keys<'k>(txn: &'k Txn, keys: &mut Vec<&'k [u8]>) {
+    keys.extend(txn.compares.iter().map(|c| c.key.as_slice()));
+    for op in txn.success.iter().chain(&txn.failure) {
+        match op {
+            TxnOp::Put { key, .. } | TxnOp::PutLeased { key, .. } => keys.push(key),
+            TxnOp::Delete {
+                range: KeyRange::Key(key),
+            }
+            | TxnOp::Get {
+                range: KeyRange::Key(key),
+                ..
+            } => keys.push(key),
+            TxnOp::Delete { .. } | TxnOp::Get { .. } => {}
+            TxnOp::Txn(nested) => txn_keys(nested, keys),
+        }
     }
 }
 
@@ -782,6 +782,22 @@ mod tests {
             sm.lease_keys(7).unwrap(),
             vec![b"a".to_vec(), b"b".to_vec()]
         );
+        // A compare on a key's lease: a's is 7, d has none, c is absent (none either).
+        let lease_is = |k: &str, op, id| Compare {
+            key: k.into(),
+            op,
+            target: CompareTarget::Lease(id),
+        };
+        let holds = |sm: &mut StateMachine, seq, c: Compare| {
+            let r = run(sm, vec![txn(seq, vec![c], vec![], vec![])]);
+            r[0].0.succeeded
+        };
+        assert!(holds(&mut sm, 1, lease_is("a", CompareOp::Equal, 7)));
+        assert!(holds(&mut sm, 2, lease_is("d", CompareOp::Equal, 0)));
+        assert!(holds(&mut sm, 3, lease_is("c", CompareOp::Equal, 0)));
+        assert!(holds(&mut sm, 4, lease_is("a", CompareOp::Greater, 6)));
+        assert!(!holds(&mut sm, 5, lease_is("a", CompareOp::NotEqual, 7)));
+        assert!(!holds(&mut sm, 6, lease_is("d", CompareOp::Less, 0)));
         let rev = sm.meta().revision;
         // Renewed (renewals 1): the leader's expiry that saw renewals 0 is stale.
         apply_ops(&mut sm, vec![lease_op(9, 3, LeaseOp::KeepAlive { id: 7 })]).unwrap();
@@ -948,6 +964,66 @@ mod tests {
         // Survives a reload.
         sm.reload().unwrap();
         assert_eq!(sm.meta().revision, 5);
+    }
+
+    /// etcd's nested transactions: every compare on the path is decided before any write of
+    /// the request (the inner one sees a = 1 although the outer put a = 2 before it), reads
+    /// run in order (the inner get sees a = 2), and a missing lease anywhere on the path fails
+    /// the whole request.
+    #[test]
+    fn nested_transactions_decide_their_path_first_then_run_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 60_000, 100);
+        run(&mut sm, vec![put(1, 1, 10, "a", "1")]);
+        let a_is = |v: &str| Compare {
+            key: b"a".to_vec(),
+            op: CompareOp::Equal,
+            target: CompareTarget::Value(v.into()),
+        };
+        let get_a = TxnOp::Get {
+            range: KeyRange::Key(b"a".to_vec()),
+            opts: ReadOpts::default(),
+        };
+        let inner = |put: TxnOp| Txn {
+            compares: vec![a_is("1")],
+            success: vec![get_a.clone(), put],
+            failure: vec![tput("never", "x")],
+        };
+        let outer = |seq: u64, put: TxnOp| {
+            txn(
+                seq,
+                vec![a_is("1")],
+                vec![tput("a", "2"), TxnOp::Txn(Box::new(inner(put)))],
+                vec![],
+            )
+        };
+        let leased = TxnOp::PutLeased {
+            key: b"b".to_vec(),
+            value: b"v".to_vec(),
+            lease: 99,
+        };
+        let r = run(&mut sm, vec![outer(1, leased)]);
+        assert!(!r[0].0.succeeded, "lease 99 does not exist");
+        assert_eq!(
+            r[0].1.as_deref(),
+            Some(&[OpResult::Lease(LeaseResult::NotFound { id: 99 })][..])
+        );
+        assert_eq!(sm.get(b"a").unwrap().unwrap(), b"1", "nothing ran");
+        let mut r = run(&mut sm, vec![outer(2, tput("b", "v"))]);
+        assert!(r[0].0.succeeded);
+        let outer = r.pop().unwrap().1.unwrap_or_default();
+        let [OpResult::Put { prev: Some(prev) }, OpResult::Txn { succeeded, results }] = &outer[..]
+        else {
+            panic!("outer branch results");
+        };
+        assert_eq!(prev.value, b"1");
+        assert!(*succeeded, "decided against a = 1, before the outer put");
+        let [OpResult::Get(g), OpResult::Put { prev: None }] = &results[..] else {
+            panic!("inner branch results: {results:?}");
+        };
+        assert_eq!(g.kvs[0].value, b"2", "the read runs after the outer put");
+        assert_eq!(sm.get(b"b").unwrap().unwrap(), b"v");
+        assert_eq!(sm.get(b"never").unwrap(), None);
     }
 
     /// Compare-and-swap: the compare sees what earlier writes in the same batch did, and a

@@ -8,7 +8,7 @@ use super::lease::Leases;
 use super::record::{KeyValue, KvRecord};
 use super::view::{Overlay, RangeResult};
 use crate::codec::encode;
-use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, TxnOp};
+use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
 use crate::storage::{Db, StoreError, CF_KV};
 use omnikv_wire::state::{pair_hash, SmMeta};
 use rocksdb::WriteBatch;
@@ -28,6 +28,32 @@ pub enum OpResult {
     Get(RangeResult),
     /// A lease operation, or a put naming a lease that does not exist (nothing was written).
     Lease(LeaseResult),
+    /// A nested transaction: whether its compares held, and the results of the branch that
+    /// ran.
+    Txn {
+        succeeded: bool,
+        results: Vec<OpResult>,
+    },
+}
+
+/// The branch a transaction takes, and those of the transactions nested in that branch, in
+/// their order. As in etcd, every compare on the way is decided against the state before any
+/// write of the request: the path is found first, then run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Path {
+    pub succeeded: bool,
+    pub nested: Vec<Path>,
+}
+
+impl Path {
+    /// The operations `txn` runs on this path.
+    pub fn branch<'t>(&self, txn: &'t Txn) -> &'t [TxnOp] {
+        if self.succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        }
+    }
 }
 
 /// What a lease operation did.
@@ -203,6 +229,7 @@ impl Executor<'_> {
             (CompareTarget::CreateRevision(n), r) => {
                 r.as_ref().map_or(0, |r| r.create_revision).cmp(n)
             }
+            (CompareTarget::Lease(n), r) => r.as_ref().map_or(0, |r| r.lease).cmp(n),
         };
         Ok(match c.op {
             CompareOp::Equal => ordering == Ordering::Equal,
@@ -212,11 +239,31 @@ impl Executor<'_> {
         })
     }
 
-    /// A lease that a put of `ops` names but that does not exist (the branch must then not
-    /// run: etcd fails the whole request).
-    pub fn missing_lease(&self, ops: &[TxnOp]) -> Option<u64> {
-        ops.iter().find_map(|op| match op {
+    /// The path `txn` takes against the current state.
+    pub fn path(&self, txn: &Txn) -> Result<Path, StoreError> {
+        let succeeded = self.compares_hold(&txn.compares)?;
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
+        };
+        let nested = branch
+            .iter()
+            .filter_map(|op| match op {
+                TxnOp::Txn(t) => Some(self.path(t)),
+                _ => None,
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Path { succeeded, nested })
+    }
+
+    /// A lease that a put on `path` names but that does not exist (nothing must then run:
+    /// etcd fails the whole request).
+    pub fn missing_lease(&self, txn: &Txn, path: &Path) -> Option<u64> {
+        let mut nested = path.nested.iter();
+        path.branch(txn).iter().find_map(|op| match op {
             TxnOp::PutLeased { lease, .. } if self.leases.get(*lease).is_none() => Some(*lease),
+            TxnOp::Txn(t) => nested.next().and_then(|p| self.missing_lease(t, p)),
             _ => None,
         })
     }
@@ -233,8 +280,10 @@ impl Executor<'_> {
         Ok(LeaseResult::Ended { id, deleted })
     }
 
-    /// Runs one branch of a transaction in order (a read sees the writes before it).
-    pub fn run(&mut self, ops: &[TxnOp]) -> Result<Vec<OpResult>, StoreError> {
+    /// Runs the branch `path` says of `txn`, in order (a read sees the writes before it).
+    pub fn run(&mut self, txn: &Txn, path: &Path) -> Result<Vec<OpResult>, StoreError> {
+        let ops = path.branch(txn);
+        let mut nested = path.nested.iter();
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
@@ -251,6 +300,17 @@ impl Executor<'_> {
                     OpResult::Get(self.read(range, opts)?)
                 }
                 TxnOp::Get { .. } => OpResult::Get(RangeResult::default()),
+                TxnOp::Txn(t) => {
+                    // `path` found one path per nested transaction of the branch.
+                    let p = match nested.next() {
+                        Some(p) => p.clone(),
+                        None => self.path(t)?,
+                    };
+                    OpResult::Txn {
+                        succeeded: p.succeeded,
+                        results: self.run(t, &p)?,
+                    }
+                }
             });
         }
         Ok(results)

@@ -45,9 +45,19 @@ impl TlsListener {
         tcp: TcpListener,
         config: watch::Receiver<Arc<ServerConfig>>,
     ) -> std::io::Result<TlsListener> {
+        TlsListener::with_alpn(tcp, config, None)
+    }
+
+    /// Like `new`, offering the application protocols `alpn` instead of the configuration's
+    /// (etcd's gRPC API: `h2`).
+    pub fn with_alpn(
+        tcp: TcpListener,
+        config: watch::Receiver<Arc<ServerConfig>>,
+        alpn: Option<Vec<Vec<u8>>>,
+    ) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, ready) = mpsc::channel(READY);
-        let acceptor = tokio::spawn(accept_loop(tcp, config, tx));
+        let acceptor = tokio::spawn(accept_loop(tcp, config, alpn, tx));
         Ok(TlsListener {
             ready,
             local,
@@ -63,16 +73,23 @@ impl Drop for TlsListener {
     }
 }
 
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl TlsListener {
+    /// The next connection whose handshake finished.
+    pub async fn next(&mut self) -> (TlsStream<TcpStream>, SocketAddr) {
         match self.ready.recv().await {
             Some(conn) => conn,
             // The accept loop only ends when this listener is dropped.
             None => std::future::pending().await,
         }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        self.next().await
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -83,6 +100,7 @@ impl axum::serve::Listener for TlsListener {
 async fn accept_loop(
     tcp: TcpListener,
     config: watch::Receiver<Arc<ServerConfig>>,
+    alpn: Option<Vec<Vec<u8>>>,
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
@@ -109,7 +127,15 @@ async fn accept_loop(
         if ready.is_closed() {
             return;
         }
-        let acceptor = TlsAcceptor::from(config.borrow().clone());
+        let current = config.borrow().clone();
+        let acceptor = TlsAcceptor::from(match &alpn {
+            None => current,
+            Some(protocols) => {
+                let mut with = (*current).clone();
+                with.alpn_protocols = protocols.clone();
+                Arc::new(with)
+            }
+        });
         let ready = ready.clone();
         tokio::spawn(async move {
             let handshake =

@@ -1,6 +1,8 @@
 //! Fault injection: real kvd processes behind the network nemesis (`nemesis.rs`), clients
 //! doing reads, writes, deletes and compare-and-swaps (`POST /v1/txn`) with globally unique
-//! values on a small key set, a watcher on each replica (`chaos_watch.rs`), and a
+//! values on a small key set (in the plaintext runs, one of them over etcd's v3 gRPC API
+//! through the `etcd-client` crate, `chaos_etcd.rs`), a watcher on each replica
+//! (`chaos_watch.rs`), and a
 //! nemesis cycling through kill -9 + restart, SIGSTOP/SIGCONT past the election timeout,
 //! partitions (leader isolated while clients still reach it, majority/minority, one link,
 //! one direction), slow and lossy links, flapping links, and membership changes (add a
@@ -23,6 +25,7 @@
 //! fault phase lasts `OMNIKV_CHAOS_SECS`. A failure prints the seed, the schedule as it ran
 //! and the offending sub-history; the harness keeps the data dirs and logs.
 
+use crate::chaos_etcd::EtcdFront;
 use crate::chaos_watch::{self, Change, Endpoints, Watchers};
 use crate::harness::{kvctl_run_env, Cluster, Opts};
 use crate::linearizability::{
@@ -242,6 +245,9 @@ struct History {
     /// Compare-and-swaps answered, and how many swapped.
     cas_answered: u64,
     cas_swapped: u64,
+    /// Calls made over etcd's API, and how many were answered without an error.
+    etcd_calls: u64,
+    etcd_ok: u64,
 }
 
 struct Shared {
@@ -252,6 +258,9 @@ struct Shared {
     stop: AtomicBool,
     /// What every client presents (the cluster CA when the run is over TLS).
     credentials: Credentials,
+    /// The members' etcd API endpoints (`host:port`), when client 0 speaks etcd's API;
+    /// they change with `endpoints` (whose version says when).
+    etcd_endpoints: Option<RwLock<Vec<String>>>,
 }
 
 impl Shared {
@@ -288,6 +297,81 @@ fn cas_request(key: &[u8], expect: Option<&[u8]>, value: &[u8], by_exists: bool)
     }
 }
 
+/// How a client reaches the cluster: kvd's HTTP API or etcd's gRPC API.
+enum Front {
+    Http(Client),
+    /// Boxed: etcd-client's `Client` is some kilobytes.
+    Etcd(Box<EtcdFront>),
+}
+
+impl Front {
+    async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, ClientError> {
+        match self {
+            Front::Http(c) => c.put(key, value.to_vec()).await.map(|a| a.revision),
+            Front::Etcd(e) => e.put(key, value).await,
+        }
+    }
+
+    async fn get(&self, key: &[u8]) -> Result<Vec<u8>, ClientError> {
+        match self {
+            Front::Http(c) => c.get(key, Consistency::Linearizable).await,
+            Front::Etcd(e) => e.get(key).await,
+        }
+    }
+
+    async fn delete(&self, key: &[u8]) -> Result<(u64, bool), ClientError> {
+        match self {
+            Front::Http(c) => c.delete(key).await.map(|a| (a.revision, a.existed)),
+            Front::Etcd(e) => e.delete(key).await,
+        }
+    }
+
+    /// A compare-and-swap (`by_exists`: an absent key said as `exists: false` over HTTP, as
+    /// version 0 over etcd's API; else as create revision 0).
+    async fn cas(
+        &self,
+        key: &[u8],
+        expect: Option<&[u8]>,
+        value: &[u8],
+        by_exists: bool,
+    ) -> Result<(u64, bool), ClientError> {
+        match self {
+            Front::Http(c) => {
+                let request = cas_request(key, expect, value, by_exists);
+                c.txn(&request).await.map(|a| (a.revision, a.succeeded))
+            }
+            Front::Etcd(e) => e.cas(key, expect, value, by_exists).await,
+        }
+    }
+}
+
+/// Client `w`'s connections to the members `eps`: [every member, starting at a different one
+/// per client] + one pinned to each member. Client 0 speaks etcd's API when the run has it.
+async fn fronts(shared: &Shared, w: usize, eps: &[(Pid, String)]) -> Vec<Front> {
+    let etcd = match (&shared.etcd_endpoints, w) {
+        (Some(etcd), 0) => Some(etcd.read().unwrap().clone()),
+        _ => None,
+    };
+    let mut all: Vec<String> = match &etcd {
+        Some(etcd) => etcd.clone(),
+        None => eps.iter().map(|(_, e)| e.clone()).collect(),
+    };
+    let shift = w % all.len();
+    all.rotate_left(shift);
+    let mut lists = vec![all.clone()];
+    lists.extend(all.iter().map(|e| vec![e.clone()]));
+    let mut out = Vec::new();
+    for list in lists {
+        out.push(match etcd {
+            Some(_) => Front::Etcd(Box::new(EtcdFront::connect(&list, CLIENT_TIMEOUT).await)),
+            None => Front::Http(
+                Client::with_credentials(&list, CLIENT_TIMEOUT, &shared.credentials).unwrap(),
+            ),
+        });
+    }
+    out
+}
+
 /// One client: a random mix of puts (unique values), compare-and-swaps, deletes,
 /// linearizable gets, and writes of unique keys, until `stop`.
 async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
@@ -297,24 +381,18 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
     let mut version = u64::MAX;
     // [every member, starting at a different one per client] + one pinned to each member:
     // a pinned client keeps asking a replica that may be isolated, paused or removed.
-    let mut clients: Vec<Client> = Vec::new();
+    let mut clients: Vec<Front> = Vec::new();
     let mut n = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
-        {
+        let changed = {
             let eps = shared.endpoints.read().unwrap();
-            if eps.0 != version {
-                version = eps.0;
-                let mut all: Vec<String> = eps.1.iter().map(|(_, e)| e.clone()).collect();
-                let shift = w % all.len();
-                all.rotate_left(shift);
-                let creds = &shared.credentials;
-                clients = vec![Client::with_credentials(&all, CLIENT_TIMEOUT, creds).unwrap()];
-                for (_, e) in &eps.1 {
-                    let one = std::slice::from_ref(e);
-                    clients.push(Client::with_credentials(one, CLIENT_TIMEOUT, creds).unwrap());
-                }
-            }
+            (eps.0 != version).then(|| (eps.0, eps.1.clone()))
+        };
+        if let Some((v, eps)) = changed {
+            version = v;
+            clients = fronts(&shared, w, &eps).await;
         }
+        let via_etcd = matches!(clients[0], Front::Etcd(_));
         let client = if rng.random_bool(0.3) {
             &clients[rng.random_range(1..clients.len())]
         } else {
@@ -326,23 +404,23 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
         if roll < 15 {
             // A unique key: written once.
             let key = format!("{KEY_PREFIX}u{w}-{n}").into_bytes();
-            let r = client.put(&key, b"u".to_vec()).await;
+            let r = client.put(&key, b"u").await;
             let outcome = match &r {
                 Ok(_) => UniqueOutcome::Acked,
                 Err(ClientError::Unavailable(_)) => UniqueOutcome::Unavailable,
                 Err(_) => UniqueOutcome::Unknown,
             };
             let mut h = shared.history.lock().unwrap();
-            count(&mut h, "put-unique", &r);
-            if let Ok(a) = &r {
-                h.changes.push(Change::put(a.revision, &key, b"u"));
+            count(&mut h, "put-unique", &r, via_etcd);
+            if let Ok(revision) = &r {
+                h.changes.push(Change::put(*revision, &key, b"u"));
             }
             h.unique.insert(key, outcome);
             continue;
         }
         if roll < 45 {
             let call = shared.tick();
-            let r = client.get(&k, Consistency::Linearizable).await;
+            let r = client.get(&k).await;
             let ret = shared.tick();
             let output = match &r {
                 Ok(v) => Some(KvOutput::Read(Some(v.clone()))),
@@ -353,7 +431,7 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
                 last_seen.insert(k.clone(), v.clone());
             }
             let mut h = shared.history.lock().unwrap();
-            count(&mut h, "get", &r);
+            count(&mut h, "get", &r, via_etcd);
             if let Some(output) = output {
                 h.ops.push(Operation {
                     client: w as u64,
@@ -368,18 +446,18 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
         // (revision answered, whether it changed the key, whether a swap swapped).
         let (input, r, name) = if roll < 70 {
             let call = shared.tick();
-            let r = client.put(&k, value.clone()).await;
-            let r = r.map(|a| (a.revision, true, None));
+            let r = client.put(&k, &value).await;
+            let r = r.map(|revision| (revision, true, None));
             ((call, KvInput::Put { key: k, value }), r, "put")
         } else if roll < 88 {
             let expect = match rng.random_range(0..5) {
                 0 => None,
                 _ => last_seen.get(&k).cloned().flatten(),
             };
-            let request = cas_request(&k, expect.as_deref(), &value, rng.random_bool(0.5));
+            let by_exists = rng.random_bool(0.5);
             let call = shared.tick();
-            let r = client.txn(&request).await;
-            let r = r.map(|a| (a.revision, a.succeeded, Some(a.succeeded)));
+            let r = client.cas(&k, expect.as_deref(), &value, by_exists).await;
+            let r = r.map(|(revision, swapped)| (revision, swapped, Some(swapped)));
             let input = KvInput::Cas {
                 key: k,
                 expect,
@@ -389,7 +467,7 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
         } else {
             let call = shared.tick();
             let r = client.delete(&k).await;
-            let r = r.map(|a| (a.revision, a.existed, None));
+            let r = r.map(|(revision, existed)| (revision, existed, None));
             ((call, KvInput::Delete { key: k }), r, "delete")
         };
         let ret = shared.tick();
@@ -406,7 +484,7 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
             _ => {}
         }
         let mut h = shared.history.lock().unwrap();
-        count(&mut h, name, &r);
+        count(&mut h, name, &r, via_etcd);
         let outcome = match &r {
             Ok((revision, changed, swapped)) => {
                 if *changed {
@@ -450,7 +528,12 @@ async fn client_loop(shared: Arc<Shared>, w: usize, seed: u64) {
     }
 }
 
-fn count<T>(h: &mut History, name: &'static str, r: &Result<T, ClientError>) {
+/// Counts an answer of `name`; `etcd`: it came over etcd's API.
+fn count<T>(h: &mut History, name: &'static str, r: &Result<T, ClientError>, etcd: bool) {
+    if etcd {
+        h.etcd_calls += 1;
+        h.etcd_ok += u64::from(r.is_ok() || matches!(r, Err(ClientError::NotFound)));
+    }
     let c = h.counts.entry(name).or_default();
     match r {
         Ok(_) => c.ok += 1,
@@ -546,6 +629,17 @@ impl Run {
             .iter()
             .map(|&p| (p, self.c.endpoint(p)))
             .collect();
+        if let Some(etcd) = &self.shared.etcd_endpoints {
+            *etcd.write().unwrap() = self.etcd_endpoints();
+        }
+    }
+
+    fn etcd_endpoints(&self) -> Vec<String> {
+        self.c
+            .members
+            .iter()
+            .map(|&p| self.c.etcd_endpoint(p))
+            .collect()
     }
 
     async fn run_fault(&mut self, fault: Fault) {
@@ -831,13 +925,15 @@ async fn chaos_run(spec: Spec) {
     let seed = seed();
     eprintln!(
         "chaos: seed {seed} (OMNIKV_CHAOS_SEED), {n} replicas, {secs} s of faults, tls {tls}, \
-         leader isolations only {}, defect {:?}",
-        spec.isolate_leader_only, spec.defect
+         client 0 over etcd's API {}, leader isolations only {}, defect {:?}",
+        !tls, spec.isolate_leader_only, spec.defect
     );
     let pki_dir = tempfile::tempdir().unwrap();
     let opts = Opts {
         tls: tls.then(|| lay_out(&Ca::new("chaos CA"), pki_dir.path(), 1..=n + MAX_ADDED)),
         peer_ip_per_pid: tls,
+        // etcd's API is served without TLS only (kvd refuses it beside --cert-file).
+        etcd_api: !tls,
         extra_env: spec
             .defect
             .map(|d| vec![("KVD_TEST_DEFECT".to_string(), d.to_string())])
@@ -861,6 +957,8 @@ async fn chaos_run(spec: Spec) {
         endpoints: Arc::new(RwLock::new((0, endpoints))),
         stop: AtomicBool::new(false),
         credentials: c.credentials(),
+        etcd_endpoints: (!tls)
+            .then(|| RwLock::new(c.members.iter().map(|&p| c.etcd_endpoint(p)).collect())),
     });
     let watchers = Watchers::start(
         &c.members,
@@ -979,6 +1077,15 @@ async fn verify(run: &mut Run) {
         st.resets.load(Ordering::Relaxed),
         st.bytes.load(Ordering::Relaxed),
     );
+    if run.shared.etcd_endpoints.is_some() {
+        eprintln!(
+            "chaos: {} calls over etcd's API, {} answered",
+            h.etcd_calls, h.etcd_ok
+        );
+        if h.etcd_ok == 0 {
+            run.fail("the client over etcd's API never got an answer");
+        }
+    }
     if !h.rejected.is_empty() {
         run.fail(&format!(
             "writes rejected on their merits (unexpected here):\n  {}",

@@ -58,6 +58,8 @@ pub struct Node {
     pub config_env: (u32, Vec<u64>),
     /// Serves its client API over HTTPS (`Opts::tls`).
     pub https: bool,
+    /// The port it serves etcd's v3 API on when `Opts::etcd_api` is set.
+    pub etcd_port: u16,
     child: Option<Child>,
 }
 
@@ -83,6 +85,8 @@ pub struct Opts {
     /// Replica N listens for peers on 127.0.0.(10 + N) (and so dials from it), so that the
     /// nemesis's proxies tell the sender of a TLS session by its address.
     pub peer_ip_per_pid: bool,
+    /// Every replica also serves etcd's v3 gRPC API (`KVD_ETCD_ADDR`) on its `etcd_port`.
+    pub etcd_api: bool,
 }
 
 impl Opts {
@@ -104,6 +108,7 @@ impl Default for Opts {
             extra_env: vec![],
             tls: None,
             peer_ip_per_pid: false,
+            etcd_api: false,
         }
     }
 }
@@ -152,6 +157,7 @@ impl Cluster {
                     log_path: dir.path().join(format!("kvd-{pid}.log")),
                     config_env: (1, members.clone()),
                     https: opts.tls.is_some(),
+                    etcd_port: free_port(),
                     child: None,
                 },
             );
@@ -196,6 +202,7 @@ impl Cluster {
             log_path: self.dir.path().join(format!("kvd-{pid}.log")),
             config_env: (2, nodes),
             https: self.opts.tls.is_some(),
+            etcd_port: free_port(),
             child: None,
         };
         self.nodes.insert(pid, node);
@@ -263,6 +270,9 @@ impl Cluster {
                 .env("KVD_PEER_CERT_FILE", &cert)
                 .env("KVD_PEER_KEY_FILE", &key)
                 .env("KVD_PEER_CA_FILE", &ca);
+        }
+        if opts.etcd_api {
+            cmd.env("KVD_ETCD_ADDR", format!("127.0.0.1:{}", node.etcd_port));
         }
         for (k, v) in &opts.extra_env {
             cmd.env(k, v);
@@ -336,6 +346,11 @@ impl Cluster {
 
     pub fn endpoint(&self, pid: u64) -> String {
         self.nodes[&pid].endpoint()
+    }
+
+    /// Where replica `pid` serves etcd's v3 API (`Opts::etcd_api`), as `host:port`.
+    pub fn etcd_endpoint(&self, pid: u64) -> String {
+        format!("127.0.0.1:{}", self.nodes[&pid].etcd_port)
     }
 
     pub fn endpoints(&self) -> Vec<String> {
