@@ -57,6 +57,11 @@ pub struct Metrics {
     pub checkpoint_bytes_received: Counter,
     /// Checkpoints received, verified and installed.
     pub checkpoints_installed: Counter,
+    /// The consensus loop's longest iteration so far, in microseconds (a loop that pauses
+    /// takes no part in consensus meanwhile).
+    pub loop_longest_iteration_us: Gauge,
+    /// Consensus loop iteration durations, seconds.
+    pub loop_iteration_seconds: Histogram,
     /// Times the apply cursor fell below the compacted index (catch-up started).
     pub catchups: Counter,
     /// Decided entries fetched from peers while catching up.
@@ -106,6 +111,8 @@ impl Metrics {
             reconfigurations: Counter::default(),
             checkpoint_bytes_received: Counter::default(),
             checkpoints_installed: Counter::default(),
+            loop_longest_iteration_us: Gauge::default(),
+            loop_iteration_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             catchups: Counter::default(),
             fetched_entries: Counter::default(),
             workarounds: Family::default(),
@@ -189,6 +196,16 @@ impl Metrics {
             "checkpoints_installed",
             "Checkpoints received, verified and installed",
             m.checkpoints_installed.clone(),
+        );
+        m.registry.register(
+            "loop_longest_iteration_microseconds",
+            "The consensus loop's longest iteration since start",
+            m.loop_longest_iteration_us.clone(),
+        );
+        m.registry.register(
+            "loop_iteration_seconds",
+            "Consensus loop iterations",
+            m.loop_iteration_seconds.clone(),
         );
         m.registry.register(
             "catchups",

@@ -523,6 +523,18 @@ impl<P: Peers> Replica<P> {
         self.observe_leader();
     }
 
+    /// Records how long one iteration (its inputs and `finish_iteration`) took, as measured
+    /// by the driver (kvd's consensus thread: the real clock).
+    pub fn observe_iteration(&self, took: Duration) {
+        self.metrics
+            .loop_iteration_seconds
+            .observe(took.as_secs_f64());
+        let us = took.as_micros().min(i64::MAX as u128) as i64;
+        if us > self.metrics.loop_longest_iteration_us.get() {
+            self.metrics.loop_longest_iteration_us.set(us);
+        }
+    }
+
     /// One OmniPaxos tick, and the workarounds that count ticks.
     fn tick(&mut self) {
         let Log::Paxos(op) = &mut self.log else {
