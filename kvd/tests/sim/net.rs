@@ -3,7 +3,7 @@
 //! arrives in step `s + 1 + delay` at the earliest, never before an earlier frame on its link
 //! (kvd's peer sessions are TCP). Checkpoint streams run inline through the same links.
 
-use kvd::checkpoint::{self, ChunkSink};
+use kvd::checkpoint::{self, ChunkSink, Resume};
 use kvd::frame::PeerFrame;
 use kvd::peers::Peers;
 use kvd::storage::Db;
@@ -77,6 +77,11 @@ impl Msg {
             }
             PeerFrame::CheckpointDone { id, meta, .. } => {
                 format!("CkptDone {id:x} at {:?}", meta.applied)
+            }
+            PeerFrame::CheckpointStart { id, keys, .. } => format!("CkptStart {id:x} {keys} keys"),
+            PeerFrame::CheckpointAck { id, seq } => format!("CkptAck {id:x} #{seq}"),
+            PeerFrame::CheckpointResume { id, next_seq, .. } => {
+                format!("CkptResume {id:x} from #{next_seq}")
             }
             PeerFrame::CheckpointRefused { id, .. } => format!("CkptRefused {id:x}"),
             PeerFrame::NewConfig(a) => format!(
@@ -323,7 +328,7 @@ impl Peers for SimPeers {
         self.net.borrow_mut().send(self.pid, to, frame)
     }
 
-    fn stream_checkpoint(&mut self, to: u64, id: u64, db: &Db) {
+    fn stream_checkpoint(&mut self, to: u64, id: u64, db: &Db, resume: Option<Resume>) {
         let chunk_bytes = {
             let mut net = self.net.borrow_mut();
             net.stats.checkpoint_streams += 1;
@@ -334,7 +339,7 @@ impl Peers for SimPeers {
             to,
             net: &self.net,
         };
-        checkpoint::stream(db, &sink, to, id, chunk_bytes);
+        checkpoint::stream(db, &sink, to, id, chunk_bytes, resume);
     }
 
     fn set_cluster_id(&mut self, _cluster_id: u64) {}
