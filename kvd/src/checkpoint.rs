@@ -20,7 +20,7 @@
 
 use crate::codec::{decode, encode};
 use crate::frame::{crc_items, CheckpointItem, PeerFrame};
-use crate::state_machine::{pair_hash, KvRecord, SmMeta};
+use crate::state_machine::{pair_hash, DedupLimits, HistoryLimits, KvRecord, SmMeta, StateMachine};
 use crate::storage::{Db, StoreError, CF_META, CF_STAGE, KEYS_END, STATE_CFS};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
@@ -500,16 +500,28 @@ pub enum Outcome {
         seq: u64,
         progress: Box<Progress>,
     },
-    /// The state of stream `id` is installed (durably): it is `meta`.
-    Installed { id: u64, meta: SmMeta },
+    /// The state of stream `id` is installed (durably): it is `meta`, loaded in `sm` (the
+    /// dedup table and the leases read here, not on the loop).
+    Installed { id: u64, meta: SmMeta, sm: Loaded },
     /// Stream `id` failed; the chunks written so far stay (a new stream starts over).
     Failed { id: u64, error: String },
+}
+
+/// A state machine loaded over an installed checkpoint.
+pub struct Loaded(pub Box<StateMachine>);
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Loaded({:?})", self.0.meta())
+    }
 }
 
 /// The receiving side of one stream (the installer's state).
 struct Receiving {
     db: Db,
     p: Option<Progress>,
+    /// How the state machine loaded over an installed state is bounded.
+    limits: (DedupLimits, HistoryLimits),
 }
 
 impl Receiving {
@@ -567,7 +579,11 @@ impl Receiving {
             } => {
                 self.p.as_ref().filter(|p| p.id == id)?;
                 Some(match self.finish(chunks, crc, meta) {
-                    Ok(()) => Outcome::Installed { id, meta },
+                    Ok(sm) => Outcome::Installed {
+                        id,
+                        meta,
+                        sm: Loaded(Box::new(sm)),
+                    },
                     Err(e) => self.fail(id, e),
                 })
             }
@@ -624,8 +640,14 @@ impl Receiving {
         Ok(())
     }
 
-    /// Checks the whole stream and makes the state the state machine's: one small batch.
-    fn finish(&mut self, chunks: u64, crc: u32, meta: SmMeta) -> Result<(), CheckpointError> {
+    /// Checks the whole stream and makes the state the state machine's: one small batch. Then
+    /// loads the state machine over it (the loop swaps it in).
+    fn finish(
+        &mut self,
+        chunks: u64,
+        crc: u32,
+        meta: SmMeta,
+    ) -> Result<StateMachine, CheckpointError> {
         let db = &self.db;
         let p = self.p.as_ref().expect("checked by the caller");
         if chunks != p.next_seq || crc != p.crc {
@@ -648,7 +670,8 @@ impl Receiving {
             "checkpoint installed"
         );
         self.p = None;
-        Ok(())
+        let (dedup, history) = self.limits;
+        Ok(StateMachine::load(db.clone(), dedup, history)?)
     }
 }
 
@@ -673,20 +696,29 @@ enum Mode {
 }
 
 impl Installer {
-    pub fn inline(db: Db) -> Installer {
+    /// `limits` bound the state machine loaded over an installed state.
+    pub fn inline(db: Db, limits: (DedupLimits, HistoryLimits)) -> Installer {
         Installer(Mode::Inline {
-            rx: Receiving { db, p: None },
+            rx: Receiving {
+                db,
+                p: None,
+                limits,
+            },
             done: VecDeque::new(),
         })
     }
 
-    pub fn threaded(db: Db) -> Installer {
+    pub fn threaded(db: Db, limits: (DedupLimits, HistoryLimits)) -> Installer {
         let (jobs, jobs_rx) = mpsc::sync_channel::<Job>(INSTALL_QUEUE);
         let (done_tx, done) = mpsc::channel();
         std::thread::Builder::new()
             .name("checkpoint-install".into())
             .spawn(move || {
-                let mut rx = Receiving { db, p: None };
+                let mut rx = Receiving {
+                    db,
+                    p: None,
+                    limits,
+                };
                 for job in jobs_rx {
                     if let Some(o) = rx.handle(job) {
                         if done_tx.send(o).is_err() {
@@ -799,7 +831,8 @@ mod tests {
         }
     }
 
-    /// A store holding `n` keys (with the meta that describes them) and a few dedup records.
+    /// A store holding `n` keys (with the meta that describes them) and records of a second
+    /// family.
     fn source(dir: &Path, n: u64) -> (Db, SmMeta) {
         let db = Db::open(dir).unwrap();
         let mut meta = SmMeta {
@@ -824,13 +857,25 @@ mod tests {
             };
             batch.put_cf(db.cf(STATE_CFS[0]), key, encode(&rec));
         }
-        for c in 0..5u64 {
-            let key = [c.to_be_bytes(), 1u64.to_be_bytes()].concat();
-            batch.put_cf(db.cf(STATE_CFS[1]), key, b"dedup record");
+        // Records of a second family (keys the dedup loader skips: not `client ++ seq`).
+        for c in 0..500u64 {
+            batch.put_cf(db.cf(STATE_CFS[1]), c.to_be_bytes(), [7u8; 64]);
         }
         batch.put_cf(db.cf(CF_META), b"sm", encode(&meta));
         db.write_synced(batch).unwrap();
         (db, meta)
+    }
+
+    fn limits() -> (DedupLimits, HistoryLimits) {
+        let dedup = DedupLimits {
+            ttl_ms: u64::MAX / 2,
+            max_records: 1000,
+        };
+        let history = HistoryLimits {
+            max_events: 1000,
+            max_bytes: 1 << 20,
+        };
+        (dedup, history)
     }
 
     fn state(db: &Db) -> Vec<(u8, Vec<u8>, Vec<u8>)> {
@@ -877,6 +922,9 @@ mod tests {
         let (src, meta) = source(a.path(), 3000);
         let want = state(&src);
         let dst = Db::open(b.path()).unwrap();
+        // A replica's store, as kvd opens it (the store format written).
+        let (dedup, history) = limits();
+        StateMachine::load(dst.clone(), dedup, history).unwrap();
         let id = 0xfeed;
         let sink = Frames::default();
         stream(&src, &sink, 4, id, 16 * 1024, None);
@@ -886,7 +934,7 @@ mod tests {
             .filter(|f| matches!(f, PeerFrame::CheckpointChunk { .. }))
             .count() as u64;
         assert!(chunks >= 10, "{chunks} chunks");
-        let mut rx = Installer::inline(dst.clone());
+        let mut rx = Installer::inline(dst.clone(), limits());
         rx.submit(Job::Begin {
             from: 1,
             id,
@@ -905,7 +953,7 @@ mod tests {
 
         let p = Progress::load(&dst).unwrap().expect("progress persisted");
         assert_eq!((p.id, p.next_seq), (id, chunks / 2));
-        let mut rx = Installer::inline(dst.clone());
+        let mut rx = Installer::inline(dst.clone(), limits());
         rx.submit(Job::Begin {
             from: 1,
             id,
@@ -917,7 +965,8 @@ mod tests {
         feed(&mut rx, sink.0.take(), None);
         let outcomes: Vec<Outcome> = std::iter::from_fn(|| rx.poll()).collect();
         assert!(
-            matches!(outcomes.last(), Some(Outcome::Installed { meta: m, .. }) if *m == meta),
+            matches!(outcomes.last(), Some(Outcome::Installed { meta: m, sm, .. })
+                if *m == meta && sm.0.meta() == meta),
             "{outcomes:?}"
         );
         assert_eq!(outcomes.len() as u64, chunks - chunks / 2 + 1);
@@ -952,7 +1001,7 @@ mod tests {
             }
         }
         let dst = Db::open(b.path()).unwrap();
-        let mut rx = Installer::inline(dst.clone());
+        let mut rx = Installer::inline(dst.clone(), limits());
         rx.submit(Job::Begin {
             from: 1,
             id: 9,

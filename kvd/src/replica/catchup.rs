@@ -407,11 +407,11 @@ impl<P: Peers> Replica<P> {
                         self.log_transfer();
                     }
                 }
-                Outcome::Installed { id, meta } => {
+                Outcome::Installed { id, meta, sm } => {
                     let current =
                         matches!(&self.catchup, Some(CatchUp::Checkpoint(t)) if t.id == id);
                     if current {
-                        self.installed(meta);
+                        self.installed(meta, sm.0);
                     }
                 }
                 Outcome::Failed { id, error } => {
@@ -703,8 +703,9 @@ impl<P: Peers> Replica<P> {
         });
     }
 
-    /// The installer made the received state durable: it becomes the state machine's.
-    fn installed(&mut self, m: SmMeta) {
+    /// The installer made the received state durable and loaded a state machine over it
+    /// (off the loop: reading a large dedup table takes a while): it becomes ours.
+    fn installed(&mut self, m: SmMeta, mut sm: Box<crate::state_machine::StateMachine>) {
         let (from, id, started, bytes) = match &self.catchup {
             Some(CatchUp::Checkpoint(t)) => (t.from, t.id, t.started, t.progress.bytes),
             _ => return,
@@ -713,9 +714,8 @@ impl<P: Peers> Replica<P> {
         self.state_replaced = false;
         self.peers
             .send(from, PeerFrame::CheckpointAck { id, seq: u64::MAX });
-        self.sm
-            .reload()
-            .unwrap_or_else(|e| panic!("reloading state after checkpoint: {e}"));
+        sm.set_ignore_dedup(self.cfg.defect == Some(super::Defect::ApplyIgnoresDedup));
+        self.sm = *sm;
         self.lease_clock.reload(self.sm.leases().iter(), self.now);
         if self.sm.applied().config_id != self.meta.config_id {
             // The end of the previous configuration is this one's start.

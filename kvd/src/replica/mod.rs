@@ -327,10 +327,11 @@ impl<P: Peers> Replica<P> {
     ) -> Result<Self, String> {
         crate::checkpoint::resume_interrupted_install(&db).map_err(|e| e.to_string())?;
         let receiving = crate::checkpoint::Progress::load(&db).map_err(|e| e.to_string())?;
+        let limits = (cfg.dedup, cfg.history);
         let installer = if cfg.install_on_thread {
-            crate::checkpoint::Installer::threaded(db.clone())
+            crate::checkpoint::Installer::threaded(db.clone(), limits)
         } else {
-            crate::checkpoint::Installer::inline(db.clone())
+            crate::checkpoint::Installer::inline(db.clone(), limits)
         };
         let mut sm =
             StateMachine::load(db.clone(), cfg.dedup, cfg.history).map_err(|e| e.to_string())?;
