@@ -182,9 +182,11 @@ impl<'a> StateView<'a> {
             })
     }
 
-    /// About how many bytes of keys and values the state holds (RocksDB's estimate).
+    /// About how many bytes of keys and values the state holds: the size of its table files
+    /// (a frozen copy has flushed everything to them; versions not compacted away yet count
+    /// too). RocksDB's `estimate-live-data-size` said a third of the real size here.
     fn estimated_bytes(&self) -> u64 {
-        const PROP: &str = "rocksdb.estimate-live-data-size";
+        const PROP: &str = "rocksdb.total-sst-files-size";
         STATE_CFS
             .iter()
             .filter_map(|name| match &self.src {
@@ -929,6 +931,13 @@ mod tests {
         let sink = Frames::default();
         stream(&src, &sink, 4, id, 16 * 1024, None);
         let frames = sink.0.take();
+        let Some(PeerFrame::CheckpointStart {
+            bytes: estimate, ..
+        }) = frames.first()
+        else {
+            panic!("a stream starts with its totals");
+        };
+        let estimate = *estimate;
         let chunks = frames
             .iter()
             .filter(|f| matches!(f, PeerFrame::CheckpointChunk { .. }))
@@ -970,6 +979,15 @@ mod tests {
             "{outcomes:?}"
         );
         assert_eq!(outcomes.len() as u64, chunks - chunks / 2 + 1);
+        let Some(Outcome::Written { progress, .. }) = outcomes.iter().rev().nth(1) else {
+            panic!("{outcomes:?}");
+        };
+        // The estimate of the bytes is within a factor of two of what came.
+        assert!(
+            estimate / 2 < progress.bytes && progress.bytes < estimate * 2,
+            "estimated {estimate}, received {}",
+            progress.bytes
+        );
         assert_eq!(Progress::load(&dst).unwrap(), None);
         assert_eq!(state(&dst), want);
         assert_eq!(StateView::open(&dst).unwrap().meta, meta);
