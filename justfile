@@ -42,7 +42,7 @@ clean:
 kill N:
     ./scripts/local-cluster.sh kill {{N}}
 
-# Start replica N next to the local cluster and reconfigure to include it (it receives the state).
+# Start replica N next to the local cluster and reconfigure to include it; shows its state transfer.
 add-node N: build
     ./scripts/local-cluster.sh add {{N}}
 

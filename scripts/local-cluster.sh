@@ -202,6 +202,8 @@ case "$cmd" in
     "$bin/kvctl" --endpoints "$(endpoints)" --timeout 20s reconfigure --nodes "$nodes,$p" --peer "$p=127.0.0.1:$((7000 + p))"
     echo "$nodes,$p" >"$home/nodes"
     nodes=$(cat "$home/nodes")
+    # It takes the state by checkpoint: show the transfer (a progress bar on a terminal).
+    "$bin/kvctl" --endpoints "$(endpoint "$p")" --timeout 2s wait-serving --max-wait 10m
     "$bin/kvctl" --endpoints "$(endpoints)" status --all
     ;;
   remove)

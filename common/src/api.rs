@@ -239,9 +239,29 @@ impl std::fmt::Display for Phase {
 pub struct TransferView {
     /// The replica streaming it.
     pub from: u64,
+    /// Key and value bytes, and records, written so far (a resumed transfer counts what came
+    /// before the interruption too).
     pub bytes: u64,
     pub items: u64,
+    /// Time since this stream (or its resumption) started.
     pub elapsed_ms: u64,
+    /// KV keys written so far, and in the whole state (0: not known yet).
+    #[serde(default)]
+    pub keys: u64,
+    #[serde(default)]
+    pub keys_total: u64,
+    /// The sender's estimate of the whole state's bytes (0: not known yet).
+    #[serde(default)]
+    pub bytes_total: u64,
+    /// Bytes per second since this stream (or its resumption) started.
+    #[serde(default)]
+    pub rate_bytes_per_sec: u64,
+    /// Time left at that rate, by keys (None until keys come).
+    #[serde(default)]
+    pub eta_ms: Option<u64>,
+    /// Bytes already held when this stream started: a resumption's head start.
+    #[serde(default)]
+    pub resumed_at_bytes: u64,
 }
 
 /// `POST /v1/reconfigure`: change the members, as a compare-and-set on the configuration id.

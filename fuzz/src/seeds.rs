@@ -189,6 +189,19 @@ pub fn peer_frames() -> Vec<Vec<u8>> {
             id: 9,
             reason: "busy".into(),
         },
+        PeerFrame::CheckpointStart {
+            id: 9,
+            keys: 3,
+            bytes: 1 << 20,
+        },
+        PeerFrame::CheckpointAck { id: 9, seq: 4 },
+        PeerFrame::CheckpointResume {
+            id: 9,
+            config_id: 3,
+            next_seq: 5,
+            crc: 0x1234_5678,
+            after: Some((0, b"a".to_vec())),
+        },
         PeerFrame::NewConfig(Announcement {
             cluster_id: 0xdead_beef_cafe,
             genesis_config_id: 1,

@@ -237,6 +237,15 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Wait until the replica at the (first) endpoint holds the state and serves, showing the
+    /// state transfer it receives (a progress bar on a terminal, a line every 2 s otherwise,
+    /// on stderr). Exit 3 (unavailable) when it does not serve within --max-wait.
+    WaitServing {
+        /// Give up after this long (`0`: never), e.g. `90s`, `10m`.
+        #[arg(long, value_name = "DURATION", default_value = "10m",
+              value_parser = parse_duration_or_zero)]
+        max_wait: Duration,
+    },
     /// Print the replica's recent decided log, oldest first.
     Log {
         /// Most entries to show (the newest ones).

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod context;
 pub mod exit;
 pub mod output;
+pub mod progress;
 pub mod shell;
 
 pub use cli::{Cli, Command, GlobalOpts, OutputFormat};
@@ -111,6 +112,10 @@ async fn run_command(ctx: &Context, command: Command, out: &mut dyn Write) -> Re
         Command::Status { all: true } => {
             let endpoints = ctx.selected_endpoints()?;
             return commands::status::run_all(ctx, &endpoints, out).await;
+        }
+        Command::WaitServing { max_wait } => {
+            let client = ctx.client()?;
+            return commands::wait_serving::run(&client, max_wait, out).await;
         }
         Command::Bench(args) => return bench::run(ctx, &args, out).await,
         Command::Certs(command) => return commands::certs::run(command, ctx.output, out),

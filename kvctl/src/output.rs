@@ -353,8 +353,13 @@ pub fn status_text(s: &StatusView) -> String {
         fields.push((
             "transfer",
             format!(
-                "from {}: {} bytes, {} items, {} ms",
-                t.from, t.bytes, t.items, t.elapsed_ms
+                "from {}: {}/{} keys, {} ({} items, {} ms)",
+                t.from,
+                t.keys,
+                t.keys_total,
+                crate::commands::wait_serving::describe(t),
+                t.items,
+                t.elapsed_ms
             ),
         ));
     }

@@ -1,6 +1,7 @@
 //! The consensus thread: drives the sans-IO `Replica` with the real clock and the loop's
 //! inbox. It waits for an input or the next tick, handles what is queued (up to a bound), and
-//! ends the iteration; the watchdog reads its heartbeat.
+//! ends the iteration; the watchdog reads its heartbeat. Each iteration's duration goes to the
+//! metrics (`loop_iteration_seconds`, the longest in `loop_longest_iteration_microseconds`).
 
 use crate::inbox::Input;
 use crate::peers::Peers;
@@ -30,9 +31,11 @@ pub fn run<P: Peers>(
         let wait = replica
             .next_wakeup()
             .saturating_duration_since(Instant::now());
+        let mut began = None;
         match inbox.recv_timeout(wait) {
             Ok(Input::Shutdown) => break,
             Ok(input) => {
+                began = Some(Instant::now());
                 replica.handle(Instant::now(), input);
                 for _ in 0..MAX_DRAIN {
                     match inbox.try_recv() {
@@ -49,7 +52,9 @@ pub fn run<P: Peers>(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
+        let began = began.unwrap_or_else(Instant::now);
         replica.finish_iteration(Instant::now());
+        replica.observe_iteration(began.elapsed());
     }
     replica.shutdown();
 }

@@ -57,6 +57,22 @@ pub struct Metrics {
     pub checkpoint_bytes_received: Counter,
     /// Checkpoints received, verified and installed.
     pub checkpoints_installed: Counter,
+    /// Interrupted checkpoint transfers resumed where they stopped.
+    pub checkpoints_resumed: Counter,
+    /// The transfer being received: bytes and KV keys written, the whole state's (keys
+    /// exact, bytes the sender's estimate), bytes per second, seconds left (-1: unknown or
+    /// none). All 0 when no transfer runs.
+    pub transfer_bytes: Gauge,
+    pub transfer_bytes_total: Gauge,
+    pub transfer_keys: Gauge,
+    pub transfer_keys_total: Gauge,
+    pub transfer_rate: Gauge,
+    pub transfer_eta_seconds: Gauge,
+    /// The consensus loop's longest iteration so far, in microseconds (a loop that pauses
+    /// takes no part in consensus meanwhile).
+    pub loop_longest_iteration_us: Gauge,
+    /// Consensus loop iteration durations, seconds.
+    pub loop_iteration_seconds: Histogram,
     /// Times the apply cursor fell below the compacted index (catch-up started).
     pub catchups: Counter,
     /// Decided entries fetched from peers while catching up.
@@ -106,6 +122,15 @@ impl Metrics {
             reconfigurations: Counter::default(),
             checkpoint_bytes_received: Counter::default(),
             checkpoints_installed: Counter::default(),
+            checkpoints_resumed: Counter::default(),
+            transfer_bytes: Gauge::default(),
+            transfer_bytes_total: Gauge::default(),
+            transfer_keys: Gauge::default(),
+            transfer_keys_total: Gauge::default(),
+            transfer_rate: Gauge::default(),
+            transfer_eta_seconds: Gauge::default(),
+            loop_longest_iteration_us: Gauge::default(),
+            loop_iteration_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             catchups: Counter::default(),
             fetched_entries: Counter::default(),
             workarounds: Family::default(),
@@ -190,6 +215,56 @@ impl Metrics {
             "Checkpoints received, verified and installed",
             m.checkpoints_installed.clone(),
         );
+        m.registry.register(
+            "checkpoints_resumed",
+            "Interrupted checkpoint transfers resumed where they stopped",
+            m.checkpoints_resumed.clone(),
+        );
+        for (name, help, g) in [
+            (
+                "transfer_bytes",
+                "State transfer being received: bytes written",
+                &m.transfer_bytes,
+            ),
+            (
+                "transfer_bytes_total",
+                "State transfer being received: the sender's estimate of the state's bytes",
+                &m.transfer_bytes_total,
+            ),
+            (
+                "transfer_keys",
+                "State transfer being received: keys written",
+                &m.transfer_keys,
+            ),
+            (
+                "transfer_keys_total",
+                "State transfer being received: keys in the state",
+                &m.transfer_keys_total,
+            ),
+            (
+                "transfer_rate_bytes_per_second",
+                "State transfer being received: bytes per second",
+                &m.transfer_rate,
+            ),
+            (
+                "transfer_eta_seconds",
+                "State transfer being received: seconds left (-1 unknown)",
+                &m.transfer_eta_seconds,
+            ),
+            (
+                "loop_longest_iteration_microseconds",
+                "The consensus loop's longest iteration since start",
+                &m.loop_longest_iteration_us,
+            ),
+        ] {
+            m.registry.register(name, help, g.clone());
+        }
+        m.registry.register(
+            "loop_iteration_seconds",
+            "Consensus loop iteration durations",
+            m.loop_iteration_seconds.clone(),
+        );
+        m.transfer_eta_seconds.set(-1);
         m.registry.register(
             "catchups",
             "Times the apply cursor fell below the compacted index",

@@ -533,15 +533,29 @@ where
 }
 
 /// The consensus loop's `Peers` over TCP sessions: one outbound session per peer, opened on
-/// demand, and checkpoint streams on their own threads (one per peer: a newer request
-/// supersedes a running stream).
+/// demand, and checkpoint streams on their own threads (one per peer: a newer request or a
+/// resumption supersedes a running stream).
 pub struct TcpPeers {
     rt: tokio::runtime::Handle,
     ctx: Arc<TransportCtx>,
     sessions: HashMap<u64, PeerLink>,
-    /// Id of the checkpoint stream each peer currently wants from us.
-    streams: HashMap<u64, Arc<AtomicU64>>,
+    /// The checkpoint stream each peer currently wants from us.
+    streams: HashMap<u64, Arc<StreamCtl>>,
 }
+
+/// A peer's current checkpoint stream: which run of it (a resumption is a new run of the
+/// same stream id), and how many of its chunks the receiver acknowledged.
+#[derive(Default)]
+struct StreamCtl {
+    run: AtomicU64,
+    id: AtomicU64,
+    /// Chunks acknowledged: the receiver wrote every chunk below this.
+    acked: AtomicU64,
+}
+
+/// How long a stream waits for the receiver to acknowledge a chunk before it pauses (its
+/// frozen copy is kept for a resumption).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TcpPeers {
     /// Sessions opened on `rt`, on demand: members appear with membership changes.
@@ -555,11 +569,12 @@ impl TcpPeers {
     }
 }
 
-/// A checkpoint stream's sink: the bulk queue of one session, while the stream is current.
+/// A checkpoint stream's sink: the bulk queue of one session, while the stream is current,
+/// at most `checkpoint::WINDOW` chunks beyond the receiver's acknowledgements.
 struct StreamSink {
     link: PeerLink,
-    id: u64,
-    current: Arc<AtomicU64>,
+    run: u64,
+    ctl: Arc<StreamCtl>,
 }
 
 impl ChunkSink for StreamSink {
@@ -568,7 +583,23 @@ impl ChunkSink for StreamSink {
     }
 
     fn wanted(&self) -> bool {
-        self.current.load(Ordering::Relaxed) == self.id
+        self.ctl.run.load(Ordering::Relaxed) == self.run
+    }
+
+    fn window_open(&self, seq: u64) -> bool {
+        let mut acked = self.ctl.acked.load(Ordering::Relaxed);
+        let mut since = std::time::Instant::now();
+        while seq >= acked + checkpoint::WINDOW {
+            if !self.wanted() || since.elapsed() > ACK_TIMEOUT {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            let now = self.ctl.acked.load(Ordering::Relaxed);
+            if now != acked {
+                (acked, since) = (now, std::time::Instant::now());
+            }
+        }
+        true
     }
 }
 
@@ -592,18 +623,30 @@ impl Peers for TcpPeers {
         self.sessions.get(&to).is_some_and(|l| l.send(frame))
     }
 
-    fn stream_checkpoint(&mut self, to: u64, id: u64, db: &Db) {
+    fn stream_checkpoint(&mut self, to: u64, id: u64, db: &Db, resume: Option<checkpoint::Resume>) {
         let Some(link) = self.sessions.get(&to).cloned() else {
             return;
         };
-        let current = self.streams.entry(to).or_default().clone();
-        current.store(id, Ordering::Relaxed);
+        let ctl = self.streams.entry(to).or_default().clone();
+        let run = ctl.run.fetch_add(1, Ordering::Relaxed) + 1;
+        ctl.id.store(id, Ordering::Relaxed);
+        let first = resume.as_ref().map_or(0, |r| r.next_seq);
+        ctl.acked.store(first, Ordering::Relaxed);
         let db = db.clone();
-        let sink = StreamSink { link, id, current };
+        let sink = StreamSink { link, run, ctl };
         std::thread::Builder::new()
             .name("checkpoint-send".into())
-            .spawn(move || checkpoint::stream(&db, &sink, to, id, checkpoint::CHUNK_BYTES))
+            .spawn(move || checkpoint::stream(&db, &sink, to, id, checkpoint::CHUNK_BYTES, resume))
             .expect("spawn checkpoint thread");
+    }
+
+    fn checkpoint_acked(&mut self, to: u64, id: u64, seq: u64) {
+        if let Some(ctl) = self.streams.get(&to) {
+            if ctl.id.load(Ordering::Relaxed) == id {
+                ctl.acked
+                    .fetch_max(seq.saturating_add(1), Ordering::Relaxed);
+            }
+        }
     }
 
     fn set_cluster_id(&mut self, cluster_id: u64) {

@@ -143,6 +143,31 @@ pub enum PeerFrame {
         id: u64,
         index: Option<u64>,
     },
+    /// First frame of a checkpoint stream (and of a resumed one): what the whole state holds,
+    /// so the receiver can report progress. `bytes` is the sum of every item's key and value
+    /// lengths; `keys` the KV keys (the meta's key count).
+    CheckpointStart {
+        id: u64,
+        keys: u64,
+        bytes: u64,
+    },
+    /// The receiver wrote chunk `seq` of checkpoint `id` (durably): the sender may have up
+    /// to its window of chunks beyond it in flight. `seq == u64::MAX`: the checkpoint is
+    /// installed; the sender may drop what it kept to resume it.
+    CheckpointAck {
+        id: u64,
+        seq: u64,
+    },
+    /// A receiver that holds the chunks before `next_seq` of checkpoint `id` (the last item
+    /// it wrote is `after`: a state family's index and a key) asks for the rest, from the
+    /// same state. `crc` is the CRC-32 of the items it holds, which the sender continues.
+    CheckpointResume {
+        id: u64,
+        config_id: u32,
+        next_seq: u64,
+        crc: u32,
+        after: Option<(u8, Vec<u8>)>,
+    },
 }
 
 /// What a decided StopSign says, with what a joiner needs to trust it.

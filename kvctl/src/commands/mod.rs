@@ -18,6 +18,7 @@ pub mod status;
 pub mod token;
 pub mod txn;
 pub mod txn_text;
+pub mod wait_serving;
 pub mod watch;
 
 use crate::context::Context;

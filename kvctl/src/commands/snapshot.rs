@@ -9,12 +9,12 @@
 
 use crate::cli::OutputFormat;
 use crate::exit::Error;
+use crate::progress::Progress;
 use bytes::{Buf, Bytes};
-use indicatif::{ProgressBar, ProgressStyle};
 use omnikv_common::client::SnapshotStream;
 use omnikv_common::snapshot::{FormatError, Header, Reader, Trailer};
 use omnikv_common::{Client, ClientError, Consistency};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,56 +23,6 @@ pub struct Summary {
     pub header: Header,
     pub trailer: Trailer,
     pub bytes: u64,
-}
-
-/// How progress is shown while a snapshot arrives.
-enum Progress {
-    Bar(ProgressBar),
-    Lines { every: Duration, last: Instant },
-}
-
-impl Progress {
-    fn new(keys: Option<u64>) -> Progress {
-        if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::new(keys.unwrap_or(0));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} keys {msg}",
-                )
-                .expect("a valid template"),
-            );
-            Progress::Bar(bar)
-        } else {
-            Progress::Lines {
-                every: Duration::from_secs(2),
-                last: Instant::now(),
-            }
-        }
-    }
-
-    fn update(&mut self, keys: u64, total: u64, bytes: u64) {
-        match self {
-            Progress::Bar(bar) => {
-                bar.set_length(total);
-                bar.set_position(keys);
-                bar.set_message(format!("{:.1} MiB", mib(bytes)));
-            }
-            Progress::Lines { every, last } if last.elapsed() >= *every => {
-                *last = Instant::now();
-                eprintln!(
-                    "snapshot: {keys}/{total} keys, {:.1} MiB received",
-                    mib(bytes)
-                );
-            }
-            Progress::Lines { .. } => {}
-        }
-    }
-
-    fn done(&self) {
-        if let Progress::Bar(bar) = self {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -134,7 +84,7 @@ async fn receive(mut stream: SnapshotStream, part: &Path) -> Result<Summary, Fai
             current: Bytes::new(),
             file: std::io::BufWriter::with_capacity(1 << 20, file),
         };
-        let mut progress = Progress::new(total_hint);
+        let mut progress = Progress::new("snapshot", total_hint);
         let result = (|| {
             let mut reader = Reader::open(&mut tee)?;
             let total = reader.header().keys;
@@ -144,12 +94,20 @@ async fn receive(mut stream: SnapshotStream, part: &Path) -> Result<Summary, Fai
                 if Some(usize::from(item.cf)) == kv {
                     keys += 1;
                     if keys.is_multiple_of(4096) {
-                        progress.update(keys, total, reader.bytes);
+                        progress.update(
+                            keys,
+                            total,
+                            format!("{:.1} MiB received", mib(reader.bytes)),
+                        );
                     }
                 }
             }
             let trailer = reader.trailer().cloned().expect("set at the end");
-            progress.update(keys, total, reader.bytes);
+            progress.update(
+                keys,
+                total,
+                format!("{:.1} MiB received", mib(reader.bytes)),
+            );
             Ok::<_, FormatError>(Summary {
                 header: reader.header().clone(),
                 trailer,

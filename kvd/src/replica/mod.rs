@@ -184,6 +184,10 @@ pub struct LoopConfig {
     pub defect: Option<Defect>,
     /// Leases that may exist at once: a grant beyond them is refused (by the proposer).
     pub max_leases: usize,
+    /// Whether received checkpoints are written on a thread of their own (kvd) or inline
+    /// when the loop hands them over (the simulator, whose runs must be a function of the
+    /// seed): `checkpoint::Installer`.
+    pub install_on_thread: bool,
 }
 
 /// The log under the state machine: OmniPaxos, or a trivial local log when the
@@ -242,6 +246,13 @@ pub struct Replica<P: Peers> {
     write_replies: Vec<(Reply<WriteAnswer>, Result<WriteAnswer, ApiError>)>,
     read_replies: Vec<(Reply<ReadAnswer>, Result<ReadAnswer, ApiError>)>,
     catchup: Option<CatchUp>,
+    /// Writes received checkpoints (off the loop in kvd).
+    installer: crate::checkpoint::Installer,
+    /// A checkpoint's first chunk replaced the state, and the install has not completed: the
+    /// state is incomplete until a checkpoint lands (persisted as `checkpoint_receiving`).
+    state_replaced: bool,
+    /// How long to wait for the sender of an interrupted transfer before starting over.
+    resume_deadline: Option<Instant>,
     /// Ticks spent leading with an undecided StopSign (`StopSignStall`).
     stopsign_stall: StopSignStall,
     /// A recovered promise of our own ballot, watched until it is replaced (`StaleOwnBallot`).
@@ -315,6 +326,13 @@ impl<P: Peers> Replica<P> {
         now: Instant,
     ) -> Result<Self, String> {
         crate::checkpoint::resume_interrupted_install(&db).map_err(|e| e.to_string())?;
+        let receiving = crate::checkpoint::Progress::load(&db).map_err(|e| e.to_string())?;
+        let limits = (cfg.dedup, cfg.history);
+        let installer = if cfg.install_on_thread {
+            crate::checkpoint::Installer::threaded(db.clone(), limits)
+        } else {
+            crate::checkpoint::Installer::inline(db.clone(), limits)
+        };
         let mut sm =
             StateMachine::load(db.clone(), cfg.dedup, cfg.history).map_err(|e| e.to_string())?;
         sm.set_ignore_dedup(cfg.defect == Some(Defect::ApplyIgnoresDedup));
@@ -379,6 +397,9 @@ impl<P: Peers> Replica<P> {
             write_replies: Vec::new(),
             read_replies: Vec::new(),
             catchup: None,
+            installer,
+            state_replaced: receiving.is_some(),
+            resume_deadline: None,
             stale_own_ballot: None,
             stopsign_stall: StopSignStall::default(),
             handoff: Default::default(),
@@ -397,6 +418,9 @@ impl<P: Peers> Replica<P> {
         r.watch_own_ballot();
         if r.meta.lifecycle == Lifecycle::Joining && r.meta.config_id != 0 {
             r.start_joining_catchup();
+        } else if r.state_replaced && r.meta.lifecycle == Lifecycle::Serving {
+            warn!("a checkpoint transfer was interrupted: resuming it");
+            r.start_catchup();
         }
         if let (Some(t), Lifecycle::Serving | Lifecycle::Leaving) =
             (r.meta.last_transition.clone(), r.meta.lifecycle)
@@ -521,6 +545,18 @@ impl<P: Peers> Replica<P> {
         }
         self.maybe_compact();
         self.observe_leader();
+    }
+
+    /// Records how long one iteration (its inputs and `finish_iteration`) took, as measured
+    /// by the driver (kvd's consensus thread: the real clock).
+    pub fn observe_iteration(&self, took: Duration) {
+        self.metrics
+            .loop_iteration_seconds
+            .observe(took.as_secs_f64());
+        let us = took.as_micros().min(i64::MAX as u128) as i64;
+        if us > self.metrics.loop_longest_iteration_us.get() {
+            self.metrics.loop_longest_iteration_us.set(us);
+        }
     }
 
     /// One OmniPaxos tick, and the workarounds that count ticks.
@@ -679,8 +715,27 @@ impl<P: Peers> Replica<P> {
                 self.on_checkpoint_request(from, id, config_id)
             }
             PeerFrame::CheckpointChunk { id, seq, items } => {
-                self.on_checkpoint_chunk(from, id, seq, &items)
+                self.on_checkpoint_chunk(from, id, seq, items)
             }
+            PeerFrame::CheckpointStart { id, keys, bytes } => {
+                self.on_checkpoint_start(from, id, keys, bytes)
+            }
+            PeerFrame::CheckpointAck { id, seq } => self.on_checkpoint_ack(from, id, seq),
+            PeerFrame::CheckpointResume {
+                id,
+                next_seq,
+                crc,
+                after,
+                ..
+            } => self.on_checkpoint_resume(
+                from,
+                id,
+                crate::checkpoint::Resume {
+                    next_seq,
+                    crc,
+                    after,
+                },
+            ),
             PeerFrame::CheckpointDone {
                 id,
                 chunks,

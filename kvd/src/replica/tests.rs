@@ -47,13 +47,19 @@ impl Peers for TestPeers {
         true
     }
     /// Streams inline onto the wire, as the simulator does.
-    fn stream_checkpoint(&mut self, to: u64, id: u64, db: &Db) {
+    fn stream_checkpoint(
+        &mut self,
+        to: u64,
+        id: u64,
+        db: &Db,
+        resume: Option<crate::checkpoint::Resume>,
+    ) {
         let sink = WireSink {
             from: self.pid,
             to,
             wire: self.wire.clone(),
         };
-        crate::checkpoint::stream(db, &sink, to, id, 64 * 1024);
+        crate::checkpoint::stream(db, &sink, to, id, 64 * 1024, resume);
     }
     fn set_cluster_id(&mut self, _cluster_id: u64) {}
 }
@@ -121,6 +127,7 @@ fn loop_config(
         seed: pid,
         defect,
         max_leases: 100,
+        install_on_thread: false,
     }
 }
 

@@ -101,11 +101,17 @@ impl<P: Peers> Replica<P> {
             connected_peers: self.connected_peers(),
             reconfiguration: self.reconfig_view(),
             transfer: match &self.catchup {
-                Some(CatchUp::Checkpoint { rx, started, .. }) => Some(TransferView {
-                    from: rx.from,
-                    bytes: rx.bytes,
-                    items: rx.items,
-                    elapsed_ms: self.now.saturating_duration_since(*started).as_millis() as u64,
+                Some(CatchUp::Checkpoint(t)) => Some(TransferView {
+                    from: t.from,
+                    bytes: t.progress.bytes,
+                    items: t.progress.items,
+                    elapsed_ms: self.now.saturating_duration_since(t.started).as_millis() as u64,
+                    keys: t.progress.keys,
+                    keys_total: t.progress.keys_total,
+                    bytes_total: t.progress.bytes_total,
+                    rate_bytes_per_sec: t.rate(self.now) as u64,
+                    eta_ms: t.eta(self.now).map(|d| d.as_millis() as u64),
+                    resumed_at_bytes: t.base_bytes,
                 }),
                 _ => None,
             },

@@ -152,7 +152,7 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Re-reads everything from disk (after a checkpoint was switched in).
+    /// Re-reads everything from disk.
     pub fn reload(&mut self) -> Result<(), StoreError> {
         let ignore_dedup = self.ignore_dedup;
         *self = StateMachine::load(self.db.clone(), self.limits, self.history_limits)?;

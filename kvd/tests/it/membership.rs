@@ -1,5 +1,5 @@
 //! Membership changes between real kvd processes: adding a replica that receives the state
-//! (also when killed mid-transfer), removing the leader, replacing a member, writers during
+//! (also when killed half-way through the transfer: it resumes), removing the leader, replacing a member, writers during
 //! changes, a leader killed around a change, and restarts after a change.
 
 use crate::harness::{stdout_ok, Cluster, Opts};
@@ -105,7 +105,7 @@ pub(crate) fn reconfigure(c: &Cluster, endpoints: &[u64], args: &[&str]) -> std:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
+async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer_and_resumes() {
     let mut c = Cluster::start(3, Opts::default()).await;
     let n = keys_to_load();
     let t = Instant::now();
@@ -136,7 +136,9 @@ async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
     assert_eq!(out.trim(), "OK: configuration 2, members 1,2,3,4");
     eprintln!("change decided in {:?}", t.elapsed());
 
-    // Kill the new replica while it receives the state, then restart it: it completes.
+    // Kill the new replica half-way through the transfer, then restart it: it resumes
+    // where it stopped (its sender kept the state it froze for the stream) and completes.
+    // The sender runs in short bursts (SIGCONT, 5 ms, SIGSTOP) so the kill lands at half.
     let s = wait_status(
         &c,
         4,
@@ -148,12 +150,26 @@ async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
         },
     )
     .await;
-    assert!(
-        s.transfer.is_some(),
-        "the transfer finished before it could be interrupted: {s:?}"
-    );
+    let sender = s
+        .transfer
+        .as_ref()
+        .unwrap_or_else(|| panic!("the transfer finished before it could be interrupted: {s:?}"))
+        .from;
+    c.pause(sender);
+    let half = loop {
+        let t = c.status(4).await.ok().and_then(|s| s.transfer);
+        if let Some(t) = t.filter(|t| t.keys_total > 0 && 2 * t.keys >= t.keys_total) {
+            break t;
+        }
+        c.resume(sender);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        c.pause(sender);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     c.kill(4);
-    eprintln!("killed node 4 mid-transfer at {:?}", s.transfer);
+    c.resume(sender);
+    assert!(half.keys < half.keys_total, "{half:?}");
+    eprintln!("killed node 4 mid-transfer at {half:?}");
     c.spawn(4);
     let t4 = Instant::now();
     let s = wait_status(&c, 4, Duration::from_secs(120), "serving", |s| {
@@ -165,6 +181,11 @@ async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer() {
         s.keys,
         t4.elapsed(),
         t.elapsed()
+    );
+    let log = c.log_text(4);
+    assert!(
+        log.contains("resuming the checkpoint transfer where it stopped"),
+        "node 4 did not resume its transfer:\n{log}"
     );
     assert_eq!(s.config_id, 2);
     assert_eq!(s.members, [1, 2, 3, 4]);

@@ -129,6 +129,8 @@ impl SimNode {
         lc.timers = sim_timers();
         lc.max_apply = s.max_apply;
         lc.defect = s.defect;
+        // Checkpoints are written inline: a run stays a function of its seed.
+        lc.install_on_thread = false;
         self.metrics = Arc::new(Metrics::new());
         let peers = SimPeers::new(self.pid, net.clone());
         let replica = Replica::new(lc, meta, db.clone(), peers, self.metrics.clone(), now)
@@ -160,21 +162,32 @@ impl SimNode {
             .prefix("omnikv-sim-")
             .tempdir_in(&self.base)
             .expect("tempdir");
-        for entry in std::fs::read_dir(self.dir.path()).expect("read data dir") {
-            let entry = entry.expect("dir entry");
-            let name = entry.file_name();
-            if name == "LOCK" || name.to_string_lossy().starts_with("LOG") {
-                continue;
-            }
-            match std::fs::copy(entry.path(), copy.path().join(&name)) {
-                Ok(_) => {}
-                // Deleted as obsolete between the listing and the copy.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => panic!("copy a store file: {e}"),
-            }
-        }
+        copy_store(self.dir.path(), copy.path());
         self.crash();
         self.dir = copy;
+    }
+}
+
+/// Copies a data dir's files, and its subdirectories (the checkpoint copies kept for peers,
+/// `checkpoints-out`), as a power cut leaves them.
+fn copy_store(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read data dir") {
+        let entry = entry.expect("dir entry");
+        let name = entry.file_name();
+        if name == "LOCK" || name.to_string_lossy().starts_with("LOG") {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::create_dir_all(to.join(&name)).expect("create a store subdirectory");
+            copy_store(&entry.path(), &to.join(&name));
+            continue;
+        }
+        match std::fs::copy(entry.path(), to.join(&name)) {
+            Ok(_) => {}
+            // Deleted as obsolete between the listing and the copy.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("copy a store file: {e}"),
+        }
     }
 }
 

@@ -173,6 +173,48 @@ fn catch_up_from_peers_versus_from_a_checkpoint() {
     assert!(ckpt.checkpoints_installed > 0, "{ckpt:?}");
 }
 
+/// A follower takes a checkpoint (every peer compacted past its cursor) and crashes in the
+/// middle of writing it, once with its process killed and once with a power cut: restarted,
+/// it resumes the transfer where its persisted progress says it stopped (the sender serves
+/// the rest from the copy it froze for the stream) instead of starting over, and ends in the
+/// identical state (`settle` checks the state hash).
+#[test]
+fn a_checkpoint_interrupted_by_a_crash_of_its_receiver_resumes() {
+    for (seed, power_cut) in [(43, false), (44, true)] {
+        let (_, f) = scenario(seed, quiet(0, 2), |w| {
+            let l = wait_leader(w)?;
+            let (f, _) = others(w, l);
+            write_n(w, 40);
+            w.power_cut(f);
+            write_n(w, 40);
+            // Its chunks from the fourth on are lost until it has crashed.
+            w.set_filter(Some(Box::new(move |m: &Msg| {
+                m.to == f && matches!(m.frame, PeerFrame::CheckpointChunk { seq, .. } if seq >= 3)
+            })));
+            w.restart(f);
+            run_until(w, 400, "the follower wrote part of a checkpoint", |w| {
+                w.node(f).db.as_ref().is_some_and(|db| {
+                    kvd::checkpoint::Progress::load(db)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|p| p.next_seq == 3)
+                })
+            })?;
+            if power_cut {
+                w.power_cut(f);
+            } else {
+                w.crash(f);
+            }
+            w.set_filter(None);
+            w.restart(f);
+            write_n(w, 10);
+            Ok(f)
+        });
+        assert!(f.checkpoints_resumed > 0, "{f:?}");
+        assert!(f.checkpoints_installed > 0, "{f:?}");
+    }
+}
+
 /// Growing 3 -> 4 -> 5, replacing a member, then shrinking: joiners take the state by
 /// checkpoint and serve, removed members retire, and everything acknowledged survives.
 #[test]

@@ -251,6 +251,7 @@ impl Stats {
 pub struct NodeStats {
     pub fetched_entries: u64,
     pub checkpoints_installed: u64,
+    pub checkpoints_resumed: u64,
     pub catchups: u64,
 }
 
@@ -419,6 +420,7 @@ impl World {
         let s = self.node_stats.entry(pid).or_default();
         s.fetched_entries += m.fetched_entries.get();
         s.checkpoints_installed += m.checkpoints_installed.get();
+        s.checkpoints_resumed += m.checkpoints_resumed.get();
         s.catchups += m.catchups.get();
         let w = |name| m.workaround_count(name);
         self.stats.stale_own_ballot += w("stale_own_ballot");
