@@ -102,8 +102,7 @@ def medians(runs):
     return out
 
 
-def fmt(x, d=0):
-    return "n/a" if x is None else f"{x:,.{d}f}"
+fmt = dm.fmt  # "n/a" or x with thousands separators and d decimals
 
 
 def ratio(a, b, d=2):

@@ -20,6 +20,7 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// A one-member etcd over `dir`, returned once `etcdctl endpoint health` says healthy.
     pub fn start(dir: &Path) -> Etcd {
         let (client, peer) = (free_port(), free_port());
         let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
@@ -38,10 +39,12 @@ impl Etcd {
             .stderr(log)
             .spawn()
             .expect("etcd 3.4 must be installed (bench/install-etcd.sh, run by scripts/setup.sh)");
-        Etcd {
+        let etcd = Etcd {
             child,
             endpoint: format!("127.0.0.1:{client}"),
-        }
+        };
+        wait_healthy(&etcd.endpoint, Duration::from_secs(20));
+        etcd
     }
 }
 
@@ -169,7 +172,6 @@ async fn etcdctl_kv_commands_answer_as_etcd_does() {
     let follower = (1..=3).find(|&p| p != leader).unwrap();
     let ours = endpoints[follower as usize - 1].clone();
     let etcd = Etcd::start(c.dir.path());
-    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
     wait_healthy(&ours, Duration::from_secs(20));
 
     let txn_ok = "mod(\"app/a\") > \"0\"\nvalue(\"app/b\") = \"2\"\n\nput app/t yes\nget app/a\n\nput app/f no\n\n";
@@ -317,7 +319,6 @@ async fn etcdctl_endpoint_and_member_commands_show_the_cluster() {
     // The same commands against one etcd member and one replica, for the compatibility
     // table: they differ by nature (checked above for shape and values).
     let etcd = Etcd::start(c.dir.path());
-    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
     for args in [
         ["endpoint", "status"],
         ["endpoint", "health"],
@@ -363,7 +364,6 @@ async fn etcdctl_lease_commands_answer_as_etcd_does() {
     let (c, endpoints) = cluster_with_etcd_api().await;
     let ours = endpoints[0].clone();
     let etcd = Etcd::start(c.dir.path());
-    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
     wait_healthy(&ours, Duration::from_secs(20));
     let grant = |e: &str| {
         let (ok, out, err) = text(&etcdctl(e, &["lease", "grant", "30"], None));
@@ -454,7 +454,6 @@ async fn etcdctl_watch_answers_as_etcd_does() {
     let (c, endpoints) = cluster_with_etcd_api().await;
     let ours = endpoints[1].clone();
     let etcd = Etcd::start(c.dir.path());
-    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
     wait_healthy(&ours, Duration::from_secs(20));
     let run = |endpoint: &str, args: &[&str]| {
         let (ok, _, err) = text(&etcdctl(endpoint, args, None));
@@ -635,7 +634,6 @@ async fn one_replica_beside_etcd(opts: Opts) -> (Cluster, String, Etcd) {
     c.spawn_with(1, &[("KVD_ETCD_ADDR", &ours)]);
     c.wait_ready(1, Duration::from_secs(20)).await;
     let etcd = Etcd::start(c.dir.path());
-    wait_healthy(&etcd.endpoint, Duration::from_secs(20));
     wait_healthy(&ours, Duration::from_secs(20));
     (c, ours, etcd)
 }
