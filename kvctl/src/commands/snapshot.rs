@@ -25,7 +25,8 @@ pub struct Summary {
     pub bytes: u64,
 }
 
-fn mib(bytes: u64) -> f64 {
+/// Bytes in MiB.
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 

@@ -3,6 +3,7 @@
 //! on a terminal, a plain line every two seconds otherwise (stderr). `just add-node` runs it
 //! for the new replica.
 
+use super::snapshot::mib;
 use crate::exit::Error;
 use crate::progress::Progress;
 use omnikv_common::api::{Role, StatusView, TransferView};
@@ -15,7 +16,6 @@ const POLL: Duration = Duration::from_millis(200);
 
 /// `12.0/118.3 MiB at 44.1 MiB/s, 2 s left`.
 pub fn describe(t: &TransferView) -> String {
-    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let mut s = format!("{:.1}", mib(t.bytes));
     if t.bytes_total > 0 {
         s.push_str(&format!("/~{:.1}", mib(t.bytes_total)));
@@ -67,9 +67,7 @@ pub async fn run(client: &Client, max_wait: Duration, out: &mut dyn Write) -> Re
                         .update(t.keys, t.keys_total, describe(t));
                 }
             }
-            Err(ClientError::NotPermitted(e)) => {
-                return Err(Error::Client(ClientError::NotPermitted(e)))
-            }
+            Err(e @ ClientError::NotPermitted(_)) => return Err(Error::Client(e)),
             Err(_) => {} // starting, or busy: ask again
         }
         if !max_wait.is_zero() && started.elapsed() >= max_wait {
