@@ -325,13 +325,8 @@ fn nest(
         if let Some(Request::RequestTxn(t)) = &op.request {
             let inner = command_txn(t, max_value_bytes, depth + 1)?;
             let (mut inner_puts, mut inner_deletes) = (Vec::new(), Vec::new());
-            let branches: Vec<TxnOp> = inner
-                .success
-                .iter()
-                .chain(&inner.failure)
-                .cloned()
-                .collect();
-            writes(&branches, &mut inner_puts, &mut inner_deletes);
+            writes(&inner.success, &mut inner_puts, &mut inner_deletes);
+            writes(&inner.failure, &mut inner_puts, &mut inner_deletes);
             let taken =
                 |k: &Vec<u8>| puts.contains(k) || deletes.iter().any(|d: &KeyRange| d.contains(k));
             if inner_puts.iter().any(taken) {

@@ -302,13 +302,17 @@ impl Executor<'_> {
                 TxnOp::Get { .. } => OpResult::Get(RangeResult::default()),
                 TxnOp::Txn(t) => {
                     // `path` found one path per nested transaction of the branch.
+                    let found;
                     let p = match nested.next() {
-                        Some(p) => p.clone(),
-                        None => self.path(t)?,
+                        Some(p) => p,
+                        None => {
+                            found = self.path(t)?;
+                            &found
+                        }
                     };
                     OpResult::Txn {
                         succeeded: p.succeeded,
-                        results: self.run(t, &p)?,
+                        results: self.run(t, p)?,
                     }
                 }
             });
