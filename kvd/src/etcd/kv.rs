@@ -6,7 +6,7 @@ use super::past::{self, NotReadable};
 use super::pb::etcdserverpb as pb;
 use super::pb::mvccpb;
 use super::{to_i64, EtcdState};
-use crate::api::kv::{missing_lease, position, read, submit_write};
+use crate::api::kv::{position, read};
 use crate::api::{check_key_len, convert};
 use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
 use crate::inbox::WriteKind;
@@ -180,15 +180,6 @@ fn sort(kvs: &mut [KeyValue], order: SortOrder, target: SortTarget) {
 }
 
 impl KvService {
-    async fn write(&self, kind: WriteKind, op: &str) -> Result<crate::inbox::WriteAnswer, Status> {
-        let answer = submit_write(&self.0.api, &HeaderMap::new(), kind, op, Instant::now()).await?;
-        if let Some(e) = missing_lease(&answer) {
-            return Err(e.into());
-        }
-        self.0.saw_config(answer.outcome.config_id);
-        Ok(answer)
-    }
-
     /// `range` at revision `at`, from its keys `now` at revision `now_revision` and the
     /// stored history. A history that has not stored the state's last batch yet is waited
     /// for (briefly: the loop writes it right after answering).
@@ -260,7 +251,7 @@ impl KvService {
                 success: vec![put],
                 failure: Vec::new(),
             };
-            let answer = self.write(WriteKind::Txn(txn), "put").await?;
+            let answer = self.0.write(WriteKind::Txn(txn), "put").await?;
             if answer.outcome.succeeded {
                 return Ok(Response::new(pb::PutResponse {
                     header: self.0.header(answer.outcome.revision),
@@ -598,7 +589,7 @@ impl pb::kv_server::Kv for KvService {
                 lease: lease as u64,
             },
         };
-        let answer = self.write(kind, "put").await?;
+        let answer = self.0.write(kind, "put").await?;
         let prev = match answer.results {
             Some(mut results) => match results.pop() {
                 Some(OpResult::Put { prev }) => prev,
@@ -623,7 +614,7 @@ impl pb::kv_server::Kv for KvService {
             success: vec![TxnOp::Delete { range }],
             failure: Vec::new(),
         };
-        let answer = self.write(WriteKind::Txn(txn), "delete").await?;
+        let answer = self.0.write(WriteKind::Txn(txn), "delete").await?;
         let deleted = match answer.results {
             Some(mut results) => match results.pop() {
                 Some(OpResult::Delete { prev }) => prev,
@@ -645,7 +636,7 @@ impl pb::kv_server::Kv for KvService {
     async fn txn(&self, request: Req<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         let r = request.into_inner();
         let txn = command_txn(&r, self.0.api.max_value_bytes, 1)?;
-        let answer = self.write(WriteKind::Txn(txn), "txn").await?;
+        let answer = self.0.write(WriteKind::Txn(txn), "txn").await?;
         let o = answer.outcome;
         let header = self.0.header(o.revision);
         let branch = if o.succeeded { &r.success } else { &r.failure };

@@ -12,9 +12,9 @@ use super::lease::lease_id;
 use super::pb::v3lockpb as pb;
 use super::EtcdState;
 use crate::api::check_key_len;
-use crate::api::kv::{missing_lease, read, submit_write};
+use crate::api::kv::read;
 use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
-use crate::inbox::{WriteAnswer, WriteKind};
+use crate::inbox::WriteKind;
 use crate::state_machine::{EventKind, KeyValue, OpResult};
 use crate::watch::Published;
 use axum::http::HeaderMap;
@@ -44,16 +44,6 @@ fn newest_before(waiters: Vec<KeyValue>, mine: u64) -> Option<KeyValue> {
 }
 
 impl LockService {
-    async fn write(&self, kind: WriteKind) -> Result<WriteAnswer, Status> {
-        let answer =
-            submit_write(&self.0.api, &HeaderMap::new(), kind, "lock", Instant::now()).await?;
-        if let Some(e) = missing_lease(&answer) {
-            return Err(e.into());
-        }
-        self.0.saw_config(answer.outcome.config_id);
-        Ok(answer)
-    }
-
     /// Waits until no key of `prefix` created before revision `mine` is left; answers the
     /// revision of the read that found none.
     async fn wait_deletes(&self, prefix: &[u8], mine: u64) -> Result<u64, Status> {
@@ -141,7 +131,8 @@ impl pb::lock_server::Lock for LockService {
         // etcd's v3lock hands its inner client's errors on as they are, which reaches the
         // caller as UNKNOWN with etcd's message (a lease that does not exist included).
         let answer = self
-            .write(WriteKind::Txn(txn))
+            .0
+            .write(WriteKind::Txn(txn), "lock")
             .await
             .map_err(|s| match s.code() {
                 Code::NotFound => Status::unknown(s.message()),
@@ -187,7 +178,7 @@ impl pb::lock_server::Lock for LockService {
             return Err(Status::invalid_argument(KEY_NOT_PROVIDED));
         }
         check_key_len(&key)?;
-        let answer = self.write(WriteKind::Delete { key }).await?;
+        let answer = self.0.write(WriteKind::Delete { key }, "lock").await?;
         Ok(Response::new(pb::UnlockResponse {
             header: self.0.header(answer.outcome.revision),
         }))

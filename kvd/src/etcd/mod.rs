@@ -30,13 +30,17 @@ pub mod pb {
     }
 }
 
+use crate::api::kv::{missing_lease, submit_write};
 use crate::api::ApiState;
+use crate::inbox::{WriteAnswer, WriteKind};
+use axum::http::HeaderMap;
 use omnikv_common::kv::MAX_TXN_BODY_BYTES;
 use pb::etcdserverpb::ResponseHeader;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpListener;
 
 /// Streams (calls in flight, watch and keepalive streams included) one HTTP/2 connection
@@ -86,6 +90,17 @@ impl EtcdState {
     /// Notes the configuration id an answer carried.
     fn saw_config(&self, config_id: u32) {
         self.term.fetch_max(u64::from(config_id), Ordering::Relaxed);
+    }
+
+    /// A write through the HTTP API's request path (`op` names it in its metrics and log),
+    /// answered with etcd's lease-not-found error when it named a lease that does not exist.
+    async fn write(&self, kind: WriteKind, op: &str) -> Result<WriteAnswer, tonic::Status> {
+        let answer = submit_write(&self.api, &HeaderMap::new(), kind, op, Instant::now()).await?;
+        if let Some(e) = missing_lease(&answer) {
+            return Err(e.into());
+        }
+        self.saw_config(answer.outcome.config_id);
+        Ok(answer)
     }
 
     /// etcd's response header at `revision`.
