@@ -37,8 +37,6 @@ pub(super) enum CatchUp {
 
 /// A checkpoint being received.
 pub(super) struct Transfer {
-    pub(super) from: u64,
-    pub(super) id: u64,
     /// The next chunk expected from the sender (handed to the installer once it comes).
     next_seq: u64,
     /// What the installer made durable so far.
@@ -201,7 +199,7 @@ impl<P: Peers> Replica<P> {
             Some(CatchUp::Checkpoint(t))
                 if now.saturating_duration_since(t.last_progress) > timeout * 2 =>
             {
-                warn!(peer = t.from, "checkpoint stalled");
+                warn!(peer = t.progress.from, "checkpoint stalled");
                 self.checkpoint_again();
             }
             Some(CatchUp::Checkpoint(_)) | None => {}
@@ -280,7 +278,7 @@ impl<P: Peers> Replica<P> {
             Some(CatchUp::Checkpoint(t))
                 if now.saturating_duration_since(t.last_progress) > timeout * 2 =>
             {
-                warn!(peer = t.from, "checkpoint stalled");
+                warn!(peer = t.progress.from, "checkpoint stalled");
                 self.checkpoint_again();
             }
             _ => {}
@@ -338,11 +336,14 @@ impl<P: Peers> Replica<P> {
         self.start_transfer(p);
     }
 
+    /// Whether the checkpoint being received is stream `id`.
+    fn receiving_stream(&self, id: u64) -> bool {
+        matches!(&self.catchup, Some(CatchUp::Checkpoint(t)) if t.progress.id == id)
+    }
+
     fn start_transfer(&mut self, progress: Progress) {
         self.metrics.catching_up.set(1);
         self.catchup = Some(CatchUp::Checkpoint(Box::new(Transfer {
-            from: progress.from,
-            id: progress.id,
             next_seq: progress.next_seq,
             base_bytes: progress.bytes,
             base_keys: progress.keys,
@@ -393,14 +394,17 @@ impl<P: Peers> Replica<P> {
                     let Some(CatchUp::Checkpoint(t)) = &mut self.catchup else {
                         continue;
                     };
-                    if t.id != id {
+                    if t.progress.id != id {
                         continue;
                     }
                     self.state_replaced = true;
                     let got = progress.bytes.saturating_sub(t.progress.bytes);
                     t.progress = *progress;
                     t.last_progress = now;
-                    let (from, log) = (t.from, now.saturating_duration_since(t.last_logged));
+                    let (from, log) = (
+                        t.progress.from,
+                        now.saturating_duration_since(t.last_logged),
+                    );
                     self.metrics.checkpoint_bytes_received.inc_by(got);
                     self.peers.send(from, PeerFrame::CheckpointAck { id, seq });
                     if log >= Duration::from_secs(2) {
@@ -408,15 +412,13 @@ impl<P: Peers> Replica<P> {
                     }
                 }
                 Outcome::Installed { id, meta, sm } => {
-                    let current =
-                        matches!(&self.catchup, Some(CatchUp::Checkpoint(t)) if t.id == id);
+                    let current = self.receiving_stream(id);
                     if current {
                         self.installed(meta, sm.0);
                     }
                 }
                 Outcome::Failed { id, error } => {
-                    let current =
-                        matches!(&self.catchup, Some(CatchUp::Checkpoint(t)) if t.id == id);
+                    let current = self.receiving_stream(id);
                     if current {
                         warn!(%error, "checkpoint failed; asking for a new one");
                         // Its progress no longer describes the state: start from scratch.
@@ -462,7 +464,7 @@ impl<P: Peers> Replica<P> {
         t.last_logged = now;
         let p = &t.progress;
         info!(
-            peer = t.from,
+            peer = t.progress.from,
             bytes = p.bytes,
             bytes_total = p.bytes_total,
             keys = p.keys,
@@ -617,7 +619,9 @@ impl<P: Peers> Replica<P> {
 
     fn transfer_from(&mut self, from: u64, id: u64) -> Option<&mut Transfer> {
         match &mut self.catchup {
-            Some(CatchUp::Checkpoint(t)) if t.id == id && t.from == from => Some(t),
+            Some(CatchUp::Checkpoint(t)) if t.progress.id == id && t.progress.from == from => {
+                Some(t)
+            }
             _ => None,
         }
     }
@@ -707,7 +711,9 @@ impl<P: Peers> Replica<P> {
     /// (off the loop: reading a large dedup table takes a while): it becomes ours.
     fn installed(&mut self, m: SmMeta, mut sm: Box<crate::state_machine::StateMachine>) {
         let (from, id, started, bytes) = match &self.catchup {
-            Some(CatchUp::Checkpoint(t)) => (t.from, t.id, t.started, t.progress.bytes),
+            Some(CatchUp::Checkpoint(t)) => {
+                (t.progress.from, t.progress.id, t.started, t.progress.bytes)
+            }
             _ => return,
         };
         self.catchup = None;
@@ -756,7 +762,7 @@ impl<P: Peers> Replica<P> {
     }
 
     pub(super) fn on_checkpoint_refused(&mut self, from: u64, id: u64, reason: &str) {
-        if !matches!(&self.catchup, Some(CatchUp::Checkpoint(t)) if t.id == id) {
+        if !self.receiving_stream(id) {
             return;
         }
         info!(peer = from, %reason, "checkpoint refused; asking again");

@@ -102,7 +102,7 @@ impl<P: Peers> Replica<P> {
             reconfiguration: self.reconfig_view(),
             transfer: match &self.catchup {
                 Some(CatchUp::Checkpoint(t)) => Some(TransferView {
-                    from: t.from,
+                    from: t.progress.from,
                     bytes: t.progress.bytes,
                     items: t.progress.items,
                     elapsed_ms: self.now.saturating_duration_since(t.started).as_millis() as u64,
