@@ -14,7 +14,10 @@ Two situations, each for every N in --keys:
           leader: from when F answers (its loop runs) until it caught up, their longest gap
           between two acknowledgements, and throughput per second.
 
+The N keys are written first with `omnikv-bench load` (transactions of 128 puts).
+
 usage: bench/transfer.py --bin DIR [--keys 1000000] [--only add|behind] [--label TEXT]
+                        [--bench PATH]  (omnikv-bench; default DIR/omnikv-bench)
 Prints a markdown table per situation (`just bench-transfer`).
 """
 
@@ -40,8 +43,8 @@ def client_addr(p):
 
 
 class Cluster:
-    def __init__(self, bin_dir, work):
-        self.bin, self.work, self.procs = bin_dir, work, {}
+    def __init__(self, bin_dir, work, bench):
+        self.bin, self.work, self.procs, self.bench = bin_dir, work, {}, bench
 
     def start(self, p, config_id, nodes, env=None):
         e = dict(os.environ)
@@ -215,12 +218,15 @@ class Writers:
 
 
 def load(c, n):
-    eps = ",".join(client_addr(p) for p in (1, 2, 3))
-    out = c.kvctl(eps, "-o", "json", "bench", "--clients", "128", "--ops", str(n),
-                  "--keys", str(20 * n), "--warmup", "0", "--value-size", "100")
+    """Writes bench-0 .. bench-<n-1> (100-byte values) with `omnikv-bench load`: transactions
+    of 128 puts, 64 in flight over the three members. Keys per second."""
+    eps = ",".join(f"http://{client_addr(p)}" for p in (1, 2, 3))
+    out = subprocess.run([c.bench, "--target", "omnikv", "--endpoints", eps, "-o", "json",
+                          "--timeout", "30s", "load", "--keys", str(n), "--value-size", "100",
+                          "--batch", "128", "--clients", "64"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"load failed: {out.stderr}")
-    return json.loads(out.stdout)["ops_per_sec"]
+    return json.loads(out.stdout)["keys_per_sec"]
 
 
 def cluster3(c, env=None):
@@ -229,9 +235,9 @@ def cluster3(c, env=None):
     c.wait("a leader", lambda: c.leader((1, 2, 3)) is not None, 60)
 
 
-def add(bin_dir, n, label):
+def add(bin_dir, bench, n, label):
     work = tempfile.mkdtemp(prefix="omnikv-bench-transfer.")
-    c = Cluster(bin_dir, work)
+    c = Cluster(bin_dir, work, bench)
     try:
         cluster3(c)
         rate = load(c, n)
@@ -276,9 +282,9 @@ def add(bin_dir, n, label):
         shutil.rmtree(work, ignore_errors=True)
 
 
-def behind(bin_dir, n, label):
+def behind(bin_dir, bench, n, label):
     work = tempfile.mkdtemp(prefix="omnikv-bench-transfer.")
-    c = Cluster(bin_dir, work)
+    c = Cluster(bin_dir, work, bench)
     try:
         # Compaction every 1000 entries, keeping 100: the writes below pass it on both others.
         cluster3(c, {"KVD_SNAPSHOT_INTERVAL": "1000", "KVD_SNAPSHOT_KEEP": "100"})
@@ -332,16 +338,18 @@ def main():
     ap.add_argument("--keys", default="1000000")
     ap.add_argument("--only", choices=["add", "behind"])
     ap.add_argument("--label", default="")
+    ap.add_argument("--bench", help="the omnikv-bench binary [default: BIN/omnikv-bench]")
     a = ap.parse_args()
     keys = [int(k) for k in a.keys.split(",")]
+    bench = a.bench or os.path.join(a.bin, "omnikv-bench")
     if a.only in (None, "add"):
         print("\n## Adding a 4th replica (writers: 16, one put at a time each, to the leader)\n")
-        print("| build | keys held | load (puts/s) | serving after (s) | MB received | MB/s | "
+        print("| build | keys held | preload (keys/s) | serving after (s) | MB received | MB/s | "
               "sender peak RSS (MB) | receiver peak RSS (MB) | longest status answer (ms) | "
               "longest loop iteration (ms) | writes/s during | worst second | longest write gap (ms) |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in keys:
-            add(a.bin, n, a.label)
+            add(a.bin, bench, n, a.label)
     if a.only in (None, "behind"):
         print("\n## A follower behind compaction takes a checkpoint while the third member is down\n")
         print("| build | keys held | restart until it answers (s) | then caught up after (s) | MB received | longest status answer (ms) | "
@@ -349,7 +357,7 @@ def main():
               "write errors |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for n in keys:
-            behind(a.bin, n, a.label)
+            behind(a.bin, bench, n, a.label)
 
 
 if __name__ == "__main__":
