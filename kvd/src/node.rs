@@ -248,17 +248,10 @@ pub async fn serve(
     };
     // Likewise the users: a bad auth file stops the start.
     let auth = crate::auth::Auth::start(&cfg).map_err(|e| NodeError::Config(e.to_string()))?;
-    // etcd's API does not authenticate yet: never a way around the auth file. It is served
-    // over TLS with the client API's certificate when there is one.
+    // etcd's API, served over TLS with the client API's certificate when there is one, and
+    // authenticating against the same users (etcd::auth).
     let etcd_listener =
         match &cfg.etcd_addr {
-            Some(_) if cfg.auth_file.is_some() => {
-                return Err(NodeError::Config(
-                    "--etcd-addr/KVD_ETCD_ADDR serves etcd's API without authentication: it \
-                 cannot be combined with --auth-file"
-                        .into(),
-                ))
-            }
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 NodeError::Config(format!("binding the etcd API address {addr}: {e}"))
             })?),
