@@ -244,9 +244,9 @@ impl AuthService {
 /// The answer of every Auth method but Authenticate.
 fn managed_in_file() -> Status {
     Status::failed_precondition(
-        "etcdserver: omnikv's users and roles are managed in kvd's --auth-file (lines `NAME \
-         ROLE [prefix=PREFIX] [token=sha256:HEX]`), not through etcd's Auth API; \
-         authenticate with a user's name and token as its password",
+        "etcdserver: omnikv's users and roles are managed in kvd's --auth-file (lines NAME \
+         ROLE [prefix=PREFIX] [token=sha256:HEX]), not through etcd's Auth API; \
+         authenticate with a user's name and its token as the password",
     )
 }
 
