@@ -264,6 +264,15 @@ pub async fn serve(
              write; see docs/security.md"
         );
     }
+    if let Some(etcd_addr) = etcd_listener.as_ref().map(TcpListener::local_addr) {
+        let etcd_addr = etcd_addr?;
+        if client_tls.is_none() && !etcd_addr.ip().is_loopback() {
+            warn!(
+                "etcd API is plaintext on {etcd_addr}: anyone who can reach it can read and \
+                 write, or see the tokens clients send; see docs/security.md"
+            );
+        }
+    }
     let peer_addr = peer_listener.local_addr()?;
     if peer_tls.is_none() && !peer_addr.ip().is_loopback() {
         warn!(
