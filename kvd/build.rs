@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_protos(
             &[
                 "proto/etcd/api/mvccpb/kv.proto",
+                "proto/etcd/api/authpb/auth.proto",
                 "proto/etcd/api/etcdserverpb/rpc.proto",
                 "proto/etcd/server/etcdserver/api/v3lock/v3lockpb/v3lock.proto",
             ],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local omnikv cluster of kvd processes on loopback (the `just up/down/clean/kill` recipes).
 # Replica N: client 127.0.0.1:800N (as in the seed), peers 127.0.0.1:700N, etcd's v3 API
-# 127.0.0.1:2379N (plaintext mode only: kvd serves it without TLS or authentication),
+# 127.0.0.1:2379N (with OMNIKV_TLS=1 over TLS, authenticating as the HTTP API does),
 # data in $OMNIKV_HOME/data-N, log in $OMNIKV_HOME/kvd-N.log, pid in $OMNIKV_HOME/kvd-N.pid.
 # The member list lives in $OMNIKV_HOME/nodes (OMNIKV_NODES, default 1,2,3, seeds it);
 # `add N` / `remove N` change it with `kvctl reconfigure`; `grow [N]` turns a single server
@@ -112,7 +112,7 @@ start() {
   tls_cert "$p"
   local tls_vars=()
   mapfile -t tls_vars < <(tls_env "$p")
-  [ "$tls" = 1 ] || tls_vars+=("KVD_ETCD_ADDR=127.0.0.1:$((23790 + p))")
+  tls_vars+=("KVD_ETCD_ADDR=127.0.0.1:$((23790 + p))")
   echo "$tls" >"$home/tls-mode"
   # Members of the initial configuration bootstrap from it; any other replica starts as a
   # joiner (CONFIG_ID > 1). Once a data dir exists, its persisted configuration wins.
@@ -159,6 +159,9 @@ Other users: KVCTL_TOKEN_FILE=$tls_dir/reader.token (read only),
   $tls_dir/app.token (write, keys under app/ only).
 With curl:
   curl --cacert $tls_dir/ca.crt -H "Authorization: Bearer \$(cat $tls_dir/admin.token)" $(endpoint "${nodes%%,*}")/v1/kv/a
+With etcdctl (the password is the user's token):
+  etcdctl --endpoints=https://127.0.0.1:$((23790 + ${nodes%%,*})) --cacert=$tls_dir/ca.crt \\
+    --user "admin:\$(cat $tls_dir/admin.token)" get a
 EOF
 }
 

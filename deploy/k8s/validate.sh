@@ -69,27 +69,26 @@ done
 # of its script has it (the venv's); else the system's python3.
 py=$(sed -n '1s/^#! *//p' "$(command -v kubernetes-validate)" | cut -d' ' -f1)
 "$py" -c 'import yaml' 2>/dev/null || py=python3
-# etcd's API: the base serves it on port 2379 of every pod and both Services; the TLS
-# variants must not set KVD_ETCD_ADDR (kvd refuses to start with it beside --auth-file).
-etcd_port() { # rendered file, yes|no
+# etcd's API: the base and the TLS variant serve it on port 2379 of every pod and both
+# Services (in the TLS variant over TLS, authenticating against the auth file).
+etcd_port() { # rendered file, plain|auth
   "$py" - "$@" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 sts = next(d for d in docs if d["kind"] == "StatefulSet")
 kvd = next(c for c in sts["spec"]["template"]["spec"]["containers"] if c["name"] == "kvd")
 env = {e["name"]: e.get("value") for e in kvd.get("env") or []}
-if sys.argv[2] == "yes":
-    assert env.get("KVD_ETCD_ADDR") == "0.0.0.0:2379", env.get("KVD_ETCD_ADDR")
-    ports = {p["name"]: p["containerPort"] for p in kvd["ports"]}
-    assert ports.get("etcd") == 2379, ports
-    for svc in (d for d in docs if d["kind"] == "Service"):
-        named = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
-        assert named.get("etcd") == (2379, "etcd"), (svc["metadata"]["name"], named)
-else:
-    assert "KVD_ETCD_ADDR" not in env, "KVD_ETCD_ADDR beside KVD_AUTH_FILE: kvd refuses to start"
+assert env.get("KVD_ETCD_ADDR") == "0.0.0.0:2379", env.get("KVD_ETCD_ADDR")
+ports = {p["name"]: p["containerPort"] for p in kvd["ports"]}
+assert ports.get("etcd") == 2379, ports
+for svc in (d for d in docs if d["kind"] == "Service"):
+    named = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    assert named.get("etcd") == (2379, "etcd"), (svc["metadata"]["name"], named)
+if sys.argv[2] == "auth":
+    assert env.get("KVD_AUTH_FILE"), "the TLS variant's etcd port without the auth file"
 PY
 }
-check "base: etcd's API on port 2379 (pods, Services)" etcd_port "$out/all.yaml" yes
+check "base: etcd's API on port 2379 (pods, Services)" etcd_port "$out/all.yaml" plain
 kubectl kustomize "$root/deploy/k8s-tls" >"$out/tls.yaml"
 kinds=$(grep -c '^kind:' "$out/tls.yaml")
 check "TLS variant: kustomize build ($kinds objects)" test "$kinds" -eq 9
@@ -97,7 +96,7 @@ check "TLS variant: schemas of Kubernetes $version, strict" \
   kubernetes-validate --strict --quiet -k "$version" "$out/tls.yaml"
 check "TLS variant: mounted files, HTTPS probes and endpoints (pids 1-5)" \
   "$py" "$here/tls-check.py" "$out/tls.yaml" 5 "$out/needed"
-check "TLS variant: no etcd API beside the auth file" etcd_port "$out/tls.yaml" no
+check "TLS variant: etcd's API on port 2379 beside the auth file" etcd_port "$out/tls.yaml" auth
 
 # The manual variants: no watcher anywhere, nothing that talks to the API server.
 no_watcher() { # rendered file

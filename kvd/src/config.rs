@@ -36,8 +36,9 @@ pub struct Config {
     pub client_addr: String,
 
     /// Address etcd's v3 gRPC API listens on (kvd/src/etcd; docs/api.md, "etcd v3 API");
-    /// unset: not served. Over TLS with the client API's certificate (--cert-file); without
-    /// authentication: refused with --auth-file.
+    /// unset: not served. Over TLS with the client API's certificate (--cert-file); with
+    /// --auth-file, callers authenticate as its users (etcdctl --user NAME:TOKEN, or a client
+    /// certificate).
     #[arg(long, env = "KVD_ETCD_ADDR")]
     pub etcd_addr: Option<String>,
 

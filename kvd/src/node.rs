@@ -248,17 +248,10 @@ pub async fn serve(
     };
     // Likewise the users: a bad auth file stops the start.
     let auth = crate::auth::Auth::start(&cfg).map_err(|e| NodeError::Config(e.to_string()))?;
-    // etcd's API does not authenticate yet: never a way around the auth file. It is served
-    // over TLS with the client API's certificate when there is one.
+    // etcd's API, served over TLS with the client API's certificate when there is one, and
+    // authenticating against the same users (etcd::auth).
     let etcd_listener =
         match &cfg.etcd_addr {
-            Some(_) if cfg.auth_file.is_some() => {
-                return Err(NodeError::Config(
-                    "--etcd-addr/KVD_ETCD_ADDR serves etcd's API without authentication: it \
-                 cannot be combined with --auth-file"
-                        .into(),
-                ))
-            }
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
                 NodeError::Config(format!("binding the etcd API address {addr}: {e}"))
             })?),
@@ -270,6 +263,15 @@ pub async fn serve(
             "client API is plaintext on {client_addr}: anyone who can reach it can read and \
              write; see docs/security.md"
         );
+    }
+    if let Some(etcd_addr) = etcd_listener.as_ref().map(TcpListener::local_addr) {
+        let etcd_addr = etcd_addr?;
+        if client_tls.is_none() && !etcd_addr.ip().is_loopback() {
+            warn!(
+                "etcd API is plaintext on {etcd_addr}: anyone who can reach it can read and \
+                 write, or see the tokens clients send; see docs/security.md"
+            );
+        }
     }
     let peer_addr = peer_listener.local_addr()?;
     if peer_tls.is_none() && !peer_addr.ip().is_loopback() {

@@ -6,9 +6,9 @@
 //! The contract is docs/api.md.
 
 #[cfg(test)]
-mod auth_tests;
+pub(crate) mod auth_tests;
 pub(crate) mod convert;
-mod gate;
+pub(crate) mod gate;
 pub(crate) mod kv;
 pub(crate) mod lease;
 mod move_leader;

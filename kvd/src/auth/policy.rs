@@ -27,11 +27,13 @@ pub enum Call {
     Reconfigure,
     MoveLeader,
     Snapshot,
+    /// etcd's Compact (etcd's API only).
+    Compact,
 }
 
 impl Call {
     /// Every call, for tables and tests.
-    pub const ALL: [Call; 18] = [
+    pub const ALL: [Call; 19] = [
         Call::Get,
         Call::Put,
         Call::Delete,
@@ -50,6 +52,7 @@ impl Call {
         Call::Reconfigure,
         Call::MoveLeader,
         Call::Snapshot,
+        Call::Compact,
     ];
 
     /// The least role that may make this call.
@@ -69,7 +72,8 @@ impl Call {
             | Call::Txn
             | Call::LeaseGrant
             | Call::LeaseKeepAlive
-            | Call::LeaseRevoke => Role::Write,
+            | Call::LeaseRevoke
+            | Call::Compact => Role::Write,
             Call::Reconfigure | Call::MoveLeader | Call::Snapshot => Role::Admin,
         }
     }
@@ -95,6 +99,7 @@ impl Call {
             Call::Reconfigure => "reconfigure",
             Call::MoveLeader => "move the leader",
             Call::Snapshot => "take a snapshot",
+            Call::Compact => "compact the history",
         }
     }
 }
@@ -130,6 +135,14 @@ pub fn may_call(user: &User, call: Call) -> Result<(), Denied> {
         return Err(Denied(format!(
             "{} may not {}: the log shows the keys and values of every write, so \
              prefix-limited users may not read it",
+            who(user),
+            call.what()
+        )));
+    }
+    if call == Call::Compact && user.prefix.is_some() {
+        return Err(Denied(format!(
+            "{} may not {}: compacting ends the past revisions of every key, so \
+             prefix-limited users may not",
             who(user),
             call.what()
         )));
@@ -265,6 +278,7 @@ mod tests {
             Call::LeaseGrant,
             Call::LeaseKeepAlive,
             Call::LeaseRevoke,
+            Call::Compact,
         ];
         let admins = [Call::Reconfigure, Call::MoveLeader, Call::Snapshot];
         assert_eq!(reads.len() + writes.len() + admins.len(), Call::ALL.len());
@@ -287,7 +301,7 @@ mod tests {
                 }
                 if role != Role::Admin {
                     let prefixed = may_call(&user(role, Some(b"p/")), call);
-                    let want = role >= class && call != Call::Log;
+                    let want = role >= class && !matches!(call, Call::Log | Call::Compact);
                     assert_eq!(prefixed.is_ok(), want, "{role} p/ {call:?}: {prefixed:?}");
                 }
             }

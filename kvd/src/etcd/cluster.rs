@@ -5,6 +5,7 @@
 use super::pb::etcdserverpb as pb;
 use super::EtcdState;
 use crate::api::ask;
+use crate::auth::Call;
 use crate::inbox::ClientRequest;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -15,8 +16,9 @@ pub struct ClusterService(pub EtcdState);
 impl pb::cluster_server::Cluster for ClusterService {
     async fn member_list(
         &self,
-        _request: Request<pb::MemberListRequest>,
+        request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
+        self.0.caller(&request)?.may(Call::Members)?;
         let until = Instant::now() + self.0.api.default_timeout;
         let view = ask(&self.0.api, |reply| ClientRequest::Members { reply }, until).await?;
         self.0.saw_config(view.config_id);

@@ -8,6 +8,7 @@ use super::pb::mvccpb;
 use super::{to_i64, EtcdState};
 use crate::api::kv::{position, read};
 use crate::api::{check_key_len, convert};
+use crate::auth::Call;
 use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
 use crate::inbox::WriteKind;
 use crate::state_machine::{KeyValue, OpResult, RangeResult};
@@ -506,8 +507,10 @@ impl pb::kv_server::Kv for KvService {
         request: Req<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let started = Instant::now();
+        let caller = self.0.caller(&request)?;
         let r = request.into_inner();
         let range = range_of(&r.key, &r.range_end)?;
+        caller.may_touch(Call::Range, &range)?;
         let limit = non_negative(r.limit, "limit")?;
         let revision = non_negative(r.revision, "revision")?;
         // Sorting and filtering need every key of the range (at most a page of them), and so
@@ -563,11 +566,13 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, request: Req<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(Status::invalid_argument(KEY_NOT_PROVIDED));
         }
         check_key_len(&r.key)?;
+        caller.may_key(Call::Put, &r.key)?;
         if r.value.len() > self.0.api.max_value_bytes {
             return Err(Status::invalid_argument(REQUEST_TOO_LARGE));
         }
@@ -607,8 +612,10 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Req<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let r = request.into_inner();
         let range = range_of(&r.key, &r.range_end)?;
+        caller.may_touch(Call::DeleteRange, &range)?;
         let txn = Txn {
             compares: Vec::new(),
             success: vec![TxnOp::Delete { range }],
@@ -634,8 +641,10 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn txn(&self, request: Req<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let r = request.into_inner();
         let txn = command_txn(&r, self.0.api.max_value_bytes, 1)?;
+        caller.may_txn(&txn)?;
         let answer = self.0.write(WriteKind::Txn(txn), "txn").await?;
         let o = answer.outcome;
         let header = self.0.header(o.revision);
@@ -656,6 +665,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         request: Req<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        self.0.caller(&request)?.may(Call::Compact)?;
         let revision = non_negative(request.into_inner().revision, "revision")?;
         let now = position(&self.0.api, &HeaderMap::new(), true).await?;
         if revision > now.revision {

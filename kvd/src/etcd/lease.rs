@@ -8,6 +8,7 @@ use super::pb::etcdserverpb as pb;
 use super::{to_i64, EtcdState};
 use crate::api::kv::submit_write;
 use crate::api::lease::ask_leases;
+use crate::auth::Call;
 use crate::command::LeaseOp;
 use crate::inbox::{WriteAnswer, WriteKind};
 use crate::state_machine::{LeaseResult, OpResult};
@@ -69,6 +70,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.0.caller(&request)?.may(Call::LeaseGrant)?;
         let r = request.into_inner();
         let id = match r.id {
             0 => 0,
@@ -110,7 +112,17 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        caller.may(Call::LeaseRevoke)?;
         let id = lease_id(request.into_inner().id)?;
+        if caller.prefixed() {
+            // As the HTTP API: a prefix-limited user revokes a lease only when every key
+            // attached to it (which revoking deletes) is inside the prefix.
+            let mut asked =
+                ask_leases(&self.0.api, &HeaderMap::new(), true, Some(id), true).await?;
+            let keys = asked.leases.pop().and_then(|l| l.keys).unwrap_or_default();
+            caller.may_use_lease_keys(Call::LeaseRevoke, id, &keys)?;
+        }
         let answer = lease_write(&self.0, LeaseOp::Revoke { id }).await?;
         match answer.results.as_deref() {
             Some([OpResult::Lease(LeaseResult::Ended { .. })]) => {
@@ -128,6 +140,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveStream>, Status> {
+        self.0.caller(&request)?.may(Call::LeaseKeepAlive)?;
         let mut requests = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_QUEUE);
         let state = self.0.clone();
@@ -159,6 +172,8 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let caller = self.0.caller(&request)?;
+        caller.may(Call::LeaseTimeToLive)?;
         let r = request.into_inner();
         let id = lease_id(r.id)?;
         let asked = ask_leases(&self.0.api, &HeaderMap::new(), true, Some(id), r.keys).await;
@@ -169,6 +184,10 @@ impl pb::lease_server::Lease for LeaseService {
                 e => return Err(super::error::status(e)),
             },
         };
+        if let Some(keys) = found.as_ref().and_then(|l| l.keys.as_ref()) {
+            // A prefix-limited user sees the keys only when they are all inside its prefix.
+            caller.may_use_lease_keys(Call::LeaseTimeToLive, id, keys)?;
+        }
         let header = self.0.header(revision);
         Ok(Response::new(match found {
             Some(info) => pb::LeaseTimeToLiveResponse {
@@ -190,8 +209,9 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.0.caller(&request)?.may(Call::LeaseList)?;
         let answer = ask_leases(&self.0.api, &HeaderMap::new(), true, None, false).await?;
         Ok(Response::new(pb::LeaseLeasesResponse {
             header: self.0.header(answer.revision),

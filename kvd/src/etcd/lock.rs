@@ -13,6 +13,7 @@ use super::pb::v3lockpb as pb;
 use super::EtcdState;
 use crate::api::check_key_len;
 use crate::api::kv::read;
+use crate::auth::Call;
 use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
 use crate::inbox::WriteKind;
 use crate::state_machine::{EventKind, KeyValue, OpResult};
@@ -103,6 +104,7 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::LockRequest>,
     ) -> Result<Response<pb::LockResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument(KEY_NOT_PROVIDED));
@@ -128,6 +130,11 @@ impl pb::lock_server::Lock for LockService {
                 opts: ReadOpts::default(),
             }],
         };
+        let mut prefix = r.name.clone();
+        prefix.push(b'/');
+        // The transaction's key, and the waiters' keys it reads while it waits.
+        caller.may_txn(&txn)?;
+        caller.may_touch(Call::Range, &KeyRange::prefix(&prefix))?;
         // etcd's v3lock hands its inner client's errors on as they are, which reaches the
         // caller as UNKNOWN with etcd's message (a lease that does not exist included).
         let answer = self
@@ -147,8 +154,6 @@ impl pb::lock_server::Lock for LockService {
             // A write answered from its remembered outcome carries no results.
             (false, _) => return Err(invalid("the lock's key vanished; ask again")),
         };
-        let mut prefix = r.name.clone();
-        prefix.push(b'/');
         let revision = self.wait_deletes(&prefix, mine).await?;
         // The lease may have ended while we waited, deleting our key with it.
         let ours = read(
@@ -173,11 +178,13 @@ impl pb::lock_server::Lock for LockService {
         &self,
         request: Request<pb::UnlockRequest>,
     ) -> Result<Response<pb::UnlockResponse>, Status> {
+        let caller = self.0.caller(&request)?;
         let key = request.into_inner().key;
         if key.is_empty() {
             return Err(Status::invalid_argument(KEY_NOT_PROVIDED));
         }
         check_key_len(&key)?;
+        caller.may_key(Call::Delete, &key)?;
         let answer = self.0.write(WriteKind::Delete { key }, "lock").await?;
         Ok(Response::new(pb::UnlockResponse {
             header: self.0.header(answer.outcome.revision),

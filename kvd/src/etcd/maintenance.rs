@@ -5,6 +5,7 @@
 use super::pb::etcdserverpb as pb;
 use super::{error::unsupported, to_i64, EtcdState};
 use crate::api::ask;
+use crate::auth::Call;
 use crate::inbox::ClientRequest;
 use omnikv_common::api::Role;
 use pb::alarm_request::AlarmAction;
@@ -37,6 +38,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        self.0.caller(&request)?.may(Call::Status)?;
         if request.into_inner().action != AlarmAction::Get as i32 {
             return Err(unsupported("activating or deactivating an alarm"));
         }
@@ -50,8 +52,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn status(
         &self,
-        _request: Request<pb::StatusRequest>,
+        request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.0.caller(&request)?.may(Call::Status)?;
         let until = Instant::now() + self.0.api.default_timeout;
         let s = ask(&self.0.api, |reply| ClientRequest::Status { reply }, until).await?;
         self.0.saw_config(s.config_id);

@@ -3,9 +3,14 @@
 //! `ClientRequest::Status`, ...) with the same limits, and its answer is put into etcd's
 //! messages. `kv` serves the KV service, `lease` the Lease service, `watch` the Watch
 //! service, `lock` the Lock service (v3lockpb), `maintenance` Status and Alarm, `cluster`
-//! MemberList, `past` ranges at a past revision, `tls` its connections over TLS; `error` maps our errors onto etcd's gRPC codes and messages. The `.proto` files
+//! MemberList, `auth` Authenticate and who calls (every service asks it before it acts), `past`
+//! ranges at a past revision, `tls` its connections over TLS; `error` maps our errors onto
+//! etcd's gRPC codes and messages. The `.proto` files
 //! (kvd/proto, a subset of etcd 3.4's) are compiled by kvd/build.rs.
 
+mod auth;
+#[cfg(test)]
+mod auth_tests;
 mod cluster;
 mod error;
 mod kv;
@@ -21,6 +26,9 @@ mod watch;
 pub mod pb {
     pub mod mvccpb {
         tonic::include_proto!("mvccpb");
+    }
+    pub mod authpb {
+        tonic::include_proto!("authpb");
     }
     pub mod etcdserverpb {
         tonic::include_proto!("etcdserverpb");
@@ -134,6 +142,7 @@ pub async fn serve(
     tls: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
+    use pb::etcdserverpb::auth_server::AuthServer;
     use pb::etcdserverpb::cluster_server::ClusterServer;
     use pb::etcdserverpb::kv_server::KvServer;
     use pb::etcdserverpb::lease_server::LeaseServer;
@@ -154,7 +163,8 @@ pub async fn serve(
         .add_service(MaintenanceServer::new(maintenance::MaintenanceService(
             state.clone(),
         )))
-        .add_service(ClusterServer::new(cluster::ClusterService(state)));
+        .add_service(ClusterServer::new(cluster::ClusterService(state.clone())))
+        .add_service(AuthServer::new(auth::AuthService(state)));
     match tls {
         None => {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);

@@ -1,7 +1,8 @@
 //! etcd's API over TLS: the connections of the client API's HTTPS listener (`TlsListener`:
 //! its certificate and client CA, reloaded when they change; `h2` offered for gRPC) as
-//! tonic's incoming stream.
+//! tonic's incoming stream; each call carries the user its client certificate names.
 
+use super::auth::CertUser;
 use crate::tls::listener::TlsListener;
 use std::io;
 use std::pin::Pin;
@@ -15,9 +16,20 @@ use tonic::transport::server::Connected;
 pub struct TlsConn(TlsStream<TcpStream>);
 
 impl Connected for TlsConn {
-    type ConnectInfo = ();
+    type ConnectInfo = CertUser;
 
-    fn connect_info(&self) {}
+    /// The user its client certificate names (rustls keeps a client's certificates only once
+    /// they verified against --client-ca-file).
+    fn connect_info(&self) -> CertUser {
+        CertUser(
+            self.0
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| crate::tls::common_name(cert)),
+        )
+    }
 }
 
 /// The connections of `listener`, as tonic takes them (the stream never ends).

@@ -7,12 +7,14 @@
 //! as etcd does. Answers share one bounded queue per stream: a client that does not read
 //! stalls its own watchers only.
 
+use super::auth::Credentials;
 use super::error::{self, invalid};
 use super::kv::range_of;
 use super::pb::etcdserverpb as pb;
 use super::pb::mvccpb;
 use super::{to_i64, EtcdState};
 use crate::api::kv::position;
+use crate::auth::Call;
 use crate::command::KeyRange;
 use crate::state_machine::history::{self, HistoryRead};
 use crate::state_machine::{Event, EventKind};
@@ -41,6 +43,9 @@ const OUT_QUEUE: usize = 64;
 const HISTORY_CHUNK: usize = 1000;
 /// etcd's watch id for answers that belong to no watcher (progress, refused creates).
 const NO_WATCH: i64 = -1;
+/// etcd's cancel reason for a create its caller may not make (its PERMISSION_DENIED status
+/// as Go prints it).
+const DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 pub struct WatchService(pub EtcdState);
 
@@ -58,6 +63,7 @@ impl pb::watch_server::Watch for WatchService {
         let (tx, rx) = mpsc::channel(OUT_QUEUE);
         let control = Control {
             state: self.0.clone(),
+            credentials: Credentials::of(&request),
             out: tx,
             watchers: HashMap::new(),
             next_id: 0,
@@ -79,6 +85,9 @@ struct Running {
 /// One stream's requests: creates, cancels and progress requests, in order.
 struct Control {
     state: EtcdState,
+    /// Who opened the stream; each create is checked (etcd's way: the stream itself is
+    /// anyone's, a create the caller may not make is answered canceled).
+    credentials: Credentials,
     out: Out,
     watchers: HashMap<i64, Running>,
     next_id: i64,
@@ -154,6 +163,20 @@ impl Control {
             Ok(f) => f,
             Err(e) => return refused(e.message().to_string()),
         };
+        let allowed = self.state.caller_of(&self.credentials);
+        if allowed
+            .and_then(|caller| caller.may_touch(Call::Watch, &filter))
+            .is_err()
+        {
+            return Some(pb::WatchResponse {
+                header: self.state.header(0),
+                watch_id: c.watch_id,
+                created: true,
+                canceled: true,
+                cancel_reason: DENIED.into(),
+                ..Default::default()
+            });
+        }
         if c.start_revision < 0 {
             return refused(
                 invalid("start_revision must not be negative")

@@ -5,8 +5,8 @@
 //! that does not exist; lease grant/timetolive/keep-alive/list/revoke; watch from the history
 //! into live changes and from a compacted revision. Then what differs by nature (ids,
 //! versions, sizes), checked for shape and values: `endpoint status`/`health`, `member list`;
-//! etcdctl's `lock` and `elect` recipes; a watch across a leader kill; the refusals (limits,
-//! `--etcd-addr` with `--auth-file`).
+//! etcdctl's `lock` and `elect` recipes; a watch across a leader kill; the refusals over the
+//! limits; authentication is etcd_auth.rs).
 
 use crate::harness::*;
 use std::path::Path;
@@ -56,12 +56,17 @@ impl Drop for Etcd {
 }
 
 /// `etcdctl --endpoints=<endpoint> <args>`, with `stdin` fed in.
-fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Output {
     etcdctl_with(endpoint, &["--command-timeout=5s"], args, stdin)
 }
 
 /// `etcdctl --endpoints=<endpoint> <global> <args>`, with `stdin` fed in.
-fn etcdctl_with(endpoint: &str, global: &[&str], args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn etcdctl_with(
+    endpoint: &str,
+    global: &[&str],
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Output {
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
@@ -82,7 +87,7 @@ fn etcdctl_with(endpoint: &str, global: &[&str], args: &[&str], stdin: Option<&s
 
 /// Exit success, stdout and stderr, without the client's JSON log lines on stderr (they hold
 /// a time, a connection id and the port; the `Error:` line after them carries the message).
-fn text(out: &Output) -> (bool, String, String) {
+pub(crate) fn text(out: &Output) -> (bool, String, String) {
     let stderr = String::from_utf8_lossy(&out.stderr)
         .lines()
         .filter(|l| !l.starts_with("{\"level\""))
@@ -99,7 +104,12 @@ fn text(out: &Output) -> (bool, String, String) {
 /// the file `OMNIKV_ETCD_COMPAT` names, when it is set (scripts/etcd-compat-table.py turns the
 /// lines into the compatibility table of docs/etcd-compat.md). `note` says what was set aside
 /// before comparing, if anything.
-fn record(command: &str, want: &(bool, String, String), got: &(bool, String, String), note: &str) {
+pub(crate) fn record(
+    command: &str,
+    want: &(bool, String, String),
+    got: &(bool, String, String),
+    note: &str,
+) {
     eprintln!("etcdctl {command}: etcd {want:?} / omnikv {got:?}");
     let Ok(path) = std::env::var("OMNIKV_ETCD_COMPAT") else {
         return;
@@ -118,7 +128,7 @@ fn record(command: &str, want: &(bool, String, String), got: &(bool, String, Str
 }
 
 /// `etcdctl <args>` as a command line, with its standard input after `<<<`.
-fn command_line(args: &[&str], stdin: Option<&str>) -> String {
+pub(crate) fn command_line(args: &[&str], stdin: Option<&str>) -> String {
     let quoted: Vec<String> = args
         .iter()
         .map(|a| match a.is_empty() || a.contains([' ', '"']) {
@@ -413,7 +423,7 @@ async fn etcdctl_lease_commands_answer_as_etcd_does() {
 }
 
 /// `etcdctl watch` in the background, its output going to `out`.
-fn watch_in_background(endpoint: &str, args: &[&str], out: &Path) -> Child {
+pub(crate) fn watch_in_background(endpoint: &str, args: &[&str], out: &Path) -> Child {
     Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
@@ -427,7 +437,7 @@ fn watch_in_background(endpoint: &str, args: &[&str], out: &Path) -> Child {
 }
 
 /// Polls `out` until it holds `events` PUT/DELETE lines; returns its text.
-fn wait_events(out: &Path, events: usize, within: Duration) -> String {
+pub(crate) fn wait_events(out: &Path, events: usize, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
         let text = std::fs::read_to_string(out).unwrap_or_default();
@@ -815,43 +825,10 @@ async fn etcd_api_serves_tls_with_the_client_api_certificate() {
     assert!(!ok && out.is_empty(), "{out} {err}");
 }
 
-/// kvd will not serve etcd's API beside authentication (the API has none yet); over it, a
-/// value over the cap, a key over 1024 bytes and a transaction of 129 puts get etcd's errors,
-/// and nothing of them is written.
+/// Over etcd's API, a value over the cap, a key over 1024 bytes and a transaction of 129 puts
+/// get etcd's errors, and nothing of them is written.
 #[tokio::test]
 async fn etcd_api_refuses_what_is_over_its_limits() {
-    let dir = tempfile::tempdir().unwrap();
-    let auth = dir.path().join("auth");
-    std::fs::write(&auth, "").unwrap();
-    let mut kvd = Command::new(kvd_bin())
-        .env("PID", "1")
-        .env("NODES", "[1]")
-        .env("KVD_DATA_DIR", dir.path().join("data"))
-        .env("KVD_CLIENT_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("KVD_PEER_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("KVD_AUTH_FILE", &auth)
-        .env("KVD_ETCD_ADDR", format!("127.0.0.1:{}", free_port()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while kvd.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = kvd.kill();
-            panic!("kvd kept running with --etcd-addr and --auth-file");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = kvd.wait_with_output().unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("it cannot be combined with --auth-file"),
-        "{err}"
-    );
-
     let mut c = Cluster::new_stopped(1, Opts::default());
     let ours = format!("127.0.0.1:{}", free_port());
     c.spawn_with(1, &[("KVD_ETCD_ADDR", &ours)]);

@@ -12,6 +12,7 @@ mod crash;
 mod data_model;
 mod disk_full;
 mod etcd_api;
+mod etcd_auth;
 mod etcd_rust_client;
 mod faults;
 mod growth;
