@@ -60,6 +60,10 @@ pub enum WriteKind {
     },
     /// A grant (id 0: the loop picks one), keepalive or revoke.
     Lease(LeaseOp),
+    /// etcd's `Compact` at `revision` (`Op::Compact`).
+    Compact {
+        revision: u64,
+    },
 }
 
 /// One lease as the answering replica sees it.

@@ -60,6 +60,11 @@ pub enum Op {
     /// The leader's record of leases' remaining time (`(id, remaining_ms)`), so that a
     /// replica that restarts or becomes leader does not give them their full TTL again.
     LeaseCheckpoint { leases: Vec<(u64, u64)> },
+    /// etcd's `Compact`: from now on nothing below `revision` is read at a past revision nor
+    /// watched from. Raises the compact revision only (the larger of the two wins); one at or
+    /// below the current compact revision, or above the store's revision, does nothing and
+    /// does not succeed.
+    Compact { req: ReqId, revision: u64 },
 }
 
 /// What a client asks of a lease.
@@ -280,6 +285,7 @@ impl Op {
             Op::PutLeased { key, value, .. } => 40 + key.len() + value.len(),
             Op::Lease { .. } | Op::LeaseExpire { .. } => 48,
             Op::LeaseCheckpoint { leases } => 16 + 16 * leases.len(),
+            Op::Compact { .. } => 40,
         }
     }
 
@@ -307,6 +313,7 @@ impl Op {
             },
             Op::LeaseExpire { id, .. } => format!("lease expire {id:x}"),
             Op::LeaseCheckpoint { leases } => format!("lease checkpoint of {}", leases.len()),
+            Op::Compact { revision, .. } => format!("compact at revision {revision}"),
         }
     }
 
@@ -318,7 +325,8 @@ impl Op {
             | Op::Delete { req, .. }
             | Op::Txn { req, .. }
             | Op::PutLeased { req, .. }
-            | Op::Lease { req, .. } => Some(req),
+            | Op::Lease { req, .. }
+            | Op::Compact { req, .. } => Some(req),
             Op::Barrier { .. } | Op::LeaseExpire { .. } | Op::LeaseCheckpoint { .. } => None,
         }
     }
@@ -414,6 +422,24 @@ mod tests {
             pub success: Vec<TxnOp>,
             pub failure: Vec<TxnOp>,
         }
+    }
+
+    /// `Compact` is the last variant: every variant logged before it keeps its index (bincode
+    /// writes the index first, a varint: one byte below 251), and it round-trips.
+    #[test]
+    fn compact_is_appended_after_every_logged_variant() {
+        let req = ReqId {
+            client: 1,
+            seq: 2,
+            ts_ms: 3,
+        };
+        let checkpoint = encode(&Op::LeaseCheckpoint { leases: Vec::new() });
+        assert_eq!(checkpoint[0], 7);
+        let op = Op::Compact { req, revision: 42 };
+        let bytes = encode(&op);
+        assert_eq!(bytes[0], 8);
+        assert_eq!(decode::<Op>(&bytes).unwrap(), op);
+        assert_eq!(op.req(), Some(&req));
     }
 
     /// Byte strings encode exactly as the `u8` sequences logged before them, both ways: every

@@ -11,7 +11,7 @@ use crate::api::{check_key_len, convert};
 use crate::auth::Call;
 use crate::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
 use crate::inbox::WriteKind;
-use crate::state_machine::{KeyValue, OpResult, RangeResult};
+use crate::state_machine::{load_compacted, KeyValue, OpResult, RangeResult};
 use axum::http::HeaderMap;
 use omnikv_common::kv::{self, Bytes64, MAX_PAGE_KEYS};
 use pb::range_request::{SortOrder, SortTarget};
@@ -659,8 +659,12 @@ impl pb::kv_server::Kv for KvService {
         }))
     }
 
-    /// Accepted for a revision the store has reached; the change history is trimmed by kvd's
-    /// own limits (`--history-events`, `--history-bytes`), not at the revision asked.
+    /// etcd's Compact: a replicated `Op::Compact`, after which no replica serves a past
+    /// revision below it (`past`) nor watches from one (`compacted`). Refused like etcd's
+    /// before proposing (a future revision; one at or below the compact revision), and after
+    /// applying when a racing compact got there first. `physical` changes nothing: the
+    /// answer comes once the compact is applied here, and its history is freed in the same
+    /// write.
     async fn compact(
         &self,
         request: Req<pb::CompactionRequest>,
@@ -671,8 +675,30 @@ impl pb::kv_server::Kv for KvService {
         if revision > now.revision {
             return Err(Status::out_of_range(error::FUTURE_REV));
         }
+        let db = self.0.api.db.clone();
+        let compacted = tokio::task::spawn_blocking(move || load_compacted(&db))
+            .await
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?
+            .map_err(|e| Status::internal(format!("etcdserver: {e}")))?;
+        if revision <= compacted {
+            return Err(Status::out_of_range(error::COMPACTED));
+        }
+        let answer = self
+            .0
+            .write(WriteKind::Compact { revision }, "compact")
+            .await?;
+        let o = answer.outcome;
+        if !o.succeeded {
+            // Applied after a compact at or above it (or, from a proposer ahead of this
+            // log, past the store's revision: never from this check).
+            return Err(Status::out_of_range(if revision > o.revision {
+                error::FUTURE_REV
+            } else {
+                error::COMPACTED
+            }));
+        }
         Ok(Response::new(pb::CompactionResponse {
-            header: self.0.header(now.revision),
+            header: self.0.header(o.revision),
         }))
     }
 }

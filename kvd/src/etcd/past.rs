@@ -124,7 +124,10 @@ pub fn read_at(
         HistoryRead::Compacted { first } => first,
         HistoryRead::Events { .. } => 0,
     };
-    if at.saturating_add(1) < first {
+    // Below the compact revision (etcd's `Compact`) nothing is served, though the history
+    // (which keeps the compact revision's own events, for watches from it) could rebuild
+    // the revision just below it.
+    if at.saturating_add(1) < first || at < crate::state_machine::load_compacted(db)? {
         return Ok(Err(NotReadable::Compacted));
     }
     let mut past = PastRange::new(range, at);

@@ -230,6 +230,7 @@ impl<P: Peers> Replica<P> {
                 },
             },
             WriteKind::Lease(op) => Op::Lease { req, op },
+            WriteKind::Compact { revision } => Op::Compact { req, revision },
         };
         self.to_propose.push(op.clone());
         self.pending_writes.insert(

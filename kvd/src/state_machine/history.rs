@@ -1,7 +1,7 @@
 //! The change history behind watch: every applied put and delete as an event, stored in the
 //! `history` column family under `revision (u64 BE) ++ n (u32 BE)`, written in the same batch
 //! as the data it describes, and trimmed (whole revisions, oldest first) to this replica's
-//! limits. History is local, not replicated state: each replica keeps what it applied,
+//! limits and, by etcd's `Compact`, below the compact revision (`raise_floor`). History is local, not replicated state: each replica keeps what it applied,
 //! from `first` on. A replica that installed a checkpoint holds history from the
 //! checkpoint's revision + 1 on.
 
@@ -179,6 +179,46 @@ fn trim(
         batch.delete_range_cf(db.cf(CF_HISTORY), event_key(0, 0), event_key(cut, 0));
         meta.first = cut;
     }
+    Ok(())
+}
+
+/// Raises the history's floor to `floor` (the compact revision): drops the events of every
+/// revision below it, stored or in `events` (this batch's, already added by `append`), and
+/// writes the meta in `batch`. Nothing when the history already starts at or above it.
+pub fn raise_floor(
+    db: &Db,
+    meta: &mut HistoryMeta,
+    floor: u64,
+    events: &[Event],
+    batch: &mut WriteBatch,
+) -> Result<(), StoreError> {
+    if floor <= meta.first {
+        return Ok(());
+    }
+    let (mut gone_events, mut gone_bytes) = (0u64, 0u64);
+    // Stored events: the history holds none below `meta.first` (trimmed in this batch or
+    // before), so those from it up to the floor are the ones counted in `meta`.
+    let start = event_key(meta.first, 0);
+    let mode = IteratorMode::From(&start, rocksdb::Direction::Forward);
+    for item in db.raw().iterator_cf(db.cf(CF_HISTORY), mode) {
+        let (k, v) = item?;
+        if k.as_ref() >= event_key(floor, 0).as_slice() {
+            break;
+        }
+        gone_events += 1;
+        gone_bytes += (k.len() + v.len()) as u64;
+    }
+    // This batch's events below the floor, sized as `append` sized them.
+    for e in events.iter().filter(|e| e.revision < floor) {
+        gone_events += 1;
+        gone_bytes += (12 + encode(e).len()) as u64;
+    }
+    meta.events = meta.events.saturating_sub(gone_events);
+    meta.bytes = meta.bytes.saturating_sub(gone_bytes);
+    meta.first = floor;
+    // After this batch's puts in the batch: it removes them too.
+    batch.delete_range_cf(db.cf(CF_HISTORY), event_key(0, 0), event_key(floor, 0));
+    batch.put_cf(db.cf(CF_META), META_HISTORY, encode(meta));
     Ok(())
 }
 

@@ -14,7 +14,7 @@ mod view;
 
 use crate::codec::{decode, encode};
 use crate::command::{KeyRange, LeaseOp, LogCmd, Op, ReadOpts, ReqId, Txn, TxnOp};
-use crate::storage::{Db, StoreError, CF_DEDUP, CF_META};
+use crate::storage::{Db, StoreError, CF_DEDUP, CF_LEASE, CF_META};
 use record::META_SM;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,8 @@ pub struct Outcome {
     pub revision: u64,
     /// Plain put and delete: whether the key existed before the write. False for transactions.
     pub existed: bool,
-    /// Transactions: whether the compares held (true for plain writes).
+    /// Transactions: whether the compares held (true for plain writes). Compact: whether it
+    /// raised the compact revision.
     pub succeeded: bool,
 }
 
@@ -82,8 +83,13 @@ pub struct StateMachine {
     meta: SmMeta,
     limits: DedupLimits,
     history_limits: HistoryLimits,
-    /// What the change history holds (local to this replica).
+    /// What the change history holds (local to this replica). Invariant: `history.first >=
+    /// compacted` once an apply batch is written, so nothing below the compact revision is
+    /// served (a checkpoint's history starts after its revision, never below its compact
+    /// revision).
     history: HistoryMeta,
+    /// The compact revision: replicated state, raised only by `Op::Compact` (0: never).
+    compacted: u64,
     /// The changes the last `apply` made, for live watchers (`take_events`).
     events: Vec<Event>,
     records: HashMap<(u64, u64), DedupRecord>,
@@ -92,6 +98,23 @@ pub struct StateMachine {
     by_age: BTreeSet<(u64, u64, u64)>,
     /// Test-only defect (`replica::Defect::ApplyIgnoresDedup`): duplicates apply again.
     ignore_dedup: bool,
+}
+
+/// Where the compact revision (etcd's `Compact`) is stored: in the `lease` family, a state
+/// family a checkpoint and a backup carry, under a key outside the lease records' `l` and
+/// `k` prefixes (which `lease` iterates, so it never sees this one). Absent: 0, never
+/// compacted.
+const COMPACT_KEY: &[u8] = b"compact";
+
+/// The stored compact revision (past-revision reads below it are `compacted`).
+pub fn load_compacted(db: &Db) -> Result<u64, StoreError> {
+    match db.get(CF_LEASE, COMPACT_KEY)? {
+        Some(b) => decode(&b).map_err(|e| StoreError::Corrupt {
+            what: "compact revision",
+            detail: e.to_string(),
+        }),
+        None => Ok(0),
+    }
 }
 
 pub fn dedup_key(client: u64, seq: u64) -> [u8; 16] {
@@ -112,7 +135,9 @@ impl StateMachine {
         let meta = record::load_meta(&db)?;
         let history = history::load_meta(&db, meta.revision)?;
         let leases = lease::Leases::load(&db)?;
+        let compacted = load_compacted(&db)?;
         let mut sm = StateMachine {
+            compacted,
             leases,
             db,
             meta,
@@ -167,6 +192,11 @@ impl StateMachine {
     /// What the change history holds.
     pub fn history(&self) -> HistoryMeta {
         self.history
+    }
+
+    /// The compact revision (0: never compacted).
+    pub fn compacted(&self) -> u64 {
+        self.compacted
     }
 
     /// The changes the last `apply` made, in order (for live watchers).
@@ -314,6 +344,7 @@ impl StateMachine {
             &events,
             &mut batch,
         )?;
+        history::raise_floor(&db, &mut self.history, self.compacted, &events, &mut batch)?;
         self.events = events;
         batch.put_cf(self.db.cf(CF_META), META_SM, encode(&self.meta));
         // Not synced on its own: the entries are durable in the log, so a crash that loses
@@ -363,6 +394,25 @@ impl StateMachine {
         answering: bool,
         parts: (&mut Overlay, &mut WriteBatch, &mut Vec<Event>),
     ) -> Result<(Outcome, Vec<OpResult>), StoreError> {
+        if let Op::Compact { revision, .. } = op {
+            // Like etcd: only a revision above the compact revision and not above the store's
+            // raises it; the history is cut when the batch ends (`history::raise_floor`).
+            let raised = *revision > self.compacted && *revision <= self.meta.revision;
+            if raised {
+                self.compacted = *revision;
+                parts
+                    .1
+                    .put_cf(self.db.cf(CF_LEASE), COMPACT_KEY, encode(revision));
+            }
+            let outcome = Outcome {
+                config_id: at.config_id,
+                index: at.index,
+                revision: self.meta.revision,
+                existed: false,
+                succeeded: raised,
+            };
+            return Ok((outcome, Vec::new()));
+        }
         let (existed, succeeded, results) =
             self.with_executor(answering, parts, |ex| -> Result<_, StoreError> {
                 Ok(match op {
@@ -404,10 +454,11 @@ impl StateMachine {
                             !matches!(r, LeaseResult::NotFound { .. } | LeaseResult::Exists { .. });
                         (false, done, vec![OpResult::Lease(r)])
                     }
-                    // Never here (`apply` handles them itself).
-                    Op::Barrier { .. } | Op::LeaseExpire { .. } | Op::LeaseCheckpoint { .. } => {
-                        (false, true, Vec::new())
-                    }
+                    // Never here (`apply` handles the first three, `execute` the last).
+                    Op::Barrier { .. }
+                    | Op::LeaseExpire { .. }
+                    | Op::LeaseCheckpoint { .. }
+                    | Op::Compact { .. } => (false, true, Vec::new()),
                 })
             })?;
         let outcome = Outcome {
@@ -471,6 +522,7 @@ fn op_keys<'k>(op: &'k Op, keys: &mut Vec<&'k [u8]>) {
         Op::Txn { txn, .. } => txn_keys(txn, keys),
         Op::Barrier { .. }
         | Op::Lease { .. }
+        | Op::Compact { .. }
         | Op::LeaseExpire { .. }
         | Op::LeaseCheckpoint { .. } => {}
     }
@@ -844,6 +896,73 @@ mod tests {
         sm1.reload().unwrap();
         assert_eq!(sm1.meta().keys, 1);
         assert_eq!(sm1.dedup_len(), 3);
+    }
+
+    fn compact(seq: u64, revision: u64) -> Op {
+        Op::Compact {
+            req: ReqId {
+                client: 70,
+                seq,
+                ts_ms: 5,
+            },
+            revision,
+        }
+    }
+
+    /// A compact raises the compact revision and the history's floor with it (its events below
+    /// are gone, counted out of the history's size), in the apply's batch: both survive a
+    /// reopen. One at or below it, or above the store's revision, does nothing and does not
+    /// succeed; the larger of two in one batch wins whatever their order; a retry answers the
+    /// first outcome.
+    #[test]
+    fn compact_raises_the_floor_durably_and_only_upwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm1 = sm(dir.path(), 60_000, 100);
+        for i in 1..=6u64 {
+            apply_ops(&mut sm1, vec![put(1, i, 5, "k", &i.to_string())]).unwrap();
+        }
+        assert_eq!((sm1.meta().revision, sm1.history().first), (6, 1));
+        assert_eq!(sm1.history().events, 6);
+        let outcomes = |r: Vec<(Outcome, Option<Vec<OpResult>>)>| -> Vec<bool> {
+            r.iter().map(|(o, _)| o.succeeded).collect()
+        };
+        // Above the store's revision: nothing.
+        assert_eq!(outcomes(run(&mut sm1, vec![compact(1, 7)])), [false]);
+        assert_eq!((sm1.compacted(), sm1.history().first), (0, 1));
+        // Two racing in one batch, the larger first: the smaller does not succeed.
+        let r = run(&mut sm1, vec![compact(2, 4), compact(3, 3)]);
+        assert_eq!(outcomes(r.clone()), [true, false]);
+        assert_eq!(r[0].0.revision, 6, "a compact makes no revision");
+        assert_eq!((sm1.compacted(), sm1.history().first), (4, 4));
+        assert_eq!(sm1.history().events, 3, "revisions 4, 5 and 6 are kept");
+        assert!(matches!(
+            history::read(&sm1.db, 3, 100).unwrap(),
+            history::HistoryRead::Compacted { first: 4 }
+        ));
+        // At the compact revision again: compacted. A retry of the first: its outcome.
+        assert_eq!(outcomes(run(&mut sm1, vec![compact(4, 4)])), [false]);
+        assert_eq!(outcomes(run(&mut sm1, vec![compact(2, 4)])), [true]);
+        // A put and a compact at its revision in one batch: the put's event is kept, the
+        // earlier ones go.
+        let r = run(&mut sm1, vec![put(1, 7, 5, "k", "7"), compact(5, 7)]);
+        assert_eq!(outcomes(r), [true, true]);
+        assert_eq!((sm1.compacted(), sm1.history().first), (7, 7));
+        assert_eq!(sm1.history().events, 1);
+        match history::read(&sm1.db, 7, 100).unwrap() {
+            history::HistoryRead::Events { events, .. } => {
+                assert_eq!(events.len(), 1);
+                assert_eq!(events[0].value, b"7");
+            }
+            history::HistoryRead::Compacted { first } => panic!("compacted at {first}"),
+        }
+        let (compacted, history) = (sm1.compacted(), sm1.history());
+        drop(sm1);
+        let sm2 = sm(dir.path(), 60_000, 100);
+        assert_eq!((sm2.compacted(), sm2.history()), (compacted, history));
+        assert_eq!(load_compacted(&sm2.db).unwrap(), 7);
+        assert!(sm2.leases().is_empty(), "the lease table does not see it");
+        // A checkpoint and a backup carry the state families: the compact revision rides them.
+        assert!(crate::storage::STATE_CFS.contains(&CF_LEASE));
     }
 
     fn req(client: u64, seq: u64) -> ReqId {

@@ -3,7 +3,8 @@
 //! bench/install-etcd.sh) where the output should match: put/get/del with `--prefix`,
 //! `--prev-kv`, `--from-key`, `--keys-only`, `--limit`, sorting, `txn -i` from stdin, a lease
 //! that does not exist; lease grant/timetolive/keep-alive/list/revoke; watch from the history
-//! into live changes and from a compacted revision. Then what differs by nature (ids,
+//! into live changes and from a compacted revision; `compaction` and the reads and watches it
+//! cuts off (and that it holds on every replica). Then what differs by nature (ids,
 //! versions, sizes), checked for shape and values: `endpoint status`/`health`, `member list`;
 //! etcdctl's `lock` and `elect` recipes; a watch across a leader kill; the refusals over the
 //! limits; authentication is etcd_auth.rs).
@@ -720,8 +721,8 @@ async fn etcdctl_get_at_past_revisions_answers_as_etcd_does() {
 
 /// A watch from a revision the history no longer holds is canceled as etcd cancels it
 /// (`compact_revision`, etcd's message), and a read at it is refused alike: etcd after
-/// `etcdctl compact`, omnikv keeping two events of history (`KVD_HISTORY_EVENTS`; `compact`
-/// does not trim it, docs/api.md).
+/// `etcdctl compact`, omnikv keeping two events of history (`KVD_HISTORY_EVENTS`: trimmed by
+/// its own limits, without a compaction; `etcdctl_compaction_answers_as_etcd_does` compacts).
 #[tokio::test]
 async fn etcdctl_watch_from_a_compacted_revision_is_canceled_as_by_etcd() {
     let opts = Opts {
@@ -763,6 +764,156 @@ async fn etcdctl_watch_from_a_compacted_revision_is_canceled_as_by_etcd() {
             "Error: etcdserver: mvcc: required revision has been compacted\n".to_string()
         )
     );
+}
+
+/// `etcdctl compaction N` (etcd's `Compact`) as etcd's: reads and watches below N get the
+/// compacted error, at and above N they work (a watch from N gets N's own event), a second
+/// compaction at or below N is refused compacted, one past the revision is a future revision,
+/// and `--physical` is accepted. omnikv's revisions are etcd's less one (etcd's first write is
+/// revision 2): each command runs with the same point in both.
+#[tokio::test]
+async fn etcdctl_compaction_answers_as_etcd_does() {
+    let (c, ours, etcd) = one_replica_beside_etcd(Opts::default()).await;
+    for endpoint in [&etcd.endpoint, &ours] {
+        for v in ["1", "2", "3", "4", "5"] {
+            let (ok, _, err) = text(&etcdctl(endpoint, &["put", "k", v], None));
+            assert!(ok, "{err}");
+        }
+    }
+    // `{}` is omnikv's revision (etcd's less one); etcd's "compacted revision N" is shown less
+    // one too.
+    // What happened before a command, shown after it in the table (`#`: a shell comment), so
+    // one command run at two points is two rows.
+    let steps: &[(&str, &str, &str)] = &[
+        ("compaction {}", "4", ""),
+        ("get k --rev={}", "2", "after compaction 4"),
+        ("get k --rev={}", "3", "after compaction 4"),
+        // A key never written: the history could rebuild its absence, the compaction forbids.
+        ("get nokey --rev={}", "3", "after compaction 4"),
+        ("get k --rev={}", "4", "after compaction 4"),
+        ("get k --rev={}", "5", "after compaction 4"),
+        ("watch k --rev={}", "3", "after compaction 4"),
+        ("compaction {}", "4", "again"),
+        ("compaction {}", "3", "after compaction 4"),
+        ("compaction {}", "100", "a future revision"),
+        ("compaction --physical {}", "5", "after compaction 4"),
+        ("get k --rev={}", "4", "after compaction 5"),
+        ("get k --rev={}", "5", "after compaction 5"),
+    ];
+    let mut differ = Vec::new();
+    for (template, rev, after) in steps {
+        let rev: u64 = rev.parse().unwrap();
+        let run = |endpoint: &str, r: u64| {
+            let line = template.replace("{}", &r.to_string());
+            let args: Vec<&str> = line.split(' ').collect();
+            let (ok, out, err) = text(&etcdctl(endpoint, &args, None));
+            let out = out.replace(&format!("compacted revision {r}"), "compacted revision N");
+            (ok, out, err)
+        };
+        let want = run(&etcd.endpoint, rev + 1);
+        let got = run(&ours, rev);
+        let mut command = format!("etcdctl {}", template.replace("{}", &rev.to_string()));
+        if !after.is_empty() {
+            command += &format!(" # {after}");
+        }
+        let note = "after 5 puts of k; revisions are omnikv's, etcd's one more (its first \
+                    write is revision 2); `compacted revision N` as printed";
+        record(&command, &want, &got, note);
+        if want != got {
+            differ.push(format!("{command}\n  etcd:   {want:?}\n  omnikv: {got:?}"));
+        }
+    }
+    // A watch from the compact revision gets that revision's event and the next one.
+    let mut watched = Vec::new();
+    for (name, endpoint, rev) in [
+        ("etcd", &etcd.endpoint, "--rev=6"),
+        ("omnikv", &ours, "--rev=5"),
+    ] {
+        let out = c.dir.path().join(format!("{name}-watch-compact"));
+        let mut w = watch_in_background(endpoint, &["k", rev], &out);
+        watched.push((
+            true,
+            wait_events(&out, 1, Duration::from_secs(20)),
+            String::new(),
+        ));
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    record(
+        "etcdctl watch k --rev=5 # after compaction 5",
+        &watched[0],
+        &watched[1],
+        "a watch from the compact revision: its event; revisions are omnikv's, etcd's one \
+         more",
+    );
+    if watched[0] != watched[1] {
+        differ.push(format!("watch from the compact revision: {watched:?}"));
+    }
+    assert_eq!(watched[1].1, "PUT\nk\n5\n");
+    assert!(differ.is_empty(), "outputs differ:\n{}", differ.join("\n"));
+}
+
+/// A compaction through one replica holds on every replica (each asked on its own etcd port):
+/// below it a read and a watch are compacted, at it a read works, a compaction at it again is
+/// refused; and after a restart, the replica restarted answers the same.
+#[tokio::test]
+async fn compaction_holds_on_every_replica_and_across_a_restart() {
+    let (mut c, endpoints) = cluster_with_etcd_api().await;
+    for e in &endpoints {
+        wait_healthy(e, Duration::from_secs(20));
+    }
+    for v in ["1", "2", "3", "4"] {
+        let (ok, _, err) = text(&etcdctl(&endpoints[0], &["put", "k", v], None));
+        assert!(ok, "{err}");
+    }
+    let compacted = || {
+        (
+            false,
+            String::new(),
+            "Error: etcdserver: mvcc: required revision has been compacted\n".to_string(),
+        )
+    };
+    assert_eq!(
+        text(&etcdctl(&endpoints[1], &["compaction", "3"], None)),
+        (true, "compacted revision 3\n".into(), String::new())
+    );
+    let check = |e: &str| {
+        assert_eq!(
+            text(&etcdctl(e, &["get", "k", "--rev=2"], None)),
+            compacted(),
+            "{e}"
+        );
+        assert_eq!(
+            text(&etcdctl(e, &["get", "k", "--rev=3"], None)),
+            (true, "k\n3\n".into(), String::new()),
+            "{e}"
+        );
+        let (ok, _, err) = text(&etcdctl(e, &["watch", "k", "--rev=2"], None));
+        assert!(!ok, "{e}");
+        assert!(
+            err.starts_with(
+                "watch was canceled (etcdserver: mvcc: required revision has been compacted)"
+            ),
+            "{e}: {err}"
+        );
+        assert_eq!(
+            text(&etcdctl(e, &["compaction", "3"], None)),
+            compacted(),
+            "{e}"
+        );
+    };
+    for e in &endpoints {
+        check(e);
+    }
+    // A replica restarted (its compact revision and history floor read back from its store).
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let pid = (1..=3).find(|&p| p != leader).unwrap();
+    c.kill(pid);
+    let addr = endpoints[pid as usize - 1].clone();
+    c.spawn_with(pid, &[("KVD_ETCD_ADDR", &addr)]);
+    c.wait_ready(pid, Duration::from_secs(20)).await;
+    wait_healthy(&addr, Duration::from_secs(20));
+    check(&addr);
 }
 
 /// With `--cert-file`, etcd's API is served over TLS with the client API's certificate:
