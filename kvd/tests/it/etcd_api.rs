@@ -163,7 +163,12 @@ pub fn wait_healthy(endpoint: &str, within: Duration) {
 
 /// Starts replicas 1..=3 each serving etcd's API; returns the cluster and the etcd endpoints.
 async fn cluster_with_etcd_api() -> (Cluster, Vec<String>) {
-    let mut c = Cluster::new_stopped(3, Opts::default());
+    cluster_with_etcd_api_and(Opts::default()).await
+}
+
+/// `cluster_with_etcd_api` with `opts`.
+async fn cluster_with_etcd_api_and(opts: Opts) -> (Cluster, Vec<String>) {
+    let mut c = Cluster::new_stopped(3, opts);
     let mut endpoints = Vec::new();
     for pid in 1..=3 {
         let addr = format!("127.0.0.1:{}", free_port());
@@ -914,6 +919,65 @@ async fn compaction_holds_on_every_replica_and_across_a_restart() {
     c.wait_ready(pid, Duration::from_secs(20)).await;
     wait_healthy(&addr, Duration::from_secs(20));
     check(&addr);
+}
+
+/// A replica that was down through a compaction and catches up by installing a checkpoint
+/// (every peer compacted its log) holds the compact revision too: the checkpoint carries it.
+/// It refuses a compaction at it again and reads below it as the others do.
+#[tokio::test]
+async fn a_replica_installing_a_checkpoint_takes_the_compact_revision() {
+    let (mut c, endpoints) = cluster_with_etcd_api_and(Opts::compacting(5, 0)).await;
+    for e in &endpoints {
+        wait_healthy(e, Duration::from_secs(20));
+    }
+    c.kill(3);
+    let run = |args: &[&str]| {
+        // Through the election after the kill, a write may be refused (no leader): retried.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = text(&etcdctl(&endpoints[0], args, None));
+            if out.0 || out.2.contains("compacted") {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "{args:?}: {out:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    for v in ["1", "2", "3", "4"] {
+        run(&["put", "k", v]);
+    }
+    assert_eq!(
+        run(&["compaction", "3"]),
+        (true, "compacted revision 3\n".into(), String::new())
+    );
+    for i in 0..20 {
+        run(&["put", &format!("f{i}"), "v"]);
+    }
+    c.spawn_with(3, &[("KVD_ETCD_ADDR", &endpoints[2])]);
+    c.wait_converged(Duration::from_secs(30)).await;
+    assert!(
+        c.log_text(3).contains("catching up from a checkpoint"),
+        "{}",
+        c.dump_logs()
+    );
+    wait_healthy(&endpoints[2], Duration::from_secs(20));
+    let compacted = (
+        false,
+        String::new(),
+        "Error: etcdserver: mvcc: required revision has been compacted\n".to_string(),
+    );
+    for e in &endpoints {
+        assert_eq!(
+            text(&etcdctl(e, &["compaction", "3"], None)),
+            compacted,
+            "{e}"
+        );
+        assert_eq!(
+            text(&etcdctl(e, &["get", "nokey", "--rev=2"], None)),
+            compacted,
+            "{e}"
+        );
+    }
 }
 
 /// With `--cert-file`, etcd's API is served over TLS with the client API's certificate:
