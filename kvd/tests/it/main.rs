@@ -29,5 +29,6 @@ mod pki;
 mod reads;
 mod reference_histories;
 mod regrow;
+mod resume;
 mod tls;
 mod watch;
