@@ -36,6 +36,7 @@ pub fn run<P: Peers>(
             Ok(Input::Shutdown) => break,
             Ok(input) => {
                 began = Some(Instant::now());
+                replica.begin_iteration();
                 replica.handle(Instant::now(), input);
                 for _ in 0..MAX_DRAIN {
                     match inbox.try_recv() {
@@ -52,7 +53,10 @@ pub fn run<P: Peers>(
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        let began = began.unwrap_or_else(Instant::now);
+        let began = began.unwrap_or_else(|| {
+            replica.begin_iteration();
+            Instant::now()
+        });
         replica.finish_iteration(Instant::now());
         replica.observe_iteration(began.elapsed());
     }

@@ -155,6 +155,7 @@ impl<P: Peers> Replica<P> {
         let timeout = self.cfg.timers.catchup;
         let peers = self.connected_peers();
         let decided = self.decided_idx();
+        let batch = self.apply_batch();
         match &mut self.catchup {
             Some(CatchUp::Fetching {
                 asked,
@@ -192,7 +193,7 @@ impl<P: Peers> Replica<P> {
                 let frame = PeerFrame::FetchEntries {
                     config_id: self.meta.config_id,
                     from: applied,
-                    to: decided.max(applied + 1),
+                    to: decided.min(applied + batch).max(applied + 1),
                 };
                 self.peers.send(peer, frame);
             }
@@ -716,12 +717,14 @@ impl<P: Peers> Replica<P> {
             }
             _ => return,
         };
+        self.phases.mark("catchup");
         self.catchup = None;
         self.state_replaced = false;
         self.peers
             .send(from, PeerFrame::CheckpointAck { id, seq: u64::MAX });
         sm.set_ignore_dedup(self.cfg.defect == Some(super::Defect::ApplyIgnoresDedup));
         self.sm = *sm;
+        self.phases.mark("install:swap-state-machine");
         self.lease_clock.reload(self.sm.leases().iter(), self.now);
         if self.sm.applied().config_id != self.meta.config_id {
             // The end of the previous configuration is this one's start.
@@ -757,6 +760,7 @@ impl<P: Peers> Replica<P> {
             );
             self.tell_announcers_we_hold_the_state();
         }
+        self.phases.mark("install:rest");
         self.restart_catchup();
         self.catchup_tick();
     }

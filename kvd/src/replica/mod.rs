@@ -21,6 +21,7 @@
 mod catchup;
 mod handoff;
 mod leases;
+mod phases;
 mod read_index;
 mod reconfig;
 mod requests;
@@ -35,7 +36,8 @@ use crate::inbox::{Input, ReadAnswer, Reply, WriteAnswer};
 use crate::membership::{ClusterMeta, Lifecycle};
 use crate::metrics::Metrics;
 use crate::omnipaxos_workarounds::{
-    fix_stopsign_resync, stopsign_pending, StaleOwnBallot, StopSignResync, StopSignStall,
+    fix_stopsign_resync, stopsign_pending, without_entry_reads, StaleOwnBallot, StopSignResync,
+    StopSignStall,
 };
 use crate::peers::Peers;
 use crate::space::SpaceGuard;
@@ -58,6 +60,13 @@ use tracing::{debug, info, warn};
 
 /// Largest batch of operations carried by one log entry, in bytes.
 const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// A loop iteration at least this long that is the longest so far is logged with its phases.
+const LONG_ITERATION: Duration = Duration::from_millis(20);
+/// Most entries applied in one iteration (also bounded by `LoopConfig::max_apply`): a backlog
+/// (the entries decided while a checkpoint was installed, 1,110 in the behind-compaction
+/// benchmark) is applied over several iterations, each well under 50 ms, instead of in one
+/// (102 ms there). Steady state applies far fewer per iteration.
+const APPLY_PER_ITERATION: u64 = 256;
 /// Largest answer to a FetchEntries, in bytes.
 const FETCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -269,6 +278,8 @@ pub struct Replica<P: Peers> {
     next_tick: Instant,
     next_timeout_scan: Instant,
     rr: usize,
+    /// Where the current iteration's time went (logged for the longest iteration).
+    phases: phases::Phases,
 }
 
 /// The log of configuration `config_id`: OmniPaxos, or the standalone local log.
@@ -409,6 +420,7 @@ impl<P: Peers> Replica<P> {
             retired_outgoing: Vec::new(),
             next_timeout_scan: now,
             rr: 0,
+            phases: phases::Phases::new(),
         };
         let mut known: Vec<u64> = r.meta.members.clone();
         if let Some(t) = &r.meta.last_transition {
@@ -457,6 +469,12 @@ impl<P: Peers> Replica<P> {
     /// `finish_iteration`, after the sync that covers them.
     pub fn handle(&mut self, now: Instant, input: Input) {
         self.now = now;
+        let kind = phases::input_kind(&input);
+        self.handle_input(input);
+        self.phases.mark(kind);
+    }
+
+    fn handle_input(&mut self, input: Input) {
         match input {
             Input::Peer { from, frame } => self.handle_peer(from, frame),
             Input::PeerUp(pid) => {
@@ -483,12 +501,14 @@ impl<P: Peers> Replica<P> {
     /// aborts), as OmniPaxos itself does on them.
     pub fn finish_iteration(&mut self, now: Instant) {
         self.now = now;
+        self.phases.mark("inputs");
         if now >= self.next_tick {
             self.tick();
             self.next_tick += self.cfg.timers.tick;
             if self.next_tick < now {
                 self.next_tick = now + self.cfg.timers.tick;
             }
+            self.phases.mark("tick");
         }
         let scan = now >= self.next_timeout_scan;
         if let Some(low) = self.space.refresh(now) {
@@ -510,7 +530,9 @@ impl<P: Peers> Replica<P> {
             self.propose_queued();
         }
         self.start_reads();
+        self.phases.mark("timers+propose");
         self.apply_decided();
+        self.phases.mark("apply");
         self.serve_confirmed();
         if scan || self.reconfig.is_some() {
             // Storage is checked, not `is_reconfigured()` (0.2.4 re-sync bug, docs/architecture.md).
@@ -518,6 +540,7 @@ impl<P: Peers> Replica<P> {
         }
         self.check_straggling();
         self.push_announcements();
+        self.phases.mark("reads+changes");
         // Group commit: one WAL sync covers the log and Paxos writes of this iteration (and
         // the applied batches before them). An iteration that only applied decided entries
         // does not sync: they are durable in the log already. A leader's AcceptDecide and
@@ -526,14 +549,17 @@ impl<P: Peers> Replica<P> {
         // the leader's own entries durable. Everything else leaves after it.
         let send_all_first = self.cfg.defect == Some(Defect::SendBeforeSync);
         self.send_outgoing(!send_all_first);
+        self.phases.mark("send");
         crate::failpoint::hit("before-sync");
         self.db.sync_required().expect("WAL sync failed");
         crate::failpoint::hit("after-sync");
+        self.phases.mark("sync");
         self.metrics.fsyncs.inner().store(
             self.db.syncs.load(std::sync::atomic::Ordering::Relaxed),
             std::sync::atomic::Ordering::Relaxed,
         );
         self.send_outgoing(false);
+        self.phases.mark("send");
         for (reply, result) in self.write_replies.drain(..) {
             let _ = reply.send(result);
         }
@@ -543,12 +569,22 @@ impl<P: Peers> Replica<P> {
         for (reply, result) in self.reconfig_replies.drain(..) {
             let _ = reply.send(result);
         }
+        self.phases.mark("replies");
         self.maybe_compact();
+        self.phases.mark("compact");
         self.observe_leader();
+        self.phases.mark("leader");
+    }
+
+    /// Starts the account of an iteration's phases (kvd's consensus thread, before its
+    /// first input).
+    pub fn begin_iteration(&mut self) {
+        self.phases.begin();
     }
 
     /// Records how long one iteration (its inputs and `finish_iteration`) took, as measured
-    /// by the driver (kvd's consensus thread: the real clock).
+    /// by the driver (kvd's consensus thread: the real clock). The longest so far is logged
+    /// with where its time went, once it exceeds `LONG_ITERATION`.
     pub fn observe_iteration(&self, took: Duration) {
         self.metrics
             .loop_iteration_seconds
@@ -556,6 +592,13 @@ impl<P: Peers> Replica<P> {
         let us = took.as_micros().min(i64::MAX as u128) as i64;
         if us > self.metrics.loop_longest_iteration_us.get() {
             self.metrics.loop_longest_iteration_us.set(us);
+            if took >= LONG_ITERATION {
+                info!(
+                    took_ms = us / 1000,
+                    phases = %self.phases.describe(),
+                    "longest loop iteration so far"
+                );
+            }
         }
     }
 
@@ -826,7 +869,7 @@ impl<P: Peers> Replica<P> {
             self.start_catchup();
             return;
         }
-        let mut to = decided.min(applied + self.cfg.max_apply as u64);
+        let mut to = decided.min(applied + self.apply_batch());
         let mut read = read_log_range(&self.db, self.meta.config_id, applied as usize, to as usize);
         if let Ok(None) = read {
             // A decided StopSign counts in the decided index but is no log entry: apply up
@@ -859,7 +902,13 @@ impl<P: Peers> Replica<P> {
         self.apply_entries(&entries);
     }
 
+    /// How many decided entries one iteration applies (or one FetchEntries asks for).
+    fn apply_batch(&self) -> u64 {
+        (self.cfg.max_apply as u64).min(APPLY_PER_ITERATION)
+    }
+
     fn apply_entries(&mut self, entries: &[LogCmd]) {
+        self.phases.mark("apply");
         let first = self.sm.applied().index;
         // The per-entry log line costs string building per operation: only when it is shown.
         let described = if tracing::enabled!(tracing::Level::INFO) {
@@ -899,6 +948,7 @@ impl<P: Peers> Replica<P> {
         self.lease_clock.apply(&lease_changes, self.now);
         self.metrics.leases.set(self.sm.leases().len() as i64);
         self.answer_applied(results);
+        self.phases.mark("apply-entries");
     }
 
     // ---- compaction ------------------------------------------------------------------
@@ -917,8 +967,7 @@ impl<P: Peers> Replica<P> {
         }
         crate::failpoint::hit("compact");
         let result = match &mut self.log {
-            Log::Paxos(op) => op
-                .snapshot(Some(target as usize), true)
+            Log::Paxos(op) => without_entry_reads(|| op.snapshot(Some(target as usize), true))
                 .map_err(|e| format!("{e:?}")),
             Log::None => return,
             Log::Local(s) => s

@@ -387,6 +387,15 @@ impl Cluster {
         self.client_of(pid, Duration::from_secs(2)).status().await
     }
 
+    /// Sample `name` (a metric without labels) of replica `pid`'s `/metrics`.
+    pub async fn metric(&self, pid: u64, name: &str) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.endpoint(pid));
+        let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
     pub fn log_text(&self, pid: u64) -> String {
         std::fs::read_to_string(&self.nodes[&pid].log_path).unwrap_or_default()
     }

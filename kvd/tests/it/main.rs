@@ -30,5 +30,6 @@ mod pki;
 mod reads;
 mod reference_histories;
 mod regrow;
+mod resume;
 mod tls;
 mod watch;

@@ -3,6 +3,7 @@
 //! changes, a leader killed around a change, and restarts after a change.
 
 use crate::harness::{stdout_ok, Cluster, Opts};
+use crate::resume::{joined, joiner_receiving, run_receiver_to_half};
 use omnikv_common::{Client, ClientError, Consistency, Phase, Role, StatusView};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,11 @@ pub(crate) fn value_of(i: usize) -> Vec<u8> {
 
 /// Puts `k{i}` = `value_of(i)` for i in 0..n, 128 at a time.
 pub(crate) async fn load(c: &Cluster, n: usize) {
+    load_with(c, n, value_of).await
+}
+
+/// Puts `k{i}` = `value(i)` for i in 0..n, 128 at a time.
+pub(crate) async fn load_with(c: &Cluster, n: usize, value: fn(usize) -> Vec<u8>) {
     let client = Arc::new(c.client(Duration::from_secs(20)));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let tasks: Vec<_> = (0..128)
@@ -34,7 +40,7 @@ pub(crate) async fn load(c: &Cluster, n: usize) {
                         return;
                     }
                     client
-                        .put(format!("k{i}").as_bytes(), value_of(i))
+                        .put(format!("k{i}").as_bytes(), value(i))
                         .await
                         .unwrap_or_else(|e| panic!("put k{i}: {e}"));
                 }
@@ -106,91 +112,16 @@ pub(crate) fn reconfigure(c: &Cluster, endpoints: &[u64], args: &[&str]) -> std:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_replica_gets_100k_keys_even_when_killed_mid_transfer_and_resumes() {
-    let mut c = Cluster::start(3, Opts::default()).await;
     let n = keys_to_load();
-    let t = Instant::now();
-    load(&c, n).await;
-    eprintln!("loaded {n} keys in {:?}", t.elapsed());
-    c.add_node(4);
-    let s = wait_status(&c, 4, Duration::from_secs(10), "a waiting joiner", |s| {
-        s.role == Role::Joining
-    })
-    .await;
-    assert_eq!(
-        s.config_id, 0,
-        "a joiner never starts a configuration itself"
-    );
-    // The joiner is alive but not ready.
-    let ready = reqwest::get(format!("http://{}/readyz", c.endpoint(4)))
-        .await
-        .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
-
-    let t = Instant::now();
-    let peer = format!("4={}", c.peer_addr(4));
-    let out = stdout_ok(reconfigure(
-        &c,
-        &[1, 2, 3],
-        &["--nodes", "1,2,3,4", "--peer", &peer],
-    ));
-    assert_eq!(out.trim(), "OK: configuration 2, members 1,2,3,4");
-    eprintln!("change decided in {:?}", t.elapsed());
-
+    let (mut c, _) = joiner_receiving(n, value_of).await;
     // Kill the new replica half-way through the transfer, then restart it: it resumes
     // where it stopped (its sender kept the state it froze for the stream) and completes.
-    // The sender runs in short bursts (SIGCONT, 5 ms, SIGSTOP) so the kill lands at half.
-    let s = wait_status(
-        &c,
-        4,
-        Duration::from_secs(30),
-        "receiving a checkpoint",
-        |s| {
-            s.transfer.as_ref().is_some_and(|t| t.bytes > 0)
-                || matches!(s.role, Role::Follower | Role::Leader)
-        },
-    )
-    .await;
-    let sender = s
-        .transfer
-        .as_ref()
-        .unwrap_or_else(|| panic!("the transfer finished before it could be interrupted: {s:?}"))
-        .from;
-    c.pause(sender);
-    let half = loop {
-        let t = c.status(4).await.ok().and_then(|s| s.transfer);
-        if let Some(t) = t.filter(|t| t.keys_total > 0 && 2 * t.keys >= t.keys_total) {
-            break t;
-        }
-        c.resume(sender);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        c.pause(sender);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let half = run_receiver_to_half(&c, 4).await;
     c.kill(4);
-    c.resume(sender);
-    assert!(half.keys < half.keys_total, "{half:?}");
     eprintln!("killed node 4 mid-transfer at {half:?}");
     c.spawn(4);
-    let t4 = Instant::now();
-    let s = wait_status(&c, 4, Duration::from_secs(120), "serving", |s| {
-        matches!(s.role, Role::Follower | Role::Leader) && s.keys as usize >= n
-    })
-    .await;
-    eprintln!(
-        "node 4 serves {} keys {:?} after its restart ({:?} after the change)",
-        s.keys,
-        t4.elapsed(),
-        t.elapsed()
-    );
-    let log = c.log_text(4);
-    assert!(
-        log.contains("resuming the checkpoint transfer where it stopped"),
-        "node 4 did not resume its transfer:\n{log}"
-    );
-    assert_eq!(s.config_id, 2);
-    assert_eq!(s.members, [1, 2, 3, 4]);
-    c.members = vec![1, 2, 3, 4];
-    c.wait_converged(Duration::from_secs(30)).await;
+    // The restarted process received only the rest: starting over would receive it all.
+    joined(&mut c, n).await.assert_resumed(&half, true);
     let t = Instant::now();
     check_all(
         c.client_of(4, Duration::from_secs(20)),

@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 /// `omnikv_read_rounds_total` of replica `pid`.
 async fn read_rounds(c: &Cluster, pid: u64) -> u64 {
-    let url = format!("http://{}/metrics", c.endpoint(pid));
-    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("omnikv_read_rounds_total "))
-        .and_then(|v| v.trim().parse().ok())
+    c.metric(pid, "omnikv_read_rounds_total")
+        .await
         .unwrap_or_else(|| panic!("no omnikv_read_rounds_total in /metrics of replica {pid}"))
+        as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
