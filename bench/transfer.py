@@ -17,7 +17,8 @@ Two situations, each for every N in --keys:
 The N keys are written first with `omnikv-bench load` (transactions of 128 puts).
 
 usage: bench/transfer.py --bin DIR [--keys 1000000] [--only add|behind] [--label TEXT]
-                        [--bench PATH]  (omnikv-bench; default DIR/omnikv-bench)
+                        [--bench PATH] [--keep DIR]  (omnikv-bench, default DIR/omnikv-bench;
+                        a directory for each run's kvd logs)
 Prints a markdown table per situation (`just bench-transfer`).
 """
 
@@ -217,6 +218,20 @@ class Writers:
         }
 
 
+KEEP = None  # --keep DIR: each run's kvd logs are copied there
+
+
+def keep_logs(work, label):
+    """Copies the run's kvd logs to --keep (if given), then removes its work dir."""
+    if KEEP:
+        dest = tempfile.mkdtemp(prefix=f"{label or 'run'}.", dir=KEEP)
+        for name in os.listdir(work):
+            if name.endswith(".log"):
+                shutil.copy(os.path.join(work, name), dest)
+        print(f"(logs kept in {dest})", file=sys.stderr, flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def load(c, n):
     """Writes bench-0 .. bench-<n-1> (100-byte values) with `omnikv-bench load`: transactions
     of 128 puts, 64 in flight over the three members. Keys per second."""
@@ -279,7 +294,7 @@ def add(bin_dir, bench, n, label):
               f"{w['gap_s'] * 1000:.0f} |", flush=True)
     finally:
         c.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        keep_logs(work, label)
 
 
 def behind(bin_dir, bench, n, label):
@@ -329,7 +344,7 @@ def behind(bin_dir, bench, n, label):
               f"{writers.errors} |", flush=True)
     finally:
         c.stop_all()
-        shutil.rmtree(work, ignore_errors=True)
+        keep_logs(work, label)
 
 
 def main():
@@ -339,7 +354,10 @@ def main():
     ap.add_argument("--only", choices=["add", "behind"])
     ap.add_argument("--label", default="")
     ap.add_argument("--bench", help="the omnikv-bench binary [default: BIN/omnikv-bench]")
+    ap.add_argument("--keep", help="a directory to copy each run's kvd logs into")
     a = ap.parse_args()
+    global KEEP
+    KEEP = a.keep
     keys = [int(k) for k in a.keys.split(",")]
     bench = a.bench or os.path.join(a.bin, "omnikv-bench")
     if a.only in (None, "add"):
