@@ -343,11 +343,7 @@ def main():
             rev_runs = revisions(args, work, live)
     finally:
         stop_all()
-    meta["elapsed_min"] = (time.time() - started) / 60
-    meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "compare": cmp_runs, "revisions": rev_runs}, f, indent=1)
+    base.finish_run(meta, started, args.json, {"compare": cmp_runs, "revisions": rev_runs})
     write_report(args, meta, cmp_runs, rev_runs)
     log(f"wrote {args.out} and {args.json} in {meta['elapsed_min']:.1f} min")
 

@@ -208,11 +208,7 @@ def main():
         runs = run(args, work, live)
     finally:
         stop_all()
-    meta["elapsed_min"] = (time.time() - started) / 60
-    meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"meta": meta, "runs": runs}, f, indent=1)
+    base.finish_run(meta, started, args.json, {"runs": runs})
     write_report(args, meta, runs)
     log(f"wrote {args.out} and {args.json} in {meta['elapsed_min']:.1f} min")
 

@@ -276,6 +276,17 @@ class Cluster:
         return total
 
 
+def finish_run(meta, started, json_path=None, results=None):
+    """Notes the run's length and closing load average in `meta`; with `json_path`, writes
+    `{"meta": meta, **results}` there (its directory made as needed)."""
+    meta["elapsed_min"] = (time.time() - started) / 60
+    meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    if json_path:
+        os.makedirs(os.path.dirname(json_path), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump({"meta": meta, **(results or {})}, f, indent=1)
+
+
 def stopper(live, work, remove):
     """A function that stops every cluster in `live` (a list the caller keeps current) and,
     with `remove`, deletes `work`; also run on SIGTERM (then exit 143)."""
@@ -1222,8 +1233,7 @@ def main():
                 adds.append(add_replica(args, work, port, kind))
     finally:
         stop_all()
-    meta["elapsed_min"] = (time.time() - started) / 60
-    meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    finish_run(meta, started)
     report(args, meta, runs, failover, preloads, adds)
 
 
