@@ -273,9 +273,8 @@ async fn etcdctl_users_are_allowed_and_refused_as_by_etcd() {
                 .into()
         )
     );
-    let out = c.dir.path().join("app-watch");
-    let mut watcher = watch_in_background(&endpoints[2], &[app.as_str(), "--prefix", "app/"], &out);
-    std::thread::sleep(Duration::from_millis(500));
+    // The put first, the watch from revision 1 after it: the history replays it, so no wait
+    // for the watch to be established can race the put.
     let (ok, _, err) = text(&etcdctl_with(
         &endpoints[0],
         &[&app],
@@ -283,6 +282,12 @@ async fn etcdctl_users_are_allowed_and_refused_as_by_etcd() {
         None,
     ));
     assert!(ok, "{err}");
+    let out = c.dir.path().join("app-watch");
+    let mut watcher = watch_in_background(
+        &endpoints[2],
+        &[app.as_str(), "--prefix", "app/w", "--rev=1"],
+        &out,
+    );
     assert_eq!(
         wait_events(&out, 1, Duration::from_secs(20)),
         "PUT\napp/w\nv\n"
