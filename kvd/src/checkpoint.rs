@@ -10,19 +10,29 @@
 //! own thread, the simulator inline). It outlives a crash of either side, so a stream resumes
 //! from the same state; it is removed once the receiver acknowledges the install, or when the
 //! peer asks for a new checkpoint.
-//! Receiver: each chunk goes straight into the live state families in one batch with the
-//! persisted progress record (`checkpoint_receiving` in `meta`: offsets, CRC, state hash so
-//! far), off the consensus loop (`Installer`: a thread in kvd, inline in the simulator). The
-//! first chunk wipes the old state in the same batch. The last step checks the chunk count,
-//! CRC, key count and state hash and writes the new state-machine meta: one small batch. While
-//! the record exists the state is incomplete: `StateView::open` refuses it and the loop serves
-//! nothing from it.
+//! Receiver: each chunk becomes table files of its own (one per state family it holds, made
+//! with RocksDB's `SstFileWriter` and synced) in `checkpoints-in/<id>` in the data dir, off
+//! the consensus loop (`Installer`: a thread in kvd, inline in the simulator); the progress
+//! record (`checkpoint_receiving` in `meta`: offsets, CRC, state hash so far) follows each
+//! chunk, made durable by the loop's group commit, so a crash can only make a resumption
+//! start earlier. The live state is not written meanwhile: the loop's WAL, memtables and
+//! compactions carry none of the chunks.
+//! The last step checks the chunk count, CRC, key count and state hash, then switches the
+//! state behind a synced `checkpoint_switching` marker: the old state families are emptied
+//! (one range deletion, flushed, its files dropped) and the staged files ingested (links, no
+//! copy; into the bottom level, so no write stall), then one small batch writes the new
+//! state-machine meta and removes both records. A crash during the switch is finished at
+//! start-up (`resume_interrupted_install`). While either record exists the state is treated
+//! as incomplete: `StateView::open` refuses it and the loop serves nothing from it.
 
 use crate::codec::{decode, encode};
 use crate::frame::{crc_items, CheckpointItem, PeerFrame};
 use crate::state_machine::{pair_hash, DedupLimits, HistoryLimits, KvRecord, SmMeta, StateMachine};
 use crate::storage::{Db, StoreError, CF_META, CF_STAGE, KEYS_END, STATE_CFS};
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use rocksdb::{
+    BottommostLevelCompaction, CompactOptions, Direction, IngestExternalFileOptions, IteratorMode,
+    ReadOptions, SstFileWriter, WriteBatch, DB,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -41,8 +51,13 @@ const META_INSTALLING: &[u8] = b"checkpoint_installing";
 /// The receiving side's persisted progress (`Progress`): present from the first chunk until
 /// the install completes.
 pub const META_RECEIVING: &[u8] = b"checkpoint_receiving";
+/// Marker of a switch under way (`Switch`): the staged state replacing the live one. Written
+/// (synced) before the live state families are touched, removed with the progress record.
+pub const META_SWITCHING: &[u8] = b"checkpoint_switching";
 /// Where outgoing checkpoints are frozen, in the data dir.
 const OUT_DIR: &str = "checkpoints-out";
+/// Where incoming chunks are staged as table files, in the data dir (`checkpoints-in/<id>`).
+const IN_DIR: &str = "checkpoints-in";
 
 /// Why the state cannot be read as one consistent view.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +85,9 @@ pub struct StateView<'a> {
 fn installing(
     get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
 ) -> Result<bool, StoreError> {
-    Ok(get(META_INSTALLING)?.is_some() || get(META_RECEIVING)?.is_some())
+    Ok(get(META_INSTALLING)?.is_some()
+        || get(META_RECEIVING)?.is_some()
+        || get(META_SWITCHING)?.is_some())
 }
 
 fn decode_meta(b: Option<Vec<u8>>) -> Result<SmMeta, StoreError> {
@@ -460,6 +477,10 @@ pub enum CheckpointError {
     WrongState,
     #[error("item of unknown column family #{0}")]
     UnknownFamily(u8),
+    #[error("items out of order (each must follow the one before in family and key order)")]
+    OutOfOrder,
+    #[error("staging the received state: {0}")]
+    Staging(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -540,7 +561,7 @@ impl Receiving {
                 } else {
                     None
                 };
-                self.p = Some(match stored {
+                let p = match stored {
                     Some(p) if p.id == id && p.from == from => p,
                     _ => Progress {
                         from,
@@ -548,7 +569,10 @@ impl Receiving {
                         config_id,
                         ..Progress::default()
                     },
-                });
+                };
+                // What is staged is exactly the chunks before `next_seq` of this stream.
+                remove_incoming(&self.db, Some((id, p.next_seq)));
+                self.p = Some(p);
                 None
             }
             Job::Totals { id, keys, bytes } => {
@@ -600,8 +624,11 @@ impl Receiving {
         }
     }
 
-    /// Writes one chunk into the live state with the progress, durably (off the loop: its
-    /// WAL sync is its own, the loop's group commit is left alone).
+    /// Stages one chunk as table files (synced), then records the progress, which the loop's
+    /// next group commit makes durable before it acknowledges the chunk (a record lost before
+    /// that only makes a resumption start earlier). The installer never syncs the WAL here (a
+    /// sync of its own would hold the loop's behind it), and no chunk goes through the live
+    /// store's WAL or memtables.
     fn chunk(&mut self, seq: u64, items: &[CheckpointItem]) -> Result<(), CheckpointError> {
         let db = &self.db;
         let p = self.p.as_mut().expect("checked by the caller");
@@ -609,41 +636,55 @@ impl Receiving {
         if let Some(bad) = items.iter().find(|i| usize::from(i.cf) >= STATE_CFS.len()) {
             return Err(CheckpointError::UnknownFamily(bad.cf));
         }
-        let mut batch = WriteBatch::default();
-        if seq == 0 {
-            // The first chunk replaces the state: the old one goes in the same batch.
-            for name in STATE_CFS {
-                batch.delete_range_cf(db.cf(name), [].as_slice(), KEYS_END.as_slice());
+        // Items come in (family, key) order, strictly ascending over the whole stream: each
+        // staged file is sorted and the files of a family do not overlap.
+        let mut last = p.after.as_ref().map(|(cf, key)| (*cf, key.as_slice()));
+        for item in items {
+            let here = (item.cf, item.key.as_slice());
+            if last.is_some_and(|l| here <= l) {
+                return Err(CheckpointError::OutOfOrder);
             }
+            last = Some(here);
         }
         let mut crc = crc32fast::Hasher::new_with_initial(p.crc);
         crc_items(&mut crc, items);
+        let mut progress = p.clone();
         for item in items {
             if item.cf == 0 {
                 let rec = KvRecord::decode(&item.value)?;
-                p.hash ^= pair_hash(&item.key, &rec.value);
-                p.keys += 1;
+                progress.hash ^= pair_hash(&item.key, &rec.value);
+                progress.keys += 1;
             }
-            p.bytes += (item.key.len() + item.value.len()) as u64;
-            p.items += 1;
-            batch.put_cf(
-                db.cf(STATE_CFS[usize::from(item.cf)]),
-                &item.key,
-                &item.value,
-            );
+            progress.bytes += (item.key.len() + item.value.len()) as u64;
+            progress.items += 1;
         }
-        p.crc = crc.finalize();
+        let dir = in_dir(db, p.id);
+        std::fs::create_dir_all(&dir).map_err(|e| CheckpointError::Staging(e.to_string()))?;
+        let opts = rocksdb::Options::default();
+        for family in items.chunk_by(|a, b| a.cf == b.cf) {
+            let mut w = SstFileWriter::create(&opts);
+            w.open(staged_file(&dir, seq, family[0].cf))
+                .map_err(StoreError::from)?;
+            for item in family {
+                w.put(&item.key, &item.value).map_err(StoreError::from)?;
+            }
+            // Syncs the file: the progress below never claims a chunk that is not on disk.
+            w.finish().map_err(StoreError::from)?;
+        }
+        progress.crc = crc.finalize();
         if let Some(last) = items.last() {
-            p.after = Some((last.cf, last.key.clone()));
+            progress.after = Some((last.cf, last.key.clone()));
         }
-        p.next_seq += 1;
-        batch.put_cf(db.cf(CF_META), META_RECEIVING, encode(&*p));
-        db.write_durable_off_loop(batch)?;
+        progress.next_seq += 1;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(db.cf(CF_META), META_RECEIVING, encode(&progress));
+        db.write(batch)?;
+        *p = progress;
         Ok(())
     }
 
-    /// Checks the whole stream and makes the state the state machine's: one small batch. Then
-    /// loads the state machine over it (the loop swaps it in).
+    /// Checks the whole stream and switches the staged state in (`switch`). Then loads the
+    /// state machine over it (the loop swaps it in).
     fn finish(
         &mut self,
         chunks: u64,
@@ -658,23 +699,235 @@ impl Receiving {
         if p.keys != meta.keys || p.hash != meta.hash {
             return Err(CheckpointError::WrongState);
         }
+        let started = std::time::Instant::now();
+        let sw = Switch {
+            id: p.id,
+            chunks,
+            config_id: p.config_id,
+            meta,
+        };
         let mut batch = WriteBatch::default();
-        batch.put_cf(db.cf(CF_META), b"sm", encode(&meta));
-        // The history before the checkpoint's revision is not ours: it starts after it.
-        crate::state_machine::history::reset(db, meta.revision, &mut batch);
-        batch.delete_cf(db.cf(CF_META), META_RECEIVING);
+        batch.put_cf(db.cf(CF_META), META_SWITCHING, encode(&sw));
         db.write_durable_off_loop(batch)?;
+        switch(db, &sw)?;
         info!(
             config_id = meta.applied.config_id,
             index = meta.applied.index,
             keys = meta.keys,
             bytes = p.bytes,
+            switch_ms = started.elapsed().as_millis() as u64,
             "checkpoint installed"
         );
         self.p = None;
         let (dedup, history) = self.limits;
         Ok(StateMachine::load(db.clone(), dedup, history)?)
     }
+}
+
+/// A switch under way (`META_SWITCHING`): stream `id`'s `chunks` staged chunks become the
+/// state `meta` of configuration `config_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Switch {
+    id: u64,
+    chunks: u64,
+    config_id: u32,
+    meta: SmMeta,
+}
+
+/// The directory stream `id`'s chunks are staged in.
+fn in_dir(db: &Db, id: u64) -> PathBuf {
+    db.raw().path().join(IN_DIR).join(format!("{id:016x}"))
+}
+
+/// The table file of chunk `seq`'s records of family `cf`.
+fn staged_file(dir: &Path, seq: u64, cf: u8) -> PathBuf {
+    dir.join(format!("{seq:012}-{cf}.sst"))
+}
+
+/// The chunk and family a staged file's name gives.
+fn parse_staged(name: &str) -> Option<(u64, u8)> {
+    let (seq, cf) = name.strip_suffix(".sst")?.split_once('-')?;
+    Some((seq.parse().ok()?, cf.parse().ok()?))
+}
+
+/// Removes what is staged, except (`keep`) stream `id`'s chunks before `next_seq`.
+fn remove_incoming(db: &Db, keep: Option<(u64, u64)>) {
+    let Ok(dir) = std::fs::read_dir(db.raw().path().join(IN_DIR)) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let kept =
+            keep.filter(|(id, _)| entry.file_name().to_string_lossy() == format!("{id:016x}"));
+        let result = match kept {
+            None => std::fs::remove_dir_all(entry.path()),
+            Some((_, next_seq)) => std::fs::read_dir(entry.path()).and_then(|files| {
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if parse_staged(&name).is_none_or(|(seq, _)| seq >= next_seq) {
+                        if f.file_type().is_ok_and(|t| t.is_dir()) {
+                            std::fs::remove_dir_all(f.path())?;
+                        } else {
+                            std::fs::remove_file(f.path())?;
+                        }
+                    }
+                }
+                Ok(())
+            }),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, dir = %entry.path().display(), "cannot remove staged checkpoint files");
+        }
+    }
+}
+
+/// Stream `sw.id`'s staged files by family (`STATE_CFS` order), each family's in chunk
+/// order. None: a chunk has no file (lost in a power cut), so the stream cannot be switched in.
+fn staged_files(db: &Db, sw: &Switch) -> Option<Vec<Vec<PathBuf>>> {
+    // An empty state comes in no chunk: nothing was staged, not even the directory.
+    let listing = match std::fs::read_dir(in_dir(db, sw.id)) {
+        Ok(listing) => Some(listing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => return None,
+    };
+    let mut found: Vec<(u64, u8, PathBuf)> = listing
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|f| {
+            let (seq, cf) = parse_staged(&f.file_name().to_string_lossy())?;
+            (seq < sw.chunks && usize::from(cf) < STATE_CFS.len()).then(|| (seq, cf, f.path()))
+        })
+        .collect();
+    found.sort();
+    let mut seqs: Vec<u64> = found.iter().map(|(seq, _, _)| *seq).collect();
+    seqs.dedup();
+    if seqs.len() as u64 != sw.chunks {
+        return None;
+    }
+    let mut by_family = vec![Vec::new(); STATE_CFS.len()];
+    for (_, cf, path) in found {
+        by_family[usize::from(cf)].push(path);
+    }
+    Some(by_family)
+}
+
+/// Whether family `name` holds nothing at all: no table file and empty memtables (a
+/// joiner's). Ingesting into such a family needs no clearing and lands in the bottom level.
+fn family_is_empty(db: &Db, name: &str) -> Result<bool, StoreError> {
+    let cf = db.cf(name);
+    for prop in [
+        "rocksdb.num-entries-active-mem-table",
+        "rocksdb.num-entries-imm-mem-tables",
+        "rocksdb.live-sst-files-size",
+    ] {
+        if db.raw().property_int_value_cf(cf, prop)? != Some(0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Empties the live state families (those that hold anything) without reading their
+/// records: one range deletion, flushed, then every table file under it dropped and what is
+/// left compacted away, so that ingested files land in the bottom level (no write stall).
+fn clear_state(db: &Db) -> Result<(), StoreError> {
+    let raw = db.raw();
+    let mut full = Vec::new();
+    for name in STATE_CFS {
+        if !family_is_empty(db, name)? {
+            full.push(name);
+        }
+    }
+    if full.is_empty() {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    for name in &full {
+        batch.delete_range_cf(db.cf(name), [].as_slice(), KEYS_END.as_slice());
+    }
+    db.write_lazy(batch)?;
+    let mut compact = CompactOptions::default();
+    compact.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+    for name in full {
+        let cf = db.cf(name);
+        raw.flush_cf(cf)?;
+        raw.delete_file_in_range_cf(cf, [].as_slice(), KEYS_END.as_slice())?;
+        raw.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &compact);
+    }
+    Ok(())
+}
+
+/// Staged files ingested per call: each call stops the store's writes (the loop's too) while
+/// it records the files (a manifest write and sync; table files opened), so a large state
+/// goes in several short stops rather than one long one.
+const INGEST_FILES: usize = 64;
+
+/// Switches stream `sw`'s staged state in for the live one (behind `META_SWITCHING`, which
+/// the caller wrote): idempotent, so a crash anywhere in it is finished by running it again.
+/// A stream whose staged files are incomplete leaves the state empty and marked incomplete
+/// (a new checkpoint is needed), and says so.
+fn switch(db: &Db, sw: &Switch) -> Result<(), CheckpointError> {
+    let staged = staged_files(db, sw);
+    let started = std::time::Instant::now();
+    clear_state(db)?;
+    let cleared = started.elapsed();
+    // The old state is gone and the new one not yet in: the crash tests stop here.
+    crate::failpoint::hit("checkpoint-ingest");
+    let mut batch = WriteBatch::default();
+    let Some(staged) = staged else {
+        let lost = Progress {
+            config_id: sw.config_id,
+            ..Progress::default()
+        };
+        batch.put_cf(db.cf(CF_META), META_RECEIVING, encode(&lost));
+        batch.delete_cf(db.cf(CF_META), META_SWITCHING);
+        db.write_durable_off_loop(batch)?;
+        remove_incoming(db, None);
+        return Err(CheckpointError::Staging("staged chunks are missing".into()));
+    };
+    // Ingested through links (RocksDB takes them over), so the staged files stay until the
+    // switch is done and a second run finds them.
+    let links = in_dir(db, sw.id).join("ingest");
+    let _ = std::fs::remove_dir_all(&links);
+    std::fs::create_dir_all(&links).map_err(|e| CheckpointError::Staging(e.to_string()))?;
+    let mut opts = IngestExternalFileOptions::default();
+    opts.set_move_files(true);
+    let (mut calls, mut ingested, mut longest_call) = (0, 0, std::time::Duration::ZERO);
+    for (family, files) in STATE_CFS.iter().zip(staged) {
+        // In key order: each call's files overlap none ingested before them, so they too go
+        // to the bottom level.
+        for group in files.chunks(INGEST_FILES) {
+            let mut linked = Vec::with_capacity(group.len());
+            for f in group {
+                let link = links.join(f.file_name().expect("a staged file's name"));
+                std::fs::hard_link(f, &link)
+                    .map_err(|e| CheckpointError::Staging(e.to_string()))?;
+                linked.push(link);
+            }
+            let call = std::time::Instant::now();
+            db.raw()
+                .ingest_external_file_cf_opts(db.cf(family), &opts, linked)
+                .map_err(StoreError::from)?;
+            longest_call = longest_call.max(call.elapsed());
+            (calls, ingested) = (calls + 1, ingested + group.len());
+        }
+    }
+    info!(
+        clear_ms = cleared.as_millis() as u64,
+        ingest_ms = (started.elapsed() - cleared).as_millis() as u64,
+        files = ingested,
+        calls,
+        longest_call_ms = longest_call.as_millis() as u64,
+        "checkpoint: staged files ingested"
+    );
+    batch.put_cf(db.cf(CF_META), b"sm", encode(&sw.meta));
+    // The history before the checkpoint's revision is not ours: it starts after it.
+    crate::state_machine::history::reset(db, sw.meta.revision, &mut batch);
+    batch.delete_cf(db.cf(CF_META), META_RECEIVING);
+    batch.delete_cf(db.cf(CF_META), META_SWITCHING);
+    db.write_durable_off_loop(batch)?;
+    remove_incoming(db, None);
+    Ok(())
 }
 
 /// Jobs queued for the installer thread: the sender's window bounds them; a full queue means
@@ -802,9 +1055,42 @@ fn switch_in(db: &Db, meta: SmMeta) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// At start-up: finishes a switch of the earlier scheme interrupted by a crash. (A transfer
-/// of the current scheme interrupted by a crash is resumed by the loop: `Progress::load`.)
-pub fn resume_interrupted_install(db: &Db) -> Result<(), StoreError> {
+/// At start-up: finishes a switch interrupted by a crash (this scheme's, or the earlier
+/// one's). True: one was finished, and the state is the checkpoint's. (A transfer interrupted
+/// before its switch is resumed by the loop: `Progress::load`.)
+pub fn resume_interrupted_install(db: &Db) -> Result<bool, StoreError> {
+    let mut finished = false;
+    if let Some(b) = db.get(CF_META, META_SWITCHING)? {
+        let sw: Switch = decode(&b).map_err(|e| StoreError::Corrupt {
+            what: "checkpoint switch marker",
+            detail: e.to_string(),
+        })?;
+        warn!(
+            keys = sw.meta.keys,
+            "finishing a checkpoint switch interrupted by a crash"
+        );
+        match switch(db, &sw) {
+            Ok(()) => {
+                info!(
+                    index = sw.meta.applied.index,
+                    keys = sw.meta.keys,
+                    "interrupted checkpoint switch finished"
+                );
+                finished = true;
+            }
+            // The state stays marked incomplete: the loop takes a new checkpoint.
+            Err(CheckpointError::Staging(e)) => {
+                warn!(error = %e, "the interrupted checkpoint cannot be switched in; a new one is needed")
+            }
+            Err(CheckpointError::Store(e)) => return Err(e),
+            Err(e) => {
+                return Err(StoreError::Corrupt {
+                    what: "checkpoint switch",
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
     if let Some(b) = db.get(CF_META, META_INSTALLING)? {
         let meta: SmMeta = decode(&b).map_err(|e| StoreError::Corrupt {
             what: "checkpoint marker",
@@ -812,8 +1098,9 @@ pub fn resume_interrupted_install(db: &Db) -> Result<(), StoreError> {
         })?;
         warn!("finishing a checkpoint switch interrupted by a crash");
         switch_in(db, meta)?;
+        finished = true;
     }
-    Ok(())
+    Ok(finished)
 }
 
 #[cfg(test)]
@@ -887,6 +1174,23 @@ mod tests {
             .collect()
     }
 
+    /// Starts receiving stream `id` from replica 1 (`resume`: from the persisted progress).
+    fn begin(installer: &mut Installer, id: u64, resume: bool) {
+        installer.submit(Job::Begin {
+            from: 1,
+            id,
+            config_id: 1,
+            resume,
+        });
+    }
+
+    /// The install completed with exactly `want` and `meta`.
+    fn assert_installed(dst: &Db, want: &[(u8, Vec<u8>, Vec<u8>)], meta: SmMeta) {
+        assert_eq!(Progress::load(dst).unwrap(), None);
+        assert_eq!(state(dst), want);
+        assert_eq!(StateView::open(dst).unwrap().meta, meta);
+    }
+
     /// Hands `frames` to `installer` as the loop does, up to `stop_after` chunks.
     fn feed(installer: &mut Installer, frames: Vec<PeerFrame>, stop_after: Option<u64>) {
         for f in frames {
@@ -944,12 +1248,7 @@ mod tests {
             .count() as u64;
         assert!(chunks >= 10, "{chunks} chunks");
         let mut rx = Installer::inline(dst.clone(), limits());
-        rx.submit(Job::Begin {
-            from: 1,
-            id,
-            config_id: 1,
-            resume: false,
-        });
+        begin(&mut rx, id, false);
         feed(&mut rx, frames, Some(chunks / 2));
         let written = std::iter::from_fn(|| rx.poll()).count() as u64;
         assert_eq!(written, chunks / 2);
@@ -963,12 +1262,7 @@ mod tests {
         let p = Progress::load(&dst).unwrap().expect("progress persisted");
         assert_eq!((p.id, p.next_seq), (id, chunks / 2));
         let mut rx = Installer::inline(dst.clone(), limits());
-        rx.submit(Job::Begin {
-            from: 1,
-            id,
-            config_id: 1,
-            resume: true,
-        });
+        begin(&mut rx, id, true);
         let sink = Frames::default();
         stream(&src, &sink, 4, id, 16 * 1024, Some(p.resume()));
         feed(&mut rx, sink.0.take(), None);
@@ -988,9 +1282,7 @@ mod tests {
             "estimated {estimate}, received {}",
             progress.bytes
         );
-        assert_eq!(Progress::load(&dst).unwrap(), None);
-        assert_eq!(state(&dst), want);
-        assert_eq!(StateView::open(&dst).unwrap().meta, meta);
+        assert_installed(&dst, &want, meta);
     }
 
     /// A resumption the sender cannot serve (no frozen copy) is refused, and a corrupt
@@ -1020,15 +1312,143 @@ mod tests {
         }
         let dst = Db::open(b.path()).unwrap();
         let mut rx = Installer::inline(dst.clone(), limits());
-        rx.submit(Job::Begin {
-            from: 1,
-            id: 9,
-            config_id: 1,
-            resume: false,
-        });
+        begin(&mut rx, 9, false);
         feed(&mut rx, frames, None);
         let last = std::iter::from_fn(|| rx.poll()).last();
         assert!(matches!(last, Some(Outcome::Failed { .. })), "{last:?}");
         assert!(matches!(StateView::open(&dst), Err(ViewError::Installing)));
+    }
+
+    /// A switch interrupted by a crash (here: right after the old state was cleared) is
+    /// finished at start-up from the staged files, and the old state's records are gone; a
+    /// switch whose staged files were lost leaves the state marked incomplete instead.
+    #[test]
+    fn an_interrupted_switch_is_finished_at_start_up_and_replaces_the_old_state() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, meta) = source(a.path(), 2000);
+        let want = state(&src);
+        let id = 0xabc;
+        let sink = Frames::default();
+        stream(&src, &sink, 4, id, 16 * 1024, None);
+        let frames = sink.0.take();
+        let chunks = frames
+            .iter()
+            .filter(|f| matches!(f, PeerFrame::CheckpointChunk { .. }))
+            .count() as u64;
+        for lose_a_file in [false, true] {
+            let dir = tempfile::tempdir_in(b.path()).unwrap();
+            {
+                // An old state: keys the checkpoint does not have, and one it overwrites.
+                let dst = Db::open(dir.path()).unwrap();
+                let mut batch = WriteBatch::default();
+                for k in ["k000001", "old-1", "old-2", "zzz"] {
+                    batch.put_cf(dst.cf(STATE_CFS[0]), k, b"old");
+                }
+                batch.put_cf(dst.cf(STATE_CFS[2]), b"old-lease", b"old");
+                dst.write_synced(batch).unwrap();
+                dst.raw().flush_cf(dst.cf(STATE_CFS[0])).unwrap();
+                let mut rx = Installer::inline(dst.clone(), limits());
+                begin(&mut rx, id, false);
+                // Every chunk, not the end: the switch is run by hand, then interrupted.
+                let body: Vec<PeerFrame> = frames
+                    .iter()
+                    .filter(|f| matches!(f, PeerFrame::CheckpointChunk { .. }))
+                    .cloned()
+                    .collect();
+                feed(&mut rx, body, None);
+                assert_eq!(std::iter::from_fn(|| rx.poll()).count() as u64, chunks);
+                let sw = Switch {
+                    id,
+                    chunks,
+                    config_id: 1,
+                    meta,
+                };
+                let mut batch = WriteBatch::default();
+                batch.put_cf(dst.cf(CF_META), META_SWITCHING, encode(&sw));
+                dst.write_synced(batch).unwrap();
+                clear_state(&dst).unwrap();
+                if lose_a_file {
+                    let staged = staged_files(&dst, &sw).unwrap();
+                    std::fs::remove_file(&staged[0][1]).unwrap();
+                }
+            } // the crash
+            let dst = Db::open(dir.path()).unwrap();
+            assert_eq!(resume_interrupted_install(&dst).unwrap(), !lose_a_file);
+            assert_eq!(dst.get(CF_META, META_SWITCHING).unwrap(), None);
+            assert!(!in_dir(&dst, id).exists(), "staged files removed");
+            if lose_a_file {
+                assert!(matches!(StateView::open(&dst), Err(ViewError::Installing)));
+                let p = Progress::load(&dst).unwrap().expect("marked incomplete");
+                assert_eq!((p.next_seq, p.config_id), (0, 1));
+            } else {
+                assert_installed(&dst, &want, meta);
+            }
+        }
+    }
+
+    /// The state of an empty store comes in no chunk at all, and installs (replacing
+    /// whatever the receiver held).
+    #[test]
+    fn an_empty_state_installs_from_no_chunk() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, meta) = source(a.path(), 0);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(src.cf(STATE_CFS[1]), [].as_slice(), KEYS_END.as_slice());
+        src.write_synced(batch).unwrap();
+        let sink = Frames::default();
+        stream(&src, &sink, 4, 3, 16 * 1024, None);
+        let frames = sink.0.take();
+        assert!(
+            !frames
+                .iter()
+                .any(|f| matches!(f, PeerFrame::CheckpointChunk { .. })),
+            "{frames:?}"
+        );
+        let dst = Db::open(b.path()).unwrap();
+        let (dedup, history) = limits();
+        StateMachine::load(dst.clone(), dedup, history).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.put_cf(dst.cf(STATE_CFS[0]), b"old", b"old");
+        dst.write_synced(batch).unwrap();
+        let mut rx = Installer::inline(dst.clone(), limits());
+        begin(&mut rx, 3, false);
+        feed(&mut rx, frames, None);
+        let last = std::iter::from_fn(|| rx.poll()).last();
+        assert!(matches!(last, Some(Outcome::Installed { .. })), "{last:?}");
+        assert_installed(&dst, &[], meta);
+    }
+
+    /// A chunk whose items go backwards (in one chunk, or behind the chunk before) fails the
+    /// stream before anything is staged for it.
+    #[test]
+    fn items_out_of_order_fail_the_stream() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, _) = source(a.path(), 300);
+        let sink = Frames::default();
+        stream(&src, &sink, 4, 5, 4 * 1024, None);
+        let frames = sink.0.take();
+        let dst = Db::open(b.path()).unwrap();
+        for (bad_seq, reverse) in [(0u64, true), (1, false)] {
+            let mut rx = Installer::inline(dst.clone(), limits());
+            begin(&mut rx, 5, false);
+            let mut frames = frames.clone();
+            for f in &mut frames {
+                if let PeerFrame::CheckpointChunk { seq, items, .. } = f {
+                    if *seq == bad_seq && reverse {
+                        items.reverse();
+                    } else if *seq == bad_seq {
+                        // Its first item repeats the chunk before's last.
+                        items[0].key = b"k000000".to_vec();
+                    }
+                }
+            }
+            feed(&mut rx, frames, Some(bad_seq + 1));
+            let last = std::iter::from_fn(|| rx.poll()).last();
+            assert!(
+                matches!(&last, Some(Outcome::Failed { error, .. }) if error.contains("out of order")),
+                "{last:?}"
+            );
+            assert!(!staged_file(&in_dir(&dst, 5), bad_seq, 0).exists());
+        }
     }
 }

@@ -9,7 +9,9 @@
 //! Steps: `log-write` (a Paxos log/metadata batch: appends, promises, syncs), `decide` (a
 //! batch that only moves the decided index), `apply` (a state-machine batch),
 //! `before-sync` and `after-sync` (around the iteration's WAL sync, messages half sent),
-//! `compact` (a local compaction), `switch` (persisting a new configuration).
+//! `compact` (a local compaction), `switch` (persisting a new configuration),
+//! `checkpoint-ingest` (switching a received checkpoint in: the old state emptied, the new
+//! one not yet ingested; on the installer's thread in kvd).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};

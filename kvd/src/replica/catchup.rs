@@ -6,9 +6,9 @@
 //! A checkpoint is written by the installer (`checkpoint::Installer`, off the loop): the loop
 //! only hands it the chunks, acknowledges the ones it made durable (the sender's window),
 //! reports progress, and makes the installed state the state machine's at the end. From the
-//! first chunk written until the install, the old state is gone (`state_replaced`): catch-up
-//! then only resumes or restarts a checkpoint, and after a crash the loop resumes it from the
-//! persisted progress.
+//! first chunk staged until the install, the old state counts as superseded
+//! (`state_replaced`; the switch empties it): catch-up then only resumes or restarts a
+//! checkpoint, and after a crash the loop resumes it from the persisted progress.
 
 use super::{Replica, FETCH_BYTES};
 use crate::checkpoint::{self, Job, Outcome, Progress};

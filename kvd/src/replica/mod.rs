@@ -257,8 +257,9 @@ pub struct Replica<P: Peers> {
     catchup: Option<CatchUp>,
     /// Writes received checkpoints (off the loop in kvd).
     installer: crate::checkpoint::Installer,
-    /// A checkpoint's first chunk replaced the state, and the install has not completed: the
-    /// state is incomplete until a checkpoint lands (persisted as `checkpoint_receiving`).
+    /// A checkpoint's first chunk is staged (or a switch emptied the state), and the install
+    /// has not completed: the state counts as incomplete until a checkpoint lands (persisted
+    /// as `checkpoint_receiving`).
     state_replaced: bool,
     /// How long to wait for the sender of an interrupted transfer before starting over.
     resume_deadline: Option<Instant>,
@@ -336,7 +337,8 @@ impl<P: Peers> Replica<P> {
         metrics: Arc<Metrics>,
         now: Instant,
     ) -> Result<Self, String> {
-        crate::checkpoint::resume_interrupted_install(&db).map_err(|e| e.to_string())?;
+        let switched =
+            crate::checkpoint::resume_interrupted_install(&db).map_err(|e| e.to_string())?;
         let receiving = crate::checkpoint::Progress::load(&db).map_err(|e| e.to_string())?;
         let limits = (cfg.dedup, cfg.history);
         let installer = if cfg.install_on_thread {
@@ -347,6 +349,19 @@ impl<P: Peers> Replica<P> {
         let mut sm =
             StateMachine::load(db.clone(), cfg.dedup, cfg.history).map_err(|e| e.to_string())?;
         sm.set_ignore_dedup(cfg.defect == Some(Defect::ApplyIgnoresDedup));
+        if switched {
+            // A checkpoint's switch, interrupted by a crash, was finished just now: its state
+            // is this configuration's (or the one it started from; the install checked).
+            metrics.checkpoints_installed.inc();
+            if meta.lifecycle == Lifecycle::Joining {
+                meta.lifecycle = Lifecycle::Serving;
+                meta.save_synced(&db).map_err(|e| e.to_string())?;
+                info!(
+                    config_id = meta.config_id,
+                    "joined: holds the state and serves"
+                );
+            }
+        }
         if meta.lifecycle == Lifecycle::Serving && sm.applied().config_id != meta.config_id {
             let from_last_config = meta
                 .last_transition

@@ -41,13 +41,7 @@ pub(crate) async fn joiner_receiving(n: usize, value: fn(usize) -> Vec<u8>) -> (
         .await
         .unwrap();
     assert_eq!(ready.status().as_u16(), 503);
-    let peer = format!("4={}", c.peer_addr(4));
-    let out = stdout_ok(reconfigure(
-        &c,
-        &[1, 2, 3],
-        &["--nodes", "1,2,3,4", "--peer", &peer],
-    ));
-    assert_eq!(out.trim(), "OK: configuration 2, members 1,2,3,4");
+    add_four(&c);
     let s = wait_status(
         &c,
         4,
@@ -65,6 +59,17 @@ pub(crate) async fn joiner_receiving(n: usize, value: fn(usize) -> Vec<u8>) -> (
         .unwrap_or_else(|| panic!("the transfer finished before it could be interrupted"))
         .from;
     (c, sender)
+}
+
+/// Asks 1, 2 and 3 to add replica 4 (configuration 2).
+fn add_four(c: &Cluster) {
+    let peer = format!("4={}", c.peer_addr(4));
+    let out = stdout_ok(reconfigure(
+        c,
+        &[1, 2, 3],
+        &["--nodes", "1,2,3,4", "--peer", &peer],
+    ));
+    assert_eq!(out.trim(), "OK: configuration 2, members 1,2,3,4");
 }
 
 /// Lets the stopped receiver `r` run in short bursts (each as long as one status answer)
@@ -211,6 +216,57 @@ async fn a_transfer_goes_on_across_a_leader_change() {
     joined(&mut c, KEYS)
         .await
         .assert_never_started_over(&half, false);
+}
+
+/// The receiver dies in the middle of switching the received state in (kvd's failpoint
+/// `checkpoint-ingest`: its old state emptied, the staged files not yet ingested).
+/// Restarted, it finishes the switch from its staged files before its loop starts: it asks
+/// for the state no more, and ends with the others' state hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_dies_while_switching_the_state_in_finishes_it_when_restarted() {
+    let mut c = Cluster::start(3, Opts::default()).await;
+    load_with(&c, KEYS, value).await;
+    c.add_node_stopped(4);
+    c.spawn_with(4, &[("KVD_FAILPOINT", "checkpoint-ingest:1")]);
+    add_four(&c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.exited(4) {
+        assert!(
+            Instant::now() < deadline,
+            "replica 4 did not reach the failpoint\n{}",
+            c.dump_logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        c.log_text(4)
+            .contains("failpoint checkpoint-ingest:1 reached"),
+        "replica 4 died, but not at the failpoint\n{}",
+        c.log_text(4)
+    );
+    c.spawn(4);
+    let s = wait_status(&c, 4, Duration::from_secs(60), "serving", |s| {
+        matches!(s.role, Role::Follower | Role::Leader) && s.keys as usize >= KEYS
+    })
+    .await;
+    assert_eq!((s.config_id, &s.members[..]), (2, &[1, 2, 3, 4][..]));
+    c.members = vec![1, 2, 3, 4];
+    let hash = c.wait_converged(Duration::from_secs(30)).await;
+    assert_eq!(c.status(4).await.unwrap().state_hash, hash);
+    let log = c.log_text(4);
+    assert!(
+        log.contains("interrupted checkpoint switch finished"),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("asking for the state (checkpoint)").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        get_from(&c, 4, &format!("k{}", KEYS - 1)).await,
+        Some(value(KEYS - 1))
+    );
 }
 
 /// The leader that 1, 2 and 3 all report.

@@ -63,6 +63,9 @@ pub struct SimNode {
     /// A crash due in its next iteration, at this persistence step (`kvd::failpoint`), and
     /// whether it is a power cut.
     pub crash_at: Option<(&'static str, bool)>,
+    /// A crash at this persistence step whenever an iteration reaches it (then disarmed), and
+    /// whether it is a power cut; iterations that do not reach it go on.
+    pub crash_when_reached: Option<(&'static str, bool)>,
     /// Its lifecycle when last observed (joins and retirements are counted as it changes).
     pub lifecycle_seen: Option<Lifecycle>,
 }
@@ -90,6 +93,7 @@ impl SimNode {
             paused_until: 0,
             leader: None,
             crash_at: None,
+            crash_when_reached: None,
             lifecycle_seen: None,
         }
     }

@@ -215,6 +215,40 @@ fn a_checkpoint_interrupted_by_a_crash_of_its_receiver_resumes() {
     }
 }
 
+/// A follower that takes a checkpoint crashes in the middle of switching it in (its old
+/// state emptied, the received one not yet ingested: `checkpoint-ingest`), once with its
+/// process killed and once with a power cut: restarted, it finishes the switch from its
+/// staged files before its loop starts and ends in the identical state (`settle` checks the
+/// state hash), without taking the state again.
+#[test]
+fn a_checkpoint_switch_interrupted_by_a_crash_is_finished_at_restart() {
+    for (seed, power_cut) in [(45, false), (46, true)] {
+        let (stats, f) = scenario(seed, quiet(0, 2), |w| {
+            let l = wait_leader(w)?;
+            let (f, _) = others(w, l);
+            write_n(w, 40);
+            w.power_cut(f);
+            write_n(w, 40);
+            w.nodes.get_mut(&f).expect("known").crash_when_reached =
+                Some(("checkpoint-ingest", power_cut));
+            w.restart(f);
+            run_until(w, 800, "the follower crashed in its switch", |w| {
+                w.node(f).crash_when_reached.is_none()
+            })?;
+            w.restart(f);
+            write_n(w, 10);
+            Ok(f)
+        });
+        assert!(stats.mid_iteration_crashes > 0, "{stats:?}");
+        // One install, finished at start-up (before the loop ran): no second transfer.
+        assert_eq!(
+            (f.checkpoints_installed, f.checkpoints_resumed),
+            (1, 0),
+            "{f:?}"
+        );
+    }
+}
+
 /// Growing 3 -> 4 -> 5, replacing a member, then shrinking: joiners take the state by
 /// checkpoint and serve, removed members retire, and everything acknowledged survives.
 #[test]

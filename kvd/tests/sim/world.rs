@@ -1005,9 +1005,10 @@ impl World {
                 continue;
             }
             let crash_at = node.crash_at.take();
+            let armed = crash_at.or(node.crash_when_reached);
             let frames = inbound.remove(&pid).unwrap_or_default();
             let r = node.replica.as_mut().expect("up");
-            kvd::failpoint::unwind_at(crash_at.map(|(at, _)| at));
+            kvd::failpoint::unwind_at(armed.map(|(at, _)| at));
             let iteration = catch_unwind(AssertUnwindSafe(|| {
                 for &(to, peer) in &peer_up {
                     if to == pid {
@@ -1038,7 +1039,9 @@ impl World {
                     ));
                     self.crash_now(pid, power);
                 }
-                (Err(p), Some((at, power))) if p.is::<kvd::failpoint::Crashed>() => {
+                (Err(p), _) if p.is::<kvd::failpoint::Crashed>() => {
+                    let (at, power) = armed.expect("a crash only where one was armed");
+                    self.nodes.get_mut(&pid).expect("known").crash_when_reached = None;
                     self.log(format!("{pid} crashes at {at}"));
                     self.crash_now(pid, power);
                 }
