@@ -60,6 +60,25 @@ impl Transfer {
         self.progress.bytes.saturating_sub(self.base_bytes) as f64 / secs
     }
 
+    /// Whether the stream is interrupted, and says why: the session to its sender is down (a
+    /// crashed or restarting sender: the receiver waits for it to resume, rather than for
+    /// the stall timer), or nothing came for `2 x catchup` (a silent sender, a lost chunk).
+    fn interrupted(&self, peers: &impl Peers, now: Instant, catchup: Duration) -> bool {
+        let from = self.progress.from;
+        if !peers.is_connected(from) {
+            warn!(
+                peer = from,
+                "checkpoint interrupted: its sender's session is down"
+            );
+            return true;
+        }
+        if now.saturating_duration_since(self.last_progress) > catchup * 2 {
+            warn!(peer = from, "checkpoint stalled");
+            return true;
+        }
+        false
+    }
+
     /// Time left at this stream's key rate so far (None before any key came).
     pub(super) fn eta(&self, now: Instant) -> Option<Duration> {
         let secs = now.saturating_duration_since(self.started).as_secs_f64();
@@ -197,10 +216,7 @@ impl<P: Peers> Replica<P> {
                 };
                 self.peers.send(peer, frame);
             }
-            Some(CatchUp::Checkpoint(t))
-                if now.saturating_duration_since(t.last_progress) > timeout * 2 =>
-            {
-                warn!(peer = t.progress.from, "checkpoint stalled");
+            Some(CatchUp::Checkpoint(t)) if t.interrupted(&self.peers, now, timeout) => {
                 self.checkpoint_again();
             }
             Some(CatchUp::Checkpoint(_)) | None => {}
@@ -276,10 +292,7 @@ impl<P: Peers> Replica<P> {
             Some(CatchUp::Fetching { next_ask, .. }) if now >= *next_ask => {
                 self.checkpoint_again();
             }
-            Some(CatchUp::Checkpoint(t))
-                if now.saturating_duration_since(t.last_progress) > timeout * 2 =>
-            {
-                warn!(peer = t.progress.from, "checkpoint stalled");
+            Some(CatchUp::Checkpoint(t)) if t.interrupted(&self.peers, now, timeout) => {
                 self.checkpoint_again();
             }
             _ => {}

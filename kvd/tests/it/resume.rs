@@ -180,9 +180,15 @@ async fn a_transfer_whose_sender_crashes_half_way_resumes_from_it_once_restarted
     let half = run_receiver_to_half(&c, 4).await;
     c.kill(sender);
     eprintln!("killed the sender, {sender}, at {half:?}");
-    c.spawn(sender);
     c.resume(4);
-    // The receiver waited for its sender and took the rest of the same stream from it.
+    // The receiver notices the session drop itself (not 6 s without a chunk later) ...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.log_text(4).contains("its sender's session is down") {
+        assert!(Instant::now() < deadline, "{}", c.log_text(4));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.spawn(sender);
+    // ... waits for its sender, and takes the rest of the same stream from it.
     joined(&mut c, KEYS).await.assert_resumed(&half, false);
     assert_eq!(
         get_from(&c, 4, &format!("k{}", KEYS - 1)).await,
