@@ -61,6 +61,24 @@ pub(crate) fn etcdctl(endpoint: &str, args: &[&str], stdin: Option<&str>) -> Out
     etcdctl_with(endpoint, &["--command-timeout=5s"], args, stdin)
 }
 
+/// `etcdctl --endpoints=<endpoint> <global> <args>`, its output captured, not started.
+pub(crate) fn etcdctl_command(endpoint: &str, global: &[&str], args: &[&str]) -> Command {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(global)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Starts `cmd` (from `etcdctl_command`).
+pub(crate) fn spawn_etcdctl(cmd: &mut Command) -> std::process::Child {
+    cmd.spawn()
+        .expect("etcdctl 3.4 must be installed (Debian's etcd-client, bench/install-etcd.sh)")
+}
+
 /// `etcdctl --endpoints=<endpoint> <global> <args>`, with `stdin` fed in.
 pub(crate) fn etcdctl_with(
     endpoint: &str,
@@ -68,16 +86,7 @@ pub(crate) fn etcdctl_with(
     args: &[&str],
     stdin: Option<&str>,
 ) -> Output {
-    let mut child = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(global)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("etcdctl 3.4 must be installed (Debian's etcd-client, bench/install-etcd.sh)");
+    let mut child = spawn_etcdctl(etcdctl_command(endpoint, global, args).stdin(Stdio::piped()));
     let mut input = child.stdin.take().unwrap();
     if let Some(text) = stdin {
         std::io::Write::write_all(&mut input, text.as_bytes()).unwrap();
@@ -430,16 +439,12 @@ async fn etcdctl_lease_commands_answer_as_etcd_does() {
 
 /// `etcdctl watch` in the background, its output going to `out`.
 pub(crate) fn watch_in_background(endpoint: &str, args: &[&str], out: &Path) -> Child {
-    Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("watch")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_etcdctl(
+        etcdctl_command(endpoint, &["watch"], args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::null()),
+    )
 }
 
 /// Polls `out` until it holds `events` PUT/DELETE lines; returns its text.

@@ -8,12 +8,13 @@
 //! certificates over TLS naming their user.
 
 use crate::etcd_api::{
-    command_line, etcdctl, etcdctl_with, record, text, wait_events, watch_in_background, Etcd,
+    command_line, etcdctl, etcdctl_command, etcdctl_with, record, spawn_etcdctl, text, wait_events,
+    watch_in_background, Etcd,
 };
 use crate::harness::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// etcd's permission of a role: type and key prefix.
@@ -65,31 +66,23 @@ fn coded(out: &Output) -> (Option<i32>, String, String) {
 }
 
 /// `etcdctl` with `user` (none: no `--user`), killed after `within` if still running (a
-/// watch): its output then is what it printed until then, exit code `None`.
+/// watch): its output then is what it printed until then, exit code `None`. (Its output must
+/// fit the pipes until then: these commands print a few lines.)
 fn etcdctl_as(endpoint: &str, user: Option<&str>, args: &[&str], within: Duration) -> Output {
-    let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--command-timeout=5s");
-    if let Some(u) = user {
-        cmd.arg(u);
+    let mut global = vec!["--command-timeout=5s"];
+    global.extend(user);
+    let mut child = spawn_etcdctl(etcdctl_command(endpoint, &global, args).stdin(Stdio::null()));
+    let deadline = Instant::now() + within;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            // Still running: it waits for events. Ended here, by its handle (never a pid
+            // that another process may have taken since).
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let child = cmd
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(within);
-        // Still running after `within` only if it waits for events: ended here.
-        let _ = Command::new("kill").arg(pid.to_string()).status();
-    });
-    let out = child.wait_with_output().unwrap();
-    drop(killer);
-    out
+    child.wait_with_output().unwrap()
 }
 
 /// Records one comparison (`etcd_api::record`); notes it in `differ` when exit codes or

@@ -157,8 +157,8 @@ pub(crate) async fn evidence(c: &Cluster, r: u64) -> Evidence {
 }
 
 /// Waits until replica 4 serves at least `n` keys in configuration 2 and holds the others'
-/// state; returns what it says about its transfer.
-pub(crate) async fn joined(c: &mut Cluster, n: usize) -> Evidence {
+/// state (their state hash).
+async fn serves_the_others_state(c: &mut Cluster, n: usize) {
     let t = Instant::now();
     let s = wait_status(c, 4, Duration::from_secs(120), "serving", |s| {
         matches!(s.role, Role::Follower | Role::Leader) && s.keys as usize >= n
@@ -169,6 +169,12 @@ pub(crate) async fn joined(c: &mut Cluster, n: usize) -> Evidence {
     c.members = vec![1, 2, 3, 4];
     let hash = c.wait_converged(Duration::from_secs(30)).await;
     assert_eq!(c.status(4).await.unwrap().state_hash, hash);
+}
+
+/// Waits until replica 4 serves at least `n` keys in configuration 2 and holds the others'
+/// state; returns what it says about its transfer.
+pub(crate) async fn joined(c: &mut Cluster, n: usize) -> Evidence {
+    serves_the_others_state(c, n).await;
     let e = evidence(c, 4).await;
     eprintln!("{e:?}");
     e
@@ -251,14 +257,7 @@ async fn a_receiver_that_dies_while_switching_the_state_in_finishes_it_when_rest
         c.log_text(4)
     );
     c.spawn(4);
-    let s = wait_status(&c, 4, Duration::from_secs(60), "serving", |s| {
-        matches!(s.role, Role::Follower | Role::Leader) && s.keys as usize >= KEYS
-    })
-    .await;
-    assert_eq!((s.config_id, &s.members[..]), (2, &[1, 2, 3, 4][..]));
-    c.members = vec![1, 2, 3, 4];
-    let hash = c.wait_converged(Duration::from_secs(30)).await;
-    assert_eq!(c.status(4).await.unwrap().state_hash, hash);
+    serves_the_others_state(&mut c, KEYS).await;
     let log = c.log_text(4);
     assert!(
         log.contains("interrupted checkpoint switch finished"),
