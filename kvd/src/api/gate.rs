@@ -6,7 +6,7 @@
 //! consensus. Without an auth file every caller is `Caller::Open` and everything is allowed.
 
 use super::{err, Error};
-use crate::auth::{policy, Auth, Call, Denied, User, Users};
+use crate::auth::{policy, Auth, Call, Denied, Unnamed, User, Users};
 use crate::client_conn::ClientConn;
 use crate::command::{KeyRange, Txn};
 use crate::metrics::Metrics;
@@ -92,33 +92,30 @@ fn identify(
     cert_user: Option<&str>,
 ) -> Result<Arc<User>, String> {
     let mut authorization = headers.get_all(AUTHORIZATION).iter();
-    match (authorization.next(), authorization.next()) {
-        (Some(_), Some(_)) => Err("more than one Authorization header".into()),
-        (Some(value), None) => {
-            let token = value
+    let token = match (authorization.next(), authorization.next()) {
+        (Some(_), Some(_)) => return Err("more than one Authorization header".into()),
+        (Some(value), None) => Some(
+            value
                 .to_str()
                 .ok()
                 .and_then(|v| v.split_once(' '))
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, token)| token.trim())
-                .ok_or("the Authorization header must be `Bearer <token>`")?;
-            users
-                .by_token(token)
-                .cloned()
-                .ok_or_else(|| "the bearer token names no user".into())
-        }
-        (None, _) => match cert_user {
-            Some(name) => users
-                .by_name(name)
-                .cloned()
-                .ok_or_else(|| format!("client certificate user {name} is not in the auth file")),
-            None => Err(
-                "authentication required: send `Authorization: Bearer <token>` or \
-                         a client certificate"
-                    .into(),
-            ),
-        },
-    }
+                .ok_or("the Authorization header must be `Bearer <token>`")?,
+        ),
+        (None, _) => None,
+    };
+    users
+        .identify(token, cert_user)
+        .map_err(|unnamed| match unnamed {
+            Unnamed::BadToken => "the bearer token names no user".into(),
+            Unnamed::UnlistedCert(name) => {
+                format!("client certificate user {name} is not in the auth file")
+            }
+            Unnamed::NoUser => "authentication required: send `Authorization: Bearer <token>` or \
+                            a client certificate"
+                .into(),
+        })
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

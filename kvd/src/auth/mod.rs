@@ -6,7 +6,7 @@ pub mod policy;
 pub mod users;
 
 pub use policy::{Call, Denied};
-pub use users::{Role, User, Users};
+pub use users::{Role, Unnamed, User, Users};
 
 use crate::config::Config;
 use std::path::{Path, PathBuf};

@@ -92,6 +92,17 @@ impl fmt::Display for LineError {
 
 impl std::error::Error for LineError {}
 
+/// Why a call names no user of the file (`Users::identify`); each front door words it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unnamed {
+    /// Neither a token nor a client certificate.
+    NoUser,
+    /// A token no user of the file has.
+    BadToken,
+    /// A client certificate whose common name is not a user of the file.
+    UnlistedCert(String),
+}
+
 impl Users {
     /// Parses an auth file's bytes: UTF-8 text, at most `MAX_FILE_BYTES`.
     pub fn parse(bytes: &[u8]) -> Result<Users, LineError> {
@@ -143,6 +154,24 @@ impl Users {
     /// The user named `name` (a client certificate's common name).
     pub fn by_name(&self, name: &str) -> Option<&Arc<User>> {
         self.by_name.get(name)
+    }
+
+    /// The user a call authenticates as, on either front door: its token's when it sent one
+    /// (a token that names no user is refused even with a certificate), else the user its
+    /// verified client certificate's common name names.
+    pub fn identify(
+        &self,
+        token: Option<&str>,
+        cert_user: Option<&str>,
+    ) -> Result<Arc<User>, Unnamed> {
+        match (token, cert_user) {
+            (Some(token), _) => self.by_token(token).cloned().ok_or(Unnamed::BadToken),
+            (None, Some(name)) => self
+                .by_name(name)
+                .cloned()
+                .ok_or_else(|| Unnamed::UnlistedCert(name.to_string())),
+            (None, None) => Err(Unnamed::NoUser),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -18,7 +18,7 @@ use super::pb::etcdserverpb as pb;
 use super::EtcdState;
 use crate::api::gate::Caller;
 use crate::api::Error;
-use crate::auth::{Call, User, Users};
+use crate::auth::{Call, Unnamed, User, Users};
 use crate::command::{KeyRange, Txn};
 use crate::metrics::Metrics;
 use std::sync::Arc;
@@ -40,40 +40,25 @@ const MAX_TOKEN_BYTES: usize = 4096;
 #[derive(Clone, Debug, Default)]
 pub struct CertUser(pub Option<String>);
 
-/// Why a call names no user.
-#[derive(Debug, PartialEq, Eq)]
-enum Unnamed {
-    /// Neither a token nor a client certificate.
-    NoUser,
-    /// A token no user of the file has.
-    BadToken,
-    /// A client certificate whose common name is not a user of the file.
-    UnlistedCert(String),
-}
-
-/// The user a call authenticates as: its token's, else its client certificate's. A token that
-/// names no user is refused even with a certificate (as the HTTP API does).
+/// The user a call authenticates as (`Users::identify`): its token (`token` or
+/// `authorization` metadata, raw or in the HTTP API's bearer form), else its client
+/// certificate's.
 fn identify(
     users: &Users,
     metadata: &MetadataMap,
     cert_user: Option<&str>,
 ) -> Result<Arc<User>, Unnamed> {
-    let token = TOKEN_KEYS.iter().find_map(|k| metadata.get(*k));
-    match (token, cert_user) {
-        (Some(value), _) => {
-            let token = value.to_str().map_err(|_| Unnamed::BadToken)?;
-            let token = strip_bearer(token);
+    let token = match TOKEN_KEYS.iter().find_map(|k| metadata.get(*k)) {
+        Some(value) => {
+            let token = strip_bearer(value.to_str().map_err(|_| Unnamed::BadToken)?);
             if token.len() > MAX_TOKEN_BYTES {
                 return Err(Unnamed::BadToken);
             }
-            users.by_token(token).cloned().ok_or(Unnamed::BadToken)
+            Some(token)
         }
-        (None, Some(name)) => users
-            .by_name(name)
-            .cloned()
-            .ok_or_else(|| Unnamed::UnlistedCert(name.to_string())),
-        (None, None) => Err(Unnamed::NoUser),
-    }
+        None => None,
+    };
+    users.identify(token, cert_user)
 }
 
 /// A token sent as `authorization: Bearer <token>` (the HTTP API's form) is the token.
@@ -84,25 +69,23 @@ fn strip_bearer(token: &str) -> &str {
     }
 }
 
-impl Unnamed {
-    /// etcd's answer. A certificate naming no user is etcd's too: its common name is taken as
-    /// the user name, which has no permission.
-    fn status(&self) -> Status {
-        match self {
-            Unnamed::NoUser => Status::invalid_argument(USER_EMPTY),
-            Unnamed::BadToken => Status::unauthenticated(INVALID_TOKEN),
-            Unnamed::UnlistedCert(_) => Status::permission_denied(super::error::PERMISSION_DENIED),
-        }
+/// etcd's answer to a call that names no user. A certificate naming no user is etcd's too:
+/// its common name is taken as the user name, which has no permission.
+fn refusal(unnamed: &Unnamed) -> Status {
+    match unnamed {
+        Unnamed::NoUser => Status::invalid_argument(USER_EMPTY),
+        Unnamed::BadToken => Status::unauthenticated(INVALID_TOKEN),
+        Unnamed::UnlistedCert(_) => Status::permission_denied(super::error::PERMISSION_DENIED),
     }
+}
 
-    /// For the log (never a token).
-    fn why(&self) -> String {
-        match self {
-            Unnamed::NoUser => "no token and no client certificate".into(),
-            Unnamed::BadToken => "the token names no user".into(),
-            Unnamed::UnlistedCert(name) => {
-                format!("client certificate user {name} is not in the auth file")
-            }
+/// Why a call names no user, for the log (never a token).
+fn why(unnamed: &Unnamed) -> String {
+    match unnamed {
+        Unnamed::NoUser => "no token and no client certificate".into(),
+        Unnamed::BadToken => "the token names no user".into(),
+        Unnamed::UnlistedCert(name) => {
+            format!("client certificate user {name} is not in the auth file")
         }
     }
 }
@@ -166,8 +149,8 @@ impl EtcdState {
             }),
             Err(unnamed) => {
                 metrics.count_denied("unauthenticated");
-                tracing::debug!(why = %unnamed.why(), "etcd API call refused: unauthenticated");
-                Err(unnamed.status())
+                tracing::debug!(why = %why(&unnamed), "etcd API call refused: unauthenticated");
+                Err(refusal(&unnamed))
             }
         }
     }
@@ -356,17 +339,17 @@ mod tests {
 
     #[test]
     fn refusals_are_etcds_codes_and_messages() {
-        let s = Unnamed::NoUser.status();
+        let s = refusal(&Unnamed::NoUser);
         assert_eq!(
             (s.code(), s.message()),
             (tonic::Code::InvalidArgument, USER_EMPTY)
         );
-        let s = Unnamed::BadToken.status();
+        let s = refusal(&Unnamed::BadToken);
         assert_eq!(
             (s.code(), s.message()),
             (tonic::Code::Unauthenticated, INVALID_TOKEN)
         );
-        let s = Unnamed::UnlistedCert("x".into()).status();
+        let s = refusal(&Unnamed::UnlistedCert("x".into()));
         assert_eq!(
             (s.code(), s.message()),
             (
@@ -374,6 +357,6 @@ mod tests {
                 super::super::error::PERMISSION_DENIED
             )
         );
-        assert!(!Unnamed::BadToken.why().contains("token="));
+        assert!(!why(&Unnamed::BadToken).contains("token="));
     }
 }
