@@ -182,7 +182,6 @@ impl Kvctl {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn change() -> Change {
         Change {
@@ -205,8 +204,13 @@ mod tests {
         )
         .unwrap();
         let script = dir.join("kvctl");
+        // The text goes to a sibling file that `install` copies in a child process, so this
+        // process never holds a writable descriptor of the script: a child forked by another
+        // test thread would inherit it until its exec, and running a file open for writing
+        // fails with "Text file busy".
+        let text = dir.join("kvctl.text");
         std::fs::write(
-            &script,
+            &text,
             format!(
                 r#"#!/bin/sh
 d={dir}
@@ -221,7 +225,17 @@ exit "$code"
             ),
         )
         .unwrap();
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let status = std::process::Command::new("install")
+            .args(["-m", "755"])
+            .arg(&text)
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "install {} failed: {status}",
+            script.display()
+        );
         script
     }
 

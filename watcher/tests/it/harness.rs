@@ -5,7 +5,6 @@
 use crate::fake_kube::FakeKube;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -127,13 +126,34 @@ pub struct FakeCluster {
     pub kvctl: PathBuf,
 }
 
+/// Writes a script to `path` and makes it executable without this process ever holding a
+/// writable descriptor of `path`: a child forked by another test thread inherits every open
+/// descriptor until it execs, and the kernel refuses to run a file someone has open for
+/// writing ("Text file busy"). The text goes to a sibling file; `install` copies it in a
+/// child process of its own.
+pub fn write_executable(path: &Path, text: &str) {
+    let source = path.with_extension("text");
+    std::fs::write(&source, text).unwrap();
+    let status = Command::new("install")
+        .args(["-m", "755"])
+        .arg(&source)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "install {} failed: {status}",
+        path.display()
+    );
+}
+
 impl FakeCluster {
     pub fn new(dir: &Path, config_id: u32, members: &[u64]) -> FakeCluster {
         let d = dir.display();
         let kvctl = dir.join("kvctl");
-        std::fs::write(
+        write_executable(
             &kvctl,
-            format!(
+            &format!(
                 r#"#!/bin/sh
 echo "$*" >> {d}/calls
 nodes=; id=
@@ -149,9 +169,7 @@ mv {d}/cluster.json.tmp {d}/cluster.json
 cat {d}/cluster.json
 "#
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&kvctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        );
         let c = FakeCluster {
             dir: dir.to_path_buf(),
             kvctl,

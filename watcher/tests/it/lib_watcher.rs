@@ -5,6 +5,7 @@
 
 use crate::e2e::bin_dir;
 use crate::fake_kube::FakeKube;
+use crate::harness::write_executable;
 use clap::Parser;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -156,13 +157,10 @@ pub fn kvctl_wrapper(dir: &Path, name: &str, wrap: Wrap) -> PathBuf {
         ),
     };
     let path = dir.join(format!("kvctl-{name}-{}", next_suffix()));
-    std::fs::write(
+    write_executable(
         &path,
-        format!("#!/bin/sh\necho \"{name} $*\" >> {calls}\n{run}\n"),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\necho \"{name} $*\" >> {calls}\n{run}\n"),
+    );
     path
 }
 
