@@ -112,7 +112,9 @@ mod tests {
     fn phases_add_up_by_name_longest_first() {
         let mut p = Phases::new();
         p.begin();
-        std::thread::sleep(Duration::from_millis(2));
+        // "sync" sleeps 100 ms and "apply" 1 ms: a margin no late wake-up on a busy machine
+        // closes (describe leaves out phases under 0.1 ms, so "apply" needs a sleep too).
+        std::thread::sleep(Duration::from_millis(100));
         p.mark("sync");
         p.mark("apply");
         std::thread::sleep(Duration::from_millis(1));

@@ -96,8 +96,11 @@ async fn move_leader_moves_leadership_and_writes_continue() {
     let now_leader = c.wait_leader(Duration::from_secs(5)).await;
     assert_eq!(now_leader, to, "kvctl said {out}");
     let before = load.count();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(load.count() > before, "writes stopped after the move");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while load.count() <= before {
+        assert!(Instant::now() < deadline, "writes stopped after the move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Asking again is answered at once; a non-member is refused (exit 5), with the reason.
     let again = stdout_ok(c.kvctl(&["-o", "json", "move-leader", &to.to_string()]));
     let v: serde_json::Value = serde_json::from_str(&again).unwrap();
@@ -115,10 +118,11 @@ async fn move_leader_moves_leadership_and_writes_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_of_the_leader_hands_off_faster_than_an_election() {
-    // Election rounds of 1.5 s: without a hand-off no member can lead again for at least one
-    // round after the leader goes silent.
+    // Election rounds of 4 s: without a hand-off no member can lead again for at least one
+    // round after the leader goes silent, so a new leader within 3 s was handed over (with
+    // room for a busy machine; the hand-off itself takes milliseconds).
     let opts = Opts {
-        extra_env: vec![("KVD_ELECTION_TICKS".into(), "150".into())],
+        extra_env: vec![("KVD_ELECTION_TICKS".into(), "400".into())],
         ..Opts::default()
     };
     let mut c = Cluster::start(3, opts).await;
@@ -150,7 +154,7 @@ async fn sigterm_of_the_leader_hands_off_faster_than_an_election() {
     eprintln!("replica {new_leader} led {took:?} after SIGTERM to {leader}; it exited after {exit_took:?}");
     assert!(others.contains(&new_leader));
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_secs(3),
         "a new leader only {took:?} after SIGTERM: no faster than an election\n{}",
         c.dump_logs()
     );

@@ -291,15 +291,17 @@ async fn a_killed_holder_frees_the_lock_after_its_ttl_and_its_command_dies() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The waiter gets the lock once the dead holder's lease expires: not before two thirds
-    // of its TTL (it was renewed at most a third of a TTL before the kill), not much after it.
+    // The waiter gets the lock once the dead holder's lease expires, not at the kill: the
+    // holder renews every third of the TTL, so even with a renewal a whole period late on a
+    // busy machine its last one was at most two thirds of the TTL (2 s) before the kill, and
+    // the lease outlives the kill by a third (1 s) at least; not much after the TTL either.
     let line = waiter
         .line(Duration::from_secs(15))
         .expect("the waiter acquires");
     let waited = killed.elapsed();
     assert_eq!(line, "acquired");
     assert!(
-        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(12),
+        waited >= Duration::from_millis(950) && waited < Duration::from_secs(12),
         "acquired {waited:?} after the kill (TTL 3 s)"
     );
     let (code, err) = waiter.finish(Duration::from_secs(10));

@@ -544,7 +544,10 @@ async fn the_watcher_survives_its_api_server() {
     .await;
     watchers[i].kill();
     assert_eq!(c.kube.annotation(CM, ANN).as_deref(), Some("4"));
-    assert_eq!(status(1, &c.ports).await.unwrap().config_id, 5);
+    eventually("replica 1 in configuration 5", &ctx, || async {
+        (status(1, &c.ports).await?.config_id == 5).then_some(())
+    })
+    .await;
     watchers[i] = c.watcher(leader, Wrap::Plain);
     c.wait_applied(5, &watchers.iter().collect::<Vec<_>>())
         .await;
