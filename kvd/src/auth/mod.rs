@@ -19,6 +19,11 @@ use users::{LineError, MAX_FILE_BYTES};
 /// How often the auth file is read to see whether its content changed.
 pub const POLL: Duration = Duration::from_secs(1);
 
+/// A changed file is read again this much later and taken only when both reads agree: a
+/// file rewritten in place (`cat > users`, many editors) is for a moment empty or partial,
+/// and an empty file parses, as no users at all.
+const SETTLE: Duration = Duration::from_millis(100);
+
 /// Who may use the client API: open to all (no auth file), or the users of the auth file as
 /// last read successfully. Cheap to clone; every clone sees reloads.
 #[derive(Clone, Default)]
@@ -120,6 +125,18 @@ async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The file's content, or `None` while it is changing: content other than `loaded` counts
+/// once a second read `SETTLE` later finds the same bytes.
+async fn read_settled(path: &Path, loaded: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let first = read_bounded(path).await?;
+    if first == loaded {
+        return Ok(Some(first));
+    }
+    tokio::time::sleep(SETTLE).await;
+    let second = read_bounded(path).await?;
+    Ok((second == first).then_some(first))
+}
+
 /// What the last poll found, so that one problem is logged once, not every second.
 #[derive(PartialEq)]
 enum Polled {
@@ -128,8 +145,8 @@ enum Polled {
     Unreadable(String),
 }
 
-/// Re-reads `path` every `POLL`; new content that parses replaces the users, content that
-/// does not is logged (once) and the users loaded before stay. `loaded` is the content in
+/// Re-reads `path` every `POLL`; new content (once settled) that parses replaces the users,
+/// content that does not is logged (once) and the users loaded before stay. `loaded` is the content in
 /// force. Ends when every `Auth` clone is gone.
 async fn reload(path: PathBuf, shared: Weak<Shared>, mut loaded: Vec<u8>) {
     let shown = path.display().to_string();
@@ -142,9 +159,10 @@ async fn reload(path: PathBuf, shared: Weak<Shared>, mut loaded: Vec<u8>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let now = match read_bounded(&path).await {
-            Ok(bytes) if bytes == loaded => Polled::Loaded,
-            Ok(bytes) => match Users::parse(&bytes) {
+        let now = match read_settled(&path, &loaded).await {
+            Ok(None) => continue,
+            Ok(Some(bytes)) if bytes == loaded => Polled::Loaded,
+            Ok(Some(bytes)) => match Users::parse(&bytes) {
                 Ok(users) => {
                     info!(path = %shown, users = users.len(), "auth file changed: users reloaded");
                     *shared.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
