@@ -2,8 +2,9 @@
 //! talking to replicas through the loop's own inbox types (`ClientRequest` with one-shot
 //! replies). Writes keep their (client, seq) across retries, as kvctl's do, so a retried write
 //! is applied once. A compare-and-swap is a transaction (`WriteKind::Txn`): compare the value
-//! (or, for "absent", the create revision or version with 0), then put. Every operation is
-//! recorded for the linearizability checker shared with the integration tests
+//! (or, for "absent", the create revision or version with 0), then put. A compaction is etcd's
+//! (`WriteKind::Compact`): the change history below a revision is freed. Every key operation
+//! is recorded for the linearizability checker shared with the integration tests
 //! (`kvd/tests/it/linearizability.rs`).
 
 use crate::linearizability::{KvInput, KvOutput, Operation, Outcome};
@@ -36,6 +37,11 @@ pub enum ClientOp {
         expect: Option<Vec<u8>>,
         value: Vec<u8>,
         by_version: bool,
+    },
+    /// Compact the change history at `revision` (refused, not applied, when it is above the
+    /// store's revision or not above the compact revision).
+    Compact {
+        revision: u64,
     },
 }
 
@@ -120,6 +126,9 @@ pub fn request(op: &ClientOp, id: (u64, u64), deadline: Instant) -> (ClientReque
                 failure: vec![],
             }))
         }
+        ClientOp::Compact { revision } => write(WriteKind::Compact {
+            revision: *revision,
+        }),
         ClientOp::Get { key, linearizable } => {
             let (reply, rx) = oneshot::channel();
             let r = ClientRequest::Read {
@@ -182,11 +191,32 @@ pub struct History {
     /// Compare-and-swaps answered, and how many of them swapped.
     pub cas_answered: u64,
     pub cas_swapped: u64,
+    /// Compactions answered, how many of them raised the compact revision, and the highest
+    /// revision one raised it to: every member's history must start at or above it.
+    pub compacts_answered: u64,
+    pub compacts_raised: u64,
+    pub compacted_to: u64,
+    /// The highest store revision any write was answered with (compactions aim below it).
+    pub highest_revision: u64,
     pub unknown: u64,
 }
 
 impl History {
     pub fn record(&mut self, client: u64, f: &InFlight, outcome: Option<(u64, Answer)>) {
+        if let Some((_, Answer::Written(applied))) = &outcome {
+            self.highest_revision = self.highest_revision.max(applied.revision);
+        }
+        if let ClientOp::Compact { revision } = f.op {
+            // Not a key operation: checked against the members' histories at the end.
+            if let Some((_, Answer::Written(applied))) = &outcome {
+                self.compacts_answered += 1;
+                if applied.succeeded {
+                    self.compacts_raised += 1;
+                    self.compacted_to = self.compacted_to.max(revision);
+                }
+            }
+            return;
+        }
         let is_write = !matches!(f.op, ClientOp::Get { .. });
         if is_write && outcome.is_none() && !f.maybe_applied {
             self.not_applied += 1;
@@ -202,7 +232,7 @@ impl History {
                 key,
                 linearizable: true,
             } => KvInput::Get { key: key.clone() },
-            ClientOp::Get { .. } => return,
+            ClientOp::Get { .. } | ClientOp::Compact { .. } => return,
             ClientOp::Cas {
                 key, expect, value, ..
             } => KvInput::Cas {

@@ -2,7 +2,9 @@
 //! in the shipped loop (`kvd::replica::Defect`) and runs the random schedule of the seed that
 //! catches it, which must fail with the defect and pass without it. The seeds are the first
 //! ones (from 0) a search over the random schedules found, within a budget of 3000 seeds;
-//! one defect no random seed catches within it has a scripted schedule instead.
+//! one defect no random seed catches within it has a scripted schedule instead. They run
+//! without compactions (`p_compact` 0), as the schedules were when the search found them: no
+//! defect here is about compaction, and a seed's schedule with them is another schedule.
 //! `OMNIKV_SIM_MUTATION_SEARCH=1 cargo test -p kvd --test sim mutation_search -- --nocapture`
 //! searches again (after a change to the simulator or the loop moves the seeds).
 
@@ -13,9 +15,10 @@ use kvd::replica::Defect;
 /// runs in its own test).
 const BUDGET: u64 = 3000;
 
-/// Seed `seed`'s random schedule with `defect` switched on.
+/// Seed `seed`'s random schedule, without compactions, with `defect` switched on.
 fn run_with(defect: Defect, seed: u64) -> Result<(), Failure> {
     let mut p = params_for(seed);
+    p.p_compact = 0.0;
     p.defect = Some(defect);
     run_world(seed, p, false, |w| w.run_random()).map(|_| ())
 }

@@ -84,6 +84,9 @@ pub struct Params {
     pub p_heal: f64,
     pub p_reconfig: f64,
     pub max_reconfigs: u32,
+    /// Share of new client operations that are compactions of the change history (drawn from
+    /// a stream of their own, so that every other draw of a schedule stays as it was).
+    pub p_compact: f64,
     pub election_ticks: u64,
     pub resend_ticks: u64,
     pub dedup_ttl_secs: u64,
@@ -116,6 +119,7 @@ impl Params {
             p_heal: 0.0,
             p_reconfig: 0.0,
             max_reconfigs: 0,
+            p_compact: 0.0,
             election_ticks: 5,
             resend_ticks: 20,
             dedup_ttl_secs: 1 << 30,
@@ -149,6 +153,8 @@ impl Params {
         // Small caps make dedup eviction (and refusal of too-old retries) happen.
         p.dedup_ttl_secs = [1 << 30, 3][rng.random_range(0..2)];
         p.dedup_max_records = [16, 10_000][rng.random_range(0..2)];
+        // Drawn last: the draws above are those of the schedules before compactions came.
+        p.p_compact = [0.0, 0.0, 0.04][rng.random_range(0..3)];
         p
     }
 }
@@ -173,6 +179,9 @@ pub struct Stats {
     /// Compare-and-swaps answered (in `writes_acked`), and how many swapped.
     pub cas_answered: u64,
     pub cas_swapped: u64,
+    /// Compactions answered, and how many raised the compact revision.
+    pub compacts_answered: u64,
+    pub compacts_raised: u64,
     /// Change-history events read back from the members' stores at the end and checked.
     pub history_events_checked: u64,
     pub lin_reads_checked: u64,
@@ -222,6 +231,8 @@ impl Stats {
             writes_acked,
             cas_answered,
             cas_swapped,
+            compacts_answered,
+            compacts_raised,
             history_events_checked,
             lin_reads_checked,
             local_reads_checked,
@@ -276,6 +287,7 @@ pub struct World {
     /// Which hot-key puts are compare-and-swaps, and what they expect: a stream of its own,
     /// so the schedule (`rng`) draws what it drew before there were any.
     cas_rng: StdRng,
+    compact_rng: StdRng,
     pub step: u64,
     base: PathBuf,
     start: Instant,
@@ -351,6 +363,7 @@ impl World {
             net,
             rng: StdRng::seed_from_u64(seed ^ 0x005e_ed0f_0e11_1b42),
             cas_rng: StdRng::seed_from_u64(seed ^ 0x0063_6173_2d6f_7073),
+            compact_rng: StdRng::seed_from_u64(seed ^ 0x636f_6d70_6163_7473),
             step: 0,
             base,
             start: Instant::now(),
@@ -556,7 +569,22 @@ impl World {
         } else {
             400
         };
+        // Now and then a compaction instead, from its own stream (the draws above stay).
+        let op = if self.p.p_compact > 0.0 && self.compact_rng.random_bool(self.p.p_compact) {
+            self.new_compact()
+        } else {
+            op
+        };
         self.begin_op(c, seq, op, self.step, self.step + patience, None);
+    }
+
+    /// A compaction a little below the highest revision answered so far: mostly raising the
+    /// compact revision, sometimes not above it (refused, nothing applied).
+    fn new_compact(&mut self) -> ClientOp {
+        let back = self.compact_rng.random_range(0..8);
+        ClientOp::Compact {
+            revision: self.history.highest_revision.saturating_sub(back).max(1),
+        }
     }
 
     /// A compare-and-swap of hot key `key` to `value`, drawn from `cas_rng`: mostly from the
@@ -1359,6 +1387,8 @@ impl World {
         self.stats.writes_acked = self.history.writes_acked;
         self.stats.cas_answered = self.history.cas_answered;
         self.stats.cas_swapped = self.history.cas_swapped;
+        self.stats.compacts_answered = self.history.compacts_answered;
+        self.stats.compacts_raised = self.history.compacts_raised;
         self.stats.lin_reads_checked = self.history.lin_reads;
         self.stats.local_reads_checked = self.history.local_reads;
         self.stats.unknown_outcomes = self.history.unknown;
@@ -1373,11 +1403,13 @@ impl World {
     }
 
     /// Each member's stored change history (the events watch serves) against the applied
-    /// writes: whole revisions from its first to the store's revision, with no gap; the same
-    /// events at a revision on every member; replaying it (from an empty store when it starts
-    /// at revision 1) gives each key's final value and counters, its events' `prev_value`,
-    /// versions and create revisions follow from the ones before; and every acknowledged
-    /// change is at the revision its client was answered with.
+    /// writes: it starts at or above the compact revision, which is the same on every member
+    /// and not below any acknowledged compaction; whole revisions from its first to the
+    /// store's revision, with no gap; the same events at a revision on every member;
+    /// replaying it (from an empty store when it starts at revision 1) gives each key's final
+    /// value and counters, its events' `prev_value`, versions and create revisions follow
+    /// from the ones before; and every acknowledged change is at the revision its client was
+    /// answered with.
     pub fn check_histories(&mut self) -> Result<(), Violation> {
         use kvd::state_machine::history::{self, HistoryRead};
         use kvd::state_machine::{Event, EventKind, KvRecord, Overlay};
@@ -1385,6 +1417,7 @@ impl World {
         // Revision -> its events, as the first member read them.
         let mut seen: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
         let mut lowest_first = u64::MAX;
+        let mut compact_revisions = std::collections::BTreeSet::new();
         for pid in &members {
             let node = &self.nodes[pid];
             let db = node.db.as_ref().expect("a converged member is up");
@@ -1396,6 +1429,23 @@ impl World {
                 Err(e) => return Err(err(&e.to_string())),
             };
             lowest_first = lowest_first.min(first);
+            // Compactions: every member applied each one acknowledged (the compact revision
+            // is state, a checkpoint carries it), so its history starts at or above it.
+            let compacted =
+                kvd::state_machine::load_compacted(db).map_err(|e| err(&e.to_string()))?;
+            if compacted < self.history.compacted_to {
+                return Err(err(&format!(
+                    "compact revision {compacted}, below {} which a compaction was \
+                     acknowledged with",
+                    self.history.compacted_to
+                )));
+            }
+            if first < compacted {
+                return Err(err(&format!(
+                    "starts at revision {first}, below its compact revision {compacted}"
+                )));
+            }
+            compact_revisions.insert(compacted);
             let (events, through) = match history::read(db, first, usize::MAX) {
                 Ok(HistoryRead::Events { events, through }) => (events, through),
                 Ok(HistoryRead::Compacted { first: f }) => {
@@ -1499,6 +1549,11 @@ impl World {
                     )));
                 }
             }
+        }
+        if compact_revisions.len() > 1 {
+            return Err(format!(
+                "the members' compact revisions differ: {compact_revisions:?}"
+            ));
         }
         // Each acknowledged change is in the history at its revision.
         for (rev, key, value) in &self.history.changes {
