@@ -57,14 +57,20 @@ pub enum Op {
     /// renewed since the renewal count the leader saw (`renewals`), so a stale leader's late
     /// expiry cannot undo a keepalive decided before it. Deletes the lease's keys.
     LeaseExpire { id: u64, renewals: u64 },
-    /// The leader's record of leases' remaining time (`(id, remaining_ms)`), so that a
-    /// replica that restarts or becomes leader does not give them their full TTL again.
+    /// The leader's record of leases' remaining time (`(id, remaining_ms)`), as kvd logged it
+    /// before `LeaseCheckpointAt`: still applied when a log holds one, no longer proposed.
     LeaseCheckpoint { leases: Vec<(u64, u64)> },
     /// etcd's `Compact`: from now on nothing below `revision` is read at a past revision nor
     /// watched from. Raises the compact revision only (the larger of the two wins); one at or
     /// below the current compact revision, or above the store's revision, does nothing and
     /// does not succeed.
     Compact { req: ReqId, revision: u64 },
+    /// The leader's record of leases' remaining time, so that a replica that restarts or
+    /// becomes leader does not give them their full TTL again: `(id, remaining_ms, renewals)`,
+    /// each applied only to a lease still at the renewal count the leader measured it at, so
+    /// that a record taken before a keepalive and decided after it cannot cut the renewed
+    /// lease short.
+    LeaseCheckpointAt { leases: Vec<(u64, u64, u64)> },
 }
 
 /// What a client asks of a lease.
@@ -285,6 +291,7 @@ impl Op {
             Op::PutLeased { key, value, .. } => 40 + key.len() + value.len(),
             Op::Lease { .. } | Op::LeaseExpire { .. } => 48,
             Op::LeaseCheckpoint { leases } => 16 + 16 * leases.len(),
+            Op::LeaseCheckpointAt { leases } => 16 + 24 * leases.len(),
             Op::Compact { .. } => 40,
         }
     }
@@ -313,6 +320,9 @@ impl Op {
             },
             Op::LeaseExpire { id, .. } => format!("lease expire {id:x}"),
             Op::LeaseCheckpoint { leases } => format!("lease checkpoint of {}", leases.len()),
+            Op::LeaseCheckpointAt { leases } => {
+                format!("lease checkpoint of {}", leases.len())
+            }
             Op::Compact { revision, .. } => format!("compact at revision {revision}"),
         }
     }
@@ -327,7 +337,10 @@ impl Op {
             | Op::PutLeased { req, .. }
             | Op::Lease { req, .. }
             | Op::Compact { req, .. } => Some(req),
-            Op::Barrier { .. } | Op::LeaseExpire { .. } | Op::LeaseCheckpoint { .. } => None,
+            Op::Barrier { .. }
+            | Op::LeaseExpire { .. }
+            | Op::LeaseCheckpoint { .. }
+            | Op::LeaseCheckpointAt { .. } => None,
         }
     }
 }
@@ -440,6 +453,21 @@ mod tests {
         assert_eq!(bytes[0], 8);
         assert_eq!(decode::<Op>(&bytes).unwrap(), op);
         assert_eq!(op.req(), Some(&req));
+    }
+
+    /// `LeaseCheckpointAt` comes after `Compact`, and the checkpoint it replaces still decodes.
+    #[test]
+    fn lease_checkpoint_at_is_appended_after_compact() {
+        let op = Op::LeaseCheckpointAt {
+            leases: vec![(9, 1_500, 3)],
+        };
+        let bytes = encode(&op);
+        assert_eq!(bytes[0], 9);
+        assert_eq!(decode::<Op>(&bytes).unwrap(), op);
+        let old = Op::LeaseCheckpoint {
+            leases: vec![(9, 1_500)],
+        };
+        assert_eq!(decode::<Op>(&encode(&old)).unwrap(), old);
     }
 
     /// Byte strings encode exactly as the `u8` sequences logged before them, both ways: every

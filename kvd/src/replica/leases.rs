@@ -162,11 +162,11 @@ impl LeaseClock {
             if now >= t.recorded + every && checkpoint.len() < MAX_CHECKPOINTS_PER_ENTRY {
                 t.recorded = now;
                 let remaining = t.deadline.saturating_duration_since(now);
-                checkpoint.push((id, remaining.as_millis() as u64));
+                checkpoint.push((id, remaining.as_millis() as u64, t.renewals));
             }
         }
         if !checkpoint.is_empty() {
-            ops.push(Op::LeaseCheckpoint { leases: checkpoint });
+            ops.push(Op::LeaseCheckpointAt { leases: checkpoint });
         }
         ops
     }
@@ -227,10 +227,10 @@ mod tests {
         // A tenth of the TTL later, the remaining time is recorded.
         assert!(c.due(t0 + 700 * MS, 1_000 * MS).is_empty());
         let ops = c.due(t0 + 2_000 * MS, 1_000 * MS);
-        let [Op::LeaseCheckpoint { leases }] = ops.as_slice() else {
+        let [Op::LeaseCheckpointAt { leases }] = ops.as_slice() else {
             panic!("{ops:?}")
         };
-        assert_eq!(leases, &vec![(9, 6_000)]);
+        assert_eq!(leases, &vec![(9, 6_000, 0)]);
         c.apply(
             &[LeaseChange::Checkpointed {
                 id: 9,

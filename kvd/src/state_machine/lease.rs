@@ -148,10 +148,19 @@ impl Leases {
         Some(rec)
     }
 
-    /// Records the leader's estimate of the time lease `id` has left (ignored for a lease
-    /// that is gone).
-    pub fn checkpoint(&mut self, db: &Db, batch: &mut WriteBatch, id: u64, remaining_ms: u64) {
-        if let Some(mut rec) = self.get(id) {
+    /// Records the leader's estimate of the time lease `id` has left, measured when the lease
+    /// had been renewed `renewals` times (`None`: unknown, from a checkpoint logged before the
+    /// count was recorded). Ignored for a lease that is gone or was renewed since.
+    pub fn checkpoint(
+        &mut self,
+        db: &Db,
+        batch: &mut WriteBatch,
+        id: u64,
+        remaining_ms: u64,
+        renewals: Option<u64>,
+    ) {
+        let measured = |rec: &LeaseRecord| renewals.is_none_or(|n| rec.renewals == n);
+        if let Some(mut rec) = self.get(id).filter(measured) {
             rec.remaining_ms = remaining_ms.min(rec.ttl_ms);
             self.store(db, batch, id, rec);
             self.changes.push(LeaseChange::Checkpointed {
@@ -253,7 +262,7 @@ mod tests {
             vec![b"b".to_vec(), b"d".to_vec()]
         );
         assert_eq!(leases.renew(&db, &mut batch, 7).unwrap().renewals, 1);
-        leases.checkpoint(&db, &mut batch, 7, 99_999);
+        leases.checkpoint(&db, &mut batch, 7, 99_999, Some(1));
         db.write_synced(batch).unwrap();
         leases.end_apply();
 

@@ -298,8 +298,16 @@ impl StateMachine {
                             }
                         }
                         Op::LeaseCheckpoint { leases } => {
-                            for (id, remaining_ms) in leases {
-                                self.leases.checkpoint(&db, &mut batch, *id, *remaining_ms);
+                            for &(id, remaining_ms) in leases {
+                                self.leases
+                                    .checkpoint(&db, &mut batch, id, remaining_ms, None);
+                            }
+                        }
+                        Op::LeaseCheckpointAt { leases } => {
+                            for &(id, remaining_ms, renewals) in leases {
+                                let at = Some(renewals);
+                                self.leases
+                                    .checkpoint(&db, &mut batch, id, remaining_ms, at);
                             }
                         }
                         _ => {}
@@ -458,6 +466,7 @@ impl StateMachine {
                     Op::Barrier { .. }
                     | Op::LeaseExpire { .. }
                     | Op::LeaseCheckpoint { .. }
+                    | Op::LeaseCheckpointAt { .. }
                     | Op::Compact { .. } => (false, true, Vec::new()),
                 })
             })?;
@@ -524,7 +533,8 @@ fn op_keys<'k>(op: &'k Op, keys: &mut Vec<&'k [u8]>) {
         | Op::Lease { .. }
         | Op::Compact { .. }
         | Op::LeaseExpire { .. }
-        | Op::LeaseCheckpoint { .. } => {}
+        | Op::LeaseCheckpoint { .. }
+        | Op::LeaseCheckpointAt { .. } => {}
     }
 }
 
@@ -867,6 +877,45 @@ mod tests {
         assert!(matches!(changes.last(), Some(LeaseChange::Gone { id: 7 })));
         let r = apply_ops(&mut sm, vec![lease_op(9, 4, LeaseOp::Revoke { id: 7 })]).unwrap();
         assert_eq!(lease_result(&r[0]), LeaseResult::NotFound { id: 7 });
+    }
+
+    /// A checkpoint measured before a keepalive and applied after it leaves the renewed lease
+    /// its whole TTL; one measured at the current renewal count records the time left.
+    #[test]
+    fn a_checkpoint_measured_before_a_keepalive_does_not_shorten_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sm = sm(dir.path(), 60_000, 100);
+        let grant = LeaseOp::Grant {
+            id: 7,
+            ttl_ms: 3000,
+        };
+        apply_ops(&mut sm, vec![lease_op(9, 1, grant)]).unwrap();
+        apply_ops(&mut sm, vec![lease_op(9, 2, LeaseOp::KeepAlive { id: 7 })]).unwrap();
+        sm.take_lease_changes();
+        let measured_at = |renewals| Op::LeaseCheckpointAt {
+            leases: vec![(7, 400, renewals)],
+        };
+        apply_ops(&mut sm, vec![measured_at(0)]).unwrap();
+        assert_eq!(sm.leases().get(7).unwrap().remaining_ms, 3000);
+        assert!(sm.take_lease_changes().is_empty());
+        apply_ops(&mut sm, vec![measured_at(1)]).unwrap();
+        assert_eq!(sm.leases().get(7).unwrap().remaining_ms, 400);
+        assert!(matches!(
+            sm.take_lease_changes().as_slice(),
+            [LeaseChange::Checkpointed {
+                id: 7,
+                remaining_ms: 400
+            }]
+        ));
+        // A checkpoint logged without the count (by an older kvd) still applies.
+        apply_ops(
+            &mut sm,
+            vec![Op::LeaseCheckpoint {
+                leases: vec![(7, 200)],
+            }],
+        )
+        .unwrap();
+        assert_eq!(sm.leases().get(7).unwrap().remaining_ms, 200);
     }
 
     #[test]
