@@ -3,12 +3,14 @@
 //! replies). Writes keep their (client, seq) across retries, as kvctl's do, so a retried write
 //! is applied once. A compare-and-swap is a transaction (`WriteKind::Txn`): compare the value
 //! (or, for "absent", the create revision or version with 0), then put. A compaction is etcd's
-//! (`WriteKind::Compact`): the change history below a revision is freed. Every key operation
-//! is recorded for the linearizability checker shared with the integration tests
+//! (`WriteKind::Compact`): the change history below a revision is freed. A client may hold a
+//! lease: it grants one, puts a key of its own under it, keeps it alive and sometimes revokes
+//! it (`HeldLease` says how long no replica may end it). Every operation on the other keys is
+//! recorded for the linearizability checker shared with the integration tests
 //! (`kvd/tests/it/linearizability.rs`).
 
 use crate::linearizability::{KvInput, KvOutput, Operation, Outcome};
-use kvd::command::{Compare, CompareOp, CompareTarget, KeyRange, ReadOpts, Txn, TxnOp};
+use kvd::command::{Compare, CompareOp, CompareTarget, KeyRange, LeaseOp, ReadOpts, Txn, TxnOp};
 use kvd::inbox::{ClientRequest, ReadAnswer, WriteAnswer, WriteKind};
 use kvd::state_machine::Outcome as Applied;
 use omnikv_common::api::ApiError;
@@ -42,6 +44,16 @@ pub enum ClientOp {
     /// store's revision or not above the compact revision).
     Compact {
         revision: u64,
+    },
+    /// A lease operation; a grant names id 0, and the loop names the lease from the request
+    /// id (`omnikv_wire::request::lease_id_for`), the same on every retry.
+    Lease(LeaseOp),
+    /// Put a key of the client's own under its lease (nothing is written when the lease is
+    /// gone).
+    PutLeased {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: u64,
     },
 }
 
@@ -129,6 +141,12 @@ pub fn request(op: &ClientOp, id: (u64, u64), deadline: Instant) -> (ClientReque
         ClientOp::Compact { revision } => write(WriteKind::Compact {
             revision: *revision,
         }),
+        ClientOp::Lease(op) => write(WriteKind::Lease(*op)),
+        ClientOp::PutLeased { key, value, lease } => write(WriteKind::PutLeased {
+            key: key.clone(),
+            value: value.clone(),
+            lease: *lease,
+        }),
         ClientOp::Get { key, linearizable } => {
             let (reply, rx) = oneshot::channel();
             let r = ClientRequest::Read {
@@ -167,6 +185,20 @@ pub struct Client {
     pub id: u64,
     pub next_seq: u64,
     pub op: Option<InFlight>,
+    /// The lease the client holds, as far as it knows.
+    pub lease: Option<HeldLease>,
+}
+
+/// A client's lease. A lease lives its TTL from when a replica applies its grant or
+/// keepalive, which is after the client sent it: so until `protected_until` no replica may
+/// have ended it.
+pub struct HeldLease {
+    pub id: u64,
+    pub ttl_steps: u64,
+    /// The step the acknowledged grant or keepalive sent last was sent in, plus the TTL.
+    pub protected_until: u64,
+    /// The key put under it, and the revision the put was answered with.
+    pub key: Option<(Vec<u8>, u64)>,
 }
 
 /// What the clients saw, for the checks.
@@ -206,6 +238,20 @@ impl History {
         if let Some((_, Answer::Written(applied))) = &outcome {
             self.highest_revision = self.highest_revision.max(applied.revision);
         }
+        if let ClientOp::PutLeased { key, value, .. } = &f.op {
+            // Not in the linearizability history (the key goes when its lease does); the put
+            // must be in the change history at its revision.
+            if let Some((_, Answer::Written(applied))) = &outcome {
+                if applied.succeeded {
+                    self.changes
+                        .push((applied.revision, key.clone(), Some(value.clone())));
+                }
+            }
+            return;
+        }
+        if let ClientOp::Lease(_) = f.op {
+            return;
+        }
         if let ClientOp::Compact { revision } = f.op {
             // Not a key operation: checked against the members' histories at the end.
             if let Some((_, Answer::Written(applied))) = &outcome {
@@ -232,7 +278,10 @@ impl History {
                 key,
                 linearizable: true,
             } => KvInput::Get { key: key.clone() },
-            ClientOp::Get { .. } | ClientOp::Compact { .. } => return,
+            ClientOp::Get { .. }
+            | ClientOp::Compact { .. }
+            | ClientOp::Lease(_)
+            | ClientOp::PutLeased { .. } => return,
             ClientOp::Cas {
                 key, expect, value, ..
             } => KvInput::Cas {

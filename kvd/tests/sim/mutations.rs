@@ -3,22 +3,22 @@
 //! catches it, which must fail with the defect and pass without it. The seeds are the first
 //! ones (from 0) a search over the random schedules found, within a budget of 3000 seeds;
 //! one defect no random seed catches within it has a scripted schedule instead. They run
-//! without compactions (`p_compact` 0), as the schedules were when the search found them: no
-//! defect here is about compaction, and a seed's schedule with them is another schedule.
+//! without the clients' compactions and leases (`params_before_leases`), as the schedules were
+//! when the search found them: no defect here is about those, and a seed's schedule with them
+//! is another schedule.
 //! `OMNIKV_SIM_MUTATION_SEARCH=1 cargo test -p kvd --test sim mutation_search -- --nocapture`
 //! searches again (after a change to the simulator or the loop moves the seeds).
 
-use crate::{params_for, run_world, Failure};
+use crate::{params_before_leases, run_world, Failure};
 use kvd::replica::Defect;
 
 /// A defect must be caught within this many random seeds (CI runs fewer, but each defect's seed
 /// runs in its own test).
 const BUDGET: u64 = 3000;
 
-/// Seed `seed`'s random schedule, without compactions, with `defect` switched on.
+/// Seed `seed`'s random schedule as it was found, with `defect` switched on.
 fn run_with(defect: Defect, seed: u64) -> Result<(), Failure> {
-    let mut p = params_for(seed);
-    p.p_compact = 0.0;
+    let mut p = params_before_leases(seed);
     p.defect = Some(defect);
     run_world(seed, p, false, |w| w.run_random()).map(|_| ())
 }
@@ -32,7 +32,8 @@ fn caught(defect: Defect, seed: u64) {
         )
     });
     eprintln!("{defect:?}: seed {seed} fails: {}", failure.error);
-    crate::run_seed(seed, false).unwrap_or_else(|f| panic!("without the defect: {f}"));
+    run_world(seed, params_before_leases(seed), false, |w| w.run_random())
+        .unwrap_or_else(|f| panic!("without the defect: {f}"));
 }
 
 #[test]

@@ -15,11 +15,11 @@
 //!
 //! Everything random comes from generators seeded by the seed: a run is a function of it.
 
-use crate::clients::{self, Answer, Client, ClientOp, History, InFlight};
+use crate::clients::{self, Answer, Client, ClientOp, HeldLease, History, InFlight};
 use crate::linearizability::{check_with_budget, KvModel, Verdict};
 use crate::net::{Filter, Msg, Net, SharedNet};
 use crate::node::{NodeSettings, SimNode, TICK};
-use kvd::command::{LogCmd, Op};
+use kvd::command::{LeaseOp, LogCmd, Op};
 use kvd::inbox::{ClientRequest, Input};
 use kvd::membership::{check_change, Lifecycle};
 use kvd::replica::Defect;
@@ -87,6 +87,8 @@ pub struct Params {
     /// Share of new client operations that are compactions of the change history (drawn from
     /// a stream of their own, so that every other draw of a schedule stays as it was).
     pub p_compact: f64,
+    /// Share of new client operations that are lease operations (a stream of their own too).
+    pub p_lease: f64,
     pub election_ticks: u64,
     pub resend_ticks: u64,
     pub dedup_ttl_secs: u64,
@@ -120,6 +122,7 @@ impl Params {
             p_reconfig: 0.0,
             max_reconfigs: 0,
             p_compact: 0.0,
+            p_lease: 0.0,
             election_ticks: 5,
             resend_ticks: 20,
             dedup_ttl_secs: 1 << 30,
@@ -155,6 +158,7 @@ impl Params {
         p.dedup_max_records = [16, 10_000][rng.random_range(0..2)];
         // Drawn last: the draws above are those of the schedules before compactions came.
         p.p_compact = [0.0, 0.0, 0.04][rng.random_range(0..3)];
+        p.p_lease = [0.0, 0.0, 0.15][rng.random_range(0..3)];
         p
     }
 }
@@ -182,6 +186,12 @@ pub struct Stats {
     /// Compactions answered, and how many raised the compact revision.
     pub compacts_answered: u64,
     pub compacts_raised: u64,
+    /// Leases granted, keepalives answered as renewed, leases found gone (a keepalive or a
+    /// put answered "not found"), and checks that a live lease's key is still there.
+    pub leases_granted: u64,
+    pub lease_keepalives: u64,
+    pub leases_found_gone: u64,
+    pub leased_key_checks: u64,
     /// Change-history events read back from the members' stores at the end and checked.
     pub history_events_checked: u64,
     pub lin_reads_checked: u64,
@@ -233,6 +243,10 @@ impl Stats {
             cas_swapped,
             compacts_answered,
             compacts_raised,
+            leases_granted,
+            lease_keepalives,
+            leases_found_gone,
+            leased_key_checks,
             history_events_checked,
             lin_reads_checked,
             local_reads_checked,
@@ -288,6 +302,7 @@ pub struct World {
     /// so the schedule (`rng`) draws what it drew before there were any.
     cas_rng: StdRng,
     compact_rng: StdRng,
+    lease_rng: StdRng,
     pub step: u64,
     base: PathBuf,
     start: Instant,
@@ -355,6 +370,7 @@ impl World {
                     id,
                     next_seq: 1,
                     op: None,
+                    lease: None,
                 })
                 .collect(),
             p,
@@ -364,6 +380,7 @@ impl World {
             rng: StdRng::seed_from_u64(seed ^ 0x005e_ed0f_0e11_1b42),
             cas_rng: StdRng::seed_from_u64(seed ^ 0x0063_6173_2d6f_7073),
             compact_rng: StdRng::seed_from_u64(seed ^ 0x636f_6d70_6163_7473),
+            lease_rng: StdRng::seed_from_u64(seed ^ 0x6c65_6173_6573),
             step: 0,
             base,
             start: Instant::now(),
@@ -569,13 +586,102 @@ impl World {
         } else {
             400
         };
-        // Now and then a compaction instead, from its own stream (the draws above stay).
+        // Now and then a compaction or a lease operation instead, each from its own stream
+        // (the draws above stay).
         let op = if self.p.p_compact > 0.0 && self.compact_rng.random_bool(self.p.p_compact) {
             self.new_compact()
+        } else if self.p.p_lease > 0.0 && self.lease_rng.random_bool(self.p.p_lease) {
+            self.new_lease_op(c, seq)
         } else {
             op
         };
         self.begin_op(c, seq, op, self.step, self.step + patience, None);
+    }
+
+    /// Client `c`'s next lease operation: a grant when it holds no lease, then a put of a key
+    /// of its own under it, then keepalives, now and then a revoke (the client lets the lease
+    /// go as it asks: its key may vanish from then on).
+    fn new_lease_op(&mut self, c: usize, seq: u64) -> ClientOp {
+        let client = self.clients[c].id;
+        match &self.clients[c].lease {
+            None => ClientOp::Lease(LeaseOp::Grant {
+                id: 0,
+                ttl_ms: [300, 600, 1500][self.lease_rng.random_range(0..3)],
+            }),
+            Some(l) if l.key.is_none() => ClientOp::PutLeased {
+                key: format!("l{client}-{seq}").into_bytes(),
+                value: format!("lv{client}.{seq}@{}", self.step).into_bytes(),
+                lease: l.id,
+            },
+            Some(l) => {
+                let id = l.id;
+                if self.lease_rng.random_bool(0.15) {
+                    self.clients[c].lease = None;
+                    ClientOp::Lease(LeaseOp::Revoke { id })
+                } else {
+                    ClientOp::Lease(LeaseOp::KeepAlive { id })
+                }
+            }
+        }
+    }
+
+    /// What an answered lease operation tells client `c` about its lease. A lease found gone
+    /// while it should live is a violation.
+    fn follow_lease(&mut self, c: usize, f: &InFlight, outcome: &Option<(u64, Answer)>) {
+        let Some((ret, Answer::Written(applied))) = outcome else {
+            // Unknown: a grant may have happened (the lease then expires unseen); a keepalive
+            // may have renewed it (the protection stays as the acknowledged ones made it).
+            return;
+        };
+        let (sent, answered) = (f.call / 2, ret / 2);
+        let client = self.clients[c].id;
+        match f.op {
+            ClientOp::Lease(LeaseOp::Grant { ttl_ms, .. }) => {
+                // Answered from the dedup table or found existing after an eviction: either
+                // way the lease is this request's, applied no earlier than it was sent.
+                let ttl_steps = ttl_ms / TICK.as_millis() as u64;
+                let id = omnikv_wire::request::lease_id_for(client, f.seq);
+                self.log(format!(
+                    "client {client}: lease {id:x} granted (sent in step {sent}, TTL {ttl_steps} \
+                     steps)"
+                ));
+                self.clients[c].lease = Some(HeldLease {
+                    id,
+                    ttl_steps,
+                    protected_until: sent + ttl_steps,
+                    key: None,
+                });
+                self.stats.leases_granted += 1;
+            }
+            ClientOp::Lease(LeaseOp::KeepAlive { id }) | ClientOp::PutLeased { lease: id, .. } => {
+                let Some(l) = self.clients[c].lease.as_mut().filter(|l| l.id == id) else {
+                    return;
+                };
+                if !applied.succeeded {
+                    let until = l.protected_until;
+                    self.clients[c].lease = None;
+                    self.stats.leases_found_gone += 1;
+                    if answered < until {
+                        self.violation(format!(
+                            "client {client}: lease {id:x} not found at step {answered}, but \
+                             a grant or keepalive sent before made it live until step {until}"
+                        ));
+                    }
+                } else if let ClientOp::PutLeased { key, .. } = &f.op {
+                    l.key = Some((key.clone(), applied.revision));
+                } else {
+                    l.protected_until = l.protected_until.max(sent + l.ttl_steps);
+                    let line = format!(
+                        "client {client}: lease {id:x} renewed (sent in step {sent}): lives \
+                         until step {} at least",
+                        l.protected_until
+                    );
+                    self.stats.lease_keepalives += 1;
+                    self.log(line);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// A compaction a little below the highest revision answered so far: mostly raising the
@@ -749,6 +855,14 @@ impl World {
     }
 
     fn finish_op(&mut self, client: u64, f: InFlight, outcome: Option<(u64, Answer)>) {
+        if matches!(f.op, ClientOp::Lease(_) | ClientOp::PutLeased { .. }) {
+            let c = self
+                .clients
+                .iter()
+                .position(|x| x.id == client)
+                .expect("a known client");
+            self.follow_lease(c, &f, &outcome);
+        }
         match (&f.op, &outcome) {
             (ClientOp::Put { key, value }, Some((_, Answer::Written(_))))
                 if key.starts_with(b"u") =>
@@ -1145,6 +1259,31 @@ impl World {
                 }
             }
         }
+        // A key under a lease that must still live is there wherever its put was applied.
+        let mut gone = Vec::new();
+        for cl in &self.clients {
+            let Some(l) = &cl.lease else { continue };
+            let Some((key, put_at)) = &l.key else {
+                continue;
+            };
+            if self.step < l.protected_until && state.revision >= *put_at {
+                self.stats.leased_key_checks += 1;
+                if self.nodes[&pid].replica().local_value(key).is_none() {
+                    gone.push(format!(
+                        "replica {pid} at step {} (revision {}): {} is gone, but its lease \
+                         {:x} lives until step {} at least",
+                        self.step,
+                        state.revision,
+                        String::from_utf8_lossy(key),
+                        l.id,
+                        l.protected_until
+                    ));
+                }
+            }
+        }
+        for v in gone {
+            self.violation(v);
+        }
         if leader != prev_leader && leader == Some(pid) {
             self.stats.leader_changes += 1;
             self.log(format!(
@@ -1503,7 +1642,7 @@ impl World {
                         mod_revision: e.revision,
                         version: e.version,
                         value: e.value.clone(),
-                        // The simulated clients use no leases.
+                        // Events do not carry the lease (compared without it below).
                         lease: 0,
                     }),
                     EventKind::Delete => None,
@@ -1532,7 +1671,11 @@ impl World {
                 })
                 .map_err(|e| err(&e.to_string()))?;
             for (k, r) in &replay {
-                if state.get(k) != r.as_ref() {
+                let held = state.get(k).map(|r| KvRecord {
+                    lease: 0,
+                    ..r.clone()
+                });
+                if held.as_ref() != r.as_ref() {
                     return Err(err(&format!(
                         "its last event for {} leaves {r:?}, the store holds {:?}",
                         String::from_utf8_lossy(k),
