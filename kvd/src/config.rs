@@ -145,6 +145,14 @@ pub struct Config {
     #[arg(long, env = "KVD_MAX_LEASES", default_value_t = 100_000)]
     pub max_leases: usize,
 
+    /// Propose lease checkpoints without renewal counts (`Op::LeaseCheckpoint`), which a kvd
+    /// from before they carried them can decode: set it on each upgraded replica during a
+    /// rolling upgrade from such a kvd, and restart without it once all run this version.
+    /// Meanwhile a checkpoint decided after a keepalive it predates can cut that lease short,
+    /// as it could before.
+    #[arg(long, env = "KVD_LEGACY_LEASE_CHECKPOINTS")]
+    pub legacy_lease_checkpoints: bool,
+
     /// Worker threads of the async runtime that serves the client API and the peer
     /// transport (the consensus loop and RocksDB have threads of their own). On a two-core
     /// machine one halves the context switches per write and serves more writes under heavy

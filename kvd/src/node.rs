@@ -180,6 +180,7 @@ pub fn loop_config(cfg: &Config, started: Instant, started_unix_ms: u64, seed: u
         seed,
         defect: test_defect(),
         max_leases: cfg.max_leases,
+        legacy_lease_checkpoints: cfg.legacy_lease_checkpoints,
         install_on_thread: true,
         dedup: cfg.dedup_limits(),
         history: cfg.history_limits(),

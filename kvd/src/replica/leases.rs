@@ -48,6 +48,8 @@ pub(super) struct LeaseClock {
     grace: Duration,
     leading: bool,
     next_scan: Option<Instant>,
+    /// Checkpoints without renewal counts, for older replicas (`Op::LeaseCheckpoint`).
+    legacy_checkpoints: bool,
 }
 
 impl LeaseClock {
@@ -62,9 +64,15 @@ impl LeaseClock {
             grace,
             leading: false,
             next_scan: None,
+            legacy_checkpoints: false,
         };
         clock.reload(leases, now);
         clock
+    }
+
+    /// Proposes checkpoints in the format a kvd from before renewal counts decodes.
+    pub fn set_legacy_checkpoints(&mut self, on: bool) {
+        self.legacy_checkpoints = on;
     }
 
     /// Starts again from `leases` (a checkpoint replaced the state).
@@ -165,7 +173,10 @@ impl LeaseClock {
                 checkpoint.push((id, remaining.as_millis() as u64, t.renewals));
             }
         }
-        if !checkpoint.is_empty() {
+        if self.legacy_checkpoints && !checkpoint.is_empty() {
+            let leases = checkpoint.iter().map(|&(id, ms, _)| (id, ms)).collect();
+            ops.push(Op::LeaseCheckpoint { leases });
+        } else if !checkpoint.is_empty() {
             ops.push(Op::LeaseCheckpointAt { leases: checkpoint });
         }
         ops
@@ -231,6 +242,14 @@ mod tests {
             panic!("{ops:?}")
         };
         assert_eq!(leases, &vec![(9, 6_000, 0)]);
+        // For older replicas, the same record without the renewal count.
+        c.set_legacy_checkpoints(true);
+        let ops = c.due(t0 + 4_000 * MS, 1_000 * MS);
+        let [Op::LeaseCheckpoint { leases }] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(leases, &vec![(9, 4_000)]);
+        c.set_legacy_checkpoints(false);
         c.apply(
             &[LeaseChange::Checkpointed {
                 id: 9,

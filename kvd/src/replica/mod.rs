@@ -129,15 +129,19 @@ pub enum Defect {
     /// OmniPaxos's outgoing messages are taken once per iteration instead of after each
     /// handled message (the loop before the fix for simulator seed 3: a stale AcceptDecide).
     OutgoingOncePerIteration,
+    /// Lease checkpoints carry no renewal counts (what `--legacy-lease-checkpoints` proposes):
+    /// one decided after a keepalive it predates cuts the renewed lease short.
+    UncountedLeaseCheckpoints,
 }
 
 impl Defect {
-    const ALL: [Defect; 5] = [
+    const ALL: [Defect; 6] = [
         Defect::ApplyIgnoresDedup,
         Defect::SendBeforeSync,
         Defect::TrustLibraryCompaction,
         Defect::ReadBeforeQuorum,
         Defect::OutgoingOncePerIteration,
+        Defect::UncountedLeaseCheckpoints,
     ];
 
     /// The defect named in kebab case (`read-before-quorum`), as `KVD_TEST_DEFECT` names it.
@@ -193,6 +197,8 @@ pub struct LoopConfig {
     pub defect: Option<Defect>,
     /// Leases that may exist at once: a grant beyond them is refused (by the proposer).
     pub max_leases: usize,
+    /// Lease checkpoints in the format older replicas decode (`--legacy-lease-checkpoints`).
+    pub legacy_lease_checkpoints: bool,
     /// Whether received checkpoints are written on a thread of their own (kvd) or inline
     /// when the loop hands them over (the simulator, whose runs must be a function of the
     /// seed): `checkpoint::Installer`.
@@ -396,7 +402,9 @@ impl<P: Peers> Replica<P> {
         // A new leader gives clients the time an election takes (about three rounds) to reach
         // it with their keepalives.
         let lease_grace = cfg.timers.tick * (cfg.election_ticks as u32).saturating_mul(3);
-        let lease_clock = leases::LeaseClock::new(sm.leases().iter(), now, lease_grace);
+        let mut lease_clock = leases::LeaseClock::new(sm.leases().iter(), now, lease_grace);
+        let uncounted = cfg.defect == Some(Defect::UncountedLeaseCheckpoints);
+        lease_clock.set_legacy_checkpoints(cfg.legacy_lease_checkpoints || uncounted);
         let mut r = Replica {
             lease_clock,
             space: SpaceGuard::new(cfg.data_dir.clone(), cfg.min_free_bytes, now),

@@ -127,6 +127,7 @@ fn loop_config(
         seed: pid,
         defect,
         max_leases: 100,
+        legacy_lease_checkpoints: false,
         install_on_thread: false,
     }
 }
