@@ -413,7 +413,8 @@ fn a_restart_behind_its_own_unseen_ballot_rejoins() {
 #[test]
 fn only_the_replica_that_left_holds_the_starting_state() {
     const SEED: u64 = 0;
-    let (stats, _) = ok(crate::run_seed(SEED, false));
+    let params = crate::params_before_leases(SEED);
+    let (stats, _) = ok(run_world(SEED, params, false, |w| w.run_random()));
     assert!(
         stats.checkpoints_from_leaving > 0,
         "seed {SEED} no longer has a leaving replica serve the state (find another with \
@@ -430,7 +431,10 @@ fn situation_search() {
         return;
     }
     let found = (0..20_000u64).find(|&seed| {
-        crate::run_seed(seed, false).is_ok_and(|(stats, _)| stats.checkpoints_from_leaving > 0)
+        run_world(seed, crate::params_before_leases(seed), false, |w| {
+            w.run_random()
+        })
+        .is_ok_and(|(stats, _)| stats.checkpoints_from_leaving > 0)
     });
     eprintln!("first seed with a checkpoint from a leaving replica: {found:?}");
 }

@@ -1259,9 +1259,12 @@ impl World {
                 }
             }
         }
-        // A key under a lease that must still live is there wherever its put was applied.
+        // A key under a lease that must still live is there wherever its put was applied (not
+        // judged while a replica catches up or joins, as the state hash is not).
+        let settled =
+            !self.nodes[&pid].replica().is_catching_up() && lifecycle != Lifecycle::Joining;
         let mut gone = Vec::new();
-        for cl in &self.clients {
+        for cl in self.clients.iter().filter(|_| settled) {
             let Some(l) = &cl.lease else { continue };
             let Some((key, put_at)) = &l.key else {
                 continue;
