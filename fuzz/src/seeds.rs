@@ -2,7 +2,7 @@
 //! deep inside each format. `fuzz --gen-seeds` writes them to `fuzz/corpus/TARGET/seed-*`.
 
 use omnikv_wire::command::{
-    Compare, CompareOp, CompareTarget, KeyRange, LogCmd, Op, ReadOpts, ReqId, Txn, TxnOp,
+    Compare, CompareOp, CompareTarget, KeyRange, LeaseOp, LogCmd, Op, ReadOpts, ReqId, Txn, TxnOp,
 };
 use omnikv_wire::frame::{
     Announcement, CheckpointItem, Hello, PeerFrame, Transition, MAGIC, PROTOCOL_VERSION,
@@ -68,6 +68,30 @@ fn ops() -> Vec<Op> {
                     },
                 }],
             },
+        },
+        Op::PutLeased {
+            req,
+            key: b"svc/a".to_vec(),
+            value: b"up".to_vec(),
+            lease: 0x694d_1a2b,
+        },
+        Op::Lease {
+            req,
+            op: LeaseOp::Grant {
+                id: 0,
+                ttl_ms: 10_000,
+            },
+        },
+        Op::LeaseExpire {
+            id: 0x694d_1a2b,
+            renewals: 3,
+        },
+        Op::LeaseCheckpoint {
+            leases: vec![(0x694d_1a2b, 7_000)],
+        },
+        Op::Compact { req, revision: 42 },
+        Op::LeaseCheckpointAt {
+            leases: vec![(0x694d_1a2b, 7_000, 3)],
         },
     ]
 }

@@ -321,7 +321,7 @@ impl Op {
             Op::LeaseExpire { id, .. } => format!("lease expire {id:x}"),
             Op::LeaseCheckpoint { leases } => format!("lease checkpoint of {}", leases.len()),
             Op::LeaseCheckpointAt { leases } => {
-                format!("lease checkpoint of {}", leases.len())
+                format!("lease checkpoint of {} (with renewal counts)", leases.len())
             }
             Op::Compact { revision, .. } => format!("compact at revision {revision}"),
         }
