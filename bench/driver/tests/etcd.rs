@@ -125,7 +125,7 @@ fn start_etcd_with(tls: Option<&Pki>) -> Etcd {
         ])
         .args(tls_args)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
         .spawn()
         .unwrap();
     let etcd = Etcd {
@@ -139,7 +139,13 @@ fn start_etcd_with(tls: Option<&Pki>) -> Etcd {
         if o.status.success() {
             return etcd;
         }
-        assert!(Instant::now() < deadline, "etcd did not start");
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not start on {}; the probe said: {}\netcd's log:\n{}",
+            etcd.endpoint,
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

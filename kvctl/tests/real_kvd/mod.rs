@@ -4,7 +4,6 @@
 //! told apart by host, not port. kvd is the binary next to kvctl (`cargo build --bins`, which
 //! `just test` runs first).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,16 +24,11 @@ pub fn ip(pid: u64) -> String {
     format!("127.0.0.{}", 30 + pid)
 }
 
-/// A port free on the addresses of replicas 1..=`n` now (the kernel's pick on the first).
+/// A port free on the addresses of replicas 1..=`n` now (`omnikv_test_ports`: below the
+/// ephemeral range).
 fn shared_port(n: u64) -> u16 {
-    for _ in 0..100 {
-        let first = TcpListener::bind((ip(1).as_str(), 0)).unwrap();
-        let port = first.local_addr().unwrap().port();
-        if (2..=n).all(|pid| TcpListener::bind((ip(pid).as_str(), port)).is_ok()) {
-            return port;
-        }
-    }
-    panic!("no port free on {} loopback addresses", n);
+    let addrs: Vec<std::net::IpAddr> = (1..=n).map(|pid| ip(pid).parse().unwrap()).collect();
+    omnikv_test_ports::free_port_on(&addrs)
 }
 
 pub struct Cluster {

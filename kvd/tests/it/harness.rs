@@ -4,10 +4,8 @@
 use crate::pki::PkiDir;
 use omnikv_common::{Client, ClientError, Consistency, Credentials, Role, StatusView};
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub fn kvd_bin() -> PathBuf {
@@ -25,28 +23,9 @@ pub fn kvctl_bin() -> PathBuf {
     p
 }
 
-/// A port for a test replica, free on 127.0.0.1 now and handed out once per test process.
-///
-/// Not `bind(":0")`: that draws from the kernel's ephemeral range, where a killed replica's
-/// port can be taken, before its restart, by an outgoing connection or by another test's
-/// replica. Two chaos runs in one binary once did exactly that, and a client pinned to the
-/// killed replica read the other cluster's values ("read a value never written"). So ports
-/// come from below the ephemeral range (Linux: 32768 and up), never twice from one process,
-/// from a window chosen by the process id so concurrent test binaries rarely meet.
-pub fn free_port() -> u16 {
-    const LOW: u32 = 10_000;
-    const SPAN: u32 = 22_000; // ports LOW .. LOW + SPAN, all below 32768
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(2_003) % SPAN;
-    loop {
-        let i = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(i < SPAN, "the test process used up its {SPAN} ports");
-        let port = (LOW + (start + i) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+/// A port for a test replica: free on 127.0.0.1 now, below the ephemeral range, handed out
+/// once per test process (`omnikv_test_ports`, which says why).
+pub use omnikv_test_ports::free_port;
 
 pub struct Node {
     pub pid: u64,

@@ -39,29 +39,13 @@ pub fn has_event(kube: &FakeKube, reason: &str, text: &str) -> bool {
         .any(|(_, r, m)| r == reason && m.contains(text))
 }
 
-/// A port free on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A port free on 127.0.0.1 now (`omnikv_test_ports`: below the ephemeral range).
+pub use omnikv_test_ports::free_port;
 
 /// A port free on 127.0.0.1 .. 127.0.0.n (replica pid i uses 127.0.0.i).
 pub fn free_port_on(n: u8) -> u16 {
-    'outer: for _ in 0..50 {
-        let port = free_port();
-        let mut held = Vec::new();
-        for i in 1..=n {
-            match std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, i], port))) {
-                Ok(l) => held.push(l),
-                Err(_) => continue 'outer,
-            }
-        }
-        return port;
-    }
-    panic!("no port free on 127.0.0.1-{n}");
+    let addrs: Vec<std::net::IpAddr> = (1..=n).map(|i| [127, 0, 0, i].into()).collect();
+    omnikv_test_ports::free_port_on(&addrs)
 }
 
 /// A running watcher binary; killed on drop.

@@ -3,17 +3,12 @@
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Ports for the servers the tests start (`omnikv_test_ports`: not from the ephemeral range,
+/// where the probes' own connections can take a port before etcd binds it).
+pub use omnikv_test_ports::free_port;
 
 pub fn bench_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_omnikv-bench"))
