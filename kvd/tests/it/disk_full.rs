@@ -79,18 +79,23 @@ fn value(i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_refused_before_the_disk_fills_and_resume_when_space_frees() {
+    // 16 MiB to fill before the guard refuses, with kvd's default of 128 MiB kept free:
+    // room for RocksDB's flushes and compactions, which write new table files before deleting
+    // the old ones. Between two of the guard's measurements (250 ms apart) free space fell by
+    // up to 53 MiB in this test; with 24 MiB kept, one CI run saw a compaction run out of
+    // space before the guard refused.
     let mut c = Cluster::new_stopped(
         1,
         Opts {
-            extra_env: vec![("KVD_MIN_FREE_BYTES".into(), (24 << 20).to_string())],
+            extra_env: vec![("KVD_MIN_FREE_BYTES".into(), (128 << 20).to_string())],
             ..Opts::default()
         },
     );
     let dir = c.nodes[&1].data_dir.clone();
-    let _fs = Tmpfs::mount(&dir, 256);
+    let _fs = Tmpfs::mount(&dir, 512);
     c.spawn(1);
     c.wait_ready(1, Duration::from_secs(20)).await;
-    let ballast = ballast(&dir, 40 << 20);
+    let ballast = ballast(&dir, 144 << 20);
     let client = c.client(Duration::from_secs(5));
     let mut acked = Vec::new();
     let mut refusal = None;
