@@ -58,7 +58,8 @@ pub enum Op {
     /// expiry cannot undo a keepalive decided before it. Deletes the lease's keys.
     LeaseExpire { id: u64, renewals: u64 },
     /// The leader's record of leases' remaining time (`(id, remaining_ms)`), as kvd logged it
-    /// before `LeaseCheckpointAt`: still applied when a log holds one, no longer proposed.
+    /// before `LeaseCheckpointAt`: applied when a log holds one, and proposed only under
+    /// `--legacy-lease-checkpoints` (for older replicas during a rolling upgrade).
     LeaseCheckpoint { leases: Vec<(u64, u64)> },
     /// etcd's `Compact`: from now on nothing below `revision` is read at a past revision nor
     /// watched from. Raises the compact revision only (the larger of the two wins); one at or

@@ -18,7 +18,8 @@ mod support;
 struct Etcd {
     child: Child,
     endpoint: String,
-    _dir: tempfile::TempDir,
+    /// Its data dir and its log (`etcd.log`), removed with it.
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Etcd {
@@ -131,7 +132,7 @@ fn start_etcd_with(tls: Option<&Pki>) -> Etcd {
     let etcd = Etcd {
         child,
         endpoint,
-        _dir: dir,
+        dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -144,7 +145,7 @@ fn start_etcd_with(tls: Option<&Pki>) -> Etcd {
             "etcd did not start on {}; the probe said: {}\netcd's log:\n{}",
             etcd.endpoint,
             String::from_utf8_lossy(&o.stderr),
-            std::fs::read_to_string(etcd._dir.path().join("etcd.log")).unwrap_or_default()
+            std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(200));
     }

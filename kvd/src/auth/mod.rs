@@ -146,8 +146,8 @@ enum Polled {
 }
 
 /// Re-reads `path` every `POLL`; new content (once settled) that parses replaces the users,
-/// content that does not is logged (once) and the users loaded before stay. `loaded` is the content in
-/// force. Ends when every `Auth` clone is gone.
+/// content that does not is logged (once) and the users loaded before stay. `loaded` is the
+/// content in force. Ends when every `Auth` clone is gone.
 async fn reload(path: PathBuf, shared: Weak<Shared>, mut loaded: Vec<u8>) {
     let shown = path.display().to_string();
     let mut last = Polled::Loaded;

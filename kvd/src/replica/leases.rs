@@ -173,11 +173,13 @@ impl LeaseClock {
                 checkpoint.push((id, remaining.as_millis() as u64, t.renewals));
             }
         }
-        if self.legacy_checkpoints && !checkpoint.is_empty() {
-            let leases = checkpoint.iter().map(|&(id, ms, _)| (id, ms)).collect();
-            ops.push(Op::LeaseCheckpoint { leases });
-        } else if !checkpoint.is_empty() {
-            ops.push(Op::LeaseCheckpointAt { leases: checkpoint });
+        if !checkpoint.is_empty() {
+            ops.push(if self.legacy_checkpoints {
+                let leases = checkpoint.iter().map(|&(id, ms, _)| (id, ms)).collect();
+                Op::LeaseCheckpoint { leases }
+            } else {
+                Op::LeaseCheckpointAt { leases: checkpoint }
+            });
         }
         ops
     }

@@ -76,6 +76,17 @@ fn wait_switched(w: &mut World, pid: u64) -> Result<(), String> {
     })
 }
 
+/// 40 writes, then a follower loses power while 40 more are made (with `quiet(0, 2)` the
+/// others compact past it, so it needs a checkpoint once restarted): that follower.
+fn a_follower_down_while_the_others_write(w: &mut World) -> Result<u64, String> {
+    let l = wait_leader(w)?;
+    let (f, _) = others(w, l);
+    write_n(w, 40);
+    w.power_cut(f);
+    write_n(w, 40);
+    Ok(f)
+}
+
 fn others(w: &World, l: u64) -> (u64, u64) {
     let o: Vec<u64> = w
         .current_config()
@@ -182,11 +193,7 @@ fn catch_up_from_peers_versus_from_a_checkpoint() {
 fn a_checkpoint_interrupted_by_a_crash_of_its_receiver_resumes() {
     for (seed, power_cut) in [(43, false), (44, true)] {
         let (_, f) = scenario(seed, quiet(0, 2), |w| {
-            let l = wait_leader(w)?;
-            let (f, _) = others(w, l);
-            write_n(w, 40);
-            w.power_cut(f);
-            write_n(w, 40);
+            let f = a_follower_down_while_the_others_write(w)?;
             // Its chunks from the fourth on are lost until it has crashed.
             w.set_filter(Some(Box::new(move |m: &Msg| {
                 m.to == f && matches!(m.frame, PeerFrame::CheckpointChunk { seq, .. } if seq >= 3)
@@ -224,11 +231,7 @@ fn a_checkpoint_interrupted_by_a_crash_of_its_receiver_resumes() {
 fn a_checkpoint_switch_interrupted_by_a_crash_is_finished_at_restart() {
     for (seed, power_cut) in [(45, false), (46, true)] {
         let (stats, f) = scenario(seed, quiet(0, 2), |w| {
-            let l = wait_leader(w)?;
-            let (f, _) = others(w, l);
-            write_n(w, 40);
-            w.power_cut(f);
-            write_n(w, 40);
+            let f = a_follower_down_while_the_others_write(w)?;
             w.nodes.get_mut(&f).expect("known").crash_when_reached =
                 Some(("checkpoint-ingest", power_cut));
             w.restart(f);

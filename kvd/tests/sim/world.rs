@@ -849,18 +849,15 @@ impl World {
             };
             if let Some(outcome) = done {
                 let f = self.clients[c].op.take().expect("in flight");
-                self.finish_op(client, f, outcome);
+                self.finish_op(c, f, outcome);
             }
         }
     }
 
-    fn finish_op(&mut self, client: u64, f: InFlight, outcome: Option<(u64, Answer)>) {
+    /// Client `c`'s operation `f` ended with `outcome`.
+    fn finish_op(&mut self, c: usize, f: InFlight, outcome: Option<(u64, Answer)>) {
+        let client = self.clients[c].id;
         if matches!(f.op, ClientOp::Lease(_) | ClientOp::PutLeased { .. }) {
-            let c = self
-                .clients
-                .iter()
-                .position(|x| x.id == client)
-                .expect("a known client");
             self.follow_lease(c, &f, &outcome);
         }
         match (&f.op, &outcome) {
@@ -1259,33 +1256,8 @@ impl World {
                 }
             }
         }
-        // A key under a lease that must still live is there wherever its put was applied (not
-        // judged while a replica catches up or joins, as the state hash is not).
-        let settled =
-            !self.nodes[&pid].replica().is_catching_up() && lifecycle != Lifecycle::Joining;
-        let mut gone = Vec::new();
-        for cl in self.clients.iter().filter(|_| settled) {
-            let Some(l) = &cl.lease else { continue };
-            let Some((key, put_at)) = &l.key else {
-                continue;
-            };
-            if self.step < l.protected_until && state.revision >= *put_at {
-                self.stats.leased_key_checks += 1;
-                if self.nodes[&pid].replica().local_value(key).is_none() {
-                    gone.push(format!(
-                        "replica {pid} at step {} (revision {}): {} is gone, but its lease \
-                         {:x} lives until step {} at least",
-                        self.step,
-                        state.revision,
-                        String::from_utf8_lossy(key),
-                        l.id,
-                        l.protected_until
-                    ));
-                }
-            }
-        }
-        for v in gone {
-            self.violation(v);
+        if !self.nodes[&pid].replica().is_catching_up() && lifecycle != Lifecycle::Joining {
+            self.check_leased_keys(pid, state.revision);
         }
         if leader != prev_leader && leader == Some(pid) {
             self.stats.leader_changes += 1;
@@ -1304,6 +1276,35 @@ impl World {
                 self.stats.removals_retired += 1
             }
             _ => {}
+        }
+    }
+
+    /// A key under a lease that must still live is on replica `pid` (at store revision
+    /// `revision`) wherever its put was applied. Not judged while a replica catches up or
+    /// joins, as the state hash is not.
+    fn check_leased_keys(&mut self, pid: u64, revision: u64) {
+        let mut gone = Vec::new();
+        for cl in &self.clients {
+            let Some(l) = &cl.lease else { continue };
+            let Some((key, put_at)) = &l.key else {
+                continue;
+            };
+            if self.step < l.protected_until && revision >= *put_at {
+                self.stats.leased_key_checks += 1;
+                if self.nodes[&pid].replica().local_value(key).is_none() {
+                    gone.push(format!(
+                        "replica {pid} at step {} (revision {revision}): {} is gone, but its \
+                         lease {:x} lives until step {} at least",
+                        self.step,
+                        String::from_utf8_lossy(key),
+                        l.id,
+                        l.protected_until
+                    ));
+                }
+            }
+        }
+        for v in gone {
+            self.violation(v);
         }
     }
 
